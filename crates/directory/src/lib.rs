@@ -1,0 +1,51 @@
+//! Domain types of the Provisioner directory: people, roles, apps, custom attribute
+//! definitions, the audit log and the change feed. Pure data and validation, no I/O.
+
+pub mod app;
+pub mod attribute;
+pub mod audit;
+pub mod change;
+pub mod role;
+pub mod user;
+pub mod validation;
+
+pub use app::{
+    App, AppInput, Approval, AuthConfig, AuthInput, ConnectionConfig, ConnectionInput,
+    ConnectorKind, DeprovisionAction, ProvisioningSettings, Secret, ValidatedApp,
+};
+pub use attribute::{AttributeDef, AttributeDefInput, AttributeType};
+pub use audit::{Actor, AuditEntry};
+pub use change::{Change, ChangeKind, NewChange};
+pub use role::{Role, RoleInput};
+pub use user::{User, UserInput, UserSource, UserStatus};
+pub use validation::{FieldError, ValidationErrors};
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// One page of a list, with an opaque cursor for the next page (absent on the last page).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+impl<T> Page<T> {
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
+        Page {
+            items: self.items.into_iter().map(f).collect(),
+            next_cursor: self.next_cursor,
+        }
+    }
+}
+
+/// Trims a text field; an empty result is treated as absent.
+pub(crate) fn normalize_opt(v: Option<String>) -> Option<String> {
+    v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
+}
+
+/// The current time, at the microsecond precision every store keeps.
+pub fn now() -> chrono::DateTime<chrono::Utc> {
+    use chrono::SubsecRound;
+    chrono::Utc::now().trunc_subsecs(6)
+}

@@ -1,0 +1,101 @@
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// A problem with one field of a request, named by its JSON path (e.g. `attributes.cost_center`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FieldError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// All the problems found while validating one input.
+#[derive(Debug, Clone, Default, PartialEq, Eq, thiserror::Error)]
+#[error("invalid input: {}", summary(.0))]
+pub struct ValidationErrors(pub Vec<FieldError>);
+
+fn summary(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("{}: {}", e.field, e.reason))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl ValidationErrors {
+    pub fn single(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self(vec![FieldError::new(field, reason)])
+    }
+
+    pub fn push(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(FieldError::new(field, reason));
+    }
+
+    pub fn into_result(self) -> Result<(), ValidationErrors> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(self)
+        }
+    }
+}
+
+/// Checks a required, single-line text value: trimmed, non-empty, bounded, no control characters.
+pub(crate) fn check_text(errors: &mut ValidationErrors, field: &str, value: &str, max: usize) {
+    if value.is_empty() {
+        errors.push(field, "must not be empty");
+    } else if value.chars().count() > max {
+        errors.push(field, format!("must be at most {max} characters"));
+    } else if value.chars().any(char::is_control) {
+        errors.push(field, "must not contain control characters");
+    }
+}
+
+pub(crate) fn check_opt_text(
+    errors: &mut ValidationErrors,
+    field: &str,
+    value: &Option<String>,
+    max: usize,
+) {
+    if let Some(v) = value {
+        check_text(errors, field, v, max);
+    }
+}
+
+/// A deliberately simple e-mail check: one `@`, a non-empty local part, a dotted domain, no spaces.
+pub fn is_valid_email(email: &str) -> bool {
+    if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return false;
+    }
+    let Some((local, domain)) = email.rsplit_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && !local.contains('@')
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains("..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails() {
+        assert!(is_valid_email("ada@example.com"));
+        assert!(is_valid_email("a.b+c@sub.example.co.uk"));
+        for bad in ["", "ada", "ada@", "@example.com", "ada@example", "a da@example.com", "a@b@c.com", "a@.com", "a@b..com"] {
+            assert!(!is_valid_email(bad), "{bad} accepted");
+        }
+    }
+}

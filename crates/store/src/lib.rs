@@ -1,0 +1,165 @@
+//! The storage seam of Provisioner.
+//!
+//! [`Store`] is the one trait the rest of the product talks to. Every write records, in the
+//! same transaction, an audit entry and a row in the change feed, so that the engine never
+//! misses a change. [`sqlite::SqliteStore`] is the embedded, zero-configuration
+//! implementation; each implementation keeps its own migrations under `migrations/<dialect>`.
+
+pub mod cursor;
+pub mod secrets;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use directory::{
+    Actor, App, AttributeDef, AuditEntry, Change, Page, Role, User, UserStatus,
+};
+use uuid::Uuid;
+
+pub use sqlite::SqliteStore;
+
+/// What can go wrong in a store. Callers map these to responses in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// A unique field already holds this value.
+    #[error("{field} is already taken")]
+    Duplicate { field: &'static str },
+    /// The record changed since the caller read it.
+    #[error("the record was changed concurrently (current version {current})")]
+    VersionConflict { current: i64 },
+    /// A referenced record does not exist.
+    #[error("{field} refers to a record that does not exist")]
+    MissingReference { field: &'static str },
+    #[error("invalid cursor")]
+    InvalidCursor,
+    /// The database cannot be reached.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    #[error("storage error: {0}")]
+    Backend(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Listing users: text search, filters and a page.
+#[derive(Debug, Clone, Default)]
+pub struct UserQuery {
+    /// Case-insensitive substring of username, email, first, last or display name.
+    pub q: Option<String>,
+    /// `None` lists every user but the deleted ones.
+    pub status: Option<UserStatus>,
+    pub role: Option<Uuid>,
+    pub page: PageRequest,
+}
+
+/// Listing roles or apps: text search on the name, and a page.
+#[derive(Debug, Clone, Default)]
+pub struct NameQuery {
+    pub q: Option<String>,
+    pub page: PageRequest,
+}
+
+/// Listing the audit log, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub target_type: Option<String>,
+    pub target_id: Option<String>,
+    pub actor: Option<String>,
+    pub page: PageRequest,
+}
+
+/// A page request: at most `limit` items after the opaque `cursor`.
+#[derive(Debug, Clone)]
+pub struct PageRequest {
+    pub limit: u32,
+    pub cursor: Option<String>,
+}
+
+impl Default for PageRequest {
+    fn default() -> Self {
+        Self { limit: 50, cursor: None }
+    }
+}
+
+/// The most items one page may hold.
+pub const MAX_PAGE: u32 = 500;
+
+/// A stored API token (only its hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: Uuid,
+    pub name: String,
+    /// Hex of the first 16 bytes of SHA-256 of the token: how the row is found.
+    pub lookup: String,
+    /// argon2id PHC string: how the token is verified.
+    pub hash: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// The storage seam. Implementations must make every write atomic with its audit entry
+/// and change-feed row, and must never store a plaintext secret.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Answers when the database is reachable.
+    async fn health(&self) -> Result<()>;
+
+    // API tokens
+    async fn count_tokens(&self) -> Result<i64>;
+    async fn create_token(&self, token: &TokenRecord, actor: &Actor) -> Result<()>;
+    async fn find_token_by_lookup(&self, lookup: &str) -> Result<Option<TokenRecord>>;
+
+    // Custom attribute definitions
+    async fn list_attribute_defs(&self) -> Result<Vec<AttributeDef>>;
+    async fn create_attribute_def(&self, def: &AttributeDef, actor: &Actor) -> Result<()>;
+
+    // Users
+    async fn create_user(&self, user: &User, actor: &Actor) -> Result<()>;
+    /// Any user, deleted ones included.
+    async fn get_user(&self, id: Uuid) -> Result<Option<User>>;
+    async fn list_users(&self, query: &UserQuery) -> Result<Page<User>>;
+    /// Replaces a user whose stored version is `expected_version`.
+    async fn update_user(&self, user: &User, expected_version: i64, actor: &Actor) -> Result<()>;
+    /// Marks a user deleted (the row stays for the engine and the audit log) and removes them
+    /// from their roles. Returns the deleted user.
+    async fn delete_user(&self, id: Uuid, expected_version: Option<i64>, actor: &Actor) -> Result<User>;
+
+    // Roles
+    async fn create_role(&self, role: &Role, actor: &Actor) -> Result<()>;
+    async fn get_role(&self, id: Uuid) -> Result<Option<Role>>;
+    async fn list_roles(&self, query: &NameQuery) -> Result<Page<Role>>;
+    async fn update_role(&self, role: &Role, expected_version: i64, actor: &Actor) -> Result<()>;
+    async fn delete_role(&self, id: Uuid, expected_version: Option<i64>, actor: &Actor) -> Result<()>;
+    /// Adds a user to a role; `false` when they already belonged to it.
+    async fn add_role_user(&self, role: Uuid, user: Uuid, actor: &Actor) -> Result<bool>;
+    /// Removes a user from a role; `false` when they did not belong to it.
+    async fn remove_role_user(&self, role: Uuid, user: Uuid, actor: &Actor) -> Result<bool>;
+    async fn roles_of_user(&self, user: Uuid) -> Result<Vec<Role>>;
+    /// Grants an app to a role's members; `false` when it already did.
+    async fn add_role_app(&self, role: Uuid, app: Uuid, actor: &Actor) -> Result<bool>;
+    async fn remove_role_app(&self, role: Uuid, app: Uuid, actor: &Actor) -> Result<bool>;
+    async fn apps_of_role(&self, role: Uuid) -> Result<Vec<App>>;
+    async fn roles_of_app(&self, app: Uuid) -> Result<Vec<Role>>;
+
+    // Apps. `credential` is always ciphertext (see [`secrets::Keyring`]).
+    async fn create_app(&self, app: &App, credential: &str, actor: &Actor) -> Result<()>;
+    async fn get_app(&self, id: Uuid) -> Result<Option<App>>;
+    async fn list_apps(&self, query: &NameQuery) -> Result<Page<App>>;
+    /// Replaces an app; `credential` is `None` to keep the stored one.
+    async fn update_app(
+        &self,
+        app: &App,
+        credential: Option<&str>,
+        expected_version: i64,
+        actor: &Actor,
+    ) -> Result<()>;
+    async fn delete_app(&self, id: Uuid, expected_version: Option<i64>, actor: &Actor) -> Result<()>;
+    async fn get_app_credential(&self, id: Uuid) -> Result<Option<String>>;
+
+    // Audit log and change feed
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Page<AuditEntry>>;
+    /// Changes with `seq > after`, oldest first, at most `limit`.
+    async fn changes_after(&self, after: i64, limit: u32) -> Result<Vec<Change>>;
+}

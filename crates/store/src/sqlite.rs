@@ -1,0 +1,965 @@
+//! The embedded SQLite implementation of [`Store`]: one file, WAL journal, one writer
+//! connection (SQLite allows one writer at a time) and a small pool of readers.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use directory::{
+    Actor, App, AttributeDef, AttributeType, AuditEntry, Change, ChangeKind, NewChange, Page,
+    Role, User, UserSource, UserStatus,
+};
+use serde_json::Value;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use uuid::Uuid;
+
+use crate::{
+    cursor, AuditQuery, NameQuery, PageRequest, Result, Store, StoreError, TokenRecord, UserQuery,
+    MAX_PAGE,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The embedded store.
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteStore")
+    }
+}
+
+fn backend(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::RowNotFound => StoreError::NotFound,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        sqlx::Error::Database(db) => {
+            let msg = db.message().to_owned();
+            if db.is_unique_violation() {
+                let field = if msg.contains("username_key") {
+                    "username"
+                } else if msg.contains("name_key") || msg.contains("attribute_defs.name") {
+                    "name"
+                } else {
+                    "id"
+                };
+                StoreError::Duplicate { field }
+            } else if db.is_foreign_key_violation() {
+                StoreError::MissingReference { field: "reference" }
+            } else {
+                StoreError::Backend(msg)
+            }
+        }
+        other => StoreError::Backend(other.to_string()),
+    }
+}
+
+fn ts(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn parse_ts(s: &str) -> Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Backend(format!("bad timestamp {s:?}: {e}")))
+}
+
+fn parse_uuid(s: &str) -> Result<Uuid> {
+    Uuid::parse_str(s).map_err(|e| StoreError::Backend(format!("bad id {s:?}: {e}")))
+}
+
+fn get<'r, T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>>(row: &'r SqliteRow, col: &str) -> Result<T> {
+    row.try_get(col).map_err(backend)
+}
+
+fn get_ts(row: &SqliteRow, col: &str) -> Result<DateTime<Utc>> {
+    parse_ts(&get::<String>(row, col)?)
+}
+
+fn get_opt_ts(row: &SqliteRow, col: &str) -> Result<Option<DateTime<Utc>>> {
+    get::<Option<String>>(row, col)?.as_deref().map(parse_ts).transpose()
+}
+
+fn get_uuid(row: &SqliteRow, col: &str) -> Result<Uuid> {
+    parse_uuid(&get::<String>(row, col)?)
+}
+
+fn get_opt_uuid(row: &SqliteRow, col: &str) -> Result<Option<Uuid>> {
+    get::<Option<String>>(row, col)?.as_deref().map(parse_uuid).transpose()
+}
+
+fn get_json<T: serde::de::DeserializeOwned>(row: &SqliteRow, col: &str) -> Result<T> {
+    let text: String = get(row, col)?;
+    serde_json::from_str(&text).map_err(|e| StoreError::Backend(format!("bad JSON in {col}: {e}")))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Backend(e.to_string()))
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Option<Value> {
+    serde_json::to_value(v).ok()
+}
+
+/// `%text%` for LIKE, with LIKE's wildcards escaped (ESCAPE '\').
+fn like_pattern(q: &str) -> String {
+    let mut out = String::from("%");
+    for c in q.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
+fn limit_of(page: &PageRequest) -> i64 {
+    i64::from(page.limit.clamp(1, MAX_PAGE))
+}
+
+/// Cuts the extra row fetched to know whether another page follows.
+fn paginate<T>(mut items: Vec<T>, page: &PageRequest, key: impl Fn(&T) -> Vec<String>) -> Page<T> {
+    let limit = page.limit.clamp(1, MAX_PAGE) as usize;
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|last| cursor::encode(&key(last)))
+    } else {
+        None
+    };
+    Page { items, next_cursor }
+}
+
+const USER_COLUMNS: &str = "id, username, email, first_name, last_name, display_name, title, \
+    department, manager_id, phone, employee_number, attributes, status, source, created_at, \
+    updated_at, version";
+
+fn user_from_row(row: &SqliteRow) -> Result<User> {
+    let status: String = get(row, "status")?;
+    let source: String = get(row, "source")?;
+    Ok(User {
+        id: get_uuid(row, "id")?,
+        username: get(row, "username")?,
+        email: get(row, "email")?,
+        first_name: get(row, "first_name")?,
+        last_name: get(row, "last_name")?,
+        display_name: get(row, "display_name")?,
+        title: get(row, "title")?,
+        department: get(row, "department")?,
+        manager_id: get_opt_uuid(row, "manager_id")?,
+        phone: get(row, "phone")?,
+        employee_number: get(row, "employee_number")?,
+        attributes: get_json(row, "attributes")?,
+        status: UserStatus::parse(&status)
+            .ok_or_else(|| StoreError::Backend(format!("bad status {status}")))?,
+        source: UserSource::parse(&source)
+            .ok_or_else(|| StoreError::Backend(format!("bad source {source}")))?,
+        created_at: get_ts(row, "created_at")?,
+        updated_at: get_ts(row, "updated_at")?,
+        version: get(row, "version")?,
+    })
+}
+
+const ROLE_COLUMNS: &str = "id, name, description, created_at, updated_at, version";
+
+fn role_from_row(row: &SqliteRow) -> Result<Role> {
+    Ok(Role {
+        id: get_uuid(row, "id")?,
+        name: get(row, "name")?,
+        description: get(row, "description")?,
+        created_at: get_ts(row, "created_at")?,
+        updated_at: get_ts(row, "updated_at")?,
+        version: get(row, "version")?,
+    })
+}
+
+const APP_COLUMNS: &str =
+    "id, name, description, connector, connection, provisioning, created_at, updated_at, version";
+
+fn app_from_row(row: &SqliteRow) -> Result<App> {
+    let connector: String = get(row, "connector")?;
+    Ok(App {
+        id: get_uuid(row, "id")?,
+        name: get(row, "name")?,
+        description: get(row, "description")?,
+        connector: serde_json::from_value(Value::String(connector))
+            .map_err(|e| StoreError::Backend(e.to_string()))?,
+        connection: get_json(row, "connection")?,
+        provisioning: get_json(row, "provisioning")?,
+        created_at: get_ts(row, "created_at")?,
+        updated_at: get_ts(row, "updated_at")?,
+        version: get(row, "version")?,
+    })
+}
+
+type Tx<'a> = Transaction<'a, Sqlite>;
+
+async fn record_change(tx: &mut Tx<'_>, change: NewChange) -> Result<()> {
+    sqlx::query("INSERT INTO changes (at, kind, user_id, role_id, app_id) VALUES (?, ?, ?, ?, ?)")
+        .bind(ts(&directory::now()))
+        .bind(change.kind.as_str())
+        .bind(change.user_id.map(|u| u.to_string()))
+        .bind(change.role_id.map(|u| u.to_string()))
+        .bind(change.app_id.map(|u| u.to_string()))
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+struct AuditRecord<'a> {
+    action: &'a str,
+    target_type: &'a str,
+    target_id: String,
+    before: Option<Value>,
+    after: Option<Value>,
+}
+
+async fn record_audit(tx: &mut Tx<'_>, actor: &Actor, rec: AuditRecord<'_>) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO audit_log (at, actor_kind, actor_name, action, target_type, target_id, before, after) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(ts(&directory::now()))
+    .bind(&actor.kind)
+    .bind(&actor.name)
+    .bind(rec.action)
+    .bind(rec.target_type)
+    .bind(rec.target_id)
+    .bind(rec.before.map(|v| v.to_string()))
+    .bind(rec.after.map(|v| v.to_string()))
+    .execute(&mut **tx)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+fn check_version(current: i64, expected: Option<i64>) -> Result<()> {
+    match expected {
+        Some(v) if v != current => Err(StoreError::VersionConflict { current }),
+        _ => Ok(()),
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the database file and applies pending migrations.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let opts = SqliteConnectOptions::new().filename(path);
+        Self::open_with(opts).await
+    }
+
+    /// Opens a `sqlite://` URL (e.g. `sqlite:///var/lib/provisioner/provisioner.db`).
+    pub async fn open_url(url: &str) -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Unavailable(format!("bad SQLite URL: {e}")))?;
+        Self::open_with(opts).await
+    }
+
+    async fn open_with(opts: SqliteConnectOptions) -> Result<Self> {
+        let opts = opts
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts.clone())
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        MIGRATOR
+            .run(&writer)
+            .await
+            .map_err(|e| StoreError::Backend(format!("migration failed: {e}")))?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts.read_only(true))
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        Ok(Self { writer, reader })
+    }
+
+    /// Closes both pools, waiting for running statements.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    async fn begin(&self) -> Result<Tx<'static>> {
+        self.writer.begin().await.map_err(backend)
+    }
+
+    async fn user_in(tx: &mut Tx<'_>, id: Uuid) -> Result<User> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?");
+        let row = sqlx::query(&sql)
+            .bind(id.to_string())
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(backend)?
+            .ok_or(StoreError::NotFound)?;
+        user_from_row(&row)
+    }
+
+    async fn role_in(tx: &mut Tx<'_>, id: Uuid) -> Result<Role> {
+        let sql = format!("SELECT {ROLE_COLUMNS} FROM roles WHERE id = ?");
+        let row = sqlx::query(&sql)
+            .bind(id.to_string())
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(backend)?
+            .ok_or(StoreError::NotFound)?;
+        role_from_row(&row)
+    }
+
+    async fn app_in(tx: &mut Tx<'_>, id: Uuid) -> Result<App> {
+        let sql = format!("SELECT {APP_COLUMNS} FROM apps WHERE id = ?");
+        let row = sqlx::query(&sql)
+            .bind(id.to_string())
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(backend)?
+            .ok_or(StoreError::NotFound)?;
+        app_from_row(&row)
+    }
+
+    async fn ids_in(tx: &mut Tx<'_>, sql: &str, id: Uuid) -> Result<Vec<Uuid>> {
+        let rows = sqlx::query(sql)
+            .bind(id.to_string())
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(|r| get_uuid(r, "id")).collect()
+    }
+
+    /// Adds or removes a link row (role member, role app) with its change and audit entry.
+    async fn link(&self, link: Link, role: Uuid, other: Uuid, add: bool, actor: &Actor) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        Self::role_in(&mut tx, role).await?;
+        let (table, column, change, noun) = match link {
+            Link::User => {
+                let user = Self::user_in(&mut tx, other).await?;
+                if add && user.status == UserStatus::Deleted {
+                    return Err(StoreError::NotFound);
+                }
+                ("role_users", "user_id", NewChange::membership(role, other), "user")
+            }
+            Link::App => {
+                Self::app_in(&mut tx, other).await?;
+                ("role_apps", "app_id", NewChange::role_app(role, other), "app")
+            }
+        };
+        let sql = if add {
+            format!("INSERT INTO {table} (role_id, {column}, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
+        } else {
+            format!("DELETE FROM {table} WHERE role_id = ? AND {column} = ? AND ? IS NOT NULL")
+        };
+        let done = sqlx::query(&sql)
+            .bind(role.to_string())
+            .bind(other.to_string())
+            .bind(ts(&directory::now()))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?
+            .rows_affected()
+            > 0;
+        if done {
+            record_change(&mut tx, change).await?;
+            let link_value = serde_json::json!({ "role_id": role, format!("{noun}_id"): other });
+            let action = format!("role.{}_{noun}", if add { "add" } else { "remove" });
+            let (before, after) = if add { (None, Some(link_value)) } else { (Some(link_value), None) };
+            record_audit(
+                &mut tx,
+                actor,
+                AuditRecord { action: &action, target_type: "role", target_id: role.to_string(), before, after },
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(done)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Link {
+    User,
+    App,
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn health(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        Ok(())
+    }
+
+    async fn count_tokens(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM api_tokens WHERE revoked_at IS NULL")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(backend)?;
+        get(&row, "n")
+    }
+
+    async fn create_token(&self, token: &TokenRecord, actor: &Actor) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query("INSERT INTO api_tokens (id, name, lookup, hash, created_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(token.id.to_string())
+            .bind(&token.name)
+            .bind(&token.lookup)
+            .bind(&token.hash)
+            .bind(ts(&token.created_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let after = serde_json::json!({"id": token.id, "name": token.name, "created_at": token.created_at});
+        record_audit(
+            &mut tx,
+            actor,
+            AuditRecord { action: "token.create", target_type: "token", target_id: token.id.to_string(), before: None, after: Some(after) },
+        )
+        .await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn find_token_by_lookup(&self, lookup: &str) -> Result<Option<TokenRecord>> {
+        let row = sqlx::query("SELECT id, name, lookup, hash, created_at, revoked_at FROM api_tokens WHERE lookup = ?")
+            .bind(lookup)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(backend)?;
+        row.map(|r| {
+            Ok(TokenRecord {
+                id: get_uuid(&r, "id")?,
+                name: get(&r, "name")?,
+                lookup: get(&r, "lookup")?,
+                hash: get(&r, "hash")?,
+                created_at: get_ts(&r, "created_at")?,
+                revoked_at: get_opt_ts(&r, "revoked_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn list_attribute_defs(&self) -> Result<Vec<AttributeDef>> {
+        let rows = sqlx::query("SELECT name, kind, description, created_at FROM attribute_defs ORDER BY name")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                let kind: String = get(r, "kind")?;
+                Ok(AttributeDef {
+                    name: get(r, "name")?,
+                    kind: AttributeType::parse(&kind).ok_or_else(|| StoreError::Backend(format!("bad kind {kind}")))?,
+                    description: get(r, "description")?,
+                    created_at: get_ts(r, "created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn create_attribute_def(&self, def: &AttributeDef, actor: &Actor) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query("INSERT INTO attribute_defs (name, kind, description, created_at) VALUES (?, ?, ?, ?)")
+            .bind(&def.name)
+            .bind(def.kind.as_str())
+            .bind(&def.description)
+            .bind(ts(&def.created_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        record_audit(
+            &mut tx,
+            actor,
+            AuditRecord { action: "attribute.create", target_type: "attribute", target_id: def.name.clone(), before: None, after: to_value(def) },
+        )
+        .await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn create_user(&self, user: &User, actor: &Actor) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let sql = format!(
+            "INSERT INTO users (username_key, {USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        );
+        sqlx::query(&sql)
+            .bind(User::username_key(&user.username))
+            .bind(user.id.to_string())
+            .bind(&user.username)
+            .bind(&user.email)
+            .bind(&user.first_name)
+            .bind(&user.last_name)
+            .bind(&user.display_name)
+            .bind(&user.title)
+            .bind(&user.department)
+            .bind(user.manager_id.map(|m| m.to_string()))
+            .bind(&user.phone)
+            .bind(&user.employee_number)
+            .bind(to_json(&user.attributes)?)
+            .bind(user.status.as_str())
+            .bind(user.source.as_str())
+            .bind(ts(&user.created_at))
+            .bind(ts(&user.updated_at))
+            .bind(user.version)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        record_change(&mut tx, NewChange::user(user.id)).await?;
+        record_audit(
+            &mut tx,
+            actor,
+            AuditRecord { action: "user.create", target_type: "user", target_id: user.id.to_string(), before: None, after: to_value(user) },
+        )
+        .await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn get_user(&self, id: Uuid) -> Result<Option<User>> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?");
+        let row = sqlx::query(&sql).bind(id.to_string()).fetch_optional(&self.reader).await.map_err(backend)?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn list_users(&self, query: &UserQuery) -> Result<Page<User>> {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!("SELECT {USER_COLUMNS} FROM users WHERE "));
+        match query.status {
+            Some(s) => qb.push("status = ").push_bind(s.as_str()),
+            None => qb.push("status <> 'deleted'"),
+        };
+        if let Some(q) = query.q.as_deref().filter(|q| !q.is_empty()) {
+            let pat = like_pattern(q);
+            qb.push(" AND (");
+            for (i, col) in ["username_key", "email", "first_name", "last_name", "display_name"].iter().enumerate() {
+                if i > 0 {
+                    qb.push(" OR ");
+                }
+                qb.push(format!("{col} LIKE ")).push_bind(pat.clone()).push(" ESCAPE '\\'");
+            }
+            qb.push(")");
+        }
+        if let Some(role) = query.role {
+            qb.push(" AND EXISTS (SELECT 1 FROM role_users ru WHERE ru.user_id = users.id AND ru.role_id = ")
+                .push_bind(role.to_string())
+                .push(")");
+        }
+        if let Some(c) = &query.page.cursor {
+            let key = cursor::decode(c, 2)?;
+            qb.push(" AND (username_key, id) > (").push_bind(key[0].clone()).push(", ").push_bind(key[1].clone()).push(")");
+        }
+        qb.push(" ORDER BY username_key, id LIMIT ").push_bind(limit_of(&query.page) + 1);
+        let rows = qb.build().fetch_all(&self.reader).await.map_err(backend)?;
+        let users = rows.iter().map(user_from_row).collect::<Result<Vec<_>>>()?;
+        Ok(paginate(users, &query.page, |u| vec![User::username_key(&u.username), u.id.to_string()]))
+    }
+
+    async fn update_user(&self, user: &User, expected_version: i64, actor: &Actor) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let before = Self::user_in(&mut tx, user.id).await?;
+        if before.status == UserStatus::Deleted {
+            return Err(StoreError::NotFound);
+        }
+        check_version(before.version, Some(expected_version))?;
+        sqlx::query(
+            "UPDATE users SET username = ?, username_key = ?, email = ?, first_name = ?, last_name = ?, \
+             display_name = ?, title = ?, department = ?, manager_id = ?, phone = ?, employee_number = ?, \
+             attributes = ?, status = ?, updated_at = ?, version = ? WHERE id = ?",
+        )
+        .bind(&user.username)
+        .bind(User::username_key(&user.username))
+        .bind(&user.email)
+        .bind(&user.first_name)
+        .bind(&user.last_name)
+        .bind(&user.display_name)
+        .bind(&user.title)
+        .bind(&user.department)
+        .bind(user.manager_id.map(|m| m.to_string()))
+        .bind(&user.phone)
+        .bind(&user.employee_number)
+        .bind(to_json(&user.attributes)?)
+        .bind(user.status.as_str())
+        .bind(ts(&user.updated_at))
+        .bind(user.version)
+        .bind(user.id.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        record_change(&mut tx, NewChange::user(user.id)).await?;
+        let action = if before.status != user.status {
+            match user.status {
+                UserStatus::Suspended => "user.suspend",
+                _ => "user.reactivate",
+            }
+        } else {
+            "user.update"
+        };
+        record_audit(
+            &mut tx,
+            actor,
+            AuditRecord { action, target_type: "user", target_id: user.id.to_string(), before: to_value(&before), after: to_value(user) },
+        )
+        .await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn delete_user(&self, id: Uuid, expected_version: Option<i64>, actor: &Actor) -> Result<User> {
+        let mut tx = self.begin().await?;
+        let before = Self::user_in(&mut tx, id).await?;
+        if before.status == UserStatus::Deleted {
+            return Err(StoreError::NotFound);
+        }
+        check_version(before.version, expected_version)?;
+        let after = User {
+            status: UserStatus::Deleted,
+            updated_at: directory::now(),
+            version: before.version + 1,
+            ..before.clone()
+        };
+        sqlx::query("UPDATE users SET status = 'deleted', updated_at = ?, version = ? WHERE id = ?")
+            .bind(ts(&after.updated_at))
+            .bind(after.version)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let roles = Self::ids_in(&mut tx, "SELECT role_id AS id FROM role_users WHERE user_id = ?", id).await?;
+        sqlx::query("DELETE FROM role_users WHERE user_id = ?").bind(id.to_string()).execute(&mut *tx).await.map_err(backend)?;
+        for role in roles {
+            record_change(&mut tx, NewChange::membership(role, id)).await?;
+        }
+        record_change(&mut tx, NewChange::user(id)).await?;
+        record_audit(
+            &mut tx,
+            actor,
+            AuditRecord { action: "user.delete", target_type: "user", target_id: id.to_string(), before: to_value(&before), after: to_value(&after) },
+        )
+        .await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(after)
+    }
+
+    async fn create_role(&self, role: &Role, actor: &Actor) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query("INSERT INTO roles (id, name, name_key, description, created_at, updated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?)")
+            .bind(role.id.to_string())
+            .bind(&role.name)
+            .bind(role.name.to_lowercase())
+            .bind(&role.description)
+            .bind(ts(&role.created_at))
+            .bind(ts(&role.updated_at))
+            .bind(role.version)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        record_change(&mut tx, NewChange::role(role.id)).await?;
+        record_audit(
+            &mut tx,
+            actor,
+            AuditRecord { action: "role.create", target_type: "role", target_id: role.id.to_string(), before: None, after: to_value(role) },
+        )
+        .await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn get_role(&self, id: Uuid) -> Result<Option<Role>> {
+        let sql = format!("SELECT {ROLE_COLUMNS} FROM roles WHERE id = ?");
+        let row = sqlx::query(&sql).bind(id.to_string()).fetch_optional(&self.reader).await.map_err(backend)?;
+        row.as_ref().map(role_from_row).transpose()
+    }
+
+    async fn list_roles(&self, query: &NameQuery) -> Result<Page<Role>> {
+        let rows = list_named(&self.reader, "roles", ROLE_COLUMNS, query).await?;
+        let roles = rows.iter().map(role_from_row).collect::<Result<Vec<_>>>()?;
+        Ok(paginate(roles, &query.page, |r| vec![r.name.to_lowercase(), r.id.to_string()]))
+    }
+
+    async fn update_role(&self, role: &Role, expected_version: i64, actor: &Actor) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let before = Self::role_in(&mut tx, role.id).await?;
+        check_version(before.version, Some(expected_version))?;
+        sqlx::query("UPDATE roles SET name = ?, name_key = ?, description = ?, updated_at = ?, version = ? WHERE id = ?")
+            .bind(&role.name)
+            .bind(role.name.to_lowercase())
+            .bind(&role.description)
+            .bind(ts(&role.updated_at))
+            .bind(role.version)
+            .bind(role.id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        record_change(&mut tx, NewChange::role(role.id)).await?;
+        record_audit(
+            &mut tx,
+            actor,
+            AuditRecord { action: "role.update", target_type: "role", target_id: role.id.to_string(), before: to_value(&before), after: to_value(role) },
+        )
+        .await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn delete_role(&self, id: Uuid, expected_version: Option<i64>, actor: &Actor) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let before = Self::role_in(&mut tx, id).await?;
+        check_version(before.version, expected_version)?;
+        let users = Self::ids_in(&mut tx, "SELECT user_id AS id FROM role_users WHERE role_id = ?", id).await?;
+        let apps = Self::ids_in(&mut tx, "SELECT app_id AS id FROM role_apps WHERE role_id = ?", id).await?;
+        sqlx::query("DELETE FROM roles WHERE id = ?").bind(id.to_string()).execute(&mut *tx).await.map_err(backend)?;
+        // Members lose what the role granted: each of them is a change for the engine.
+        for user in &users {
+            record_change(&mut tx, NewChange::membership(id, *user)).await?;
+        }
+        for app in &apps {
+            record_change(&mut tx, NewChange::role_app(id, *app)).await?;
+        }
+        record_change(&mut tx, NewChange::role(id)).await?;
+        let mut before_value = to_value(&before).unwrap_or(Value::Null);
+        if let Value::Object(map) = &mut before_value {
+            map.insert("user_ids".into(), serde_json::json!(users));
+            map.insert("app_ids".into(), serde_json::json!(apps));
+        }
+        record_audit(
+            &mut tx,
+            actor,
+            AuditRecord { action: "role.delete", target_type: "role", target_id: id.to_string(), before: Some(before_value), after: None },
+        )
+        .await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn add_role_user(&self, role: Uuid, user: Uuid, actor: &Actor) -> Result<bool> {
+        self.link(Link::User, role, user, true, actor).await
+    }
+
+    async fn remove_role_user(&self, role: Uuid, user: Uuid, actor: &Actor) -> Result<bool> {
+        self.link(Link::User, role, user, false, actor).await
+    }
+
+    async fn roles_of_user(&self, user: Uuid) -> Result<Vec<Role>> {
+        let sql = format!(
+            "SELECT {ROLE_COLUMNS} FROM roles WHERE id IN (SELECT role_id FROM role_users WHERE user_id = ?) ORDER BY name_key"
+        );
+        let rows = sqlx::query(&sql).bind(user.to_string()).fetch_all(&self.reader).await.map_err(backend)?;
+        rows.iter().map(role_from_row).collect()
+    }
+
+    async fn add_role_app(&self, role: Uuid, app: Uuid, actor: &Actor) -> Result<bool> {
+        self.link(Link::App, role, app, true, actor).await
+    }
+
+    async fn remove_role_app(&self, role: Uuid, app: Uuid, actor: &Actor) -> Result<bool> {
+        self.link(Link::App, role, app, false, actor).await
+    }
+
+    async fn apps_of_role(&self, role: Uuid) -> Result<Vec<App>> {
+        let sql = format!(
+            "SELECT {APP_COLUMNS} FROM apps WHERE id IN (SELECT app_id FROM role_apps WHERE role_id = ?) ORDER BY name_key"
+        );
+        let rows = sqlx::query(&sql).bind(role.to_string()).fetch_all(&self.reader).await.map_err(backend)?;
+        rows.iter().map(app_from_row).collect()
+    }
+
+    async fn roles_of_app(&self, app: Uuid) -> Result<Vec<Role>> {
+        let sql = format!(
+            "SELECT {ROLE_COLUMNS} FROM roles WHERE id IN (SELECT role_id FROM role_apps WHERE app_id = ?) ORDER BY name_key"
+        );
+        let rows = sqlx::query(&sql).bind(app.to_string()).fetch_all(&self.reader).await.map_err(backend)?;
+        rows.iter().map(role_from_row).collect()
+    }
+
+    async fn create_app(&self, app: &App, credential: &str, actor: &Actor) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO apps (id, name, name_key, description, connector, connection, credential, provisioning, created_at, updated_at, version) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(app.id.to_string())
+        .bind(&app.name)
+        .bind(app.name.to_lowercase())
+        .bind(&app.description)
+        .bind(connector_str(app)?)
+        .bind(to_json(&app.connection)?)
+        .bind(credential)
+        .bind(to_json(&app.provisioning)?)
+        .bind(ts(&app.created_at))
+        .bind(ts(&app.updated_at))
+        .bind(app.version)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        record_change(&mut tx, NewChange::app(app.id)).await?;
+        record_audit(
+            &mut tx,
+            actor,
+            AuditRecord { action: "app.create", target_type: "app", target_id: app.id.to_string(), before: None, after: to_value(app) },
+        )
+        .await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn get_app(&self, id: Uuid) -> Result<Option<App>> {
+        let sql = format!("SELECT {APP_COLUMNS} FROM apps WHERE id = ?");
+        let row = sqlx::query(&sql).bind(id.to_string()).fetch_optional(&self.reader).await.map_err(backend)?;
+        row.as_ref().map(app_from_row).transpose()
+    }
+
+    async fn list_apps(&self, query: &NameQuery) -> Result<Page<App>> {
+        let rows = list_named(&self.reader, "apps", APP_COLUMNS, query).await?;
+        let apps = rows.iter().map(app_from_row).collect::<Result<Vec<_>>>()?;
+        Ok(paginate(apps, &query.page, |a| vec![a.name.to_lowercase(), a.id.to_string()]))
+    }
+
+    async fn update_app(&self, app: &App, credential: Option<&str>, expected_version: i64, actor: &Actor) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let before = Self::app_in(&mut tx, app.id).await?;
+        check_version(before.version, Some(expected_version))?;
+        sqlx::query(
+            "UPDATE apps SET name = ?, name_key = ?, description = ?, connector = ?, connection = ?, \
+             credential = COALESCE(?, credential), provisioning = ?, updated_at = ?, version = ? WHERE id = ?",
+        )
+        .bind(&app.name)
+        .bind(app.name.to_lowercase())
+        .bind(&app.description)
+        .bind(connector_str(app)?)
+        .bind(to_json(&app.connection)?)
+        .bind(credential)
+        .bind(to_json(&app.provisioning)?)
+        .bind(ts(&app.updated_at))
+        .bind(app.version)
+        .bind(app.id.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        record_change(&mut tx, NewChange::app(app.id)).await?;
+        let mut after = to_value(app);
+        if let (Some(Value::Object(map)), true) = (&mut after, credential.is_some()) {
+            // Say that the credential changed, never what it is.
+            map.insert("credential_changed".into(), Value::Bool(true));
+        }
+        record_audit(
+            &mut tx,
+            actor,
+            AuditRecord { action: "app.update", target_type: "app", target_id: app.id.to_string(), before: to_value(&before), after },
+        )
+        .await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn delete_app(&self, id: Uuid, expected_version: Option<i64>, actor: &Actor) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let before = Self::app_in(&mut tx, id).await?;
+        check_version(before.version, expected_version)?;
+        sqlx::query("DELETE FROM apps WHERE id = ?").bind(id.to_string()).execute(&mut *tx).await.map_err(backend)?;
+        record_change(&mut tx, NewChange::app(id)).await?;
+        record_audit(
+            &mut tx,
+            actor,
+            AuditRecord { action: "app.delete", target_type: "app", target_id: id.to_string(), before: to_value(&before), after: None },
+        )
+        .await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn get_app_credential(&self, id: Uuid) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT credential FROM apps WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(backend)?;
+        row.map(|r| get(&r, "credential")).transpose()
+    }
+
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Page<AuditEntry>> {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT id, at, actor_kind, actor_name, action, target_type, target_id, before, after FROM audit_log WHERE 1 = 1",
+        );
+        if let Some(t) = &query.target_type {
+            qb.push(" AND target_type = ").push_bind(t.clone());
+        }
+        if let Some(t) = &query.target_id {
+            qb.push(" AND target_id = ").push_bind(t.clone());
+        }
+        if let Some(a) = &query.actor {
+            qb.push(" AND actor_name = ").push_bind(a.clone());
+        }
+        if let Some(c) = &query.page.cursor {
+            let key = cursor::decode(c, 1)?;
+            let id: i64 = key[0].parse().map_err(|_| StoreError::InvalidCursor)?;
+            qb.push(" AND id < ").push_bind(id);
+        }
+        qb.push(" ORDER BY id DESC LIMIT ").push_bind(limit_of(&query.page) + 1);
+        let rows = qb.build().fetch_all(&self.reader).await.map_err(backend)?;
+        let parse_json = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
+        let entries = rows
+            .iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    id: get(r, "id")?,
+                    at: get_ts(r, "at")?,
+                    actor: Actor { kind: get(r, "actor_kind")?, name: get(r, "actor_name")? },
+                    action: get(r, "action")?,
+                    target_type: get(r, "target_type")?,
+                    target_id: get(r, "target_id")?,
+                    before: parse_json(get(r, "before")?),
+                    after: parse_json(get(r, "after")?),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(paginate(entries, &query.page, |e| vec![e.id.to_string()]))
+    }
+
+    async fn changes_after(&self, after: i64, limit: u32) -> Result<Vec<Change>> {
+        let rows = sqlx::query("SELECT seq, at, kind, user_id, role_id, app_id FROM changes WHERE seq > ? ORDER BY seq LIMIT ?")
+            .bind(after)
+            .bind(i64::from(limit.clamp(1, 10_000)))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                let kind: String = get(r, "kind")?;
+                Ok(Change {
+                    seq: get(r, "seq")?,
+                    at: get_ts(r, "at")?,
+                    kind: ChangeKind::parse(&kind).ok_or_else(|| StoreError::Backend(format!("bad change kind {kind}")))?,
+                    user_id: get_opt_uuid(r, "user_id")?,
+                    role_id: get_opt_uuid(r, "role_id")?,
+                    app_id: get_opt_uuid(r, "app_id")?,
+                })
+            })
+            .collect()
+    }
+}
+
+fn connector_str(app: &App) -> Result<String> {
+    match serde_json::to_value(app.connector) {
+        Ok(Value::String(s)) => Ok(s),
+        _ => Err(StoreError::Backend("connector kind".into())),
+    }
+}
+
+/// Lists roles or apps by name, with text search and keyset pagination.
+async fn list_named(pool: &SqlitePool, table: &str, columns: &str, query: &NameQuery) -> Result<Vec<SqliteRow>> {
+    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!("SELECT {columns} FROM {table} WHERE 1 = 1"));
+    if let Some(q) = query.q.as_deref().filter(|q| !q.is_empty()) {
+        qb.push(" AND name_key LIKE ").push_bind(like_pattern(q)).push(" ESCAPE '\\'");
+    }
+    if let Some(c) = &query.page.cursor {
+        let key = cursor::decode(c, 2)?;
+        qb.push(" AND (name_key, id) > (").push_bind(key[0].clone()).push(", ").push_bind(key[1].clone()).push(")");
+    }
+    qb.push(" ORDER BY name_key, id LIMIT ").push_bind(limit_of(&query.page) + 1);
+    qb.build().fetch_all(pool).await.map_err(backend)
+}
