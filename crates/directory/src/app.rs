@@ -159,23 +159,18 @@ impl AuthInput {
 
     /// Splits into the public configuration and the secret. A secret left out is taken from
     /// `existing` when that is of the same type, and is otherwise an error.
-    fn split(
-        self,
-        existing: Option<&Secret>,
-        errors: &mut ValidationErrors,
-    ) -> Option<(AuthConfig, Secret)> {
+    fn split(self, existing: Option<&Secret>, errors: &mut ValidationErrors) -> Option<(AuthConfig, Secret)> {
         let kept = existing.filter(|s| s.type_name() == self.type_name());
         match self {
             Self::Bearer { token } => {
-                let secret = fresh_secret(errors, "token", token, kept)
-                    .map(|token| Secret::Bearer { token });
+                let secret = fresh_secret(errors, "token", token, kept).map(|token| Secret::Bearer { token });
                 Some((AuthConfig::Bearer {}, secret.or_else(|| kept.cloned())?))
             }
             Self::Basic { username, password } => {
                 let username = username.trim().to_owned();
                 check_text(errors, "connection.auth.username", &username, 256);
-                let secret = fresh_secret(errors, "password", password, kept)
-                    .map(|password| Secret::Basic { password });
+                let secret =
+                    fresh_secret(errors, "password", password, kept).map(|password| Secret::Basic { password });
                 Some((AuthConfig::Basic { username }, secret.or_else(|| kept.cloned())?))
             }
             Self::OAuth2ClientCredentials { token_url, client_id, client_secret, scope } => {
@@ -269,14 +264,11 @@ fn check_url(errors: &mut ValidationErrors, field: &str, value: &str) {
     }
     match url::Url::parse(value) {
         Err(e) => errors.push(field, format!("is not a valid URL ({e})")),
-        Ok(u) if !matches!(u.scheme(), "http" | "https") => {
-            errors.push(field, "must be an http:// or https:// URL")
-        }
+        Ok(u) if !matches!(u.scheme(), "http" | "https") => errors.push(field, "must be an http:// or https:// URL"),
         Ok(u) if u.host_str().is_none_or(str::is_empty) => errors.push(field, "must name a host"),
-        Ok(u) if !u.username().is_empty() || u.password().is_some() => errors.push(
-            field,
-            "must not contain credentials; put them in connection.auth",
-        ),
+        Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+            errors.push(field, "must not contain credentials; put them in connection.auth")
+        }
         Ok(_) => {}
     }
 }
@@ -284,10 +276,7 @@ fn check_url(errors: &mut ValidationErrors, field: &str, value: &str) {
 impl AppInput {
     /// Validates the input and splits the credential into its public part and its secret.
     /// `existing` is the stored secret, kept when the input leaves the secret out.
-    pub fn validate(
-        mut self,
-        existing: Option<&Secret>,
-    ) -> Result<(ValidatedApp, Secret), ValidationErrors> {
+    pub fn validate(mut self, existing: Option<&Secret>) -> Result<(ValidatedApp, Secret), ValidationErrors> {
         let mut errors = ValidationErrors::default();
         self.name = self.name.trim().to_owned();
         check_text(&mut errors, "name", &self.name, 128);
@@ -415,7 +404,8 @@ mod tests {
 
     #[test]
     fn unknown_auth_fields_are_refused() {
-        let r: Result<AppInput, _> = serde_json::from_value(json!({"name": "A", "connection": {"base_url": "https://a.example.com",
+        let r: Result<AppInput, _> =
+            serde_json::from_value(json!({"name": "A", "connection": {"base_url": "https://a.example.com",
             "auth": {"type": "bearer", "token": "t", "tokn": "x"}}}));
         assert!(r.is_err());
     }

@@ -100,10 +100,7 @@ impl AttributeDefInput {
         let mut errors = ValidationErrors::default();
         self.name = self.name.trim().to_owned();
         if !name_pattern().is_match(&self.name) {
-            errors.push(
-                "name",
-                "must be 1-63 lower case letters, digits or `_`, starting with a letter",
-            );
+            errors.push("name", "must be 1-63 lower case letters, digits or `_`, starting with a letter");
         } else if STANDARD_USER_FIELDS.contains(&self.name.as_str()) {
             errors.push("name", "is a standard user attribute");
         }
@@ -113,12 +110,7 @@ impl AttributeDefInput {
     }
 
     pub fn into_def(self, now: DateTime<Utc>) -> AttributeDef {
-        AttributeDef {
-            name: self.name,
-            kind: self.kind,
-            description: self.description,
-            created_at: now,
-        }
+        AttributeDef { name: self.name, kind: self.kind, description: self.description, created_at: now }
     }
 }
 

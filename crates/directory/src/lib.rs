@@ -10,8 +10,8 @@ pub mod user;
 pub mod validation;
 
 pub use app::{
-    App, AppInput, Approval, AuthConfig, AuthInput, ConnectionConfig, ConnectionInput,
-    ConnectorKind, DeprovisionAction, ProvisioningSettings, Secret, ValidatedApp,
+    App, AppInput, Approval, AuthConfig, AuthInput, ConnectionConfig, ConnectionInput, ConnectorKind,
+    DeprovisionAction, ProvisioningSettings, Secret, ValidatedApp,
 };
 pub use attribute::{AttributeDef, AttributeDefInput, AttributeType};
 pub use audit::{Actor, AuditEntry};
@@ -32,10 +32,7 @@ pub struct Page<T> {
 
 impl<T> Page<T> {
     pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
-        Page {
-            items: self.items.into_iter().map(f).collect(),
-            next_cursor: self.next_cursor,
-        }
+        Page { items: self.items.into_iter().map(f).collect(), next_cursor: self.next_cursor }
     }
 }
 

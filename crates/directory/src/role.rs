@@ -39,10 +39,7 @@ impl RoleInput {
     }
 
     pub fn from_role(role: &Role) -> Self {
-        Self {
-            name: role.name.clone(),
-            description: role.description.clone(),
-        }
+        Self { name: role.name.clone(), description: role.description.clone() }
     }
 }
 

@@ -260,10 +260,7 @@ mod tests {
     use super::*;
 
     fn input(username: &str) -> UserInput {
-        UserInput {
-            username: username.into(),
-            ..Default::default()
-        }
+        UserInput { username: username.into(), ..Default::default() }
     }
 
     #[test]

@@ -10,10 +10,7 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            reason: reason.into(),
-        }
+        Self { field: field.into(), reason: reason.into() }
     }
 }
 
@@ -23,11 +20,7 @@ impl FieldError {
 pub struct ValidationErrors(pub Vec<FieldError>);
 
 fn summary(errors: &[FieldError]) -> String {
-    errors
-        .iter()
-        .map(|e| format!("{}: {}", e.field, e.reason))
-        .collect::<Vec<_>>()
-        .join("; ")
+    errors.iter().map(|e| format!("{}: {}", e.field, e.reason)).collect::<Vec<_>>().join("; ")
 }
 
 impl ValidationErrors {
@@ -59,12 +52,7 @@ pub(crate) fn check_text(errors: &mut ValidationErrors, field: &str, value: &str
     }
 }
 
-pub(crate) fn check_opt_text(
-    errors: &mut ValidationErrors,
-    field: &str,
-    value: &Option<String>,
-    max: usize,
-) {
+pub(crate) fn check_opt_text(errors: &mut ValidationErrors, field: &str, value: &Option<String>, max: usize) {
     if let Some(v) = value {
         check_text(errors, field, v, max);
     }
@@ -94,7 +82,9 @@ mod tests {
     fn emails() {
         assert!(is_valid_email("ada@example.com"));
         assert!(is_valid_email("a.b+c@sub.example.co.uk"));
-        for bad in ["", "ada", "ada@", "@example.com", "ada@example", "a da@example.com", "a@b@c.com", "a@.com", "a@b..com"] {
+        for bad in
+            ["", "ada", "ada@", "@example.com", "ada@example", "a da@example.com", "a@b@c.com", "a@.com", "a@b..com"]
+        {
             assert!(!is_valid_email(bad), "{bad} accepted");
         }
     }

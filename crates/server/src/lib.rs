@@ -1,0 +1,102 @@
+//! The Provisioner service: the admin REST API over one service layer.
+
+pub mod api;
+pub mod error;
+pub mod extract;
+pub mod service;
+pub mod tokens;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use store::secrets::Keyring;
+use store::Store;
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+
+pub use error::Error;
+pub use service::{Bootstrap, Service};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub service: Arc<Service>,
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>, keyring: Arc<Keyring>) -> Self {
+        Self { service: Arc::new(Service::new(store, keyring)) }
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Provisioner API", description = "Admin API of Provisioner, an identity provisioning engine. \
+        Every route needs `Authorization: Bearer <token>`. Errors are `application/problem+json` (RFC 9457) \
+        naming the fields at fault. Writes accept `If-Match` with the ETag of the version read."),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags((name = "users"), (name = "roles"), (name = "apps"), (name = "attributes"), (name = "audit"), (name = "meta"))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document of the whole API, generated from the routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, doc) =
+        OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi()).nest("/api/v1", api::router()).split_for_parts();
+    doc
+}
+
+/// Lets a request through only with a valid API token; the token's actor goes into the
+/// request's extensions.
+async fn require_token(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, Error> {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim().to_owned())
+        .ok_or(Error::Unauthorized)?;
+    let actor = state.service.authenticate(&token).await?.ok_or(Error::Unauthorized)?;
+    req.extensions_mut().insert(actor);
+    Ok(next.run(req).await)
+}
+
+async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, Error> {
+    state.service.health().await?;
+    Ok(Json(serde_json::json!({"status": "ok"})))
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    let (api, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", api::router()).split_for_parts();
+    let doc_json = doc.to_pretty_json().unwrap_or_else(|_| "{}".to_owned());
+    api.route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(Extension(api::OpenApiJson(Arc::new(doc_json))))
+        .route("/healthz", get(healthz))
+        .fallback(|| async { Error::NotFound("route") })
+        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed.into_response() })
+        .layer(DefaultBodyLimit::max(extract::MAX_BODY))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

@@ -16,9 +16,7 @@ pub fn decode(cursor: &str, parts: usize) -> Result<Vec<String>, StoreError> {
     if cursor.len() > 2048 {
         return Err(StoreError::InvalidCursor);
     }
-    let bytes = URL_SAFE_NO_PAD
-        .decode(cursor)
-        .map_err(|_| StoreError::InvalidCursor)?;
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| StoreError::InvalidCursor)?;
     let key: Vec<String> = serde_json::from_slice(&bytes).map_err(|_| StoreError::InvalidCursor)?;
     if key.len() == parts {
         Ok(key)

@@ -11,9 +11,7 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use directory::{
-    Actor, App, AttributeDef, AuditEntry, Change, Page, Role, User, UserStatus,
-};
+use directory::{Actor, App, AttributeDef, AuditEntry, Change, Page, Role, User, UserStatus};
 use uuid::Uuid;
 
 pub use sqlite::SqliteStore;
@@ -148,13 +146,8 @@ pub trait Store: Send + Sync + 'static {
     async fn get_app(&self, id: Uuid) -> Result<Option<App>>;
     async fn list_apps(&self, query: &NameQuery) -> Result<Page<App>>;
     /// Replaces an app; `credential` is `None` to keep the stored one.
-    async fn update_app(
-        &self,
-        app: &App,
-        credential: Option<&str>,
-        expected_version: i64,
-        actor: &Actor,
-    ) -> Result<()>;
+    async fn update_app(&self, app: &App, credential: Option<&str>, expected_version: i64, actor: &Actor)
+        -> Result<()>;
     async fn delete_app(&self, id: Uuid, expected_version: Option<i64>, actor: &Actor) -> Result<()>;
     async fn get_app_credential(&self, id: Uuid) -> Result<Option<String>>;
 

@@ -62,11 +62,7 @@ impl Keyring {
                 .decode(k.as_ref().trim())
                 .map_err(|_| SecretError::BadKey(format!("key {} is not valid base64", i + 1)))?;
             if raw.len() != 32 {
-                return Err(SecretError::BadKey(format!(
-                    "key {} must be 32 bytes, not {}",
-                    i + 1,
-                    raw.len()
-                )));
+                return Err(SecretError::BadKey(format!("key {} must be 32 bytes, not {}", i + 1, raw.len())));
             }
             let cipher = Aes256Gcm::new_from_slice(&raw)
                 .map_err(|_| SecretError::BadKey(format!("key {} is unusable", i + 1)))?;
@@ -140,19 +136,13 @@ impl Keyring {
         let (Some("v1"), Some(id), Some(b64)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(SecretError::Corrupt);
         };
-        let key = self
-            .keys
-            .iter()
-            .find(|k| k.id == id)
-            .ok_or_else(|| SecretError::UnknownKey(id.to_owned()))?;
+        let key = self.keys.iter().find(|k| k.id == id).ok_or_else(|| SecretError::UnknownKey(id.to_owned()))?;
         let blob = STANDARD.decode(b64).map_err(|_| SecretError::Corrupt)?;
         if blob.len() < 12 + 16 {
             return Err(SecretError::Corrupt);
         }
         let (nonce, ct) = blob.split_at(12);
-        key.cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
-            .map_err(|_| SecretError::Corrupt)
+        key.cipher.decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad }).map_err(|_| SecretError::Corrupt)
     }
 
     /// Whether a ciphertext was made with an older key and should be re-encrypted.

@@ -8,21 +8,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use directory::{
-    Actor, App, AttributeDef, AttributeType, AuditEntry, Change, ChangeKind, NewChange, Page,
-    Role, User, UserSource, UserStatus,
+    Actor, App, AttributeDef, AttributeType, AuditEntry, Change, ChangeKind, NewChange, Page, Role, User, UserSource,
+    UserStatus,
 };
 use serde_json::Value;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use uuid::Uuid;
 
-use crate::{
-    cursor, AuditQuery, NameQuery, PageRequest, Result, Store, StoreError, TokenRecord, UserQuery,
-    MAX_PAGE,
-};
+use crate::{cursor, AuditQuery, NameQuery, PageRequest, Result, Store, StoreError, TokenRecord, UserQuery, MAX_PAGE};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -162,10 +158,8 @@ fn user_from_row(row: &SqliteRow) -> Result<User> {
         phone: get(row, "phone")?,
         employee_number: get(row, "employee_number")?,
         attributes: get_json(row, "attributes")?,
-        status: UserStatus::parse(&status)
-            .ok_or_else(|| StoreError::Backend(format!("bad status {status}")))?,
-        source: UserSource::parse(&source)
-            .ok_or_else(|| StoreError::Backend(format!("bad source {source}")))?,
+        status: UserStatus::parse(&status).ok_or_else(|| StoreError::Backend(format!("bad status {status}")))?,
+        source: UserSource::parse(&source).ok_or_else(|| StoreError::Backend(format!("bad source {source}")))?,
         created_at: get_ts(row, "created_at")?,
         updated_at: get_ts(row, "updated_at")?,
         version: get(row, "version")?,
@@ -185,8 +179,7 @@ fn role_from_row(row: &SqliteRow) -> Result<Role> {
     })
 }
 
-const APP_COLUMNS: &str =
-    "id, name, description, connector, connection, provisioning, created_at, updated_at, version";
+const APP_COLUMNS: &str = "id, name, description, connector, connection, provisioning, created_at, updated_at, version";
 
 fn app_from_row(row: &SqliteRow) -> Result<App> {
     let connector: String = get(row, "connector")?;
@@ -194,8 +187,7 @@ fn app_from_row(row: &SqliteRow) -> Result<App> {
         id: get_uuid(row, "id")?,
         name: get(row, "name")?,
         description: get(row, "description")?,
-        connector: serde_json::from_value(Value::String(connector))
-            .map_err(|e| StoreError::Backend(e.to_string()))?,
+        connector: serde_json::from_value(Value::String(connector)).map_err(|e| StoreError::Backend(e.to_string()))?,
         connection: get_json(row, "connection")?,
         provisioning: get_json(row, "provisioning")?,
         created_at: get_ts(row, "created_at")?,
@@ -262,8 +254,8 @@ impl SqliteStore {
 
     /// Opens a `sqlite://` URL (e.g. `sqlite:///var/lib/provisioner/provisioner.db`).
     pub async fn open_url(url: &str) -> Result<Self> {
-        let opts = SqliteConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Unavailable(format!("bad SQLite URL: {e}")))?;
+        let opts =
+            SqliteConnectOptions::from_str(url).map_err(|e| StoreError::Unavailable(format!("bad SQLite URL: {e}")))?;
         Self::open_with(opts).await
     }
 
@@ -280,10 +272,7 @@ impl SqliteStore {
             .connect_with(opts.clone())
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        MIGRATOR
-            .run(&writer)
-            .await
-            .map_err(|e| StoreError::Backend(format!("migration failed: {e}")))?;
+        MIGRATOR.run(&writer).await.map_err(|e| StoreError::Backend(format!("migration failed: {e}")))?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(30))
@@ -337,11 +326,7 @@ impl SqliteStore {
     }
 
     async fn ids_in(tx: &mut Tx<'_>, sql: &str, id: Uuid) -> Result<Vec<Uuid>> {
-        let rows = sqlx::query(sql)
-            .bind(id.to_string())
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(backend)?;
+        let rows = sqlx::query(sql).bind(id.to_string()).fetch_all(&mut **tx).await.map_err(backend)?;
         rows.iter().map(|r| get_uuid(r, "id")).collect()
     }
 
@@ -429,7 +414,13 @@ impl Store for SqliteStore {
         record_audit(
             &mut tx,
             actor,
-            AuditRecord { action: "token.create", target_type: "token", target_id: token.id.to_string(), before: None, after: Some(after) },
+            AuditRecord {
+                action: "token.create",
+                target_type: "token",
+                target_id: token.id.to_string(),
+                before: None,
+                after: Some(after),
+            },
         )
         .await?;
         tx.commit().await.map_err(backend)
@@ -485,7 +476,13 @@ impl Store for SqliteStore {
         record_audit(
             &mut tx,
             actor,
-            AuditRecord { action: "attribute.create", target_type: "attribute", target_id: def.name.clone(), before: None, after: to_value(def) },
+            AuditRecord {
+                action: "attribute.create",
+                target_type: "attribute",
+                target_id: def.name.clone(),
+                before: None,
+                after: to_value(def),
+            },
         )
         .await?;
         tx.commit().await.map_err(backend)
@@ -522,7 +519,13 @@ impl Store for SqliteStore {
         record_audit(
             &mut tx,
             actor,
-            AuditRecord { action: "user.create", target_type: "user", target_id: user.id.to_string(), before: None, after: to_value(user) },
+            AuditRecord {
+                action: "user.create",
+                target_type: "user",
+                target_id: user.id.to_string(),
+                before: None,
+                after: to_value(user),
+            },
         )
         .await?;
         tx.commit().await.map_err(backend)
@@ -558,7 +561,11 @@ impl Store for SqliteStore {
         }
         if let Some(c) = &query.page.cursor {
             let key = cursor::decode(c, 2)?;
-            qb.push(" AND (username_key, id) > (").push_bind(key[0].clone()).push(", ").push_bind(key[1].clone()).push(")");
+            qb.push(" AND (username_key, id) > (")
+                .push_bind(key[0].clone())
+                .push(", ")
+                .push_bind(key[1].clone())
+                .push(")");
         }
         qb.push(" ORDER BY username_key, id LIMIT ").push_bind(limit_of(&query.page) + 1);
         let rows = qb.build().fetch_all(&self.reader).await.map_err(backend)?;
@@ -609,7 +616,13 @@ impl Store for SqliteStore {
         record_audit(
             &mut tx,
             actor,
-            AuditRecord { action, target_type: "user", target_id: user.id.to_string(), before: to_value(&before), after: to_value(user) },
+            AuditRecord {
+                action,
+                target_type: "user",
+                target_id: user.id.to_string(),
+                before: to_value(&before),
+                after: to_value(user),
+            },
         )
         .await?;
         tx.commit().await.map_err(backend)
@@ -636,7 +649,11 @@ impl Store for SqliteStore {
             .await
             .map_err(backend)?;
         let roles = Self::ids_in(&mut tx, "SELECT role_id AS id FROM role_users WHERE user_id = ?", id).await?;
-        sqlx::query("DELETE FROM role_users WHERE user_id = ?").bind(id.to_string()).execute(&mut *tx).await.map_err(backend)?;
+        sqlx::query("DELETE FROM role_users WHERE user_id = ?")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
         for role in roles {
             record_change(&mut tx, NewChange::membership(role, id)).await?;
         }
@@ -644,7 +661,13 @@ impl Store for SqliteStore {
         record_audit(
             &mut tx,
             actor,
-            AuditRecord { action: "user.delete", target_type: "user", target_id: id.to_string(), before: to_value(&before), after: to_value(&after) },
+            AuditRecord {
+                action: "user.delete",
+                target_type: "user",
+                target_id: id.to_string(),
+                before: to_value(&before),
+                after: to_value(&after),
+            },
         )
         .await?;
         tx.commit().await.map_err(backend)?;
@@ -668,7 +691,13 @@ impl Store for SqliteStore {
         record_audit(
             &mut tx,
             actor,
-            AuditRecord { action: "role.create", target_type: "role", target_id: role.id.to_string(), before: None, after: to_value(role) },
+            AuditRecord {
+                action: "role.create",
+                target_type: "role",
+                target_id: role.id.to_string(),
+                before: None,
+                after: to_value(role),
+            },
         )
         .await?;
         tx.commit().await.map_err(backend)
@@ -690,21 +719,29 @@ impl Store for SqliteStore {
         let mut tx = self.begin().await?;
         let before = Self::role_in(&mut tx, role.id).await?;
         check_version(before.version, Some(expected_version))?;
-        sqlx::query("UPDATE roles SET name = ?, name_key = ?, description = ?, updated_at = ?, version = ? WHERE id = ?")
-            .bind(&role.name)
-            .bind(role.name.to_lowercase())
-            .bind(&role.description)
-            .bind(ts(&role.updated_at))
-            .bind(role.version)
-            .bind(role.id.to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+        sqlx::query(
+            "UPDATE roles SET name = ?, name_key = ?, description = ?, updated_at = ?, version = ? WHERE id = ?",
+        )
+        .bind(&role.name)
+        .bind(role.name.to_lowercase())
+        .bind(&role.description)
+        .bind(ts(&role.updated_at))
+        .bind(role.version)
+        .bind(role.id.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
         record_change(&mut tx, NewChange::role(role.id)).await?;
         record_audit(
             &mut tx,
             actor,
-            AuditRecord { action: "role.update", target_type: "role", target_id: role.id.to_string(), before: to_value(&before), after: to_value(role) },
+            AuditRecord {
+                action: "role.update",
+                target_type: "role",
+                target_id: role.id.to_string(),
+                before: to_value(&before),
+                after: to_value(role),
+            },
         )
         .await?;
         tx.commit().await.map_err(backend)
@@ -733,7 +770,13 @@ impl Store for SqliteStore {
         record_audit(
             &mut tx,
             actor,
-            AuditRecord { action: "role.delete", target_type: "role", target_id: id.to_string(), before: Some(before_value), after: None },
+            AuditRecord {
+                action: "role.delete",
+                target_type: "role",
+                target_id: id.to_string(),
+                before: Some(before_value),
+                after: None,
+            },
         )
         .await?;
         tx.commit().await.map_err(backend)
@@ -803,7 +846,13 @@ impl Store for SqliteStore {
         record_audit(
             &mut tx,
             actor,
-            AuditRecord { action: "app.create", target_type: "app", target_id: app.id.to_string(), before: None, after: to_value(app) },
+            AuditRecord {
+                action: "app.create",
+                target_type: "app",
+                target_id: app.id.to_string(),
+                before: None,
+                after: to_value(app),
+            },
         )
         .await?;
         tx.commit().await.map_err(backend)
@@ -821,7 +870,13 @@ impl Store for SqliteStore {
         Ok(paginate(apps, &query.page, |a| vec![a.name.to_lowercase(), a.id.to_string()]))
     }
 
-    async fn update_app(&self, app: &App, credential: Option<&str>, expected_version: i64, actor: &Actor) -> Result<()> {
+    async fn update_app(
+        &self,
+        app: &App,
+        credential: Option<&str>,
+        expected_version: i64,
+        actor: &Actor,
+    ) -> Result<()> {
         let mut tx = self.begin().await?;
         let before = Self::app_in(&mut tx, app.id).await?;
         check_version(before.version, Some(expected_version))?;
@@ -851,7 +906,13 @@ impl Store for SqliteStore {
         record_audit(
             &mut tx,
             actor,
-            AuditRecord { action: "app.update", target_type: "app", target_id: app.id.to_string(), before: to_value(&before), after },
+            AuditRecord {
+                action: "app.update",
+                target_type: "app",
+                target_id: app.id.to_string(),
+                before: to_value(&before),
+                after,
+            },
         )
         .await?;
         tx.commit().await.map_err(backend)
@@ -866,7 +927,13 @@ impl Store for SqliteStore {
         record_audit(
             &mut tx,
             actor,
-            AuditRecord { action: "app.delete", target_type: "app", target_id: id.to_string(), before: to_value(&before), after: None },
+            AuditRecord {
+                action: "app.delete",
+                target_type: "app",
+                target_id: id.to_string(),
+                before: to_value(&before),
+                after: None,
+            },
         )
         .await?;
         tx.commit().await.map_err(backend)
@@ -921,19 +988,22 @@ impl Store for SqliteStore {
     }
 
     async fn changes_after(&self, after: i64, limit: u32) -> Result<Vec<Change>> {
-        let rows = sqlx::query("SELECT seq, at, kind, user_id, role_id, app_id FROM changes WHERE seq > ? ORDER BY seq LIMIT ?")
-            .bind(after)
-            .bind(i64::from(limit.clamp(1, 10_000)))
-            .fetch_all(&self.reader)
-            .await
-            .map_err(backend)?;
+        let rows = sqlx::query(
+            "SELECT seq, at, kind, user_id, role_id, app_id FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(after)
+        .bind(i64::from(limit.clamp(1, 10_000)))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(backend)?;
         rows.iter()
             .map(|r| {
                 let kind: String = get(r, "kind")?;
                 Ok(Change {
                     seq: get(r, "seq")?,
                     at: get_ts(r, "at")?,
-                    kind: ChangeKind::parse(&kind).ok_or_else(|| StoreError::Backend(format!("bad change kind {kind}")))?,
+                    kind: ChangeKind::parse(&kind)
+                        .ok_or_else(|| StoreError::Backend(format!("bad change kind {kind}")))?,
                     user_id: get_opt_uuid(r, "user_id")?,
                     role_id: get_opt_uuid(r, "role_id")?,
                     app_id: get_opt_uuid(r, "app_id")?,

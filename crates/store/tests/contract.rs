@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use directory::{
-    Actor, App, AppInput, AttributeDefInput, AttributeType, ChangeKind, Role, RoleInput, User,
-    UserInput, UserSource, UserStatus,
+    Actor, App, AppInput, AttributeDefInput, AttributeType, ChangeKind, Role, RoleInput, User, UserInput, UserSource,
+    UserStatus,
 };
 use serde_json::json;
 use store::{AuditQuery, NameQuery, PageRequest, Store, StoreError, TokenRecord, UserQuery};
@@ -99,7 +99,8 @@ pub async fn users_page_search_and_filter(s: Arc<dyn Store>) {
     let mut seen = Vec::new();
     let mut cursor = None;
     loop {
-        let page = s.list_users(&UserQuery { page: PageRequest { limit: 10, cursor }, ..Default::default() }).await.unwrap();
+        let page =
+            s.list_users(&UserQuery { page: PageRequest { limit: 10, cursor }, ..Default::default() }).await.unwrap();
         assert!(page.items.len() <= 10);
         seen.extend(page.items.into_iter().map(|u| u.username));
         match page.next_cursor {
@@ -158,14 +159,17 @@ pub async fn roles_members_and_grants(s: Arc<dyn Store>) {
     assert_eq!(s.roles_of_user(u.id).await.unwrap(), vec![r.clone()]);
     assert!(matches!(s.add_role_user(r.id, Uuid::now_v7(), &actor()).await, Err(StoreError::NotFound)));
     assert!(matches!(s.add_role_app(Uuid::now_v7(), a.id, &actor()).await, Err(StoreError::NotFound)));
-    let renamed = r.updated(RoleInput { name: "Customer Support".into(), description: Some("Tier 1".into()) }, directory::now());
+    let renamed =
+        r.updated(RoleInput { name: "Customer Support".into(), description: Some("Tier 1".into()) }, directory::now());
     s.update_role(&renamed, 1, &actor()).await.unwrap();
     assert_eq!(s.get_role(r.id).await.unwrap().unwrap().name, "Customer Support");
     let seq = last_seq(&*s).await;
     s.delete_role(r.id, Some(2), &actor()).await.unwrap();
     let changes = s.changes_after(seq, 100).await.unwrap();
-    assert!(changes.iter().any(|c| c.kind == ChangeKind::RoleMembership && c.user_id == Some(u.id)),
-        "members of a deleted role are changes for the engine");
+    assert!(
+        changes.iter().any(|c| c.kind == ChangeKind::RoleMembership && c.user_id == Some(u.id)),
+        "members of a deleted role are changes for the engine"
+    );
     assert!(changes.iter().any(|c| c.kind == ChangeKind::RoleApp && c.app_id == Some(a.id)));
     assert!(s.roles_of_user(u.id).await.unwrap().is_empty());
     assert!(!s.remove_role_app(Uuid::now_v7(), a.id, &actor()).await.is_ok_and(|x| x));
@@ -209,7 +213,11 @@ pub async fn app_credentials_are_kept_apart(s: Arc<dyn Store>) {
 }
 
 pub async fn attribute_definitions(s: Arc<dyn Store>) {
-    let mut input = AttributeDefInput { name: "cost_center".into(), kind: AttributeType::String, description: Some("Finance code".into()) };
+    let mut input = AttributeDefInput {
+        name: "cost_center".into(),
+        kind: AttributeType::String,
+        description: Some("Finance code".into()),
+    };
     input.validate().unwrap();
     let def = input.into_def(directory::now());
     s.create_attribute_def(&def, &actor()).await.unwrap();
@@ -237,7 +245,8 @@ pub async fn audit_pages_newest_first(s: Arc<dyn Store>) {
     for i in 0..7 {
         s.create_role(&role(&format!("r{i}")), &actor()).await.unwrap();
     }
-    let first = s.list_audit(&AuditQuery { page: PageRequest { limit: 4, cursor: None }, ..Default::default() }).await.unwrap();
+    let first =
+        s.list_audit(&AuditQuery { page: PageRequest { limit: 4, cursor: None }, ..Default::default() }).await.unwrap();
     assert_eq!(first.items.len(), 4);
     assert_eq!(first.items[0].after.as_ref().unwrap()["name"], "r6");
     let second = s

@@ -1,0 +1,74 @@
+//! Settings: command-line flags, then environment variables, then an optional TOML file,
+//! then defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// The TOML configuration file. Unknown keys are refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub admin_token: Option<String>,
+    pub log: Option<String>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {}", path.display(), e.message()))
+    }
+}
+
+/// Where the data lives.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+}
+
+impl StoreSettings {
+    /// Opens the store named by the settings, applying migrations.
+    pub async fn open(&self) -> anyhow::Result<std::sync::Arc<dyn store::Store>> {
+        match self.database_url.as_deref() {
+            Some(url) if url.starts_with("sqlite:") => {
+                let s = store::SqliteStore::open_url(url).await.with_context(|| "cannot open the SQLite database")?;
+                Ok(std::sync::Arc::new(s))
+            }
+            Some(url) if url.starts_with("postgres:") || url.starts_with("postgresql:") => {
+                bail!("PostgreSQL is not supported by this build yet; use the embedded SQLite store (leave --database-url unset)")
+            }
+            Some(other) => {
+                let scheme = other.split(':').next().unwrap_or("");
+                bail!("unsupported database URL scheme {scheme:?}: use sqlite://PATH")
+            }
+            None => {
+                std::fs::create_dir_all(&self.data_dir)
+                    .with_context(|| format!("cannot create data directory {}", self.data_dir.display()))?;
+                let path = self.data_dir.join("provisioner.db");
+                let s = store::SqliteStore::open(&path)
+                    .await
+                    .with_context(|| format!("cannot open the database {}", path.display()))?;
+                Ok(std::sync::Arc::new(s))
+            }
+        }
+    }
+
+    /// The keyring for secrets: from PROVISIONER_SECRET_KEY (base64 keys separated by
+    /// commas, the first encrypts) or the key file in the data directory (created 0600).
+    pub fn keyring(&self, env_key: Option<&str>) -> anyhow::Result<store::secrets::Keyring> {
+        if let Some(keys) = env_key.filter(|k| !k.trim().is_empty()) {
+            let keys: Vec<&str> = keys.split(',').collect();
+            return store::secrets::Keyring::from_base64(&keys).context("PROVISIONER_SECRET_KEY");
+        }
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("cannot create data directory {}", self.data_dir.display()))?;
+        Ok(store::secrets::Keyring::load_or_create(&self.data_dir.join("secret.key"))?)
+    }
+}

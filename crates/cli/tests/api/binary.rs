@@ -1,0 +1,238 @@
+//! The real `provisioner` binary: start-up, persistence, bootstrap token, CLI commands.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_provisioner");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `provisioner` command with none of the caller's PROVISIONER_* settings.
+fn command(data_dir: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PROVISIONER_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("PROVISIONER_DATA_DIR", data_dir).env("RUST_LOG", "warn").kill_on_drop(true);
+    c
+}
+
+struct Running {
+    child: Child,
+    addr: String,
+    stdout: Arc<Mutex<String>>,
+}
+
+impl Running {
+    async fn start(data_dir: &Path, admin_token: Option<&str>) -> Self {
+        let port = free_port();
+        let mut c = command(data_dir);
+        c.arg("serve").env("PROVISIONER_LISTEN", format!("127.0.0.1:{port}")).stdout(Stdio::piped());
+        if let Some(t) = admin_token {
+            c.env("PROVISIONER_ADMIN_TOKEN", t);
+        }
+        let mut child = c.spawn().unwrap();
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let sink = stdout.clone();
+        let out = child.stdout.take().unwrap();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(out).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let addr = format!("127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        for _ in 0..300 {
+            if let Ok(r) = client.get(format!("http://{addr}/healthz")).send().await {
+                if r.status() == StatusCode::OK {
+                    return Self { child, addr, stdout };
+                }
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("provisioner exited at start: {status}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("provisioner did not become healthy");
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Ends the process abruptly (SIGKILL): whatever was acknowledged must survive.
+    async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
+fn printed_token(stdout: &str) -> Option<String> {
+    stdout.lines().map(str::trim).find(|l| l.starts_with("prv_")).map(str::to_owned)
+}
+
+fn files_contain(dir: &Path, needle: &str) -> Vec<String> {
+    let mut hits = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let bytes = std::fs::read(&path).unwrap();
+            if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                hits.push(path.display().to_string());
+            }
+        }
+    }
+    hits
+}
+
+#[tokio::test]
+async fn data_survives_a_kill_and_secrets_are_never_stored_in_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "bootstrap-token-from-env-123";
+    let secret = "PLAIN-app-secret-4f1c9e";
+    let p = Running::start(dir.path(), Some(token)).await;
+    assert_eq!(printed_token(&p.stdout.lock().unwrap()), None, "a given token is not printed");
+    let client = reqwest::Client::new();
+    let u: serde_json::Value = client
+        .post(p.url("/api/v1/users"))
+        .bearer_auth(token)
+        .json(&json!({"username": "durable", "email": "durable@example.com"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let a = client
+        .post(p.url("/api/v1/apps"))
+        .bearer_auth(token)
+        .json(&json!({"name": "Wiki", "connection": {"base_url": "https://wiki.example.com/scim/v2",
+            "auth": {"type": "bearer", "token": secret}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(a.status(), StatusCode::CREATED);
+    p.kill().await;
+
+    assert!(dir.path().join("provisioner.db").exists(), "the database lives in the data directory");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("secret.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the key file is private");
+    }
+    assert_eq!(files_contain(dir.path(), secret), Vec::<String>::new(), "the app credential is stored only encrypted");
+    assert_eq!(files_contain(dir.path(), token), Vec::<String>::new(), "the API token is stored only hashed");
+
+    let p = Running::start(dir.path(), Some(token)).await;
+    let got: serde_json::Value = client
+        .get(p.url(&format!("/api/v1/users/{}", u["id"].as_str().unwrap())))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got, u);
+    let apps: serde_json::Value =
+        client.get(p.url("/api/v1/apps")).bearer_auth(token).send().await.unwrap().json().await.unwrap();
+    assert_eq!(apps["items"][0]["name"], "Wiki");
+    p.kill().await;
+}
+
+#[tokio::test]
+async fn first_start_prints_a_random_admin_token_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Running::start(dir.path(), None).await;
+    let token = printed_token(&p.stdout.lock().unwrap()).expect("the bootstrap token is printed");
+    let client = reqwest::Client::new();
+    let ok = client.get(p.url("/api/v1/users")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    p.kill().await;
+    let p = Running::start(dir.path(), None).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(printed_token(&p.stdout.lock().unwrap()), None, "printed only on the first start");
+    let ok = client.get(p.url("/api/v1/users")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    p.kill().await;
+}
+
+#[tokio::test]
+async fn migrate_token_create_and_healthcheck() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = command(dir.path()).arg("migrate").output().await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(dir.path().join("provisioner.db").exists());
+    let out = command(dir.path()).args(["token", "create", "--name", "ci-bot"]).output().await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(token.starts_with("prv_"), "{token}");
+
+    let p = Running::start(dir.path(), None).await;
+    let client = reqwest::Client::new();
+    let r = client.post(p.url("/api/v1/roles")).bearer_auth(&token).json(&json!({"name": "Ops"})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let audit: serde_json::Value =
+        client.get(p.url("/api/v1/audit")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    assert_eq!(audit["items"][0]["actor"]["name"], "ci-bot", "the audit log names the token");
+    let health = command(dir.path()).args(["healthcheck", "--listen", &p.addr]).output().await.unwrap();
+    assert!(health.status.success(), "{health:?}");
+    p.kill().await;
+    let health = command(dir.path())
+        .args(["healthcheck", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .await
+        .unwrap();
+    assert!(!health.status.success());
+    let err = String::from_utf8(health.stderr).unwrap();
+    assert_eq!(err.trim().lines().count(), 1, "one readable line: {err}");
+}
+
+#[tokio::test]
+async fn bad_settings_are_one_readable_line_and_a_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("provisioner.toml");
+    std::fs::write(&config, "listen = \"127.0.0.1:0\"\nlisten_port = 8080\n").unwrap();
+    let out = command(dir.path()).args(["--config", config.to_str().unwrap(), "migrate"]).output().await.unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("listen_port"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    let out = command(dir.path()).args(["migrate", "--database-url", "mysql://localhost/x"]).output().await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8(out.stderr).unwrap().contains("mysql"));
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = command(dir.path())
+        .args(["serve", "--listen", &taken.local_addr().unwrap().to_string()])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8(out.stderr).unwrap().contains("cannot listen"));
+
+    // A config file can carry the settings.
+    let data = dir.path().join("from-config");
+    std::fs::write(&config, format!("data_dir = {:?}\n", data.to_str().unwrap())).unwrap();
+    let out = command(dir.path())
+        .env_remove("PROVISIONER_DATA_DIR")
+        .args(["--config", config.to_str().unwrap(), "migrate"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(data.join("provisioner.db").exists());
+}

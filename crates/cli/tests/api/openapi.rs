@@ -1,0 +1,60 @@
+//! The OpenAPI document is generated from the routes and covers all of them.
+
+use reqwest::{Method, StatusCode};
+
+use crate::support::TestServer;
+
+#[tokio::test]
+async fn openapi_document_covers_every_route() {
+    let s = TestServer::start().await;
+    s.call_with(Method::GET, "/api/v1/openapi.json", None, None, &[]).await.problem(401);
+    let doc = s.get("/api/v1/openapi.json").await;
+    assert_eq!(doc.status, StatusCode::OK);
+    let doc = doc.body;
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    let expected: &[(&str, &[&str])] = &[
+        ("/api/v1/users", &["get", "post"]),
+        ("/api/v1/users/{id}", &["get", "patch", "delete"]),
+        ("/api/v1/users/{id}/roles", &["get"]),
+        ("/api/v1/roles", &["get", "post"]),
+        ("/api/v1/roles/{id}", &["get", "patch", "delete"]),
+        ("/api/v1/roles/{id}/users", &["get"]),
+        ("/api/v1/roles/{id}/users/{user_id}", &["put", "delete"]),
+        ("/api/v1/roles/{id}/apps", &["get"]),
+        ("/api/v1/roles/{id}/apps/{app_id}", &["put", "delete"]),
+        ("/api/v1/apps", &["get", "post"]),
+        ("/api/v1/apps/{id}", &["get", "patch", "delete"]),
+        ("/api/v1/apps/{id}/roles", &["get"]),
+        ("/api/v1/attributes", &["get", "post"]),
+        ("/api/v1/audit", &["get"]),
+        ("/api/v1/openapi.json", &["get"]),
+    ];
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, methods) in expected {
+        for m in *methods {
+            assert!(paths.get(*path).and_then(|p| p.get(*m)).is_some(), "{m} {path} missing from the document");
+        }
+    }
+    // And nothing is documented that the server does not answer.
+    for (path, item) in paths {
+        let concrete = path
+            .replace("{id}", &uuid::Uuid::now_v7().to_string())
+            .replace("{user_id}", &uuid::Uuid::now_v7().to_string())
+            .replace("{app_id}", &uuid::Uuid::now_v7().to_string());
+        for method in
+            item.as_object().unwrap().keys().filter(|k| ["get", "post", "put", "patch", "delete"].contains(&k.as_str()))
+        {
+            let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let a = s.call(m, &concrete, None).await;
+            assert_ne!(a.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            assert!(
+                !(a.status == StatusCode::NOT_FOUND && a.body["detail"] == "route not found"),
+                "{method} {path} is not routed"
+            );
+        }
+    }
+    assert_eq!(paths.len(), expected.len());
+    assert!(doc["components"]["schemas"]["User"].is_object());
+    assert!(doc["components"]["schemas"]["Problem"].is_object());
+}

@@ -1,0 +1,156 @@
+//! Test harness: a fresh service on a fresh database per test.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use server::AppState;
+
+pub const TOKEN: &str = "test-admin-token-0123456789";
+
+/// The service in-process on 127.0.0.1 with its own temporary data directory.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    pub client: reqwest::Client,
+    _data_dir: tempfile::TempDir,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An answer, with the body parsed as JSON when it is JSON.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub content_type: String,
+    pub etag: Option<String>,
+    pub body: Value,
+}
+
+impl Answer {
+    /// Asserts a problem document naming `field`, and returns its reason.
+    #[track_caller]
+    pub fn problem_field(&self, status: u16, field: &str) -> String {
+        assert_eq!(self.status.as_u16(), status, "{self:#?}");
+        assert_eq!(self.content_type, "application/problem+json", "{self:#?}");
+        assert_eq!(self.body["status"], status);
+        let errors = self.body["errors"].as_array().unwrap_or_else(|| panic!("no errors in {self:#?}"));
+        let e = errors.iter().find(|e| e["field"] == field).unwrap_or_else(|| panic!("{field} not named in {self:#?}"));
+        let reason = e["reason"].as_str().unwrap().to_owned();
+        assert!(!reason.is_empty());
+        reason
+    }
+
+    #[track_caller]
+    pub fn problem(&self, status: u16) {
+        assert_eq!(self.status.as_u16(), status, "{self:#?}");
+        assert_eq!(self.content_type, "application/problem+json", "{self:#?}");
+        assert_eq!(self.body["status"], status);
+        assert!(self.body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    }
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        let data_dir = tempfile::tempdir().unwrap();
+        let store = store::SqliteStore::open(&data_dir.path().join("provisioner.db")).await.unwrap();
+        let keyring = store::secrets::Keyring::load_or_create(&data_dir.path().join("secret.key")).unwrap();
+        let state = AppState::new(Arc::new(store), Arc::new(keyring));
+        state.service.bootstrap(Some(TOKEN)).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = server::router(state.clone());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self { addr, state, client: reqwest::Client::new(), _data_dir: data_dir, task }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Sends a request with the admin token; `body` is sent as JSON when given.
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Answer {
+        self.call_with(method, path, body, Some(TOKEN), &[]).await
+    }
+
+    pub async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        answer(req.send().await.unwrap()).await
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.call(Method::GET, path, None).await
+    }
+    pub async fn post(&self, path: &str, body: Value) -> Answer {
+        self.call(Method::POST, path, Some(body)).await
+    }
+    pub async fn patch(&self, path: &str, body: Value) -> Answer {
+        self.call(Method::PATCH, path, Some(body)).await
+    }
+    pub async fn put(&self, path: &str) -> Answer {
+        self.call(Method::PUT, path, None).await
+    }
+    pub async fn delete(&self, path: &str) -> Answer {
+        self.call(Method::DELETE, path, None).await
+    }
+
+    /// Creates a user and returns its JSON.
+    pub async fn user(&self, username: &str) -> Value {
+        let a = self
+            .post(
+                "/api/v1/users",
+                serde_json::json!({"username": username, "email": format!("{username}@example.com")}),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{a:#?}");
+        a.body
+    }
+
+    /// The number of audit entries and change-feed rows: what a write leaves behind.
+    pub async fn footprint(&self) -> (usize, usize) {
+        let store = self.state.service.store();
+        let audit = store
+            .list_audit(&store::AuditQuery {
+                page: store::PageRequest { limit: 500, cursor: None },
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let changes = store.changes_after(0, 10_000).await.unwrap();
+        (audit.items.len(), changes.len())
+    }
+}
+
+pub async fn answer(resp: reqwest::Response) -> Answer {
+    let status = resp.status();
+    let content_type = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let etag = resp.headers().get("etag").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let bytes = resp.bytes().await.unwrap();
+    let body =
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    Answer { status, content_type, etag, body }
+}

@@ -1,0 +1,406 @@
+//! The admin REST API under `/api/v1`. Handlers are thin: extract, call the service, answer.
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use directory::{
+    Actor, App, AppInput, AttributeDef, AttributeDefInput, AuditEntry, Page, Role, RoleInput, User, UserInput,
+    UserSource, UserStatus,
+};
+use serde::{Deserialize, Serialize};
+use store::{AuditQuery, NameQuery, UserQuery};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::error::{Problem, Result};
+use crate::extract::{etag, ApiJson, ApiQuery, IfMatch, MergePatch};
+use crate::service::page;
+use crate::AppState;
+
+/// A JSON answer with the resource's version as its ETag.
+fn tagged<T: Serialize>(status: StatusCode, version: i64, body: T) -> Response {
+    (status, [(header::ETAG, etag(version))], Json(body)).into_response()
+}
+
+/// A list answer: `{"items": [...], "next_cursor": null}`.
+fn all<T: Serialize>(items: Vec<T>) -> Json<Page<T>> {
+    Json(Page { items, next_cursor: None })
+}
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_users, create_user))
+        .routes(routes!(get_user, patch_user, delete_user))
+        .routes(routes!(user_roles))
+        .routes(routes!(list_roles, create_role))
+        .routes(routes!(get_role, patch_role, delete_role))
+        .routes(routes!(role_users))
+        .routes(routes!(add_role_user, remove_role_user))
+        .routes(routes!(role_apps))
+        .routes(routes!(add_role_app, remove_role_app))
+        .routes(routes!(list_apps, create_app))
+        .routes(routes!(get_app, patch_app, delete_app))
+        .routes(routes!(app_roles))
+        .routes(routes!(list_attributes, create_attribute))
+        .routes(routes!(list_audit))
+        .routes(routes!(openapi_json))
+}
+
+/// The document that the API is described by, generated from the code.
+#[derive(Clone)]
+pub struct OpenApiJson(pub std::sync::Arc<String>);
+
+/// This API's OpenAPI 3.1 document.
+#[utoipa::path(get, path = "/openapi.json", tag = "meta", responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
+async fn openapi_json(Extension(doc): Extension<OpenApiJson>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], doc.0.as_str().to_owned()).into_response()
+}
+
+// ---- users ----
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListUsersParams {
+    /// Text search in username, e-mail, first, last and display name.
+    q: Option<String>,
+    /// `active`, `suspended` or `deleted`; by default every user but the deleted ones.
+    status: Option<UserStatus>,
+    /// Only members of this role.
+    role: Option<Uuid>,
+    /// Page size, 1 to 500 (default 50).
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// List users.
+#[utoipa::path(get, path = "/users", tag = "users", params(ListUsersParams),
+    responses((status = 200, body = Page<User>), (status = 400, body = Problem, content_type = "application/problem+json")))]
+async fn list_users(State(s): State<AppState>, ApiQuery(p): ApiQuery<ListUsersParams>) -> Result<Json<Page<User>>> {
+    let query = UserQuery { q: p.q, status: p.status, role: p.role, page: page(p.limit, p.cursor)? };
+    Ok(Json(s.service.list_users(&query).await?))
+}
+
+/// Create a user.
+#[utoipa::path(post, path = "/users", tag = "users", request_body = UserInput,
+    responses((status = 201, body = User), (status = 409, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json")))]
+async fn create_user(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    ApiJson(input): ApiJson<UserInput>,
+) -> Result<Response> {
+    let user = s.service.create_user(&actor, input, UserSource::Local).await?;
+    Ok(tagged(StatusCode::CREATED, user.version, user))
+}
+
+/// Get a user.
+#[utoipa::path(get, path = "/users/{id}", tag = "users", params(("id" = Uuid, Path)),
+    responses((status = 200, body = User), (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn get_user(State(s): State<AppState>, Path(id): Path<Uuid>) -> Result<Response> {
+    let user = s.service.get_user(id).await?;
+    Ok(tagged(StatusCode::OK, user.version, user))
+}
+
+/// Change a user with a JSON merge patch (RFC 7396); `{"status": "suspended"}` suspends.
+#[utoipa::path(patch, path = "/users/{id}", tag = "users", params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header)),
+    request_body(content = Object, content_type = "application/merge-patch+json"),
+    responses((status = 200, body = User), (status = 412, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json")))]
+async fn patch_user(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<Uuid>,
+    IfMatch(v): IfMatch,
+    MergePatch(patch): MergePatch,
+) -> Result<Response> {
+    let user = s.service.patch_user(&actor, id, &patch, v).await?;
+    Ok(tagged(StatusCode::OK, user.version, user))
+}
+
+/// Delete a user: their status becomes `deleted` and they leave their roles.
+#[utoipa::path(delete, path = "/users/{id}", tag = "users", params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header)),
+    responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn delete_user(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<Uuid>,
+    IfMatch(v): IfMatch,
+) -> Result<StatusCode> {
+    s.service.delete_user(&actor, id, v).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The roles a user belongs to.
+#[utoipa::path(get, path = "/users/{id}/roles", tag = "users", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Page<Role>)))]
+async fn user_roles(State(s): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<Page<Role>>> {
+    Ok(all(s.service.roles_of_user(id).await?))
+}
+
+// ---- roles ----
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Text search in the name.
+    q: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+impl ListParams {
+    fn query(self) -> Result<NameQuery> {
+        Ok(NameQuery { q: self.q, page: page(self.limit, self.cursor)? })
+    }
+}
+
+/// List roles.
+#[utoipa::path(get, path = "/roles", tag = "roles", params(ListParams), responses((status = 200, body = Page<Role>)))]
+async fn list_roles(State(s): State<AppState>, ApiQuery(p): ApiQuery<ListParams>) -> Result<Json<Page<Role>>> {
+    Ok(Json(s.service.list_roles(&p.query()?).await?))
+}
+
+/// Create a role.
+#[utoipa::path(post, path = "/roles", tag = "roles", request_body = RoleInput,
+    responses((status = 201, body = Role), (status = 409, body = Problem, content_type = "application/problem+json")))]
+async fn create_role(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    ApiJson(input): ApiJson<RoleInput>,
+) -> Result<Response> {
+    let role = s.service.create_role(&actor, input).await?;
+    Ok(tagged(StatusCode::CREATED, role.version, role))
+}
+
+/// Get a role.
+#[utoipa::path(get, path = "/roles/{id}", tag = "roles", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Role), (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn get_role(State(s): State<AppState>, Path(id): Path<Uuid>) -> Result<Response> {
+    let role = s.service.get_role(id).await?;
+    Ok(tagged(StatusCode::OK, role.version, role))
+}
+
+/// Change a role with a JSON merge patch.
+#[utoipa::path(patch, path = "/roles/{id}", tag = "roles", params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header)),
+    request_body(content = Object, content_type = "application/merge-patch+json"),
+    responses((status = 200, body = Role), (status = 412, body = Problem, content_type = "application/problem+json")))]
+async fn patch_role(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<Uuid>,
+    IfMatch(v): IfMatch,
+    MergePatch(patch): MergePatch,
+) -> Result<Response> {
+    let role = s.service.patch_role(&actor, id, &patch, v).await?;
+    Ok(tagged(StatusCode::OK, role.version, role))
+}
+
+/// Delete a role; its members lose the apps it granted.
+#[utoipa::path(delete, path = "/roles/{id}", tag = "roles", params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header)),
+    responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn delete_role(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<Uuid>,
+    IfMatch(v): IfMatch,
+) -> Result<StatusCode> {
+    s.service.delete_role(&actor, id, v).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Page size, 1 to 500 (default 50).
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// The members of a role.
+#[utoipa::path(get, path = "/roles/{id}/users", tag = "roles", params(("id" = Uuid, Path), PageParams),
+    responses((status = 200, body = Page<User>)))]
+async fn role_users(
+    State(s): State<AppState>,
+    Path(id): Path<Uuid>,
+    ApiQuery(p): ApiQuery<PageParams>,
+) -> Result<Json<Page<User>>> {
+    s.service.get_role(id).await?;
+    let query = UserQuery { role: Some(id), page: page(p.limit, p.cursor)?, ..Default::default() };
+    Ok(Json(s.service.list_users(&query).await?))
+}
+
+/// Add a user to a role (idempotent).
+#[utoipa::path(put, path = "/roles/{id}/users/{user_id}", tag = "roles", params(("id" = Uuid, Path), ("user_id" = Uuid, Path)),
+    responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn add_role_user(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path((id, user)): Path<(Uuid, Uuid)>,
+) -> Result<StatusCode> {
+    s.service.add_role_user(&actor, id, user).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Remove a user from a role (idempotent).
+#[utoipa::path(delete, path = "/roles/{id}/users/{user_id}", tag = "roles", params(("id" = Uuid, Path), ("user_id" = Uuid, Path)),
+    responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn remove_role_user(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path((id, user)): Path<(Uuid, Uuid)>,
+) -> Result<StatusCode> {
+    s.service.remove_role_user(&actor, id, user).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The apps a role grants.
+#[utoipa::path(get, path = "/roles/{id}/apps", tag = "roles", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Page<App>)))]
+async fn role_apps(State(s): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<Page<App>>> {
+    Ok(all(s.service.apps_of_role(id).await?))
+}
+
+/// Grant an app to a role's members (idempotent).
+#[utoipa::path(put, path = "/roles/{id}/apps/{app_id}", tag = "roles", params(("id" = Uuid, Path), ("app_id" = Uuid, Path)),
+    responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn add_role_app(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path((id, app)): Path<(Uuid, Uuid)>,
+) -> Result<StatusCode> {
+    s.service.add_role_app(&actor, id, app).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Stop granting an app to a role's members (idempotent).
+#[utoipa::path(delete, path = "/roles/{id}/apps/{app_id}", tag = "roles", params(("id" = Uuid, Path), ("app_id" = Uuid, Path)),
+    responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn remove_role_app(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path((id, app)): Path<(Uuid, Uuid)>,
+) -> Result<StatusCode> {
+    s.service.remove_role_app(&actor, id, app).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- apps ----
+
+/// List apps.
+#[utoipa::path(get, path = "/apps", tag = "apps", params(ListParams), responses((status = 200, body = Page<App>)))]
+async fn list_apps(State(s): State<AppState>, ApiQuery(p): ApiQuery<ListParams>) -> Result<Json<Page<App>>> {
+    Ok(Json(s.service.list_apps(&p.query()?).await?))
+}
+
+/// Create an app. Its credential is encrypted at rest and never returned.
+#[utoipa::path(post, path = "/apps", tag = "apps", request_body = AppInput,
+    responses((status = 201, body = App), (status = 422, body = Problem, content_type = "application/problem+json")))]
+async fn create_app(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    ApiJson(input): ApiJson<AppInput>,
+) -> Result<Response> {
+    let app = s.service.create_app(&actor, input).await?;
+    Ok(tagged(StatusCode::CREATED, app.version, app))
+}
+
+/// Get an app (without its credential).
+#[utoipa::path(get, path = "/apps/{id}", tag = "apps", params(("id" = Uuid, Path)),
+    responses((status = 200, body = App), (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn get_app(State(s): State<AppState>, Path(id): Path<Uuid>) -> Result<Response> {
+    let app = s.service.get_app(id).await?;
+    Ok(tagged(StatusCode::OK, app.version, app))
+}
+
+/// Change an app with a JSON merge patch. Leave the secret out to keep the stored one; a
+/// `connection.auth` of another `type` replaces the credential.
+#[utoipa::path(patch, path = "/apps/{id}", tag = "apps", params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header)),
+    request_body(content = Object, content_type = "application/merge-patch+json"),
+    responses((status = 200, body = App), (status = 412, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json")))]
+async fn patch_app(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<Uuid>,
+    IfMatch(v): IfMatch,
+    MergePatch(patch): MergePatch,
+) -> Result<Response> {
+    let app = s.service.patch_app(&actor, id, &patch, v).await?;
+    Ok(tagged(StatusCode::OK, app.version, app))
+}
+
+/// Delete an app.
+#[utoipa::path(delete, path = "/apps/{id}", tag = "apps", params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header)),
+    responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn delete_app(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<Uuid>,
+    IfMatch(v): IfMatch,
+) -> Result<StatusCode> {
+    s.service.delete_app(&actor, id, v).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The roles that grant an app.
+#[utoipa::path(get, path = "/apps/{id}/roles", tag = "apps", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Page<Role>)))]
+async fn app_roles(State(s): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<Page<Role>>> {
+    Ok(all(s.service.roles_of_app(id).await?))
+}
+
+// ---- custom attributes ----
+
+/// List custom attribute definitions.
+#[utoipa::path(get, path = "/attributes", tag = "attributes", responses((status = 200, body = Page<AttributeDef>)))]
+async fn list_attributes(State(s): State<AppState>) -> Result<Json<Page<AttributeDef>>> {
+    Ok(all(s.service.list_attributes().await?))
+}
+
+/// Declare a custom attribute.
+#[utoipa::path(post, path = "/attributes", tag = "attributes", request_body = AttributeDefInput,
+    responses((status = 201, body = AttributeDef), (status = 409, body = Problem, content_type = "application/problem+json")))]
+async fn create_attribute(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    ApiJson(input): ApiJson<AttributeDefInput>,
+) -> Result<(StatusCode, Json<AttributeDef>)> {
+    Ok((StatusCode::CREATED, Json(s.service.create_attribute(&actor, input).await?)))
+}
+
+// ---- audit ----
+
+#[derive(Debug, Deserialize, IntoParams, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AuditParams {
+    /// `user`, `role`, `app`, `attribute` or `token`.
+    target_type: Option<String>,
+    target_id: Option<String>,
+    /// The name of the token or admin who acted.
+    actor: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+/// The audit log, newest first.
+#[utoipa::path(get, path = "/audit", tag = "audit", params(AuditParams), responses((status = 200, body = Page<AuditEntry>)))]
+async fn list_audit(State(s): State<AppState>, ApiQuery(p): ApiQuery<AuditParams>) -> Result<Json<Page<AuditEntry>>> {
+    let query = AuditQuery {
+        target_type: p.target_type,
+        target_id: p.target_id,
+        actor: p.actor,
+        page: page(p.limit, p.cursor)?,
+    };
+    Ok(Json(s.service.list_audit(&query).await?))
+}

@@ -1,0 +1,147 @@
+//! Errors of the service layer, and the one place they become HTTP responses
+//! (`application/problem+json`, RFC 9457).
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use directory::{FieldError, ValidationErrors};
+use serde::Serialize;
+use store::StoreError;
+use utoipa::ToSchema;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The input is well-formed but some fields are wrong.
+    #[error(transparent)]
+    Invalid(#[from] ValidationErrors),
+    /// The body is not JSON at all.
+    #[error("the request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    /// A query parameter, header or path segment is wrong.
+    #[error("{field}: {reason}")]
+    BadRequest { field: String, reason: String },
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// A unique field already holds the value.
+    #[error("{field} {reason}")]
+    Conflict { field: String, reason: String },
+    /// `If-Match` named an older version.
+    #[error("the resource has changed: current version is {current}")]
+    PreconditionFailed { current: i64 },
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("missing or invalid API token")]
+    Unauthorized,
+    #[error("this method is not allowed on this resource")]
+    MethodNotAllowed,
+    #[error("the database is unavailable")]
+    Unavailable(String),
+    /// Something that should not happen; details are logged, not returned.
+    #[error("internal error")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn bad_request(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::BadRequest { field: field.into(), reason: reason.into() }
+    }
+
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => Self::NotFound("resource"),
+            StoreError::Duplicate { field } => {
+                Self::Conflict { field: field.to_owned(), reason: "is already taken".into() }
+            }
+            StoreError::VersionConflict { current } => Self::PreconditionFailed { current },
+            StoreError::MissingReference { field } => {
+                Self::Invalid(ValidationErrors::single(field, "refers to a record that does not exist"))
+            }
+            StoreError::InvalidCursor => Self::bad_request("cursor", "is not a cursor this service returned"),
+            StoreError::Unavailable(m) => Self::Unavailable(m),
+            StoreError::Backend(m) => Self::Internal(m),
+        }
+    }
+}
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// A URI naming the kind of problem.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// The fields at fault, each with the reason.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+impl Error {
+    fn parts(&self) -> (StatusCode, &'static str, Vec<FieldError>) {
+        match self {
+            Self::Invalid(v) => (StatusCode::UNPROCESSABLE_ENTITY, "validation", v.0.clone()),
+            Self::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed-json", vec![]),
+            Self::BadRequest { field, reason } => {
+                (StatusCode::BAD_REQUEST, "bad-request", vec![FieldError::new(field, reason)])
+            }
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", vec![]),
+            Self::Conflict { field, reason } => {
+                (StatusCode::CONFLICT, "conflict", vec![FieldError::new(field, reason)])
+            }
+            Self::PreconditionFailed { .. } => (StatusCode::PRECONDITION_FAILED, "precondition-failed", vec![]),
+            Self::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", vec![]),
+            Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", vec![]),
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", vec![]),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", vec![]),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", vec![]),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", vec![]),
+        }
+    }
+
+    pub fn problem(&self) -> Problem {
+        let (status, kind, errors) = self.parts();
+        Problem {
+            kind: format!("urn:provisioner:problem:{kind}"),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail: self.to_string(),
+            errors,
+        }
+    }
+}
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        match &self {
+            Self::Internal(m) => tracing::error!(error = %m, "internal error"),
+            Self::Unavailable(m) => tracing::warn!(error = %m, "database unavailable"),
+            _ => {}
+        }
+        let problem = self.problem();
+        let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut resp = (status, body).into_response();
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if matches!(self, Self::Unauthorized) {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Self::PreconditionFailed { current } = self {
+            if let Ok(v) = HeaderValue::from_str(&crate::extract::etag(current)) {
+                resp.headers_mut().insert(header::ETAG, v);
+            }
+        }
+        resp
+    }
+}

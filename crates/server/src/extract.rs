@@ -1,0 +1,158 @@
+//! Request extractors that turn every kind of bad input into a problem naming the field.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::error::Error;
+
+/// The largest request body accepted.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// A JSON body, parsed so that errors name the field at fault.
+pub struct ApiJson<T>(pub T);
+
+fn check_content_type(headers: &HeaderMap, merge_patch: bool) -> Result<(), Error> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let ok = mime == "application/json" || (merge_patch && mime == "application/merge-patch+json");
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::UnsupportedMediaType)
+    }
+}
+
+async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Error> {
+    Bytes::from_request(req, state).await.map_err(|e: BytesRejection| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Error::PayloadTooLarge { limit: MAX_BODY }
+        } else {
+            Error::bad_request("body", e.body_text())
+        }
+    })
+}
+
+/// Parses `bytes` into `T`; a syntax error is `MalformedJson`, a shape error names its path.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    // First as plain JSON, so that syntax errors and shape errors are told apart.
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| Error::MalformedJson(e.to_string()))?;
+    from_value(value)
+}
+
+/// Converts a JSON value into `T`, naming the path of the first field that does not fit.
+pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, Error> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // serde says "unknown field `x`, expected ..." at the parent's path: name the field itself.
+        let (field, reason) = match inner.strip_prefix("unknown field `").and_then(|r| r.split_once('`')) {
+            Some((name, _)) => (join_path(&path, name), "is not a known field".to_owned()),
+            None => {
+                let reason = match inner.strip_prefix("missing field `").and_then(|r| r.split_once('`')) {
+                    Some((name, _)) => {
+                        return Error::Invalid(directory::ValidationErrors::single(
+                            join_path(&path, name),
+                            "is required",
+                        ));
+                    }
+                    None => inner,
+                };
+                (if path == "." { "body".to_owned() } else { path }, reason)
+            }
+        };
+        Error::Invalid(directory::ValidationErrors::single(field, reason))
+    })
+}
+
+/// The full path of field `name` reported at `path` (which may already end with it).
+fn join_path(path: &str, name: &str) -> String {
+    if path == "." {
+        name.to_owned()
+    } else if path == name || path.ends_with(&format!(".{name}")) {
+        path.to_owned()
+    } else {
+        format!("{path}.{name}")
+    }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        check_content_type(req.headers(), false)?;
+        let bytes = body_bytes(req, state).await?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// A JSON merge patch (RFC 7396) body: must be a JSON object.
+pub struct MergePatch(pub serde_json::Map<String, Value>);
+
+impl<S: Send + Sync> FromRequest<S> for MergePatch {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        check_content_type(req.headers(), true)?;
+        let bytes = body_bytes(req, state).await?;
+        match serde_json::from_slice(&bytes).map_err(|e| Error::MalformedJson(e.to_string()))? {
+            Value::Object(map) => Ok(MergePatch(map)),
+            _ => {
+                Err(Error::Invalid(directory::ValidationErrors::single("body", "a merge patch must be a JSON object")))
+            }
+        }
+    }
+}
+
+/// The version named by an `If-Match` header, if any (`*` means any version).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IfMatch(pub Option<i64>);
+
+/// The ETag of a version.
+pub fn etag(version: i64) -> String {
+    format!("\"{version}\"")
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let Some(raw) = parts.headers.get(header::IF_MATCH) else {
+            return Ok(IfMatch(None));
+        };
+        let text = raw.to_str().map_err(|_| Error::bad_request("If-Match", "is not valid text"))?.trim();
+        if text == "*" {
+            return Ok(IfMatch(None));
+        }
+        let unquoted = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
+        unquoted
+            .parse::<i64>()
+            .map(|v| IfMatch(Some(v)))
+            .map_err(|_| Error::bad_request("If-Match", "must be an ETag this service returned, such as \"3\""))
+    }
+}
+
+/// Query parameters, with errors as problems naming the parameter.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or("");
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(de).map(ApiQuery).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            match inner.strip_prefix("unknown field `").and_then(|r| r.split_once('`')) {
+                Some((name, _)) => Error::bad_request(name, "is not a known query parameter"),
+                None if path == "." => Error::bad_request("query", inner),
+                None => Error::bad_request(path, inner),
+            }
+        })
+    }
+}

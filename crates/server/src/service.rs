@@ -1,0 +1,413 @@
+//! The service layer: every operation an admin can do, whatever the interface (REST API,
+//! console, CLI). It validates, enforces optimistic concurrency, encrypts secrets, and
+//! leaves atomicity (write + audit + change feed) to the store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use directory::{
+    Actor, App, AppInput, AttributeDef, AttributeDefInput, AuditEntry, Page, Role, RoleInput, Secret, User, UserInput,
+    UserSource, UserStatus, ValidationErrors,
+};
+use serde_json::{Map, Value};
+use store::secrets::Keyring;
+use store::{AuditQuery, NameQuery, PageRequest, Store, StoreError, TokenRecord, UserQuery};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::extract::from_value;
+use crate::tokens;
+
+/// How many times a write without `If-Match` is retried when another write got in between.
+const WRITE_ATTEMPTS: usize = 3;
+
+pub struct Service {
+    store: Arc<dyn Store>,
+    keyring: Arc<Keyring>,
+    verified: tokens::VerifiedCache,
+}
+
+fn credential_aad(app: Uuid) -> Vec<u8> {
+    format!("app:{app}:credential").into_bytes()
+}
+
+/// Applies a JSON merge patch (RFC 7396) to `doc`, refusing read-only fields.
+fn merge(mut doc: Value, patch: &Map<String, Value>, read_only: &[&str]) -> Result<Value> {
+    let mut errors = ValidationErrors::default();
+    for key in patch.keys().filter(|k| read_only.contains(&k.as_str())) {
+        errors.push(key.clone(), "is read-only");
+    }
+    errors.into_result()?;
+    json_patch::merge(&mut doc, &Value::Object(patch.clone()));
+    Ok(doc)
+}
+
+fn to_doc<T: serde::Serialize>(v: &T) -> Result<Value> {
+    serde_json::to_value(v).map_err(Error::internal)
+}
+
+fn check_if_match(current: i64, if_match: Option<i64>) -> Result<()> {
+    match if_match {
+        Some(v) if v != current => Err(Error::PreconditionFailed { current }),
+        _ => Ok(()),
+    }
+}
+
+impl Service {
+    pub fn new(store: Arc<dyn Store>, keyring: Arc<Keyring>) -> Self {
+        Self { store, keyring, verified: tokens::VerifiedCache::new(Duration::from_secs(60)) }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub async fn health(&self) -> Result<()> {
+        Ok(self.store.health().await?)
+    }
+
+    // ---- API tokens ----
+
+    /// Stores `token` (only its hash) under `name`.
+    pub async fn add_token(&self, name: &str, token: &str, actor: &Actor) -> Result<TokenRecord> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+            return Err(ValidationErrors::single("name", "must be 1-128 printable characters").into());
+        }
+        if token.len() < 16 {
+            return Err(ValidationErrors::single("token", "must be at least 16 characters").into());
+        }
+        let owned = token.to_owned();
+        let hash = tokio::task::spawn_blocking(move || tokens::hash(&owned))
+            .await
+            .map_err(Error::internal)?
+            .map_err(Error::internal)?;
+        let record = TokenRecord {
+            id: Uuid::now_v7(),
+            name: name.to_owned(),
+            lookup: tokens::lookup_key(token),
+            hash,
+            created_at: directory::now(),
+            revoked_at: None,
+        };
+        self.store.create_token(&record, actor).await.map_err(|e| match e {
+            StoreError::Duplicate { .. } => {
+                Error::Conflict { field: "token".into(), reason: "is already in use".into() }
+            }
+            other => other.into(),
+        })?;
+        Ok(record)
+    }
+
+    /// Creates a new random token; the plaintext is returned once and never stored.
+    pub async fn create_token(&self, name: &str, actor: &Actor) -> Result<(TokenRecord, String)> {
+        let token = tokens::generate();
+        let record = self.add_token(name, &token, actor).await?;
+        Ok((record, token))
+    }
+
+    /// On an empty store, makes the bootstrap admin token: `given` when set, else a random
+    /// one, which is returned so that it can be shown once.
+    pub async fn bootstrap(&self, given: Option<&str>) -> Result<Bootstrap> {
+        if self.store.count_tokens().await? > 0 {
+            return Ok(Bootstrap::AlreadyHasTokens);
+        }
+        match given {
+            Some(token) => {
+                self.add_token("admin", token, &Actor::system()).await?;
+                Ok(Bootstrap::UsedGiven)
+            }
+            None => {
+                let (_, token) = self.create_token("admin", &Actor::system()).await?;
+                Ok(Bootstrap::Generated(token))
+            }
+        }
+    }
+
+    /// The actor a bearer token stands for, if it is valid.
+    pub async fn authenticate(&self, token: &str) -> Result<Option<Actor>> {
+        if token.is_empty() || token.len() > 512 {
+            return Ok(None);
+        }
+        if let Some(name) = self.verified.get(token) {
+            return Ok(Some(Actor::token(name)));
+        }
+        let Some(record) = self.store.find_token_by_lookup(&tokens::lookup_key(token)).await? else {
+            return Ok(None);
+        };
+        if record.revoked_at.is_some() {
+            return Ok(None);
+        }
+        let owned = token.to_owned();
+        let hash = record.hash.clone();
+        let ok = tokio::task::spawn_blocking(move || tokens::verify(&owned, &hash)).await.map_err(Error::internal)?;
+        if !ok {
+            return Ok(None);
+        }
+        self.verified.put(token, record.name.clone());
+        Ok(Some(Actor::token(record.name)))
+    }
+
+    // ---- custom attributes ----
+
+    pub async fn list_attributes(&self) -> Result<Vec<AttributeDef>> {
+        Ok(self.store.list_attribute_defs().await?)
+    }
+
+    pub async fn create_attribute(&self, actor: &Actor, mut input: AttributeDefInput) -> Result<AttributeDef> {
+        input.validate()?;
+        let def = input.into_def(directory::now());
+        self.store.create_attribute_def(&def, actor).await?;
+        Ok(def)
+    }
+
+    // ---- users ----
+
+    async fn validate_user(&self, input: &mut UserInput, this: Option<Uuid>) -> Result<()> {
+        let defs = self.store.list_attribute_defs().await?;
+        let mut errors = match input.normalize_and_validate(&defs) {
+            Ok(()) => ValidationErrors::default(),
+            Err(e) => e,
+        };
+        if let Some(manager) = input.manager_id {
+            if Some(manager) == this {
+                errors.push("manager_id", "a user cannot be their own manager");
+            } else if !matches!(self.store.get_user(manager).await?, Some(m) if m.status != UserStatus::Deleted) {
+                errors.push("manager_id", "refers to no user");
+            }
+        }
+        Ok(errors.into_result()?)
+    }
+
+    pub async fn create_user(&self, actor: &Actor, mut input: UserInput, source: UserSource) -> Result<User> {
+        self.validate_user(&mut input, None).await?;
+        let user = User::new(input, source, directory::now());
+        self.store.create_user(&user, actor).await?;
+        Ok(user)
+    }
+
+    /// A user that is not deleted.
+    pub async fn get_user(&self, id: Uuid) -> Result<User> {
+        match self.store.get_user(id).await? {
+            Some(u) if u.status != UserStatus::Deleted => Ok(u),
+            _ => Err(Error::NotFound("user")),
+        }
+    }
+
+    pub async fn list_users(&self, query: &UserQuery) -> Result<Page<User>> {
+        Ok(self.store.list_users(query).await?)
+    }
+
+    pub async fn patch_user(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        patch: &Map<String, Value>,
+        if_match: Option<i64>,
+    ) -> Result<User> {
+        for attempt in 1..=WRITE_ATTEMPTS {
+            let current = self.get_user(id).await?;
+            check_if_match(current.version, if_match)?;
+            let doc = merge(to_doc(&UserInput::from_user(&current))?, patch, directory::user::READ_ONLY_USER_FIELDS)?;
+            let mut input: UserInput = from_value(doc)?;
+            self.validate_user(&mut input, Some(id)).await?;
+            let updated = current.updated(input, directory::now());
+            match self.store.update_user(&updated, current.version, actor).await {
+                Ok(()) => return Ok(updated),
+                Err(StoreError::VersionConflict { .. }) if if_match.is_none() && attempt < WRITE_ATTEMPTS => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::internal("unreachable: write attempts exhausted"))
+    }
+
+    pub async fn delete_user(&self, actor: &Actor, id: Uuid, if_match: Option<i64>) -> Result<User> {
+        self.get_user(id).await?;
+        Ok(self.store.delete_user(id, if_match, actor).await?)
+    }
+
+    pub async fn roles_of_user(&self, id: Uuid) -> Result<Vec<Role>> {
+        self.get_user(id).await?;
+        Ok(self.store.roles_of_user(id).await?)
+    }
+
+    // ---- roles ----
+
+    pub async fn create_role(&self, actor: &Actor, mut input: RoleInput) -> Result<Role> {
+        input.normalize_and_validate()?;
+        let role = Role::new(input, directory::now());
+        self.store.create_role(&role, actor).await?;
+        Ok(role)
+    }
+
+    pub async fn get_role(&self, id: Uuid) -> Result<Role> {
+        self.store.get_role(id).await?.ok_or(Error::NotFound("role"))
+    }
+
+    pub async fn list_roles(&self, query: &NameQuery) -> Result<Page<Role>> {
+        Ok(self.store.list_roles(query).await?)
+    }
+
+    pub async fn patch_role(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        patch: &Map<String, Value>,
+        if_match: Option<i64>,
+    ) -> Result<Role> {
+        for attempt in 1..=WRITE_ATTEMPTS {
+            let current = self.get_role(id).await?;
+            check_if_match(current.version, if_match)?;
+            let doc = merge(to_doc(&RoleInput::from_role(&current))?, patch, directory::role::READ_ONLY_ROLE_FIELDS)?;
+            let mut input: RoleInput = from_value(doc)?;
+            input.normalize_and_validate()?;
+            let updated = current.updated(input, directory::now());
+            match self.store.update_role(&updated, current.version, actor).await {
+                Ok(()) => return Ok(updated),
+                Err(StoreError::VersionConflict { .. }) if if_match.is_none() && attempt < WRITE_ATTEMPTS => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::internal("unreachable: write attempts exhausted"))
+    }
+
+    pub async fn delete_role(&self, actor: &Actor, id: Uuid, if_match: Option<i64>) -> Result<()> {
+        self.get_role(id).await?;
+        Ok(self.store.delete_role(id, if_match, actor).await?)
+    }
+
+    pub async fn add_role_user(&self, actor: &Actor, role: Uuid, user: Uuid) -> Result<bool> {
+        self.get_role(role).await?;
+        self.get_user(user).await?;
+        Ok(self.store.add_role_user(role, user, actor).await?)
+    }
+
+    pub async fn remove_role_user(&self, actor: &Actor, role: Uuid, user: Uuid) -> Result<bool> {
+        self.get_role(role).await?;
+        if self.store.get_user(user).await?.is_none() {
+            return Err(Error::NotFound("user"));
+        }
+        Ok(self.store.remove_role_user(role, user, actor).await?)
+    }
+
+    pub async fn add_role_app(&self, actor: &Actor, role: Uuid, app: Uuid) -> Result<bool> {
+        self.get_role(role).await?;
+        self.get_app(app).await?;
+        Ok(self.store.add_role_app(role, app, actor).await?)
+    }
+
+    pub async fn remove_role_app(&self, actor: &Actor, role: Uuid, app: Uuid) -> Result<bool> {
+        self.get_role(role).await?;
+        self.get_app(app).await?;
+        Ok(self.store.remove_role_app(role, app, actor).await?)
+    }
+
+    pub async fn apps_of_role(&self, role: Uuid) -> Result<Vec<App>> {
+        self.get_role(role).await?;
+        Ok(self.store.apps_of_role(role).await?)
+    }
+
+    pub async fn roles_of_app(&self, app: Uuid) -> Result<Vec<Role>> {
+        self.get_app(app).await?;
+        Ok(self.store.roles_of_app(app).await?)
+    }
+
+    // ---- apps ----
+
+    fn encrypt_secret(&self, app: Uuid, secret: &Secret) -> Result<String> {
+        let plain = serde_json::to_vec(secret).map_err(Error::internal)?;
+        self.keyring.encrypt(&plain, &credential_aad(app)).map_err(Error::internal)
+    }
+
+    /// The decrypted credential of an app, for connectors. Never returned by the API.
+    pub async fn app_secret(&self, app: Uuid) -> Result<Secret> {
+        let ct = self.store.get_app_credential(app).await?.ok_or(Error::NotFound("app"))?;
+        let plain = self.keyring.decrypt(&ct, &credential_aad(app)).map_err(Error::internal)?;
+        serde_json::from_slice(&plain).map_err(Error::internal)
+    }
+
+    pub async fn create_app(&self, actor: &Actor, input: AppInput) -> Result<App> {
+        let (validated, secret) = input.validate(None)?;
+        let app = App::new(validated, directory::now());
+        let credential = self.encrypt_secret(app.id, &secret)?;
+        self.store.create_app(&app, &credential, actor).await?;
+        Ok(app)
+    }
+
+    pub async fn get_app(&self, id: Uuid) -> Result<App> {
+        self.store.get_app(id).await?.ok_or(Error::NotFound("app"))
+    }
+
+    pub async fn list_apps(&self, query: &NameQuery) -> Result<Page<App>> {
+        Ok(self.store.list_apps(query).await?)
+    }
+
+    pub async fn patch_app(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        patch: &Map<String, Value>,
+        if_match: Option<i64>,
+    ) -> Result<App> {
+        for attempt in 1..=WRITE_ATTEMPTS {
+            let current = self.get_app(id).await?;
+            check_if_match(current.version, if_match)?;
+            let mut doc = to_doc(&AppInput::from_app(&current))?;
+            // A credential of another type replaces the old one instead of merging into it.
+            let new_type =
+                patch.get("connection").and_then(|c| c.get("auth")).and_then(|a| a.get("type")).and_then(Value::as_str);
+            if new_type.is_some_and(|t| doc["connection"]["auth"]["type"] != t) {
+                doc["connection"]["auth"] = Value::Object(Map::new());
+            }
+            let doc = merge(doc, patch, directory::app::READ_ONLY_APP_FIELDS)?;
+            let input: AppInput = from_value(doc)?;
+            let existing_ct = self.store.get_app_credential(id).await?.ok_or(Error::NotFound("app"))?;
+            let existing = self.app_secret(id).await?;
+            let (validated, secret) = input.validate(Some(&existing))?;
+            // Re-encrypt when the secret changed, or when it was made with a retired key.
+            let credential = if secret != existing || self.keyring.is_stale(&existing_ct) {
+                Some(self.encrypt_secret(id, &secret)?)
+            } else {
+                None
+            };
+            let updated = current.updated(validated, directory::now());
+            match self.store.update_app(&updated, credential.as_deref(), current.version, actor).await {
+                Ok(()) => return Ok(updated),
+                Err(StoreError::VersionConflict { .. }) if if_match.is_none() && attempt < WRITE_ATTEMPTS => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::internal("unreachable: write attempts exhausted"))
+    }
+
+    pub async fn delete_app(&self, actor: &Actor, id: Uuid, if_match: Option<i64>) -> Result<()> {
+        self.get_app(id).await?;
+        Ok(self.store.delete_app(id, if_match, actor).await?)
+    }
+
+    // ---- audit ----
+
+    pub async fn list_audit(&self, query: &AuditQuery) -> Result<Page<AuditEntry>> {
+        Ok(self.store.list_audit(query).await?)
+    }
+}
+
+/// What happened to the bootstrap admin token at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// The store already had tokens: nothing was done.
+    AlreadyHasTokens,
+    /// The token from the environment was stored.
+    UsedGiven,
+    /// A random token was made; show it once.
+    Generated(String),
+}
+
+/// Checks a page size; `None` means the default.
+pub fn page(limit: Option<u32>, cursor: Option<String>) -> Result<PageRequest> {
+    let limit = limit.unwrap_or(50);
+    if !(1..=store::MAX_PAGE).contains(&limit) {
+        return Err(Error::bad_request("limit", format!("must be between 1 and {}", store::MAX_PAGE)));
+    }
+    Ok(PageRequest { limit, cursor })
+}
