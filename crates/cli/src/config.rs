@@ -49,8 +49,7 @@ impl StoreSettings {
                 bail!("unsupported database URL scheme {scheme:?}: use sqlite://PATH")
             }
             None => {
-                std::fs::create_dir_all(&self.data_dir)
-                    .with_context(|| format!("cannot create data directory {}", self.data_dir.display()))?;
+                self.create_data_dir()?;
                 let path = self.data_dir.join("provisioner.db");
                 let s = store::SqliteStore::open(&path)
                     .await
@@ -60,6 +59,43 @@ impl StoreSettings {
         }
     }
 
+    /// Takes the data directory's lock, so that no second `serve` runs on the same embedded
+    /// store (its engine assumes it is alone). Held until the returned file is dropped.
+    pub fn lock(&self) -> anyhow::Result<Option<std::fs::File>> {
+        if self.database_url.as_deref().is_some_and(|u| !u.starts_with("sqlite:")) {
+            return Ok(None);
+        }
+        self.create_data_dir()?;
+        let path = self.data_dir.join("provisioner.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                bail!("another provisioner is already serving the data directory {}", self.data_dir.display())
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
+        }
+    }
+
+    /// Creates the data directory, readable by its owner only, when it does not exist.
+    fn create_data_dir(&self) -> anyhow::Result<()> {
+        if self.data_dir.is_dir() {
+            return Ok(());
+        }
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder
+            .create(&self.data_dir)
+            .with_context(|| format!("cannot create data directory {}", self.data_dir.display()))
+    }
+
     /// The keyring for secrets: from PROVISIONER_SECRET_KEY (base64 keys separated by
     /// commas, the first encrypts) or the key file in the data directory (created 0600).
     pub fn keyring(&self, env_key: Option<&str>) -> anyhow::Result<store::secrets::Keyring> {
@@ -67,8 +103,7 @@ impl StoreSettings {
             let keys: Vec<&str> = keys.split(',').collect();
             return store::secrets::Keyring::from_base64(&keys).context("PROVISIONER_SECRET_KEY");
         }
-        std::fs::create_dir_all(&self.data_dir)
-            .with_context(|| format!("cannot create data directory {}", self.data_dir.display()))?;
+        self.create_data_dir()?;
         Ok(store::secrets::Keyring::load_or_create(&self.data_dir.join("secret.key"))?)
     }
 }

@@ -105,6 +105,7 @@ fn init_logging(file_level: Option<&str>) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -129,9 +130,11 @@ async fn shutdown_signal() {
 
 async fn serve(settings: &Settings, listen: Option<SocketAddr>, store_args: &StoreArgs) -> anyhow::Result<()> {
     let store_settings = settings.store(store_args);
+    // The embedded store has one engine: its process holds the data directory's lock.
+    let _lock = store_settings.lock()?;
     let keyring = store_settings.keyring(std::env::var("PROVISIONER_SECRET_KEY").ok().as_deref())?;
     let store = store_settings.open().await?;
-    let state = AppState::new(store, Arc::new(keyring));
+    let state = AppState::new(store, Arc::new(keyring), engine::EngineConfig::default());
     let given = std::env::var("PROVISIONER_ADMIN_TOKEN").ok().or_else(|| settings.file.admin_token.clone());
     match state
         .service
@@ -148,8 +151,10 @@ async fn serve(settings: &Settings, listen: Option<SocketAddr>, store_args: &Sto
     }
     let addr = settings.listen(listen);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    state.service.engine().start().await.map_err(|e| anyhow::anyhow!("cannot start the engine: {e}"))?;
     tracing::info!(%addr, data_dir = %store_settings.data_dir.display(), "provisioner listening");
-    axum::serve(listener, server::router(state)).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, server::router(state.clone())).with_graceful_shutdown(shutdown_signal()).await?;
+    state.service.engine().stop();
     Ok(())
 }
 
@@ -183,7 +188,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token { command: TokenCommand::Create { name, store } } => {
             let store_settings = settings.store(&store);
             let keyring = store_settings.keyring(std::env::var("PROVISIONER_SECRET_KEY").ok().as_deref())?;
-            let state = AppState::new(store_settings.open().await?, Arc::new(keyring));
+            let state = AppState::new(store_settings.open().await?, Arc::new(keyring), engine::EngineConfig::default());
             let (record, token) =
                 state.service.create_token(&name, &Actor::cli()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             eprintln!("created token {:?} ({}); it is shown only this once:", record.name, record.id);

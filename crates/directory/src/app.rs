@@ -44,6 +44,8 @@ pub struct ProvisioningSettings {
     pub on_suspend: DeprovisionAction,
     /// When a user is deleted here or loses the last role granting the app. Default `delete`.
     pub on_delete: DeprovisionAction,
+    /// How many requests may be in flight to the app at once (1 to 64, default 4).
+    pub max_concurrency: u32,
 }
 
 impl Default for ProvisioningSettings {
@@ -53,6 +55,7 @@ impl Default for ProvisioningSettings {
             approval: Approval::default(),
             on_suspend: DeprovisionAction::Suspend,
             on_delete: DeprovisionAction::Delete,
+            max_concurrency: 4,
         }
     }
 }
@@ -284,6 +287,9 @@ impl AppInput {
         check_opt_text(&mut errors, "description", &self.description, 1024);
         let base_url = self.connection.base_url.trim().trim_end_matches('/').to_owned();
         check_url(&mut errors, "connection.base_url", &base_url);
+        if !(1..=64).contains(&self.provisioning.max_concurrency) {
+            errors.push("provisioning.max_concurrency", "must be between 1 and 64");
+        }
         let split = self.connection.auth.split(existing, &mut errors);
         match split {
             Some((auth, secret)) if errors.0.is_empty() => Ok((

@@ -17,6 +17,9 @@ pub enum ChangeKind {
     RoleApp,
     /// An app or its settings changed.
     App,
+    /// One user's account in one app needs planning again (after a running operation
+    /// finished, a rematch, or "provision now").
+    Account,
 }
 
 impl ChangeKind {
@@ -27,6 +30,7 @@ impl ChangeKind {
             Self::RoleMembership => "role_membership",
             Self::RoleApp => "role_app",
             Self::App => "app",
+            Self::Account => "account",
         }
     }
 
@@ -37,6 +41,7 @@ impl ChangeKind {
             "role_membership" => Some(Self::RoleMembership),
             "role_app" => Some(Self::RoleApp),
             "app" => Some(Self::App),
+            "account" => Some(Self::Account),
             _ => None,
         }
     }
@@ -75,6 +80,9 @@ impl NewChange {
     }
     pub fn role_app(role: Uuid, app: Uuid) -> Self {
         Self { kind: ChangeKind::RoleApp, user_id: None, role_id: Some(role), app_id: Some(app) }
+    }
+    pub fn account(user: Uuid, app: Uuid) -> Self {
+        Self { kind: ChangeKind::Account, user_id: Some(user), role_id: None, app_id: Some(app) }
     }
     pub fn app(id: Uuid) -> Self {
         Self { kind: ChangeKind::App, user_id: None, role_id: None, app_id: Some(id) }

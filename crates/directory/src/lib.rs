@@ -5,6 +5,7 @@ pub mod app;
 pub mod attribute;
 pub mod audit;
 pub mod change;
+pub mod provisioning;
 pub mod role;
 pub mod user;
 pub mod validation;
@@ -16,6 +17,7 @@ pub use app::{
 pub use attribute::{AttributeDef, AttributeDefInput, AttributeType};
 pub use audit::{Actor, AuditEntry};
 pub use change::{Change, ChangeKind, NewChange};
+pub use provisioning::{Account, Action, Event, EventStatus, OpState, Operation, Ownership};
 pub use role::{Role, RoleInput};
 pub use user::{User, UserInput, UserSource, UserStatus};
 pub use validation::{FieldError, ValidationErrors};

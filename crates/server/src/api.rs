@@ -5,11 +5,11 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use directory::{
-    Actor, App, AppInput, AttributeDef, AttributeDefInput, AuditEntry, Page, Role, RoleInput, User, UserInput,
-    UserSource, UserStatus,
+    Account, Actor, App, AppInput, AttributeDef, AttributeDefInput, AuditEntry, Event, EventStatus, Page, Role,
+    RoleInput, User, UserInput, UserSource, UserStatus,
 };
 use serde::{Deserialize, Serialize};
-use store::{AuditQuery, NameQuery, UserQuery};
+use store::{AccountQuery, AuditQuery, EventQuery, NameQuery, UserQuery};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -46,6 +46,17 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(app_roles))
         .routes(routes!(list_attributes, create_attribute))
         .routes(routes!(list_audit))
+        .routes(routes!(test_connection))
+        .routes(routes!(app_accounts))
+        .routes(routes!(user_accounts))
+        .routes(routes!(rematch))
+        .routes(routes!(reconcile))
+        .routes(routes!(provision_now))
+        .routes(routes!(list_events))
+        .routes(routes!(get_event))
+        .routes(routes!(approve_event))
+        .routes(routes!(reject_event))
+        .routes(routes!(retry_event))
         .routes(routes!(openapi_json))
 }
 
@@ -403,4 +414,150 @@ async fn list_audit(State(s): State<AppState>, ApiQuery(p): ApiQuery<AuditParams
         page: page(p.limit, p.cursor)?,
     };
     Ok(Json(s.service.list_audit(&query).await?))
+}
+
+// ---- provisioning ----
+
+/// "Enable" the API connection: checks the credentials and learns what the app supports
+/// (PATCH, filter, ETag, bulk, page size), used from then on.
+#[utoipa::path(post, path = "/apps/{id}/connection/test", tag = "provisioning", params(("id" = Uuid, Path)),
+    responses((status = 200, description = "`{\"ok\": true, \"capabilities\": {...}}`", body = Object),
+        (status = 502, description = "The app refused (e.g. Invalid authentication)", body = Problem, content_type = "application/problem+json")))]
+async fn test_connection(State(s): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<serde_json::Value>> {
+    let caps = s.service.test_connection(id).await?;
+    Ok(Json(serde_json::json!({"ok": true, "capabilities": caps})))
+}
+
+/// The app's accounts: status, ownership, remote id.
+#[utoipa::path(get, path = "/apps/{id}/accounts", tag = "provisioning", params(("id" = Uuid, Path), PageParams),
+    responses((status = 200, body = Page<Account>)))]
+async fn app_accounts(
+    State(s): State<AppState>,
+    Path(id): Path<Uuid>,
+    ApiQuery(p): ApiQuery<PageParams>,
+) -> Result<Json<Page<Account>>> {
+    let q = AccountQuery { app: Some(id), user: None, page: page(p.limit, p.cursor)? };
+    Ok(Json(s.service.list_accounts(&q).await?))
+}
+
+/// A user's accounts in every app.
+#[utoipa::path(get, path = "/users/{id}/accounts", tag = "provisioning", params(("id" = Uuid, Path), PageParams),
+    responses((status = 200, body = Page<Account>)))]
+async fn user_accounts(
+    State(s): State<AppState>,
+    Path(id): Path<Uuid>,
+    ApiQuery(p): ApiQuery<PageParams>,
+) -> Result<Json<Page<Account>>> {
+    let q = AccountQuery { app: None, user: Some(id), page: page(p.limit, p.cursor)? };
+    Ok(Json(s.service.list_accounts(&q).await?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RematchInput {
+    /// The id of the account in the app.
+    remote_id: String,
+}
+
+/// "Rematch login": link the user to an existing account of the app; the engine manages it
+/// from then on.
+#[utoipa::path(post, path = "/apps/{id}/accounts/{user_id}/rematch", tag = "provisioning",
+    params(("id" = Uuid, Path), ("user_id" = Uuid, Path)), request_body = RematchInput,
+    responses((status = 200, body = Account), (status = 422, body = Problem, content_type = "application/problem+json")))]
+async fn rematch(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path((id, user)): Path<(Uuid, Uuid)>,
+    ApiJson(input): ApiJson<RematchInput>,
+) -> Result<Json<Account>> {
+    Ok(Json(s.service.rematch(&actor, id, user, &input.remote_id).await?))
+}
+
+/// Full reconciliation: reads every account of the app and queues only the differences.
+#[utoipa::path(post, path = "/apps/{id}/reconcile", tag = "provisioning", params(("id" = Uuid, Path)),
+    responses((status = 200, description = "What was read, found and queued", body = Object)))]
+async fn reconcile(State(s): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<engine::ReconcileReport>> {
+    Ok(Json(s.service.reconcile(id).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ProvisionParams {
+    /// Only this app (default: every app of the user).
+    app: Option<Uuid>,
+}
+
+/// "Provision now": plans the user's accounts at once and answers with the steps taken.
+#[utoipa::path(post, path = "/users/{id}/provision", tag = "provisioning", params(("id" = Uuid, Path), ProvisionParams),
+    responses((status = 200, description = "`{\"steps\": [...]}`", body = Object)))]
+async fn provision_now(
+    State(s): State<AppState>,
+    Path(id): Path<Uuid>,
+    ApiQuery(p): ApiQuery<ProvisionParams>,
+) -> Result<Json<serde_json::Value>> {
+    let steps = s.service.provision_now(id, p.app).await?;
+    Ok(Json(serde_json::json!({"steps": steps})))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventParams {
+    /// Only this user's events.
+    user: Option<Uuid>,
+    /// Only this app's events.
+    app: Option<Uuid>,
+    status: Option<EventStatus>,
+    /// Search by username.
+    q: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+/// Provisioning events, newest first.
+#[utoipa::path(get, path = "/events", tag = "provisioning", params(EventParams), responses((status = 200, body = Page<Event>)))]
+async fn list_events(State(s): State<AppState>, ApiQuery(p): ApiQuery<EventParams>) -> Result<Json<Page<Event>>> {
+    let q = EventQuery { user: p.user, app: p.app, status: p.status, q: p.q, page: page(p.limit, p.cursor)? };
+    Ok(Json(s.service.list_events(&q).await?))
+}
+
+/// One provisioning event.
+#[utoipa::path(get, path = "/events/{id}", tag = "provisioning", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Event), (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn get_event(State(s): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<Event>> {
+    Ok(Json(s.service.get_event(id).await?))
+}
+
+/// Approve a pending event: it runs now.
+#[utoipa::path(post, path = "/events/{id}/approve", tag = "provisioning", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Event), (status = 409, body = Problem, content_type = "application/problem+json")))]
+async fn approve_event(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Event>> {
+    Ok(Json(s.service.approve_event(&actor, id).await?))
+}
+
+/// Reject a pending event: nothing is done in the app.
+#[utoipa::path(post, path = "/events/{id}/reject", tag = "provisioning", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Event), (status = 409, body = Problem, content_type = "application/problem+json")))]
+async fn reject_event(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Event>> {
+    Ok(Json(s.service.reject_event(&actor, id).await?))
+}
+
+/// Retry a failed event.
+#[utoipa::path(post, path = "/events/{id}/retry", tag = "provisioning", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Event), (status = 409, body = Problem, content_type = "application/problem+json")))]
+async fn retry_event(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Event>> {
+    Ok(Json(s.service.retry_event(&actor, id).await?))
 }

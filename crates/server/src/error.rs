@@ -37,6 +37,12 @@ pub enum Error {
     MethodNotAllowed,
     #[error("the database is unavailable")]
     Unavailable(String),
+    /// The app answered with an error; the message names the app and what to do.
+    #[error("{reason}. {recommended_action}")]
+    App { reason: String, recommended_action: String },
+    /// The request is valid but the resource is not in a state that allows it.
+    #[error("{0}")]
+    InvalidState(String),
     /// Something that should not happen; details are logged, not returned.
     #[error("internal error")]
     Internal(String),
@@ -67,7 +73,19 @@ impl From<StoreError> for Error {
             }
             StoreError::InvalidCursor => Self::bad_request("cursor", "is not a cursor this service returned"),
             StoreError::Unavailable(m) => Self::Unavailable(m),
+            StoreError::InvalidState(m) => Self::InvalidState(m),
             StoreError::Backend(m) => Self::Internal(m),
+        }
+    }
+}
+
+impl From<engine::EngineError> for Error {
+    fn from(e: engine::EngineError) -> Self {
+        match e {
+            engine::EngineError::Store(s) => s.into(),
+            engine::EngineError::NotFound(what) => Self::NotFound(what),
+            engine::EngineError::App { reason, recommended_action, .. } => Self::App { reason, recommended_action },
+            engine::EngineError::Credential(m) => Self::Internal(m),
         }
     }
 }
@@ -104,6 +122,8 @@ impl Error {
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", vec![]),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", vec![]),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", vec![]),
+            Self::App { .. } => (StatusCode::BAD_GATEWAY, "app-error", vec![]),
+            Self::InvalidState(_) => (StatusCode::CONFLICT, "invalid-state", vec![]),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", vec![]),
         }
     }

@@ -31,8 +31,10 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(store: Arc<dyn Store>, keyring: Arc<Keyring>) -> Self {
-        Self { service: Arc::new(Service::new(store, keyring)) }
+    /// The service and its engine (not started: see [`engine::Engine::start`]).
+    pub fn new(store: Arc<dyn Store>, keyring: Arc<Keyring>, config: engine::EngineConfig) -> Self {
+        let engine = engine::Engine::new(store.clone(), keyring.clone(), config);
+        Self { service: Arc::new(Service::new(store, keyring, engine)) }
     }
 }
 
@@ -43,7 +45,7 @@ impl AppState {
         naming the fields at fault. Writes accept `If-Match` with the ETag of the version read."),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    tags((name = "users"), (name = "roles"), (name = "apps"), (name = "attributes"), (name = "audit"), (name = "meta"))
+    tags((name = "users"), (name = "roles"), (name = "apps"), (name = "attributes"), (name = "audit"), (name = "provisioning"), (name = "meta"))
 )]
 struct ApiDoc;
 

@@ -14,6 +14,10 @@ use store::secrets::Keyring;
 use store::{AuditQuery, NameQuery, PageRequest, Store, StoreError, TokenRecord, UserQuery};
 use uuid::Uuid;
 
+use directory::{Account, Event};
+use engine::{Engine, ProvisionStep, ReconcileReport};
+use store::{AccountQuery, EventQuery};
+
 use crate::error::{Error, Result};
 use crate::extract::from_value;
 use crate::tokens;
@@ -24,11 +28,8 @@ const WRITE_ATTEMPTS: usize = 3;
 pub struct Service {
     store: Arc<dyn Store>,
     keyring: Arc<Keyring>,
+    engine: Arc<Engine>,
     verified: tokens::VerifiedCache,
-}
-
-fn credential_aad(app: Uuid) -> Vec<u8> {
-    format!("app:{app}:credential").into_bytes()
 }
 
 /// Applies a JSON merge patch (RFC 7396) to `doc`, refusing read-only fields.
@@ -54,12 +55,22 @@ fn check_if_match(current: i64, if_match: Option<i64>) -> Result<()> {
 }
 
 impl Service {
-    pub fn new(store: Arc<dyn Store>, keyring: Arc<Keyring>) -> Self {
-        Self { store, keyring, verified: tokens::VerifiedCache::new(Duration::from_secs(60)) }
+    pub fn new(store: Arc<dyn Store>, keyring: Arc<Keyring>, engine: Arc<Engine>) -> Self {
+        Self { store, keyring, engine, verified: tokens::VerifiedCache::new(Duration::from_secs(60)) }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// After a directory write: the engine plans at once instead of at its next poll.
+    fn changed<T>(&self, value: T) -> T {
+        self.engine.changed();
+        value
     }
 
     pub async fn health(&self) -> Result<()> {
@@ -183,7 +194,7 @@ impl Service {
         self.validate_user(&mut input, None).await?;
         let user = User::new(input, source, directory::now());
         self.store.create_user(&user, actor).await?;
-        Ok(user)
+        Ok(self.changed(user))
     }
 
     /// A user that is not deleted.
@@ -213,7 +224,7 @@ impl Service {
             self.validate_user(&mut input, Some(id)).await?;
             let updated = current.updated(input, directory::now());
             match self.store.update_user(&updated, current.version, actor).await {
-                Ok(()) => return Ok(updated),
+                Ok(()) => return Ok(self.changed(updated)),
                 Err(StoreError::VersionConflict { .. }) if if_match.is_none() && attempt < WRITE_ATTEMPTS => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -223,7 +234,7 @@ impl Service {
 
     pub async fn delete_user(&self, actor: &Actor, id: Uuid, if_match: Option<i64>) -> Result<User> {
         self.get_user(id).await?;
-        Ok(self.store.delete_user(id, if_match, actor).await?)
+        Ok(self.changed(self.store.delete_user(id, if_match, actor).await?))
     }
 
     pub async fn roles_of_user(&self, id: Uuid) -> Result<Vec<Role>> {
@@ -273,13 +284,15 @@ impl Service {
 
     pub async fn delete_role(&self, actor: &Actor, id: Uuid, if_match: Option<i64>) -> Result<()> {
         self.get_role(id).await?;
-        Ok(self.store.delete_role(id, if_match, actor).await?)
+        self.store.delete_role(id, if_match, actor).await?;
+        self.engine.changed();
+        Ok(())
     }
 
     pub async fn add_role_user(&self, actor: &Actor, role: Uuid, user: Uuid) -> Result<bool> {
         self.get_role(role).await?;
         self.get_user(user).await?;
-        Ok(self.store.add_role_user(role, user, actor).await?)
+        Ok(self.changed(self.store.add_role_user(role, user, actor).await?))
     }
 
     pub async fn remove_role_user(&self, actor: &Actor, role: Uuid, user: Uuid) -> Result<bool> {
@@ -287,19 +300,19 @@ impl Service {
         if self.store.get_user(user).await?.is_none() {
             return Err(Error::NotFound("user"));
         }
-        Ok(self.store.remove_role_user(role, user, actor).await?)
+        Ok(self.changed(self.store.remove_role_user(role, user, actor).await?))
     }
 
     pub async fn add_role_app(&self, actor: &Actor, role: Uuid, app: Uuid) -> Result<bool> {
         self.get_role(role).await?;
         self.get_app(app).await?;
-        Ok(self.store.add_role_app(role, app, actor).await?)
+        Ok(self.changed(self.store.add_role_app(role, app, actor).await?))
     }
 
     pub async fn remove_role_app(&self, actor: &Actor, role: Uuid, app: Uuid) -> Result<bool> {
         self.get_role(role).await?;
         self.get_app(app).await?;
-        Ok(self.store.remove_role_app(role, app, actor).await?)
+        Ok(self.changed(self.store.remove_role_app(role, app, actor).await?))
     }
 
     pub async fn apps_of_role(&self, role: Uuid) -> Result<Vec<App>> {
@@ -315,15 +328,13 @@ impl Service {
     // ---- apps ----
 
     fn encrypt_secret(&self, app: Uuid, secret: &Secret) -> Result<String> {
-        let plain = serde_json::to_vec(secret).map_err(Error::internal)?;
-        self.keyring.encrypt(&plain, &credential_aad(app)).map_err(Error::internal)
+        store::secrets::encrypt_credential(&self.keyring, app, secret).map_err(Error::internal)
     }
 
     /// The decrypted credential of an app, for connectors. Never returned by the API.
     pub async fn app_secret(&self, app: Uuid) -> Result<Secret> {
         let ct = self.store.get_app_credential(app).await?.ok_or(Error::NotFound("app"))?;
-        let plain = self.keyring.decrypt(&ct, &credential_aad(app)).map_err(Error::internal)?;
-        serde_json::from_slice(&plain).map_err(Error::internal)
+        store::secrets::decrypt_credential(&self.keyring, app, &ct).map_err(Error::internal)
     }
 
     pub async fn create_app(&self, actor: &Actor, input: AppInput) -> Result<App> {
@@ -331,7 +342,7 @@ impl Service {
         let app = App::new(validated, directory::now());
         let credential = self.encrypt_secret(app.id, &secret)?;
         self.store.create_app(&app, &credential, actor).await?;
-        Ok(app)
+        Ok(self.changed(app))
     }
 
     pub async fn get_app(&self, id: Uuid) -> Result<App> {
@@ -372,7 +383,7 @@ impl Service {
             };
             let updated = current.updated(validated, directory::now());
             match self.store.update_app(&updated, credential.as_deref(), current.version, actor).await {
-                Ok(()) => return Ok(updated),
+                Ok(()) => return Ok(self.changed(updated)),
                 Err(StoreError::VersionConflict { .. }) if if_match.is_none() && attempt < WRITE_ATTEMPTS => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -382,7 +393,85 @@ impl Service {
 
     pub async fn delete_app(&self, actor: &Actor, id: Uuid, if_match: Option<i64>) -> Result<()> {
         self.get_app(id).await?;
-        Ok(self.store.delete_app(id, if_match, actor).await?)
+        self.store.delete_app(id, if_match, actor).await?;
+        self.engine.changed();
+        Ok(())
+    }
+
+    // ---- provisioning ----
+
+    /// "Enable" / "Test connection": checks the app's credentials and learns what it supports.
+    pub async fn test_connection(&self, app: Uuid) -> Result<scim::Capabilities> {
+        self.get_app(app).await?;
+        Ok(self.engine.test_connection(app).await?)
+    }
+
+    pub async fn list_events(&self, query: &EventQuery) -> Result<Page<Event>> {
+        Ok(self.store.list_events(query).await?)
+    }
+
+    pub async fn get_event(&self, id: Uuid) -> Result<Event> {
+        Ok(self.store.get_operation(id).await?.ok_or(Error::NotFound("event"))?.event)
+    }
+
+    pub async fn approve_event(&self, actor: &Actor, id: Uuid) -> Result<Event> {
+        self.get_event(id).await?;
+        let event = self.store.approve_operation(id, actor).await?;
+        self.engine.wake_workers();
+        Ok(event)
+    }
+
+    pub async fn reject_event(&self, actor: &Actor, id: Uuid) -> Result<Event> {
+        self.get_event(id).await?;
+        Ok(self.store.reject_operation(id, actor).await?)
+    }
+
+    pub async fn retry_event(&self, actor: &Actor, id: Uuid) -> Result<Event> {
+        self.get_event(id).await?;
+        let event = self.store.retry_operation(id, actor).await?;
+        self.engine.wake_workers();
+        Ok(event)
+    }
+
+    pub async fn list_accounts(&self, query: &AccountQuery) -> Result<Page<Account>> {
+        if let Some(app) = query.app {
+            self.get_app(app).await?;
+        }
+        if let Some(user) = query.user {
+            if self.store.get_user(user).await?.is_none() {
+                return Err(Error::NotFound("user"));
+            }
+        }
+        Ok(self.store.list_accounts(query).await?)
+    }
+
+    /// "Rematch login": links the user to an existing account of the app, which the engine
+    /// then manages.
+    pub async fn rematch(&self, actor: &Actor, app: Uuid, user: Uuid, remote_id: &str) -> Result<Account> {
+        let remote_id = remote_id.trim();
+        if remote_id.is_empty() || remote_id.len() > 1024 {
+            return Err(ValidationErrors::single("remote_id", "must be the id of an account in the app").into());
+        }
+        self.get_app(app).await?;
+        self.get_user(user).await?;
+        if !self.engine.account_exists(app, remote_id).await? {
+            return Err(ValidationErrors::single("remote_id", "the app has no account with this id").into());
+        }
+        let account = self.store.link_account(app, user, remote_id, actor).await?;
+        Ok(self.changed(account))
+    }
+
+    pub async fn reconcile(&self, app: Uuid) -> Result<ReconcileReport> {
+        self.get_app(app).await?;
+        Ok(self.engine.reconcile(app).await?)
+    }
+
+    pub async fn provision_now(&self, user: Uuid, app: Option<Uuid>) -> Result<Vec<ProvisionStep>> {
+        self.get_user(user).await?;
+        if let Some(a) = app {
+            self.get_app(a).await?;
+        }
+        Ok(self.engine.provision_now(user, app, Duration::from_secs(30)).await?)
     }
 
     // ---- audit ----

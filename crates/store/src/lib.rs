@@ -6,6 +6,7 @@
 //! implementation; each implementation keeps its own migrations under `migrations/<dialect>`.
 
 pub mod cursor;
+pub mod provisioning;
 pub mod secrets;
 pub mod sqlite;
 
@@ -14,6 +15,9 @@ use chrono::{DateTime, Utc};
 use directory::{Actor, App, AttributeDef, AuditEntry, Change, Page, Role, User, UserStatus};
 use uuid::Uuid;
 
+pub use provisioning::{
+    AccountQuery, AccountWrite, EventQuery, Outcome, PairState, PlanItem, PlanWrite, ProvisioningStore,
+};
 pub use sqlite::SqliteStore;
 
 /// What can go wrong in a store. Callers map these to responses in one place.
@@ -32,6 +36,10 @@ pub enum StoreError {
     MissingReference { field: &'static str },
     #[error("invalid cursor")]
     InvalidCursor,
+    /// The record is not in a state that allows the request (e.g. approving an event that is
+    /// not pending).
+    #[error("{0}")]
+    InvalidState(String),
     /// The database cannot be reached.
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
@@ -98,9 +106,10 @@ pub struct TokenRecord {
 }
 
 /// The storage seam. Implementations must make every write atomic with its audit entry
-/// and change-feed row, and must never store a plaintext secret.
+/// and change-feed row, and must never store a plaintext secret. The provisioning half
+/// (accounts, operations, events) is [`ProvisioningStore`].
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: ProvisioningStore + Send + Sync + 'static {
     /// Answers when the database is reachable.
     async fn health(&self) -> Result<()>;
 

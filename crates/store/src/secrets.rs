@@ -151,6 +151,31 @@ impl Keyring {
     }
 }
 
+/// The associated data binding an app's credential to that app.
+fn credential_aad(app: uuid::Uuid) -> Vec<u8> {
+    format!("app:{app}:credential").into_bytes()
+}
+
+/// Encrypts an app's credential for storage.
+pub fn encrypt_credential(
+    keyring: &Keyring,
+    app: uuid::Uuid,
+    secret: &directory::Secret,
+) -> Result<String, SecretError> {
+    let plain = serde_json::to_vec(secret).map_err(|_| SecretError::Corrupt)?;
+    keyring.encrypt(&plain, &credential_aad(app))
+}
+
+/// Decrypts an app's stored credential.
+pub fn decrypt_credential(
+    keyring: &Keyring,
+    app: uuid::Uuid,
+    ciphertext: &str,
+) -> Result<directory::Secret, SecretError> {
+    let plain = keyring.decrypt(ciphertext, &credential_aad(app))?;
+    serde_json::from_slice(&plain).map_err(|_| SecretError::Corrupt)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,4 +5,6 @@ mod support;
 
 mod admin_api;
 mod binary;
+mod engine;
+mod engine_faults;
 mod openapi;

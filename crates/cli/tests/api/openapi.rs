@@ -29,6 +29,17 @@ async fn openapi_document_covers_every_route() {
         ("/api/v1/attributes", &["get", "post"]),
         ("/api/v1/audit", &["get"]),
         ("/api/v1/openapi.json", &["get"]),
+        ("/api/v1/apps/{id}/connection/test", &["post"]),
+        ("/api/v1/apps/{id}/accounts", &["get"]),
+        ("/api/v1/users/{id}/accounts", &["get"]),
+        ("/api/v1/apps/{id}/accounts/{user_id}/rematch", &["post"]),
+        ("/api/v1/apps/{id}/reconcile", &["post"]),
+        ("/api/v1/users/{id}/provision", &["post"]),
+        ("/api/v1/events", &["get"]),
+        ("/api/v1/events/{id}", &["get"]),
+        ("/api/v1/events/{id}/approve", &["post"]),
+        ("/api/v1/events/{id}/reject", &["post"]),
+        ("/api/v1/events/{id}/retry", &["post"]),
     ];
     let paths = doc["paths"].as_object().unwrap();
     for (path, methods) in expected {

@@ -21,6 +21,7 @@ pub struct TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.task.abort();
+        self.state.service.engine().stop();
     }
 }
 
@@ -61,8 +62,16 @@ impl TestServer {
         let data_dir = tempfile::tempdir().unwrap();
         let store = store::SqliteStore::open(&data_dir.path().join("provisioner.db")).await.unwrap();
         let keyring = store::secrets::Keyring::load_or_create(&data_dir.path().join("secret.key")).unwrap();
-        let state = AppState::new(Arc::new(store), Arc::new(keyring));
+        let config = engine::EngineConfig {
+            poll_interval: std::time::Duration::from_millis(100),
+            reconcile_interval: None,
+            request_timeout: std::time::Duration::from_secs(10),
+            http_backoff_base: std::time::Duration::from_millis(20),
+            ..Default::default()
+        };
+        let state = AppState::new(Arc::new(store), Arc::new(keyring), config);
         state.service.bootstrap(Some(TOKEN)).await.unwrap();
+        state.service.engine().start().await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = server::router(state.clone());

@@ -1,5 +1,5 @@
-//! The storage contract: every `Store` implementation must pass these, each test on a fresh
-//! database. Add a backend by adding an invocation of `contract_tests!`.
+//! The directory half of the storage contract: users, roles, apps, attributes, tokens,
+//! audit log and change feed.
 
 use std::sync::Arc;
 
@@ -270,45 +270,22 @@ pub async fn change_feed_is_ordered_and_resumable(s: Arc<dyn Store>) {
     assert!(all.windows(2).all(|w| w[0] < w[1]));
 }
 
-#[macro_export]
-macro_rules! contract_tests {
-    ($backend:ident, $make:expr) => {
-        mod $backend {
-            use super::*;
-            contract_tests!(@each $make;
-                user_round_trip_records_change_and_audit,
-                duplicate_username_is_refused_case_insensitively,
-                stale_version_changes_nothing,
-                users_page_search_and_filter,
-                deleting_a_user_frees_the_name_and_leaves_roles,
-                roles_members_and_grants,
-                remove_membership_reports_whether_it_existed,
-                app_credentials_are_kept_apart,
-                attribute_definitions,
-                tokens_are_found_by_lookup,
-                audit_pages_newest_first,
-                change_feed_is_ordered_and_resumable,
-            );
-        }
-    };
-    (@each $make:expr; $($name:ident),* $(,)?) => {
-        $(
-            #[tokio::test]
-            async fn $name() {
-                let (store, _guard) = $make.await;
-                super::$name(store).await;
-            }
-        )*
-    };
+mod sqlite_backend {
+    crate::each_on_a_fresh_store!(crate::sqlite();
+        user_round_trip_records_change_and_audit,
+        duplicate_username_is_refused_case_insensitively,
+        stale_version_changes_nothing,
+        users_page_search_and_filter,
+        deleting_a_user_frees_the_name_and_leaves_roles,
+        roles_members_and_grants,
+        remove_membership_reports_whether_it_existed,
+        app_credentials_are_kept_apart,
+        attribute_definitions,
+        tokens_are_found_by_lookup,
+        audit_pages_newest_first,
+        change_feed_is_ordered_and_resumable,
+    );
 }
-
-async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store::SqliteStore::open(&dir.path().join("test.db")).await.unwrap();
-    (Arc::new(store), dir)
-}
-
-contract_tests!(sqlite_backend, sqlite());
 
 #[tokio::test]
 async fn sqlite_data_survives_reopening() {

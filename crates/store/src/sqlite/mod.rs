@@ -20,6 +20,8 @@ use uuid::Uuid;
 
 use crate::{cursor, AuditQuery, NameQuery, PageRequest, Result, Store, StoreError, TokenRecord, UserQuery, MAX_PAGE};
 
+mod provisioning;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// The embedded store.
@@ -292,37 +294,34 @@ impl SqliteStore {
         self.writer.begin().await.map_err(backend)
     }
 
-    async fn user_in(tx: &mut Tx<'_>, id: Uuid) -> Result<User> {
-        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?");
+    /// One row by id, inside a transaction; `NotFound` when missing.
+    async fn row_in<T>(
+        tx: &mut Tx<'_>,
+        table: &str,
+        columns: &str,
+        id: Uuid,
+        map: fn(&SqliteRow) -> Result<T>,
+    ) -> Result<T> {
+        let sql = format!("SELECT {columns} FROM {table} WHERE id = ?");
         let row = sqlx::query(&sql)
             .bind(id.to_string())
             .fetch_optional(&mut **tx)
             .await
             .map_err(backend)?
             .ok_or(StoreError::NotFound)?;
-        user_from_row(&row)
+        map(&row)
+    }
+
+    async fn user_in(tx: &mut Tx<'_>, id: Uuid) -> Result<User> {
+        Self::row_in(tx, "users", USER_COLUMNS, id, user_from_row).await
     }
 
     async fn role_in(tx: &mut Tx<'_>, id: Uuid) -> Result<Role> {
-        let sql = format!("SELECT {ROLE_COLUMNS} FROM roles WHERE id = ?");
-        let row = sqlx::query(&sql)
-            .bind(id.to_string())
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(backend)?
-            .ok_or(StoreError::NotFound)?;
-        role_from_row(&row)
+        Self::row_in(tx, "roles", ROLE_COLUMNS, id, role_from_row).await
     }
 
     async fn app_in(tx: &mut Tx<'_>, id: Uuid) -> Result<App> {
-        let sql = format!("SELECT {APP_COLUMNS} FROM apps WHERE id = ?");
-        let row = sqlx::query(&sql)
-            .bind(id.to_string())
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(backend)?
-            .ok_or(StoreError::NotFound)?;
-        app_from_row(&row)
+        Self::row_in(tx, "apps", APP_COLUMNS, id, app_from_row).await
     }
 
     async fn ids_in(tx: &mut Tx<'_>, sql: &str, id: Uuid) -> Result<Vec<Uuid>> {

@@ -1,0 +1,283 @@
+//! [`Connector`] for SCIM 2.0 targets.
+
+use std::sync::RwLock;
+
+use async_trait::async_trait;
+use scim::{Capabilities, Client, PatchOp, GROUPS, USERS, USER_SCHEMA};
+use serde_json::Value;
+
+use crate::diff::patch_from_diff;
+use crate::{Connector, ConnectorError, Page, PageRequest, RemoteAccount};
+
+/// Default maximum number of members per group PATCH request.
+pub const DEFAULT_MEMBER_CHUNK_SIZE: usize = 100;
+
+/// A [`Connector`] over a [`scim::Client`].
+///
+/// Updates use PATCH when the stored capabilities say the target supports it,
+/// PUT otherwise. Without stored capabilities, the first call that needs them
+/// fetches them (as [`Connector::test_connection`] does) and keeps them.
+#[derive(Debug)]
+pub struct ScimConnector {
+    client: Client,
+    capabilities: RwLock<Option<Capabilities>>,
+    member_chunk_size: usize,
+}
+
+impl ScimConnector {
+    /// `capabilities`: what the app stored from its last connection test.
+    pub fn new(client: Client, capabilities: Option<Capabilities>) -> Self {
+        Self { client, capabilities: RwLock::new(capabilities), member_chunk_size: DEFAULT_MEMBER_CHUNK_SIZE }
+    }
+
+    /// Members per group PATCH (at least 1; default 100).
+    pub fn with_member_chunk_size(mut self, size: usize) -> Self {
+        self.member_chunk_size = size.max(1);
+        self
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The capabilities in use (stored, or fetched once).
+    pub async fn capabilities(&self) -> Result<Capabilities, ConnectorError> {
+        if let Some(c) = self.stored_capabilities() {
+            return Ok(c);
+        }
+        let caps = self.client.service_provider_config().await?;
+        self.store_capabilities(caps);
+        Ok(caps)
+    }
+
+    fn stored_capabilities(&self) -> Option<Capabilities> {
+        match self.capabilities.read() {
+            Ok(g) => *g,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    fn store_capabilities(&self, caps: Capabilities) {
+        match self.capabilities.write() {
+            Ok(mut g) => *g = Some(caps),
+            Err(poisoned) => *poisoned.into_inner() = Some(caps),
+        }
+    }
+
+    async fn page(&self, endpoint: &str, page: PageRequest) -> Result<Page, ConnectorError> {
+        let start = page.start_index.max(1);
+        let count = page.count.max(1);
+        let list = self.client.list_resources(endpoint, start, count).await?;
+        let n = list.resources.len() as u64;
+        let next_start = start + n;
+        let more = match list.total_results {
+            _ if n == 0 => false,
+            Some(total) => next_start <= total,
+            None => n >= u64::from(count),
+        };
+        let items = list.resources.into_iter().map(RemoteAccount::from_resource).collect::<Result<Vec<_>, _>>()?;
+        Ok(Page {
+            items,
+            total: list.total_results,
+            next: more.then_some(PageRequest { start_index: next_start, count }),
+        })
+    }
+
+    /// Without server-side filtering: walk every account, compare locally
+    /// (case-insensitively, as for SCIM's default `caseExact: false`).
+    async fn find_by_listing(&self, match_attr: &str, value: &str) -> Result<Vec<RemoteAccount>, ConnectorError> {
+        let mut pager = self.client.pager(USERS, 100);
+        let mut found = Vec::new();
+        while let Some(page) = pager.next_page().await? {
+            for r in page {
+                if attr_values(&r, match_attr).iter().any(|v| v.to_lowercase() == value.to_lowercase()) {
+                    found.push(RemoteAccount::from_resource(r)?);
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// The string values at `attr` (`userName`, `name.givenName`, `emails.value`).
+fn attr_values(resource: &Value, attr: &str) -> Vec<String> {
+    let (top, sub) = match attr.split_once('.') {
+        Some((t, s)) if !attr.starts_with("urn:") => (t, Some(s)),
+        _ => (attr, None),
+    };
+    let Some(obj) = resource.as_object() else {
+        return Vec::new();
+    };
+    let get = |o: &serde_json::Map<String, Value>, k: &str| -> Option<Value> {
+        o.iter().find(|(key, _)| key.eq_ignore_ascii_case(k)).map(|(_, v)| v.clone())
+    };
+    let Some(v) = get(obj, top) else {
+        return Vec::new();
+    };
+    let leaves: Vec<Value> = match (v, sub) {
+        (Value::Array(items), Some(s)) => items.iter().filter_map(|i| i.as_object().and_then(|o| get(o, s))).collect(),
+        (Value::Object(o), Some(s)) => get(&o, s).into_iter().collect(),
+        (Value::Array(items), None) => items,
+        (v, None) => vec![v],
+        (_, Some(_)) => Vec::new(),
+    };
+    leaves
+        .into_iter()
+        .filter_map(|v| match v {
+            Value::String(s) => Some(s),
+            Value::Bool(b) => Some(b.to_string()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A copy of `resource` fit for PUT/POST: no `meta`, and `schemas` present.
+fn for_write(resource: &Value, default_schema: &str) -> Value {
+    let mut r = resource.clone();
+    if let Some(o) = r.as_object_mut() {
+        o.remove("meta");
+        if !o.contains_key("schemas") {
+            let mut schemas = vec![Value::from(default_schema)];
+            schemas.extend(o.keys().filter(|k| k.starts_with("urn:")).map(|k| Value::from(k.as_str())));
+            o.insert("schemas".into(), Value::Array(schemas));
+        }
+    }
+    r
+}
+
+#[async_trait]
+impl Connector for ScimConnector {
+    async fn test_connection(&self) -> Result<Capabilities, ConnectorError> {
+        let caps = self.client.test_connection().await?;
+        self.store_capabilities(caps);
+        Ok(caps)
+    }
+
+    async fn create_account(&self, resource: &Value) -> Result<RemoteAccount, ConnectorError> {
+        let created = self.client.create_user(&for_write(resource, USER_SCHEMA)).await?;
+        RemoteAccount::from_resource(created)
+    }
+
+    async fn get_account(&self, id: &str) -> Result<Option<RemoteAccount>, ConnectorError> {
+        self.client.get_user(id).await?.map(RemoteAccount::from_resource).transpose()
+    }
+
+    async fn find_account(&self, match_attr: &str, value: &str) -> Result<Vec<RemoteAccount>, ConnectorError> {
+        if !scim::filter::is_valid_attr_path(match_attr) {
+            return Err(ConnectorError::invalid_request(format!("not a SCIM attribute path: {match_attr:?}")));
+        }
+        if !self.capabilities().await?.filter {
+            return self.find_by_listing(match_attr, value).await;
+        }
+        self.client.find_users(match_attr, value).await?.into_iter().map(RemoteAccount::from_resource).collect()
+    }
+
+    async fn update_account(
+        &self,
+        id: &str,
+        desired: &Value,
+        previous: Option<&Value>,
+    ) -> Result<Option<RemoteAccount>, ConnectorError> {
+        if !desired.is_object() {
+            return Err(ConnectorError::invalid_request("the desired account is not a JSON object"));
+        }
+        if self.capabilities().await?.patch {
+            let op = patch_from_diff(desired, previous);
+            if op.is_empty() {
+                return Ok(None);
+            }
+            return self.client.patch_user(id, op).await?.map(RemoteAccount::from_resource).transpose();
+        }
+        let replaced = self.client.replace_user(id, &for_write(desired, USER_SCHEMA)).await?;
+        RemoteAccount::from_resource(replaced).map(Some)
+    }
+
+    async fn deactivate_account(&self, id: &str) -> Result<(), ConnectorError> {
+        if self.capabilities().await?.patch {
+            self.client.patch_user(id, PatchOp::new().replace("active", Value::Bool(false))).await?;
+            return Ok(());
+        }
+        let mut current = self
+            .client
+            .get_user(id)
+            .await?
+            .ok_or_else(|| ConnectorError::not_found(format!("account {id} not found")))?;
+        if current.get("active") == Some(&Value::Bool(false)) {
+            return Ok(());
+        }
+        if let Some(o) = current.as_object_mut() {
+            o.insert("active".into(), Value::Bool(false));
+        }
+        self.client.replace_user(id, &for_write(&current, USER_SCHEMA)).await?;
+        Ok(())
+    }
+
+    async fn delete_account(&self, id: &str) -> Result<(), ConnectorError> {
+        Ok(self.client.delete_user(id).await?)
+    }
+
+    async fn list_accounts(&self, page: PageRequest) -> Result<Page, ConnectorError> {
+        self.page(USERS, page).await
+    }
+
+    async fn list_groups(&self, page: PageRequest) -> Result<Page, ConnectorError> {
+        self.page(GROUPS, page).await
+    }
+
+    async fn create_group(&self, resource: &Value) -> Result<RemoteAccount, ConnectorError> {
+        let created = self.client.create_group(&for_write(resource, scim::GROUP_SCHEMA)).await?;
+        RemoteAccount::from_resource(created)
+    }
+
+    async fn get_group(&self, id: &str) -> Result<Option<RemoteAccount>, ConnectorError> {
+        self.client.get_group(id).await?.map(RemoteAccount::from_resource).transpose()
+    }
+
+    async fn delete_group(&self, id: &str) -> Result<(), ConnectorError> {
+        Ok(self.client.delete_group(id).await?)
+    }
+
+    async fn add_group_members(&self, group_id: &str, member_ids: &[String]) -> Result<(), ConnectorError> {
+        for chunk in member_ids.chunks(self.member_chunk_size) {
+            self.client.patch_group(group_id, PatchOp::new().add_members(chunk)).await?;
+        }
+        Ok(())
+    }
+
+    async fn remove_group_members(&self, group_id: &str, member_ids: &[String]) -> Result<(), ConnectorError> {
+        for chunk in member_ids.chunks(self.member_chunk_size) {
+            self.client.patch_group(group_id, PatchOp::new().remove_members(chunk)).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn attr_values_paths() {
+        let r = json!({"userName":"BJ","emails":[{"value":"a@x"},{"value":"b@x"}],
+            "name":{"givenName":"B"},"active":true,
+            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User":{"employeeNumber":"7"}});
+        assert_eq!(attr_values(&r, "username"), vec!["BJ"]);
+        assert_eq!(attr_values(&r, "emails.value"), vec!["a@x", "b@x"]);
+        assert_eq!(attr_values(&r, "name.givenName"), vec!["B"]);
+        assert_eq!(attr_values(&r, "active"), vec!["true"]);
+        assert!(attr_values(&r, "missing").is_empty());
+    }
+
+    #[test]
+    fn for_write_adds_schemas_and_drops_meta() {
+        let r = json!({"userName":"x","meta":{"version":"1"},
+            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User":{"department":"d"}});
+        let w = for_write(&r, USER_SCHEMA);
+        assert!(w.get("meta").is_none());
+        assert_eq!(w["schemas"], json!([USER_SCHEMA, "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"]));
+        let with = json!({"schemas":["custom"],"userName":"x"});
+        assert_eq!(for_write(&with, USER_SCHEMA)["schemas"], json!(["custom"]));
+    }
+}

@@ -1,0 +1,237 @@
+//! Provisioning records: the account each user has in each app, and the operations (shown to
+//! admins as events) that bring the app in line with the directory.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Who an app account belongs to (Safe Entitlements): the engine changes or removes only
+/// accounts it `created` or that an admin `linked`; a `foreign` account is never touched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Ownership {
+    Created,
+    Linked,
+    Foreign,
+}
+
+impl Ownership {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Linked => "linked",
+            Self::Foreign => "foreign",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "created" => Some(Self::Created),
+            "linked" => Some(Self::Linked),
+            "foreign" => Some(Self::Foreign),
+            _ => None,
+        }
+    }
+    /// Whether the engine may change or remove the account.
+    pub fn is_managed(self) -> bool {
+        matches!(self, Self::Created | Self::Linked)
+    }
+}
+
+/// What an operation does to an app account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Create,
+    Update,
+    Suspend,
+    Delete,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Update => "update",
+            Self::Suspend => "suspend",
+            Self::Delete => "delete",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "create" => Some(Self::Create),
+            "update" => Some(Self::Update),
+            "suspend" => Some(Self::Suspend),
+            "delete" => Some(Self::Delete),
+            _ => None,
+        }
+    }
+    /// The status an event shows while this action is queued or running.
+    pub fn working_status(self) -> EventStatus {
+        match self {
+            Self::Create => EventStatus::Provisioning,
+            Self::Update => EventStatus::Modifying,
+            Self::Suspend | Self::Delete => EventStatus::Deleting,
+        }
+    }
+    /// The status an event shows when this action succeeded.
+    pub fn done_status(self) -> EventStatus {
+        match self {
+            Self::Create | Self::Update => EventStatus::Provisioned,
+            Self::Suspend => EventStatus::Suspended,
+            Self::Delete => EventStatus::Deleted,
+        }
+    }
+}
+
+/// The status of a provisioning event, in the words admins know (the seven of the seed,
+/// plus final states for suspension, deletion, rejection and supersession).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventStatus {
+    /// Waiting for an admin's approval.
+    Pending,
+    /// The account is being created.
+    Provisioning,
+    /// The account is being updated.
+    Modifying,
+    /// The account exists with the right values.
+    Provisioned,
+    /// The operation failed; see the reason and recommended action.
+    Failed,
+    /// The account is being suspended or deleted.
+    Deleting,
+    /// The app has an account this engine did not create; fixed by "Rematch login".
+    Unknown,
+    /// The account was suspended (`active: false`).
+    Suspended,
+    /// The account was deleted.
+    Deleted,
+    /// An admin rejected the pending operation.
+    Rejected,
+    /// A newer change made the operation unnecessary.
+    Cancelled,
+}
+
+impl EventStatus {
+    pub const ALL: [EventStatus; 11] = [
+        Self::Pending,
+        Self::Provisioning,
+        Self::Modifying,
+        Self::Provisioned,
+        Self::Failed,
+        Self::Deleting,
+        Self::Unknown,
+        Self::Suspended,
+        Self::Deleted,
+        Self::Rejected,
+        Self::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Provisioning => "provisioning",
+            Self::Modifying => "modifying",
+            Self::Provisioned => "provisioned",
+            Self::Failed => "failed",
+            Self::Deleting => "deleting",
+            Self::Unknown => "unknown",
+            Self::Suspended => "suspended",
+            Self::Deleted => "deleted",
+            Self::Rejected => "rejected",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// Whether nothing more will happen to the event by itself.
+    pub fn is_final(self) -> bool {
+        !matches!(self, Self::Pending | Self::Provisioning | Self::Modifying | Self::Deleting)
+    }
+}
+
+/// Where an operation is in the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpState {
+    /// Waiting for an admin's approval.
+    AwaitingApproval,
+    /// Waiting to be claimed by a worker (at `next_run_at`).
+    Queued,
+    /// Claimed by a worker under a lease.
+    Running,
+    /// Finished (whatever the outcome); see the event status.
+    Done,
+}
+
+impl OpState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AwaitingApproval => "awaiting_approval",
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Done => "done",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "awaiting_approval" => Some(Self::AwaitingApproval),
+            "queued" => Some(Self::Queued),
+            "running" => Some(Self::Running),
+            "done" => Some(Self::Done),
+            _ => None,
+        }
+    }
+}
+
+/// A provisioning event, as admins see it. Each event is one durable operation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    pub id: Uuid,
+    pub app_id: Uuid,
+    pub app_name: String,
+    pub user_id: Uuid,
+    pub username: String,
+    pub action: Action,
+    pub status: EventStatus,
+    pub reason: Option<String>,
+    pub recommended_action: Option<String>,
+    pub attempts: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// An operation: the event plus what the queue needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Operation {
+    pub event: Event,
+    pub state: OpState,
+    /// The account the app should have (SCIM resource); `None` for a delete.
+    pub desired: Option<Value>,
+    pub next_run_at: DateTime<Utc>,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+}
+
+/// The account record of one user in one app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Account {
+    pub app_id: Uuid,
+    pub user_id: Uuid,
+    pub username: String,
+    /// The account's id in the app.
+    pub remote_id: Option<String>,
+    pub ownership: Option<Ownership>,
+    /// The account's current status: that of its latest event.
+    pub status: EventStatus,
+    /// The values last applied to the app.
+    #[schema(value_type = Option<Object>)]
+    pub last_applied: Option<Value>,
+    pub last_event_id: Option<Uuid>,
+    pub updated_at: DateTime<Utc>,
+}

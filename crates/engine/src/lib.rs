@@ -1,0 +1,15 @@
+//! The provisioning engine.
+//!
+//! - [`mapping`] and [`plan`] are pure: directory data and account records in, operations
+//!   out. They decide everything and are tested exhaustively without I/O.
+//! - [`worker`] carries out one operation against an app through a [`connectors::Connector`].
+//! - [`runner`] is the planner loop that follows the change feed, and the dispatcher that
+//!   claims operations with a lease and runs them within each app's concurrency limit.
+
+pub mod mapping;
+pub mod plan;
+pub mod reconcile;
+pub mod runner;
+pub mod worker;
+
+pub use runner::{Engine, EngineConfig, EngineError, ProvisionStep, ReconcileReport};

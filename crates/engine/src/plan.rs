@@ -1,0 +1,358 @@
+//! Planning: pure functions from directory data and account records to operations.
+//!
+//! Level-triggered: for each (user, app) the planner derives what the app *should* have
+//! ([`intent`]), compares it with what was last applied ([`decide`]), and turns the
+//! difference into at most one operation, collapsing into the operation already waiting
+//! for the pair ([`plan_pair`]). Planning twice from the same state plans nothing new.
+
+use directory::{Account, Action, App, DeprovisionAction, EventStatus, Ownership, User, UserStatus};
+use serde_json::Value;
+use store::{PairState, PlanItem};
+
+use crate::mapping::{default_resource, is_active};
+
+/// What the app should have for a user.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Intent {
+    /// An account with these values (active or suspended).
+    Present(Value),
+    /// No account.
+    Absent,
+    /// Whatever is there: provisioning is off, or the app's settings say "do nothing".
+    Leave,
+}
+
+fn deprovision(action: DeprovisionAction, user: Option<&User>) -> Intent {
+    match (action, user) {
+        (DeprovisionAction::Delete, _) => Intent::Absent,
+        (DeprovisionAction::Suspend, Some(u)) => Intent::Present(default_resource(u, false)),
+        // A user who no longer exists at all cannot be described: leave the account.
+        (DeprovisionAction::Suspend, None) | (DeprovisionAction::None, _) => Intent::Leave,
+    }
+}
+
+/// What `app` should have for `user` (`None`: no such user), given whether one of the
+/// user's roles grants the app.
+pub fn intent(user: Option<&User>, app: &App, granted: bool) -> Intent {
+    let settings = &app.provisioning;
+    if !settings.enabled {
+        return Intent::Leave;
+    }
+    match user {
+        None => deprovision(settings.on_delete, None),
+        Some(u) if u.status == UserStatus::Deleted || !granted => deprovision(settings.on_delete, Some(u)),
+        Some(u) if u.status == UserStatus::Suspended => deprovision(settings.on_suspend, Some(u)),
+        Some(u) => Intent::Present(default_resource(u, true)),
+    }
+}
+
+/// The operation that brings the account from what was last applied to the intent, if any.
+/// Accounts the engine neither created nor was given by an admin are never touched.
+pub fn decide(intent: &Intent, account: Option<&Account>) -> Option<(Action, Option<Value>)> {
+    if let Some(a) = account {
+        if a.ownership == Some(Ownership::Foreign) || a.status == EventStatus::Unknown {
+            return None;
+        }
+    }
+    let managed = account.filter(|a| a.remote_id.is_some() && a.ownership.is_some_and(Ownership::is_managed));
+    match (intent, managed) {
+        (Intent::Leave, _) => None,
+        (Intent::Present(r), None) => is_active(r).then(|| (Action::Create, Some(r.clone()))),
+        (Intent::Absent, None) => None,
+        (Intent::Present(r), Some(a)) => {
+            if a.last_applied.as_ref() == Some(r) {
+                return None;
+            }
+            let was_active = a.last_applied.as_ref().is_none_or(is_active);
+            let action = if !is_active(r) && was_active { Action::Suspend } else { Action::Update };
+            Some((action, Some(r.clone())))
+        }
+        (Intent::Absent, Some(_)) => Some((Action::Delete, None)),
+    }
+}
+
+/// Whether the app wants an admin to approve this action first.
+pub fn needs_approval(app: &App, action: Action) -> bool {
+    let a = &app.provisioning.approval;
+    match action {
+        Action::Create => a.create,
+        Action::Update => a.update,
+        Action::Suspend | Action::Delete => a.delete,
+    }
+}
+
+/// The planner's decision for one pair.
+pub fn plan_pair(s: &PairState) -> Option<PlanItem> {
+    let Some(app) = &s.app else {
+        return s.waiting.as_ref().map(|w| PlanItem::Cancel { op: w.event.id, reason: "The app was deleted.".into() });
+    };
+    if let Some(run) = &s.running {
+        // What the running operation leaves behind is not known yet: plan again after it.
+        return Some(PlanItem::Replan { op: run.event.id });
+    }
+    let decision = decide(&intent(s.user.as_ref(), app, s.granted), s.account.as_ref());
+    match (decision, &s.waiting) {
+        (None, None) => None,
+        (None, Some(w)) => {
+            Some(PlanItem::Cancel { op: w.event.id, reason: "No longer needed: a newer change superseded it.".into() })
+        }
+        (Some((action, desired)), Some(w)) => {
+            let needs_approval = needs_approval(app, action);
+            let same = w.event.action == action
+                && w.desired == desired
+                && (w.state == directory::OpState::AwaitingApproval) == needs_approval;
+            (!same).then_some(PlanItem::Replace { op: w.event.id, action, desired, needs_approval })
+        }
+        (Some((action, desired)), None) => Some(PlanItem::Enqueue {
+            user_id: s.user_id,
+            app_id: s.app_id,
+            action,
+            desired,
+            needs_approval: needs_approval(app, action),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use directory::{AppInput, Event, OpState, Operation, UserInput, UserSource};
+    use proptest::prelude::*;
+    use serde_json::json;
+    use uuid::Uuid;
+
+    fn app(enabled: bool, on_suspend: DeprovisionAction, on_delete: DeprovisionAction, approve: bool) -> App {
+        let input: AppInput = serde_json::from_value(json!({"name": "Wiki",
+            "connection": {"base_url": "https://wiki.example.com/scim/v2", "auth": {"type": "bearer", "token": "t"}}}))
+        .unwrap();
+        let (v, _) = input.validate(None).unwrap();
+        let mut a = App::new(v, directory::now());
+        a.provisioning.enabled = enabled;
+        a.provisioning.on_suspend = on_suspend;
+        a.provisioning.on_delete = on_delete;
+        a.provisioning.approval.create = approve;
+        a.provisioning.approval.delete = approve;
+        a
+    }
+
+    fn user(status: UserStatus, title: &str) -> User {
+        let input = UserInput { username: "ada".into(), title: Some(title.into()), ..Default::default() };
+        let mut u = User::new(input, UserSource::Local, directory::now());
+        u.status = status;
+        u
+    }
+
+    fn account(remote: bool, ownership: Option<Ownership>, status: EventStatus, last: Option<Value>) -> Account {
+        Account {
+            app_id: Uuid::nil(),
+            user_id: Uuid::nil(),
+            username: "ada".into(),
+            remote_id: remote.then(|| "r-1".to_owned()),
+            ownership,
+            status,
+            last_applied: last,
+            last_event_id: None,
+            updated_at: directory::now(),
+        }
+    }
+
+    fn op(action: Action, desired: Option<Value>, state: OpState) -> Operation {
+        let now = directory::now();
+        Operation {
+            event: Event {
+                id: Uuid::now_v7(),
+                app_id: Uuid::nil(),
+                app_name: "Wiki".into(),
+                user_id: Uuid::nil(),
+                username: "ada".into(),
+                action,
+                status: action.working_status(),
+                reason: None,
+                recommended_action: None,
+                attempts: 0,
+                created_at: now,
+                updated_at: now,
+            },
+            state,
+            desired,
+            next_run_at: now,
+            lease_owner: None,
+            lease_expires_at: None,
+        }
+    }
+
+    use DeprovisionAction::{Delete, None as Nothing, Suspend};
+
+    #[test]
+    fn role_grant_creates_and_change_updates() {
+        let a = app(true, Suspend, Delete, false);
+        let u = user(UserStatus::Active, "Engineer");
+        let want = intent(Some(&u), &a, true);
+        let Intent::Present(r) = &want else { panic!() };
+        assert_eq!(decide(&want, None), Some((Action::Create, Some(r.clone()))));
+        let acc = account(true, Some(Ownership::Created), EventStatus::Provisioned, Some(r.clone()));
+        assert_eq!(decide(&want, Some(&acc)), None, "in sync: nothing to do");
+        let promoted = user(UserStatus::Active, "CTO");
+        let promoted = User { id: u.id, ..promoted };
+        let (action, desired) = decide(&intent(Some(&promoted), &a, true), Some(&acc)).unwrap();
+        assert_eq!(action, Action::Update);
+        assert_eq!(desired.unwrap()["title"], "CTO");
+    }
+
+    #[test]
+    fn suspension_and_deprovisioning_follow_the_settings() {
+        let u = user(UserStatus::Suspended, "Engineer");
+        let active = default_resource(&User { status: UserStatus::Active, ..u.clone() }, true);
+        let acc = account(true, Some(Ownership::Created), EventStatus::Provisioned, Some(active));
+        let (action, desired) =
+            decide(&intent(Some(&u), &app(true, Suspend, Delete, false), true), Some(&acc)).unwrap();
+        assert_eq!((action, desired.unwrap()["active"].clone()), (Action::Suspend, json!(false)));
+        assert_eq!(
+            decide(&intent(Some(&u), &app(true, Delete, Delete, false), true), Some(&acc)),
+            Some((Action::Delete, None))
+        );
+        assert_eq!(decide(&intent(Some(&u), &app(true, Nothing, Delete, false), true), Some(&acc)), None);
+        // Losing the role follows on_delete.
+        let active_user = User { status: UserStatus::Active, ..u.clone() };
+        assert_eq!(
+            decide(&intent(Some(&active_user), &app(true, Suspend, Delete, false), false), Some(&acc)),
+            Some((Action::Delete, None))
+        );
+        let (action, _) =
+            decide(&intent(Some(&active_user), &app(true, Delete, Suspend, false), false), Some(&acc)).unwrap();
+        assert_eq!(action, Action::Suspend);
+        assert_eq!(decide(&intent(Some(&active_user), &app(true, Delete, Nothing, false), false), Some(&acc)), None);
+        // Reactivation is an update.
+        let suspended =
+            account(true, Some(Ownership::Created), EventStatus::Suspended, Some(default_resource(&u, false)));
+        let (action, desired) =
+            decide(&intent(Some(&active_user), &app(true, Suspend, Delete, false), true), Some(&suspended)).unwrap();
+        assert_eq!((action, desired.unwrap()["active"].clone()), (Action::Update, json!(true)));
+    }
+
+    #[test]
+    fn foreign_and_unknown_accounts_are_never_touched() {
+        let u = user(UserStatus::Active, "Engineer");
+        for acc in [
+            account(true, Some(Ownership::Foreign), EventStatus::Unknown, None),
+            account(false, None, EventStatus::Unknown, None),
+        ] {
+            for granted in [true, false] {
+                assert_eq!(decide(&intent(Some(&u), &app(true, Delete, Delete, false), granted), Some(&acc)), None);
+            }
+        }
+    }
+
+    #[test]
+    fn collapsing_and_cancelling_waiting_operations() {
+        let a = app(true, Suspend, Delete, true);
+        let u = user(UserStatus::Active, "Engineer");
+        let r = default_resource(&u, true);
+        let mut s = PairState {
+            user_id: u.id,
+            app_id: a.id,
+            user: Some(u.clone()),
+            app: Some(a.clone()),
+            granted: true,
+            account: None,
+            running: None,
+            waiting: None,
+        };
+        let Some(PlanItem::Enqueue { action: Action::Create, needs_approval: true, .. }) = plan_pair(&s) else {
+            panic!("{:?}", plan_pair(&s))
+        };
+        s.waiting = Some(op(Action::Create, Some(r.clone()), OpState::AwaitingApproval));
+        assert_eq!(plan_pair(&s), None, "the pending operation already does it");
+        let promoted = User { title: Some("CTO".into()), ..u.clone() };
+        s.user = Some(promoted);
+        assert!(matches!(plan_pair(&s), Some(PlanItem::Replace { action: Action::Create, needs_approval: true, .. })));
+        s.granted = false;
+        assert!(matches!(plan_pair(&s), Some(PlanItem::Cancel { .. })), "no account needed any more");
+        s.running = Some(op(Action::Create, Some(r), OpState::Running));
+        assert!(matches!(plan_pair(&s), Some(PlanItem::Replan { .. })));
+        s.app = None;
+        assert!(matches!(plan_pair(&s), Some(PlanItem::Cancel { .. })));
+    }
+
+    #[test]
+    fn disabled_app_plans_nothing() {
+        let u = user(UserStatus::Active, "x");
+        assert_eq!(intent(Some(&u), &app(false, Delete, Delete, false), true), Intent::Leave);
+    }
+
+    fn dep() -> impl Strategy<Value = DeprovisionAction> {
+        prop_oneof![Just(Delete), Just(Suspend), Just(Nothing)]
+    }
+
+    fn status() -> impl Strategy<Value = Option<UserStatus>> {
+        prop_oneof![
+            Just(None),
+            Just(Some(UserStatus::Active)),
+            Just(Some(UserStatus::Suspended)),
+            Just(Some(UserStatus::Deleted))
+        ]
+    }
+
+    fn ownership() -> impl Strategy<Value = Option<Ownership>> {
+        prop_oneof![
+            Just(None),
+            Just(Some(Ownership::Created)),
+            Just(Some(Ownership::Linked)),
+            Just(Some(Ownership::Foreign))
+        ]
+    }
+
+    /// Simulates a successful run of `action` on the account record.
+    fn apply(action: Action, desired: Option<Value>, acc: Option<Account>) -> Account {
+        let mut a = acc.unwrap_or_else(|| account(false, None, EventStatus::Provisioning, None));
+        match action {
+            Action::Create => {
+                a.remote_id = Some("new".into());
+                a.ownership = Some(Ownership::Created);
+                a.last_applied = desired;
+            }
+            Action::Update | Action::Suspend => a.last_applied = desired,
+            Action::Delete => {
+                a.remote_id = None;
+                a.ownership = None;
+                a.last_applied = None;
+            }
+        }
+        a.status = action.done_status();
+        a
+    }
+
+    proptest! {
+        #[test]
+        fn planning_converges_and_respects_ownership(
+            enabled in any::<bool>(), on_suspend in dep(), on_delete in dep(), granted in any::<bool>(),
+            st in status(), has_account in any::<bool>(), remote in any::<bool>(), own in ownership(),
+            stale in any::<bool>(), title in "[a-zA-Z ]{0,12}",
+        ) {
+            let a = app(enabled, on_suspend, on_delete, false);
+            let u = st.map(|s| user(s, &title));
+            let want = intent(u.as_ref(), &a, granted);
+            let last = u.as_ref().map(|u| default_resource(u, !stale));
+            let acc = has_account.then(|| account(remote, own, EventStatus::Provisioned, last));
+            let decision = decide(&want, acc.as_ref());
+            if let Some((action, desired)) = decision.clone() {
+                // Never touch what we do not own; never create a disabled account; nothing when disabled.
+                prop_assert!(enabled);
+                let managed = acc.as_ref().is_some_and(|x| x.remote_id.is_some() && x.ownership.is_some_and(Ownership::is_managed));
+                match action {
+                    Action::Create => {
+                        prop_assert!(!managed);
+                        prop_assert!(acc.as_ref().is_none_or(|x| x.ownership != Some(Ownership::Foreign)));
+                        prop_assert!(desired.as_ref().is_some_and(is_active));
+                    }
+                    _ => prop_assert!(managed),
+                }
+                // After it succeeds, planning again from the new state does nothing.
+                let after = apply(action, desired, acc.clone());
+                prop_assert_eq!(decide(&want, Some(&after)), None);
+            }
+            // Planning is a function of its inputs.
+            prop_assert_eq!(decide(&want, acc.as_ref()), decision);
+        }
+    }
+}

@@ -1,0 +1,513 @@
+//! The running engine: the planner that follows the change feed, the dispatcher that runs
+//! operations under leases within each app's concurrency limit, reconciliation, and the
+//! admin actions that need an app (test connection, provision now).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use connectors::{Capabilities, Connector, ConnectorError, ScimConnector};
+use directory::{App, AuthConfig, Event, EventStatus, Secret};
+use serde::Serialize;
+use store::secrets::Keyring;
+use store::{AccountWrite, EventQuery, Outcome, PageRequest as StorePage, PlanItem, PlanWrite, Store, StoreError};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::plan::plan_pair;
+use crate::worker::{self, Execution};
+
+/// How the engine runs.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Identifies this process's leases.
+    pub owner: String,
+    /// How long a claimed operation stays with its worker before another may take it.
+    pub lease: Duration,
+    /// How often the planner and dispatcher look for work when nobody woke them.
+    pub poll_interval: Duration,
+    /// How often every app is reconciled in full (`None`: never by itself).
+    pub reconcile_interval: Option<Duration>,
+    /// Timeout of one request to an app.
+    pub request_timeout: Duration,
+    /// Give up every lease at start: right when this is the only engine on the store.
+    pub release_leases_at_start: bool,
+    /// Base of the HTTP client's retry backoff.
+    pub http_backoff_base: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            owner: format!("engine-{}", Uuid::now_v7().simple()),
+            lease: Duration::from_secs(120),
+            poll_interval: Duration::from_secs(1),
+            reconcile_interval: Some(Duration::from_secs(3600)),
+            request_timeout: Duration::from_secs(20),
+            release_leases_at_start: true,
+            http_backoff_base: Duration::from_millis(200),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The app answered with an error (the reason names the app).
+    #[error("{reason}")]
+    App { reason: String, recommended_action: String, error: ConnectorError },
+    #[error("the app's credential cannot be read: {0}")]
+    Credential(String),
+}
+
+impl EngineError {
+    pub(crate) fn app(app: &App, e: ConnectorError) -> Self {
+        let reason = match e.kind {
+            connectors::ErrorKind::Authentication => {
+                format!("Invalid authentication: {} refused the credentials ({})", app.name, e.reason)
+            }
+            _ => format!("{}: {}", app.name, e.reason),
+        };
+        Self::App { reason, recommended_action: e.recommended_action.clone(), error: e }
+    }
+}
+
+/// One step of "Provision now".
+#[derive(Debug, Clone, Serialize)]
+pub struct ProvisionStep {
+    pub app_id: Uuid,
+    pub app_name: String,
+    /// What was done, in words.
+    pub step: String,
+    /// The event that carried it out, if any.
+    pub event: Option<Event>,
+}
+
+/// What a full reconciliation found and did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReconcileReport {
+    pub accounts_read: u64,
+    pub users_checked: u64,
+    /// Accounts found in the app with our externalId but no record here.
+    pub adopted: u64,
+    /// Accounts whose values in the app differ from what they should be.
+    pub drifted: u64,
+    /// Accounts recorded here that no longer exist in the app.
+    pub vanished: u64,
+    /// Operations queued.
+    pub queued: u64,
+}
+
+pub struct Engine {
+    store: Arc<dyn Store>,
+    keyring: Arc<Keyring>,
+    config: EngineConfig,
+    planner_wake: Notify,
+    worker_wake: Notify,
+    /// Connectors by app, with the app version they were built for.
+    connectors: Mutex<HashMap<Uuid, CachedConnector>>,
+    inflight: Mutex<HashMap<Uuid, u32>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+type CachedConnector = (i64, Arc<dyn Connector>);
+
+/// The change feed is read this many entries at a time.
+const CHANGE_BATCH: u32 = 500;
+/// Pairs are loaded and planned this many at a time.
+const PAIR_BATCH: usize = 500;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Engine {
+    pub fn new(store: Arc<dyn Store>, keyring: Arc<Keyring>, config: EngineConfig) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            keyring,
+            config,
+            planner_wake: Notify::new(),
+            worker_wake: Notify::new(),
+            connectors: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Tells the planner that the directory changed (it also polls).
+    pub fn changed(&self) {
+        self.planner_wake.notify_one();
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Tells the workers there may be work (approved or retried events).
+    pub fn wake_workers(&self) {
+        self.worker_wake.notify_one();
+    }
+
+    /// Starts the planner, the dispatcher and the reconciliation schedule.
+    pub async fn start(self: &Arc<Self>) -> Result<(), EngineError> {
+        if self.config.release_leases_at_start {
+            let n = self.store.release_all_leases().await?;
+            if n > 0 {
+                tracing::info!(operations = n, "requeued operations left running by the previous run");
+            }
+        }
+        let planner = {
+            let me = self.clone();
+            tokio::spawn(async move { me.planner_loop().await })
+        };
+        let dispatcher = {
+            let me = self.clone();
+            tokio::spawn(async move { me.dispatcher_loop().await })
+        };
+        let mut tasks = lock(&self.tasks);
+        tasks.push(planner);
+        tasks.push(dispatcher);
+        if let Some(every) = self.config.reconcile_interval {
+            let me = self.clone();
+            tasks.push(tokio::spawn(async move { me.reconcile_loop(every).await }));
+        }
+        Ok(())
+    }
+
+    /// Stops the loops. Operations in flight keep their lease and are retried later.
+    pub fn stop(&self) {
+        for t in lock(&self.tasks).drain(..) {
+            t.abort();
+        }
+    }
+
+    async fn planner_loop(self: Arc<Self>) {
+        loop {
+            match self.plan_once().await {
+                Ok(n) if n > 0 => continue,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "planner: will retry"),
+            }
+            tokio::select! {
+                _ = self.planner_wake.notified() => {}
+                _ = tokio::time::sleep(self.config.poll_interval) => {}
+            }
+        }
+    }
+
+    async fn dispatcher_loop(self: Arc<Self>) {
+        loop {
+            if let Err(e) = self.dispatch_once().await {
+                tracing::warn!(error = %e, "dispatcher: will retry");
+            }
+            tokio::select! {
+                _ = self.worker_wake.notified() => {}
+                _ = tokio::time::sleep(self.config.poll_interval) => {}
+            }
+        }
+    }
+
+    async fn reconcile_loop(self: Arc<Self>, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            let apps = match self.enabled_apps().await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "scheduled reconciliation: cannot list apps");
+                    continue;
+                }
+            };
+            for app in apps {
+                match self.reconcile(app).await {
+                    Ok(r) => tracing::info!(app = %app, ?r, "scheduled reconciliation done"),
+                    Err(e) => tracing::warn!(app = %app, error = %e, "scheduled reconciliation failed"),
+                }
+            }
+        }
+    }
+
+    async fn enabled_apps(&self) -> Result<Vec<Uuid>, EngineError> {
+        let mut out = Vec::new();
+        let mut page = StorePage { limit: store::MAX_PAGE, cursor: None };
+        loop {
+            let p = self.store.list_apps(&store::NameQuery { q: None, page: page.clone() }).await?;
+            out.extend(p.items.iter().filter(|a| a.provisioning.enabled).map(|a| a.id));
+            match p.next_cursor {
+                Some(c) => page.cursor = Some(c),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// Plans the pairs touched by the next batch of changes; returns how many changes it read.
+    pub async fn plan_once(&self) -> Result<usize, EngineError> {
+        let cursor = self.store.engine_cursor().await?;
+        let changes = self.store.changes_after(cursor, CHANGE_BATCH).await?;
+        let Some(last) = changes.last().map(|c| c.seq) else {
+            return Ok(0);
+        };
+        let mut pairs = BTreeSet::new();
+        let (mut seen_users, mut seen_apps) = (HashSet::new(), HashSet::new());
+        for c in &changes {
+            match (affects(c.kind), c.user_id, c.app_id) {
+                (Affects::Pair, Some(u), Some(a)) => {
+                    pairs.insert((u, a));
+                }
+                (Affects::User, Some(u), _) if seen_users.insert(u) => {
+                    pairs.extend(self.store.apps_of_user(u).await?.into_iter().map(|a| (u, a)));
+                }
+                (Affects::App, _, Some(a)) if seen_apps.insert(a) => {
+                    pairs.extend(self.store.users_of_app(a).await?.into_iter().map(|u| (u, a)));
+                }
+                _ => {}
+            }
+        }
+        let pairs: Vec<_> = pairs.into_iter().collect();
+        let mut chunks = pairs.chunks(PAIR_BATCH).peekable();
+        if chunks.peek().is_none() {
+            self.store.apply_plan(&PlanWrite { cursor: Some(last), items: vec![] }).await?;
+        }
+        while let Some(chunk) = chunks.next() {
+            let states = self.store.load_pairs(chunk).await?;
+            let items: Vec<PlanItem> = states.iter().filter_map(plan_pair).collect();
+            // The cursor moves with the last chunk: a crash before it replays the batch,
+            // which plans nothing new for the chunks already written.
+            let cursor = chunks.peek().is_none().then_some(last);
+            self.store.apply_plan(&PlanWrite { cursor, items }).await?;
+        }
+        self.worker_wake.notify_one();
+        Ok(changes.len())
+    }
+
+    /// Claims and starts what can run now; returns how many operations it started.
+    pub async fn dispatch_once(self: &Arc<Self>) -> Result<usize, EngineError> {
+        let mut started = 0;
+        for app_id in self.store.apps_with_due_operations().await? {
+            let app = self.store.get_app(app_id).await?;
+            let limit = app.as_ref().map_or(4, |a| a.provisioning.max_concurrency.max(1));
+            let busy = lock(&self.inflight).get(&app_id).copied().unwrap_or(0);
+            if busy >= limit {
+                continue;
+            }
+            let ops = self.store.claim_operations(app_id, &self.config.owner, limit - busy, self.config.lease).await?;
+            for op in ops {
+                *lock(&self.inflight).entry(app_id).or_insert(0) += 1;
+                started += 1;
+                let me = self.clone();
+                let app = app.clone();
+                tokio::spawn(async move {
+                    me.run_operation(app, op).await;
+                    if let Some(n) = lock(&me.inflight).get_mut(&app_id) {
+                        *n = n.saturating_sub(1);
+                    }
+                    me.worker_wake.notify_one();
+                });
+            }
+        }
+        Ok(started)
+    }
+
+    async fn run_operation(&self, app: Option<App>, op: directory::Operation) {
+        let id = op.event.id;
+        let execution = match &app {
+            None => Execution::Finished(Outcome {
+                status: EventStatus::Cancelled,
+                reason: Some("The app was deleted.".into()),
+                recommended_action: None,
+                account: AccountWrite::Keep,
+                replan: false,
+            }),
+            Some(app) if !app.provisioning.enabled => Execution::Finished(Outcome {
+                status: EventStatus::Cancelled,
+                reason: Some(format!("Provisioning is disabled for {}.", app.name)),
+                recommended_action: Some("Enable provisioning for the app, then retry.".into()),
+                account: AccountWrite::Keep,
+                replan: false,
+            }),
+            Some(app) => match (self.connector(app).await, self.store.get_account(app.id, op.event.user_id).await) {
+                (Ok(c), Ok(account)) => worker::execute(&op, &app.name, account.as_ref(), c.as_ref()).await,
+                (Err(e), _) => Execution::Finished(Outcome {
+                    status: EventStatus::Failed,
+                    reason: Some(e.to_string()),
+                    recommended_action: Some("Re-enter the app's credentials and test the connection.".into()),
+                    account: AccountWrite::Keep,
+                    replan: false,
+                }),
+                (_, Err(e)) => {
+                    tracing::warn!(op = %id, error = %e, "cannot read the account record; the operation will be retried");
+                    return;
+                }
+            },
+        };
+        let recorded = match &execution {
+            Execution::Finished(outcome) => self.store.finish_operation(id, &self.config.owner, outcome).await,
+            Execution::RetryAt { at, reason } => {
+                self.store.retry_operation_later(id, &self.config.owner, *at, reason).await
+            }
+        };
+        match recorded {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(op = %id, "lease lost before the outcome was recorded; another worker owns it"),
+            Err(e) => tracing::warn!(op = %id, error = %e, "outcome not recorded; the operation will be retried"),
+        }
+        if matches!(&execution, Execution::Finished(o) if o.replan) {
+            self.planner_wake.notify_one();
+        }
+        // A finished operation may have asked for re-planning (an account change).
+        self.planner_wake.notify_one();
+    }
+
+    fn auth(app: &App, secret: Secret) -> Result<scim::Auth, EngineError> {
+        match (&app.connection.auth, secret) {
+            (AuthConfig::Bearer {}, Secret::Bearer { token }) => Ok(scim::Auth::Bearer { token }),
+            (AuthConfig::Basic { username }, Secret::Basic { password }) => {
+                Ok(scim::Auth::Basic { username: username.clone(), password })
+            }
+            (
+                AuthConfig::OAuth2ClientCredentials { token_url, client_id, scope },
+                Secret::OAuth2ClientCredentials { client_secret },
+            ) => Ok(scim::Auth::OAuth2ClientCredentials {
+                token_url: token_url.clone(),
+                client_id: client_id.clone(),
+                client_secret,
+                scope: scope.clone(),
+            }),
+            _ => Err(EngineError::Credential("the stored secret does not match the authentication type".into())),
+        }
+    }
+
+    /// A connector for the app, reused while the app is unchanged.
+    pub(crate) async fn connector(&self, app: &App) -> Result<Arc<dyn Connector>, EngineError> {
+        if let Some((version, c)) = lock(&self.connectors).get(&app.id) {
+            if *version == app.version {
+                return Ok(c.clone());
+            }
+        }
+        let capabilities =
+            self.store.get_app_capabilities(app.id).await?.and_then(|v| serde_json::from_value::<Capabilities>(v).ok());
+        let c = self.build(app, capabilities).await?;
+        lock(&self.connectors).insert(app.id, (app.version, c.clone()));
+        Ok(c)
+    }
+
+    async fn build(&self, app: &App, capabilities: Option<Capabilities>) -> Result<Arc<dyn Connector>, EngineError> {
+        let ct = self.store.get_app_credential(app.id).await?.ok_or(EngineError::NotFound("app"))?;
+        let secret = store::secrets::decrypt_credential(&self.keyring, app.id, &ct)
+            .map_err(|e| EngineError::Credential(e.to_string()))?;
+        let mut cfg = scim::ClientConfig::new(app.connection.base_url.clone(), Self::auth(app, secret)?);
+        cfg.timeout = self.config.request_timeout;
+        cfg.max_concurrency = app.provisioning.max_concurrency.max(1) as usize;
+        cfg.max_retries = 2;
+        cfg.backoff_base = self.config.http_backoff_base;
+        cfg.backoff_max = Duration::from_secs(5);
+        cfg.retry_after_max = Duration::from_secs(30);
+        let client = scim::Client::new(cfg).map_err(|e| EngineError::app(app, e.into()))?;
+        Ok(Arc::new(ScimConnector::new(client, capabilities)))
+    }
+
+    /// Whether the app has an account with this id.
+    pub async fn account_exists(&self, app_id: Uuid, remote_id: &str) -> Result<bool, EngineError> {
+        let app = self.store.get_app(app_id).await?.ok_or(EngineError::NotFound("app"))?;
+        let c = self.connector(&app).await?;
+        c.get_account(remote_id).await.map(|a| a.is_some()).map_err(|e| EngineError::app(&app, e))
+    }
+
+    /// "Enable" / "Test connection": checks the credentials, learns what the app supports
+    /// and keeps it for every later request.
+    pub async fn test_connection(&self, app_id: Uuid) -> Result<Capabilities, EngineError> {
+        let app = self.store.get_app(app_id).await?.ok_or(EngineError::NotFound("app"))?;
+        lock(&self.connectors).remove(&app_id);
+        let c = self.build(&app, None).await?;
+        let caps = c.test_connection().await.map_err(|e| EngineError::app(&app, e))?;
+        let value = serde_json::to_value(caps).map_err(|e| EngineError::Credential(e.to_string()))?;
+        self.store.set_app_capabilities(app_id, &value).await?;
+        lock(&self.connectors).remove(&app_id);
+        Ok(caps)
+    }
+
+    /// "Provision now": plans the user's accounts at once, lets the workers run them, and
+    /// answers with what happened (waiting at most `wait`).
+    pub async fn provision_now(
+        &self,
+        user: Uuid,
+        app: Option<Uuid>,
+        wait: Duration,
+    ) -> Result<Vec<ProvisionStep>, EngineError> {
+        let apps = match app {
+            Some(a) => vec![a],
+            None => self.store.apps_of_user(user).await?,
+        };
+        let pairs: Vec<(Uuid, Uuid)> = apps.iter().map(|a| (user, *a)).collect();
+        let states = self.store.load_pairs(&pairs).await?;
+        let started = directory::now();
+        let items: Vec<(usize, PlanItem)> =
+            states.iter().enumerate().filter_map(|(i, s)| plan_pair(s).map(|p| (i, p))).collect();
+        self.store
+            .apply_plan(&PlanWrite { cursor: None, items: items.iter().map(|(_, p)| p.clone()).collect() })
+            .await?;
+        self.worker_wake.notify_one();
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut steps = Vec::new();
+        for (i, s) in states.iter().enumerate() {
+            let app_name = s.app.as_ref().map_or_else(String::new, |a| a.name.clone());
+            let planned = items.iter().find(|(j, _)| *j == i).map(|(_, p)| p);
+            let step = match planned {
+                None | Some(PlanItem::Observe { .. }) => "in sync: nothing to do".to_owned(),
+                Some(PlanItem::Enqueue { action, .. } | PlanItem::Replace { action, .. }) => {
+                    format!("{} queued", action.as_str())
+                }
+                Some(PlanItem::Cancel { .. }) => "waiting operation cancelled: no longer needed".to_owned(),
+                Some(PlanItem::Replan { .. }) => "an operation is running; planned again when it ends".to_owned(),
+            };
+            let mut event = None;
+            if matches!(planned, Some(PlanItem::Enqueue { .. } | PlanItem::Replace { .. })) {
+                loop {
+                    let q = EventQuery {
+                        user: Some(user),
+                        app: Some(s.app_id),
+                        page: StorePage { limit: 1, cursor: None },
+                        ..Default::default()
+                    };
+                    let latest = self.store.list_events(&q).await?.items.into_iter().next();
+                    let settled = latest.as_ref().is_some_and(|e| {
+                        e.updated_at >= started && (e.status.is_final() || e.status == EventStatus::Pending)
+                    });
+                    if settled || tokio::time::Instant::now() >= deadline {
+                        event = latest;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            steps.push(ProvisionStep { app_id: s.app_id, app_name, step, event });
+        }
+        Ok(steps)
+    }
+}
+
+/// Which pairs a change touches.
+enum Affects {
+    /// Every app of the user.
+    User,
+    /// Every user of the app.
+    App,
+    /// One (user, app) pair.
+    Pair,
+    Nothing,
+}
+
+fn affects(kind: directory::ChangeKind) -> Affects {
+    use directory::ChangeKind as K;
+    match kind {
+        K::User | K::RoleMembership => Affects::User,
+        K::App | K::RoleApp => Affects::App,
+        K::Account => Affects::Pair,
+        // A role's deletion is recorded as membership and grant changes.
+        K::Role => Affects::Nothing,
+    }
+}

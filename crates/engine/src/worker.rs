@@ -1,0 +1,227 @@
+//! Carrying out one operation against an app, idempotently.
+//!
+//! A create first looks the account up: by `externalId` (our user id), which recognises an
+//! account this engine created before a crash kept it from recording so; then by
+//! `userName`, which finds accounts created by someone else - those are left untouched and
+//! reported `unknown` until an admin links them ("Rematch login").
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use connectors::{Connector, ConnectorError, ErrorKind, RemoteAccount};
+use directory::{Account, Action, EventStatus, Operation, Ownership};
+use rand::Rng;
+use serde_json::Value;
+use store::{AccountWrite, Outcome};
+
+/// After this many attempts a retryable failure is reported as failed.
+pub const MAX_ATTEMPTS: i64 = 8;
+
+/// What to record after running an operation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Execution {
+    Finished(Outcome),
+    /// A temporary failure: run it again at `at`.
+    RetryAt {
+        at: DateTime<Utc>,
+        reason: String,
+    },
+}
+
+fn done(status: EventStatus, account: AccountWrite) -> Outcome {
+    Outcome { status, reason: None, recommended_action: None, account, replan: false }
+}
+
+fn failed(reason: String, recommended_action: String) -> Outcome {
+    Outcome {
+        status: EventStatus::Failed,
+        reason: Some(reason),
+        recommended_action: Some(recommended_action),
+        account: AccountWrite::Keep,
+        replan: false,
+    }
+}
+
+/// The wait before retry number `attempt` (1-based): exponential with full jitter, from 2 s
+/// up to 5 min, or what the app asked for with Retry-After.
+pub fn backoff(attempt: i64, retry_after: Option<Duration>) -> Duration {
+    if let Some(d) = retry_after {
+        return d.min(Duration::from_secs(3600));
+    }
+    let exp = 2u64.saturating_pow(attempt.clamp(1, 20) as u32 - 1);
+    let cap = (2_000u64.saturating_mul(exp)).min(300_000);
+    Duration::from_millis(rand::thread_rng().gen_range(cap / 2..=cap))
+}
+
+/// Turns a connector failure into a retry or a failure, with the admin-facing reason.
+fn on_error(op: &Operation, app_name: &str, e: ConnectorError) -> Execution {
+    if e.retryable && op.event.attempts < MAX_ATTEMPTS {
+        let wait = backoff(op.event.attempts, e.retry_after);
+        let at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_else(|_| chrono::Duration::seconds(60));
+        return Execution::RetryAt {
+            at,
+            reason: format!("{}: {} (attempt {}; retrying)", app_name, e.reason, op.event.attempts),
+        };
+    }
+    let reason = match e.kind {
+        ErrorKind::Authentication => {
+            format!("Invalid authentication: {app_name} refused the credentials ({})", e.reason)
+        }
+        _ => format!("{app_name}: {}", e.reason),
+    };
+    Execution::Finished(failed(reason, e.recommended_action))
+}
+
+fn external_id_of(resource: &Value) -> Option<&str> {
+    resource.get("externalId").and_then(Value::as_str)
+}
+
+/// An account found in the app for this user: ours (by externalId) or someone else's.
+async fn lookup(
+    connector: &dyn Connector,
+    user_id: &str,
+    username: &str,
+) -> Result<Option<(RemoteAccount, bool)>, ConnectorError> {
+    let ours = connector.find_account("externalId", user_id).await?;
+    if let Some(a) = ours.into_iter().find(|a| external_id_of(&a.resource) == Some(user_id)) {
+        return Ok(Some((a, true)));
+    }
+    let by_name = connector.find_account("userName", username).await?;
+    Ok(by_name.into_iter().next().map(|a| {
+        let mine = external_id_of(&a.resource) == Some(user_id);
+        (a, mine)
+    }))
+}
+
+fn unknown(app_name: &str, username: &str, found: RemoteAccount) -> Outcome {
+    Outcome {
+        status: EventStatus::Unknown,
+        reason: Some(format!(
+            "{app_name} already has an account with userName \"{username}\" (id {}) that Provisioner did not create; it was left untouched.",
+            found.id
+        )),
+        recommended_action: Some("Rematch login: link the user to that account if it is theirs, then provisioning manages it.".into()),
+        account: AccountWrite::Set { remote_id: Some(found.id), ownership: Some(Ownership::Foreign), last_applied: None },
+        replan: false,
+    }
+}
+
+async fn adopt(connector: &dyn Connector, found: RemoteAccount, desired: &Value) -> Result<Outcome, ConnectorError> {
+    connector.update_account(&found.id, desired, None).await?;
+    Ok(done(
+        EventStatus::Provisioned,
+        AccountWrite::Set {
+            remote_id: Some(found.id),
+            ownership: Some(Ownership::Created),
+            last_applied: Some(desired.clone()),
+        },
+    ))
+}
+
+async fn create(
+    op: &Operation,
+    app_name: &str,
+    desired: &Value,
+    connector: &dyn Connector,
+) -> Result<Outcome, ConnectorError> {
+    let user_id = op.event.user_id.to_string();
+    let username = desired.get("userName").and_then(Value::as_str).unwrap_or(&op.event.username).to_owned();
+    match lookup(connector, &user_id, &username).await? {
+        Some((found, true)) => return adopt(connector, found, desired).await,
+        Some((found, false)) => return Ok(unknown(app_name, &username, found)),
+        None => {}
+    }
+    match connector.create_account(desired).await {
+        Ok(created) => Ok(done(
+            EventStatus::Provisioned,
+            AccountWrite::Set {
+                remote_id: Some(created.id),
+                ownership: Some(Ownership::Created),
+                last_applied: Some(desired.clone()),
+            },
+        )),
+        // Someone created it between our lookup and our POST (or our own earlier attempt did).
+        Err(e) if e.kind == ErrorKind::Conflict => match lookup(connector, &user_id, &username).await? {
+            Some((found, true)) => adopt(connector, found, desired).await,
+            Some((found, false)) => Ok(unknown(app_name, &username, found)),
+            None => Err(e),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+async fn update(
+    op: &Operation,
+    app_name: &str,
+    desired: &Value,
+    account: &Account,
+    remote_id: &str,
+    connector: &dyn Connector,
+) -> Result<Outcome, ConnectorError> {
+    match connector.update_account(remote_id, desired, account.last_applied.as_ref()).await {
+        Ok(_) => Ok(done(
+            op.event.action.done_status(),
+            AccountWrite::Set {
+                remote_id: Some(remote_id.to_owned()),
+                ownership: account.ownership,
+                last_applied: Some(desired.clone()),
+            },
+        )),
+        Err(e) if e.kind == ErrorKind::NotFound => Ok(Outcome {
+            status: EventStatus::Failed,
+            reason: Some(format!("The account no longer exists in {app_name}; it will be created again.")),
+            recommended_action: Some("Nothing to do: provisioning recreates the account.".into()),
+            account: AccountWrite::Set { remote_id: None, ownership: None, last_applied: None },
+            replan: true,
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs `op` against the app. `account` is the pair's account record.
+pub async fn execute(
+    op: &Operation,
+    app_name: &str,
+    account: Option<&Account>,
+    connector: &dyn Connector,
+) -> Execution {
+    let managed_remote = account
+        .filter(|a| a.ownership.is_some_and(Ownership::is_managed))
+        .and_then(|a| a.remote_id.as_deref().map(|r| (a, r)));
+    let result = match (op.event.action, &op.desired, managed_remote) {
+        (Action::Create, Some(desired), _) => create(op, app_name, desired, connector).await,
+        (Action::Update | Action::Suspend, Some(desired), Some((acc, remote))) => {
+            update(op, app_name, desired, acc, remote, connector).await
+        }
+        (Action::Delete, _, Some((_, remote))) => connector.delete_account(remote).await.map(|()| {
+            done(EventStatus::Deleted, AccountWrite::Set { remote_id: None, ownership: None, last_applied: None })
+        }),
+        // Nothing left to delete.
+        (Action::Delete, _, None) => Ok(done(EventStatus::Deleted, AccountWrite::Keep)),
+        (Action::Update | Action::Suspend, _, None) => Ok(Outcome {
+            replan: true,
+            ..failed(
+                format!("There is no account in {app_name} to change."),
+                "Nothing to do: provisioning plans the account again.".into(),
+            )
+        }),
+        (_, None, _) => Ok(failed("The operation carries no values.".into(), "Retry the event.".into())),
+    };
+    match result {
+        Ok(outcome) => Execution::Finished(outcome),
+        Err(e) => on_error(op, app_name, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_honours_retry_after() {
+        assert!(backoff(1, None) <= Duration::from_secs(2));
+        assert!(backoff(5, None) >= Duration::from_secs(16));
+        assert!(backoff(50, None) <= Duration::from_secs(300));
+        assert_eq!(backoff(1, Some(Duration::from_secs(7))), Duration::from_secs(7));
+    }
+}

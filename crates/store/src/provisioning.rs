@@ -1,0 +1,145 @@
+//! The provisioning half of the storage seam: account records, the durable operation queue
+//! (whose rows are the events admins see), and the planner's cursor into the change feed.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use directory::{Account, Action, App, Event, EventStatus, Operation, Ownership, Page, User};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{PageRequest, Result};
+
+/// Everything the planner needs to know about one (user, app) pair.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairState {
+    pub user_id: Uuid,
+    pub app_id: Uuid,
+    /// `None` when the user does not exist at all.
+    pub user: Option<User>,
+    /// `None` when the app was deleted.
+    pub app: Option<App>,
+    /// Whether the user belongs to a role that grants the app.
+    pub granted: bool,
+    pub account: Option<Account>,
+    /// The operation currently claimed by a worker for this pair, if any.
+    pub running: Option<Operation>,
+    /// The operation waiting (queued or awaiting approval) for this pair, if any.
+    pub waiting: Option<Operation>,
+}
+
+/// One decision of the planner.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PlanItem {
+    /// Queue a new operation (and its event).
+    Enqueue { user_id: Uuid, app_id: Uuid, action: Action, desired: Option<Value>, needs_approval: bool },
+    /// Replace what a waiting operation will do (collapse). If the operation has been
+    /// claimed meanwhile, a new operation is queued instead.
+    Replace { op: Uuid, action: Action, desired: Option<Value>, needs_approval: bool },
+    /// A waiting operation is no longer needed: its event becomes `cancelled`. If it has been
+    /// claimed meanwhile, it is marked for re-planning instead.
+    Cancel { op: Uuid, reason: String },
+    /// A running operation: plan the pair again when it finishes.
+    Replan { op: Uuid },
+    /// What reconciliation saw in the app: correct the account record (no event). An
+    /// `AccountWrite::Keep` changes nothing.
+    Observe { user_id: Uuid, app_id: Uuid, account: AccountWrite },
+}
+
+/// What the planner writes in one transaction.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PlanWrite {
+    /// The change-feed position the planner has consumed (moves the cursor), if any.
+    pub cursor: Option<i64>,
+    pub items: Vec<PlanItem>,
+}
+
+/// How a finished operation leaves the account record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AccountWrite {
+    /// Leave the record's remote id, ownership and values as they are.
+    Keep,
+    /// Set them.
+    Set { remote_id: Option<String>, ownership: Option<Ownership>, last_applied: Option<Value> },
+}
+
+/// The result of running an operation, recorded with fencing on the lease.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// A final status (`provisioned`, `suspended`, `deleted`, `failed`, `unknown`).
+    pub status: EventStatus,
+    pub reason: Option<String>,
+    pub recommended_action: Option<String>,
+    pub account: AccountWrite,
+    /// Plan the pair again afterwards (e.g. the account vanished from the app).
+    pub replan: bool,
+}
+
+/// Listing events, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    pub user: Option<Uuid>,
+    pub app: Option<Uuid>,
+    pub status: Option<EventStatus>,
+    /// Case-insensitive substring of the username.
+    pub q: Option<String>,
+    pub page: PageRequest,
+}
+
+/// Listing account records.
+#[derive(Debug, Clone, Default)]
+pub struct AccountQuery {
+    pub app: Option<Uuid>,
+    pub user: Option<Uuid>,
+    pub page: PageRequest,
+}
+
+#[async_trait]
+pub trait ProvisioningStore: Send + Sync + 'static {
+    /// The last change-feed `seq` the planner consumed (0 at first).
+    async fn engine_cursor(&self) -> Result<i64>;
+    /// Apps a user has or may need an account in: granted through a role, or with an
+    /// account record.
+    async fn apps_of_user(&self, user: Uuid) -> Result<Vec<Uuid>>;
+    /// Users that have or may need an account in an app: granted through a role, or with an
+    /// account record.
+    async fn users_of_app(&self, app: Uuid) -> Result<Vec<Uuid>>;
+    /// Loads the state of each (user, app) pair, in the order given.
+    async fn load_pairs(&self, pairs: &[(Uuid, Uuid)]) -> Result<Vec<PairState>>;
+    /// Writes a plan and moves the cursor, in one transaction.
+    async fn apply_plan(&self, plan: &PlanWrite) -> Result<()>;
+
+    /// Claims up to `limit` runnable operations of one app for `owner` with a lease:
+    /// queued ones due now, or running ones whose lease expired. Only the oldest open
+    /// operation of a pair is runnable, and never while another of the pair runs.
+    async fn claim_operations(&self, app: Uuid, owner: &str, limit: u32, lease: Duration) -> Result<Vec<Operation>>;
+    /// Apps that have runnable operations now.
+    async fn apps_with_due_operations(&self) -> Result<Vec<Uuid>>;
+    /// Records a finished operation, its event and the account record in one transaction,
+    /// only if `owner` still holds the lease. `false` when the lease was lost.
+    async fn finish_operation(&self, op: Uuid, owner: &str, outcome: &Outcome) -> Result<bool>;
+    /// Puts a claimed operation back in the queue until `at` (a retryable failure).
+    async fn retry_operation_later(&self, op: Uuid, owner: &str, at: DateTime<Utc>, reason: &str) -> Result<bool>;
+    /// Gives up every lease (start-up of the only engine process of an embedded store).
+    async fn release_all_leases(&self) -> Result<u64>;
+
+    async fn get_operation(&self, id: Uuid) -> Result<Option<Operation>>;
+    async fn list_events(&self, query: &EventQuery) -> Result<Page<Event>>;
+    /// Approves a pending operation (it is queued to run now).
+    async fn approve_operation(&self, id: Uuid, actor: &directory::Actor) -> Result<Event>;
+    /// Rejects a pending operation: nothing is done in the app.
+    async fn reject_operation(&self, id: Uuid, actor: &directory::Actor) -> Result<Event>;
+    /// Queues a failed operation again, to run now.
+    async fn retry_operation(&self, id: Uuid, actor: &directory::Actor) -> Result<Event>;
+
+    async fn get_account(&self, app: Uuid, user: Uuid) -> Result<Option<Account>>;
+    async fn list_accounts(&self, query: &AccountQuery) -> Result<Page<Account>>;
+    /// Links an existing app account to a user (Rematch login): the engine manages it from
+    /// now on, and the pair is planned again.
+    async fn link_account(&self, app: Uuid, user: Uuid, remote_id: &str, actor: &directory::Actor) -> Result<Account>;
+
+    /// What the app's SCIM service said it supports (set by "test connection").
+    async fn set_app_capabilities(&self, app: Uuid, capabilities: &Value) -> Result<()>;
+    async fn get_app_capabilities(&self, app: Uuid) -> Result<Option<Value>>;
+}

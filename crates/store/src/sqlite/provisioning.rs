@@ -1,0 +1,859 @@
+//! The provisioning half of [`SqliteStore`]: account records, the durable operation queue
+//! (each operation is the event admins see) and the planner's cursor into the change feed.
+//!
+//! The account record's status is always derived from the operations of its pair by
+//! `refresh_account`: the newest open operation, else the newest one that finished (not
+//! cancelled or rejected), else the newest one.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::SubsecRound;
+use directory::{Account, Action, Event, EventStatus, OpState, Operation, Ownership};
+
+use super::*;
+use crate::provisioning::*;
+
+const OP_COLUMNS: &str = "seq, id, app_id, app_name, user_id, username, action, desired, state, status, reason, \
+    recommended_action, attempts, next_run_at, lease_owner, lease_expires_at, created_at, updated_at";
+
+/// The account columns, with the user's username (empty when the user row is gone).
+const ACCOUNT_SELECT: &str = "SELECT a.app_id, a.user_id, COALESCE(u.username, '') AS username, a.remote_id, \
+    a.ownership, a.status, a.last_applied, a.last_event_id, a.updated_at \
+    FROM accounts a LEFT JOIN users u ON u.id = a.user_id";
+
+/// The sort key of account listings.
+const ACCOUNT_KEY: &str = "COALESCE(u.username_key, '')";
+
+/// An operation `o` a worker may claim now (`?1` is now): queued and due, or running with an
+/// expired lease; the oldest open one of its pair; and no other one of the pair is running
+/// under a live lease.
+const RUNNABLE: &str = "((o.state = 'queued' AND o.next_run_at <= ?1) \
+      OR (o.state = 'running' AND o.lease_expires_at < ?1)) \
+    AND NOT EXISTS (SELECT 1 FROM operations p WHERE p.app_id = o.app_id AND p.user_id = o.user_id \
+      AND p.state IN ('queued', 'awaiting_approval', 'running') AND p.seq < o.seq) \
+    AND NOT EXISTS (SELECT 1 FROM operations r WHERE r.app_id = o.app_id AND r.user_id = o.user_id \
+      AND r.seq <> o.seq AND r.state = 'running' AND r.lease_expires_at >= ?1)";
+
+/// How many pairs [`ProvisioningStore::load_pairs`] loads per batch of queries.
+const PAIR_CHUNK: usize = 200;
+
+/// The most operations one claim may take.
+const MAX_CLAIM: u32 = 1000;
+
+fn parse_status(s: &str) -> Result<EventStatus> {
+    EventStatus::parse(s).ok_or_else(|| StoreError::Backend(format!("bad event status {s}")))
+}
+
+fn parse_opt_json(text: Option<String>, col: &str) -> Result<Option<Value>> {
+    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Backend(format!("bad JSON in {col}: {e}"))))
+        .transpose()
+}
+
+fn event_from_row(row: &SqliteRow) -> Result<Event> {
+    let action: String = get(row, "action")?;
+    let status: String = get(row, "status")?;
+    Ok(Event {
+        id: get_uuid(row, "id")?,
+        app_id: get_uuid(row, "app_id")?,
+        app_name: get(row, "app_name")?,
+        user_id: get_uuid(row, "user_id")?,
+        username: get(row, "username")?,
+        action: Action::parse(&action).ok_or_else(|| StoreError::Backend(format!("bad action {action}")))?,
+        status: parse_status(&status)?,
+        reason: get(row, "reason")?,
+        recommended_action: get(row, "recommended_action")?,
+        attempts: get(row, "attempts")?,
+        created_at: get_ts(row, "created_at")?,
+        updated_at: get_ts(row, "updated_at")?,
+    })
+}
+
+fn op_from_row(row: &SqliteRow) -> Result<Operation> {
+    let state: String = get(row, "state")?;
+    Ok(Operation {
+        event: event_from_row(row)?,
+        state: OpState::parse(&state).ok_or_else(|| StoreError::Backend(format!("bad operation state {state}")))?,
+        desired: parse_opt_json(get(row, "desired")?, "desired")?,
+        next_run_at: get_ts(row, "next_run_at")?,
+        lease_owner: get(row, "lease_owner")?,
+        lease_expires_at: get_opt_ts(row, "lease_expires_at")?,
+    })
+}
+
+fn account_from_row(row: &SqliteRow) -> Result<Account> {
+    let ownership: Option<String> = get(row, "ownership")?;
+    let status: String = get(row, "status")?;
+    Ok(Account {
+        app_id: get_uuid(row, "app_id")?,
+        user_id: get_uuid(row, "user_id")?,
+        username: get(row, "username")?,
+        remote_id: get(row, "remote_id")?,
+        ownership: ownership
+            .map(|o| Ownership::parse(&o).ok_or_else(|| StoreError::Backend(format!("bad ownership {o}"))))
+            .transpose()?,
+        status: parse_status(&status)?,
+        last_applied: parse_opt_json(get(row, "last_applied")?, "last_applied")?,
+        last_event_id: get_opt_uuid(row, "last_event_id")?,
+        updated_at: get_ts(row, "updated_at")?,
+    })
+}
+
+fn opt_json(v: Option<&Value>) -> Option<String> {
+    v.map(Value::to_string)
+}
+
+/// The state and event status of a new or replaced operation.
+fn initial_state(action: Action, needs_approval: bool) -> (OpState, EventStatus) {
+    if needs_approval {
+        (OpState::AwaitingApproval, EventStatus::Pending)
+    } else {
+        (OpState::Queued, action.working_status())
+    }
+}
+
+/// `(id, id, ...)` for an `IN` list.
+fn push_ids(qb: &mut QueryBuilder<'_, Sqlite>, ids: &[String]) {
+    qb.push("(");
+    let mut list = qb.separated(", ");
+    for id in ids {
+        list.push_bind(id.clone());
+    }
+    list.push_unseparated(")");
+}
+
+fn distinct(ids: impl Iterator<Item = Uuid>) -> Vec<String> {
+    let mut seen = HashSet::new();
+    ids.filter(|id| seen.insert(*id)).map(|id| id.to_string()).collect()
+}
+
+async fn op_in(tx: &mut Tx<'_>, id: Uuid) -> Result<Option<Operation>> {
+    let sql = format!("SELECT {OP_COLUMNS} FROM operations WHERE id = ?");
+    let row = sqlx::query(&sql).bind(id.to_string()).fetch_optional(&mut **tx).await.map_err(backend)?;
+    row.as_ref().map(op_from_row).transpose()
+}
+
+async fn account_in(tx: &mut Tx<'_>, app: Uuid, user: Uuid) -> Result<Option<Account>> {
+    let sql = format!("{ACCOUNT_SELECT} WHERE a.app_id = ? AND a.user_id = ?");
+    let row = sqlx::query(&sql)
+        .bind(app.to_string())
+        .bind(user.to_string())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(backend)?;
+    row.as_ref().map(account_from_row).transpose()
+}
+
+/// The pair `(app, user)` of an operation, with its state, if it exists.
+async fn op_pair(tx: &mut Tx<'_>, id: Uuid) -> Result<Option<(Uuid, Uuid, OpState)>> {
+    let row = sqlx::query("SELECT app_id, user_id, state FROM operations WHERE id = ?")
+        .bind(id.to_string())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(backend)?;
+    row.map(|r| {
+        let state: String = get(&r, "state")?;
+        let state =
+            OpState::parse(&state).ok_or_else(|| StoreError::Backend(format!("bad operation state {state}")))?;
+        Ok((get_uuid(&r, "app_id")?, get_uuid(&r, "user_id")?, state))
+    })
+    .transpose()
+}
+
+/// Sets the account record's status and last event from the operations of its pair (creating
+/// the record when missing): the newest open operation, else the newest finished one that was
+/// not cancelled or rejected, else the newest one. Leaves the record alone when the pair has
+/// no operation.
+async fn refresh_account(tx: &mut Tx<'_>, app: Uuid, user: Uuid, now: &str) -> Result<()> {
+    let row = sqlx::query(
+        "SELECT id, status FROM operations WHERE app_id = ? AND user_id = ? ORDER BY \
+         CASE WHEN state IN ('queued', 'awaiting_approval', 'running') THEN 0 \
+              WHEN status IN ('cancelled', 'rejected') THEN 2 ELSE 1 END, seq DESC LIMIT 1",
+    )
+    .bind(app.to_string())
+    .bind(user.to_string())
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(backend)?;
+    let Some(row) = row else { return Ok(()) };
+    let id: String = get(&row, "id")?;
+    let status: String = get(&row, "status")?;
+    sqlx::query(
+        "INSERT INTO accounts (app_id, user_id, remote_id, ownership, status, last_applied, last_event_id, updated_at) \
+         VALUES (?, ?, NULL, NULL, ?, NULL, ?, ?) \
+         ON CONFLICT (app_id, user_id) DO UPDATE SET status = excluded.status, \
+         last_event_id = excluded.last_event_id, updated_at = excluded.updated_at",
+    )
+    .bind(app.to_string())
+    .bind(user.to_string())
+    .bind(status)
+    .bind(id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+/// Queues a new operation for a pair and updates its account record. `None` (nothing written)
+/// when the app or the user row does not exist.
+async fn enqueue(
+    tx: &mut Tx<'_>,
+    user_id: Uuid,
+    app_id: Uuid,
+    action: Action,
+    desired: Option<&Value>,
+    needs_approval: bool,
+    now: &str,
+) -> Result<Option<Uuid>> {
+    let app = sqlx::query("SELECT name FROM apps WHERE id = ?")
+        .bind(app_id.to_string())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(backend)?;
+    let user = sqlx::query("SELECT username, username_key FROM users WHERE id = ?")
+        .bind(user_id.to_string())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(backend)?;
+    let (Some(app), Some(user)) = (app, user) else {
+        tracing::debug!(%user_id, %app_id, "not queueing an operation: the app or the user is gone");
+        return Ok(None);
+    };
+    let id = Uuid::now_v7();
+    let (state, status) = initial_state(action, needs_approval);
+    sqlx::query(
+        "INSERT INTO operations (id, app_id, app_name, user_id, username, username_key, action, desired, state, \
+         status, attempts, next_run_at, replan, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, 0, ?, ?)",
+    )
+    .bind(id.to_string())
+    .bind(app_id.to_string())
+    .bind(get::<String>(&app, "name")?)
+    .bind(user_id.to_string())
+    .bind(get::<String>(&user, "username")?)
+    .bind(get::<String>(&user, "username_key")?)
+    .bind(action.as_str())
+    .bind(opt_json(desired))
+    .bind(state.as_str())
+    .bind(status.as_str())
+    .bind(now)
+    .bind(now)
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .map_err(backend)?;
+    refresh_account(tx, app_id, user_id, now).await?;
+    Ok(Some(id))
+}
+
+async fn apply_item(tx: &mut Tx<'_>, item: &PlanItem, now: &str) -> Result<()> {
+    match item {
+        PlanItem::Enqueue { user_id, app_id, action, desired, needs_approval } => {
+            enqueue(tx, *user_id, *app_id, *action, desired.as_ref(), *needs_approval, now).await?;
+        }
+        PlanItem::Replace { op, action, desired, needs_approval } => {
+            let (state, status) = initial_state(*action, *needs_approval);
+            let replaced = sqlx::query(
+                "UPDATE operations SET action = ?, desired = ?, state = ?, status = ?, reason = NULL, \
+                 recommended_action = NULL, next_run_at = ?, updated_at = ?, \
+                 app_name = COALESCE((SELECT name FROM apps WHERE apps.id = operations.app_id), app_name), \
+                 username = COALESCE((SELECT username FROM users WHERE users.id = operations.user_id), username), \
+                 username_key = COALESCE((SELECT username_key FROM users WHERE users.id = operations.user_id), \
+                   username_key) \
+                 WHERE id = ? AND state IN ('queued', 'awaiting_approval') RETURNING app_id, user_id",
+            )
+            .bind(action.as_str())
+            .bind(opt_json(desired.as_ref()))
+            .bind(state.as_str())
+            .bind(status.as_str())
+            .bind(now)
+            .bind(now)
+            .bind(op.to_string())
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(backend)?;
+            match replaced {
+                Some(row) => refresh_account(tx, get_uuid(&row, "app_id")?, get_uuid(&row, "user_id")?, now).await?,
+                // Claimed or finished meanwhile: what it will do (or did) is stale.
+                None => match op_pair(tx, *op).await? {
+                    Some((app, user, _)) => {
+                        enqueue(tx, user, app, *action, desired.as_ref(), *needs_approval, now).await?;
+                    }
+                    None => tracing::debug!(%op, "not replacing an operation that does not exist"),
+                },
+            }
+        }
+        PlanItem::Cancel { op, reason } => {
+            let cancelled = sqlx::query(
+                "UPDATE operations SET state = 'done', status = 'cancelled', reason = ?, updated_at = ? \
+                 WHERE id = ? AND state IN ('queued', 'awaiting_approval') RETURNING app_id, user_id",
+            )
+            .bind(reason)
+            .bind(now)
+            .bind(op.to_string())
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(backend)?;
+            match cancelled {
+                Some(row) => refresh_account(tx, get_uuid(&row, "app_id")?, get_uuid(&row, "user_id")?, now).await?,
+                None => replan(tx, *op, now).await?,
+            }
+        }
+        PlanItem::Replan { op } => replan(tx, *op, now).await?,
+        PlanItem::Observe { user_id, app_id, account: AccountWrite::Set { remote_id, ownership, last_applied } } => {
+            sqlx::query(
+                "INSERT INTO accounts (app_id, user_id, remote_id, ownership, status, last_applied, last_event_id, \
+                 updated_at) VALUES (?, ?, ?, ?, 'provisioned', ?, NULL, ?) \
+                 ON CONFLICT (app_id, user_id) DO UPDATE SET remote_id = excluded.remote_id, \
+                 ownership = excluded.ownership, last_applied = excluded.last_applied, updated_at = excluded.updated_at",
+            )
+            .bind(app_id.to_string())
+            .bind(user_id.to_string())
+            .bind(remote_id.as_deref())
+            .bind(ownership.map(Ownership::as_str))
+            .bind(opt_json(last_applied.as_ref()))
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+        }
+        PlanItem::Observe { account: AccountWrite::Keep, .. } => {}
+    }
+    Ok(())
+}
+
+/// Has a pair planned again once `op` finishes; if it already has (between the planner's read
+/// and its write), records an account change right away.
+async fn replan(tx: &mut Tx<'_>, op: Uuid, now: &str) -> Result<()> {
+    match op_pair(tx, op).await? {
+        Some((app, user, OpState::Done)) => record_change(tx, NewChange::account(user, app)).await,
+        Some(_) => {
+            sqlx::query("UPDATE operations SET replan = 1, updated_at = ? WHERE id = ?")
+                .bind(now)
+                .bind(op.to_string())
+                .execute(&mut **tx)
+                .await
+                .map_err(backend)?;
+            Ok(())
+        }
+        None => Ok(()),
+    }
+}
+
+fn lease_end(now: DateTime<Utc>, lease: Duration) -> Result<DateTime<Utc>> {
+    chrono::Duration::from_std(lease)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .map(|t| t.trunc_subsecs(6))
+        .ok_or_else(|| StoreError::Backend(format!("lease of {lease:?} is out of range")))
+}
+
+impl SqliteStore {
+    /// Moves an operation on behalf of an admin (approve, reject, retry), with its audit entry.
+    /// `transition` is told whether a newer operation of the pair exists.
+    async fn admin_transition(
+        &self,
+        id: Uuid,
+        actor: &Actor,
+        audit_action: &str,
+        transition: impl FnOnce(&Operation, bool) -> Result<(OpState, EventStatus, Option<String>)>,
+    ) -> Result<Event> {
+        let mut tx = self.begin().await?;
+        let before = op_in(&mut tx, id).await?.ok_or(StoreError::NotFound)?;
+        // Whether a newer operation exists for the same pair.
+        let newer = sqlx::query(
+            "SELECT 1 FROM operations WHERE app_id = ? AND user_id = ? AND id <> ? AND seq > \
+             (SELECT seq FROM operations WHERE id = ?) LIMIT 1",
+        )
+        .bind(before.event.app_id.to_string())
+        .bind(before.event.user_id.to_string())
+        .bind(id.to_string())
+        .bind(id.to_string())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?
+        .is_some();
+        let (state, status, reason) = transition(&before, newer)?;
+        let now = ts(&directory::now());
+        let sql = format!(
+            "UPDATE operations SET state = ?, status = ?, reason = ?, \
+             recommended_action = CASE WHEN ? = 'done' THEN recommended_action ELSE NULL END, \
+             next_run_at = CASE WHEN ? = 'done' THEN next_run_at ELSE ? END, \
+             lease_owner = NULL, lease_expires_at = NULL, updated_at = ? WHERE id = ? RETURNING {OP_COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(state.as_str())
+            .bind(status.as_str())
+            .bind(reason)
+            .bind(state.as_str())
+            .bind(state.as_str())
+            .bind(&now)
+            .bind(&now)
+            .bind(id.to_string())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let after = op_from_row(&row)?.event;
+        refresh_account(&mut tx, after.app_id, after.user_id, &now).await?;
+        record_audit(
+            &mut tx,
+            actor,
+            AuditRecord {
+                action: audit_action,
+                target_type: "event",
+                target_id: id.to_string(),
+                before: to_value(&before.event),
+                after: to_value(&after),
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(after)
+    }
+}
+
+#[async_trait]
+impl ProvisioningStore for SqliteStore {
+    async fn engine_cursor(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT value FROM engine_state WHERE name = 'change_cursor'")
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(backend)?;
+        row.map_or(Ok(0), |r| get(&r, "value"))
+    }
+
+    async fn apps_of_user(&self, user: Uuid) -> Result<Vec<Uuid>> {
+        let rows = sqlx::query(
+            "SELECT ra.app_id AS id FROM role_apps ra JOIN role_users ru ON ru.role_id = ra.role_id \
+             WHERE ru.user_id = ?1 \
+             UNION SELECT app_id AS id FROM accounts WHERE user_id = ?1 ORDER BY id",
+        )
+        .bind(user.to_string())
+        .fetch_all(&self.reader)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(|r| get_uuid(r, "id")).collect()
+    }
+
+    async fn users_of_app(&self, app: Uuid) -> Result<Vec<Uuid>> {
+        let rows = sqlx::query(
+            "SELECT ru.user_id AS id FROM role_users ru JOIN role_apps ra ON ra.role_id = ru.role_id \
+             WHERE ra.app_id = ?1 \
+             UNION SELECT user_id AS id FROM accounts WHERE app_id = ?1 ORDER BY id",
+        )
+        .bind(app.to_string())
+        .fetch_all(&self.reader)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(|r| get_uuid(r, "id")).collect()
+    }
+
+    async fn load_pairs(&self, pairs: &[(Uuid, Uuid)]) -> Result<Vec<PairState>> {
+        // One read transaction: every pair is read from the same snapshot.
+        let mut tx = self.reader.begin().await.map_err(backend)?;
+        let mut out = Vec::with_capacity(pairs.len());
+        for chunk in pairs.chunks(PAIR_CHUNK) {
+            let user_ids = distinct(chunk.iter().map(|p| p.0));
+            let app_ids = distinct(chunk.iter().map(|p| p.1));
+
+            let mut qb = QueryBuilder::new(format!("SELECT {USER_COLUMNS} FROM users WHERE id IN "));
+            push_ids(&mut qb, &user_ids);
+            let rows = qb.build().fetch_all(&mut *tx).await.map_err(backend)?;
+            let users = rows.iter().map(|r| user_from_row(r).map(|u| (u.id, u))).collect::<Result<HashMap<_, _>>>()?;
+
+            let mut qb = QueryBuilder::new(format!("SELECT {APP_COLUMNS} FROM apps WHERE id IN "));
+            push_ids(&mut qb, &app_ids);
+            let rows = qb.build().fetch_all(&mut *tx).await.map_err(backend)?;
+            let apps = rows.iter().map(|r| app_from_row(r).map(|a| (a.id, a))).collect::<Result<HashMap<_, _>>>()?;
+
+            let mut qb = QueryBuilder::new(
+                "SELECT DISTINCT ru.user_id, ra.app_id FROM role_users ru \
+                 JOIN role_apps ra ON ra.role_id = ru.role_id WHERE ru.user_id IN ",
+            );
+            push_ids(&mut qb, &user_ids);
+            qb.push(" AND ra.app_id IN ");
+            push_ids(&mut qb, &app_ids);
+            let rows = qb.build().fetch_all(&mut *tx).await.map_err(backend)?;
+            let grants = rows
+                .iter()
+                .map(|r| Ok((get_uuid(r, "user_id")?, get_uuid(r, "app_id")?)))
+                .collect::<Result<HashSet<_>>>()?;
+
+            let mut qb = QueryBuilder::new(format!("{ACCOUNT_SELECT} WHERE a.user_id IN "));
+            push_ids(&mut qb, &user_ids);
+            qb.push(" AND a.app_id IN ");
+            push_ids(&mut qb, &app_ids);
+            let rows = qb.build().fetch_all(&mut *tx).await.map_err(backend)?;
+            let accounts = rows
+                .iter()
+                .map(|r| account_from_row(r).map(|a| ((a.user_id, a.app_id), a)))
+                .collect::<Result<HashMap<_, _>>>()?;
+
+            let mut qb = QueryBuilder::new(format!(
+                "SELECT {OP_COLUMNS} FROM operations \
+                 WHERE state IN ('queued', 'awaiting_approval', 'running') AND user_id IN "
+            ));
+            push_ids(&mut qb, &user_ids);
+            qb.push(" AND app_id IN ");
+            push_ids(&mut qb, &app_ids);
+            qb.push(" ORDER BY seq");
+            let rows = qb.build().fetch_all(&mut *tx).await.map_err(backend)?;
+            // (running, waiting), the oldest of each.
+            let mut open: HashMap<(Uuid, Uuid), (Option<Operation>, Option<Operation>)> = HashMap::new();
+            for row in &rows {
+                let op = op_from_row(row)?;
+                let slot = open.entry((op.event.user_id, op.event.app_id)).or_default();
+                match op.state {
+                    OpState::Running if slot.0.is_none() => slot.0 = Some(op),
+                    OpState::Queued | OpState::AwaitingApproval if slot.1.is_none() => slot.1 = Some(op),
+                    _ => {}
+                }
+            }
+
+            for &(user_id, app_id) in chunk {
+                let (running, waiting) = open.get(&(user_id, app_id)).cloned().unwrap_or_default();
+                out.push(PairState {
+                    user_id,
+                    app_id,
+                    user: users.get(&user_id).cloned(),
+                    app: apps.get(&app_id).cloned(),
+                    granted: grants.contains(&(user_id, app_id)),
+                    account: accounts.get(&(user_id, app_id)).cloned(),
+                    running,
+                    waiting,
+                });
+            }
+        }
+        tx.rollback().await.map_err(backend)?;
+        Ok(out)
+    }
+
+    async fn apply_plan(&self, plan: &PlanWrite) -> Result<()> {
+        let now = ts(&directory::now());
+        let mut tx = self.begin().await?;
+        if let Some(c) = plan.cursor {
+            sqlx::query(
+                "INSERT INTO engine_state (name, value) VALUES ('change_cursor', ?) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            )
+            .bind(c)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        for item in &plan.items {
+            apply_item(&mut tx, item, &now).await?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn claim_operations(&self, app: Uuid, owner: &str, limit: u32, lease: Duration) -> Result<Vec<Operation>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let now_t = directory::now();
+        let now = ts(&now_t);
+        let expires = ts(&lease_end(now_t, lease)?);
+        let mut tx = self.begin().await?;
+        let sql = format!(
+            "SELECT o.seq, o.action FROM operations o WHERE o.app_id = ?2 AND {RUNNABLE} ORDER BY o.seq LIMIT ?3"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(&now)
+            .bind(app.to_string())
+            .bind(i64::from(limit.min(MAX_CLAIM)))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let update = format!(
+            "UPDATE operations SET state = 'running', lease_owner = ?, lease_expires_at = ?, \
+             attempts = attempts + 1, status = ?, updated_at = ? WHERE seq = ? RETURNING {OP_COLUMNS}"
+        );
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let seq: i64 = get(row, "seq")?;
+            let action: String = get(row, "action")?;
+            let action = Action::parse(&action).ok_or_else(|| StoreError::Backend(format!("bad action {action}")))?;
+            let row = sqlx::query(&update)
+                .bind(owner)
+                .bind(&expires)
+                .bind(action.working_status().as_str())
+                .bind(&now)
+                .bind(seq)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(backend)?;
+            let op = op_from_row(&row)?;
+            refresh_account(&mut tx, op.event.app_id, op.event.user_id, &now).await?;
+            claimed.push(op);
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(claimed)
+    }
+
+    async fn apps_with_due_operations(&self) -> Result<Vec<Uuid>> {
+        let sql = format!("SELECT DISTINCT o.app_id AS id FROM operations o WHERE {RUNNABLE} ORDER BY id");
+        let rows = sqlx::query(&sql).bind(ts(&directory::now())).fetch_all(&self.reader).await.map_err(backend)?;
+        rows.iter().map(|r| get_uuid(r, "id")).collect()
+    }
+
+    async fn finish_operation(&self, op: Uuid, owner: &str, outcome: &Outcome) -> Result<bool> {
+        let now = ts(&directory::now());
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(
+            "UPDATE operations SET state = 'done', status = ?, reason = ?, recommended_action = ?, \
+             lease_owner = NULL, lease_expires_at = NULL, updated_at = ? \
+             WHERE id = ? AND state = 'running' AND lease_owner = ? RETURNING app_id, user_id, replan",
+        )
+        .bind(outcome.status.as_str())
+        .bind(outcome.reason.as_deref())
+        .bind(outcome.recommended_action.as_deref())
+        .bind(&now)
+        .bind(op.to_string())
+        .bind(owner)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let Some(row) = row else { return Ok(false) };
+        let app = get_uuid(&row, "app_id")?;
+        let user = get_uuid(&row, "user_id")?;
+        let marked: i64 = get(&row, "replan")?;
+        if let AccountWrite::Set { remote_id, ownership, last_applied } = &outcome.account {
+            sqlx::query(
+                "INSERT INTO accounts (app_id, user_id, remote_id, ownership, status, last_applied, last_event_id, \
+                 updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (app_id, user_id) DO UPDATE SET remote_id = excluded.remote_id, \
+                 ownership = excluded.ownership, last_applied = excluded.last_applied, updated_at = excluded.updated_at",
+            )
+            .bind(app.to_string())
+            .bind(user.to_string())
+            .bind(remote_id.as_deref())
+            .bind(ownership.map(Ownership::as_str))
+            .bind(outcome.status.as_str())
+            .bind(opt_json(last_applied.as_ref()))
+            .bind(op.to_string())
+            .bind(&now)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        refresh_account(&mut tx, app, user, &now).await?;
+        if outcome.replan || marked != 0 {
+            record_change(&mut tx, NewChange::account(user, app)).await?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(true)
+    }
+
+    async fn retry_operation_later(&self, op: Uuid, owner: &str, at: DateTime<Utc>, reason: &str) -> Result<bool> {
+        let now = ts(&directory::now());
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(
+            "UPDATE operations SET state = 'queued', next_run_at = ?, reason = ?, \
+             lease_owner = NULL, lease_expires_at = NULL, updated_at = ? \
+             WHERE id = ? AND state = 'running' AND lease_owner = ? RETURNING seq",
+        )
+        .bind(ts(&at))
+        .bind(reason)
+        .bind(&now)
+        .bind(op.to_string())
+        .bind(owner)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(row.is_some())
+    }
+
+    async fn release_all_leases(&self) -> Result<u64> {
+        let now = ts(&directory::now());
+        let done = sqlx::query(
+            "UPDATE operations SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
+             next_run_at = ?, updated_at = ? WHERE state = 'running'",
+        )
+        .bind(&now)
+        .bind(&now)
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn get_operation(&self, id: Uuid) -> Result<Option<Operation>> {
+        let sql = format!("SELECT {OP_COLUMNS} FROM operations WHERE id = ?");
+        let row = sqlx::query(&sql).bind(id.to_string()).fetch_optional(&self.reader).await.map_err(backend)?;
+        row.as_ref().map(op_from_row).transpose()
+    }
+
+    async fn list_events(&self, query: &EventQuery) -> Result<Page<Event>> {
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new(format!("SELECT {OP_COLUMNS} FROM operations WHERE 1 = 1"));
+        if let Some(u) = query.user {
+            qb.push(" AND user_id = ").push_bind(u.to_string());
+        }
+        if let Some(a) = query.app {
+            qb.push(" AND app_id = ").push_bind(a.to_string());
+        }
+        if let Some(s) = query.status {
+            qb.push(" AND status = ").push_bind(s.as_str());
+        }
+        if let Some(q) = query.q.as_deref().filter(|q| !q.is_empty()) {
+            qb.push(" AND username_key LIKE ").push_bind(like_pattern(q)).push(" ESCAPE '\\'");
+        }
+        if let Some(c) = &query.page.cursor {
+            let key = cursor::decode(c, 1)?;
+            let seq: i64 = key[0].parse().map_err(|_| StoreError::InvalidCursor)?;
+            qb.push(" AND seq < ").push_bind(seq);
+        }
+        qb.push(" ORDER BY seq DESC LIMIT ").push_bind(limit_of(&query.page) + 1);
+        let rows = qb.build().fetch_all(&self.reader).await.map_err(backend)?;
+        let events =
+            rows.iter().map(|r| Ok((get::<i64>(r, "seq")?, event_from_row(r)?))).collect::<Result<Vec<_>>>()?;
+        Ok(paginate(events, &query.page, |(seq, _)| vec![seq.to_string()]).map(|(_, e)| e))
+    }
+
+    async fn approve_operation(&self, id: Uuid, actor: &Actor) -> Result<Event> {
+        self.admin_transition(id, actor, "event.approve", |op, _| match op.state {
+            OpState::AwaitingApproval => Ok((OpState::Queued, op.event.action.working_status(), None)),
+            _ => Err(StoreError::InvalidState(format!("event is {}, not pending", op.event.status.as_str()))),
+        })
+        .await
+    }
+
+    async fn reject_operation(&self, id: Uuid, actor: &Actor) -> Result<Event> {
+        let reason = format!("Rejected by {}", actor.name);
+        self.admin_transition(id, actor, "event.reject", |op, _| match op.state {
+            OpState::AwaitingApproval => Ok((OpState::Done, EventStatus::Rejected, Some(reason))),
+            _ => Err(StoreError::InvalidState(format!("event is {}, not pending", op.event.status.as_str()))),
+        })
+        .await
+    }
+
+    async fn retry_operation(&self, id: Uuid, actor: &Actor) -> Result<Event> {
+        // An old operation is not run again once a newer one exists for the same pair: what it
+        // would apply is stale (the newer one, or the planner, knows better).
+        self.admin_transition(id, actor, "event.retry", |op, newer| match (op.state, op.event.status) {
+            (OpState::Done, EventStatus::Failed) if newer => {
+                Err(StoreError::InvalidState("event is superseded by a newer event for this account".into()))
+            }
+            (OpState::Done, EventStatus::Failed) => Ok((OpState::Queued, op.event.action.working_status(), None)),
+            (_, status) => Err(StoreError::InvalidState(format!("event is {}, not failed", status.as_str()))),
+        })
+        .await
+    }
+
+    async fn get_account(&self, app: Uuid, user: Uuid) -> Result<Option<Account>> {
+        let sql = format!("{ACCOUNT_SELECT} WHERE a.app_id = ? AND a.user_id = ?");
+        let row = sqlx::query(&sql)
+            .bind(app.to_string())
+            .bind(user.to_string())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(account_from_row).transpose()
+    }
+
+    async fn list_accounts(&self, query: &AccountQuery) -> Result<Page<Account>> {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!("{ACCOUNT_SELECT} WHERE 1 = 1"));
+        if let Some(a) = query.app {
+            qb.push(" AND a.app_id = ").push_bind(a.to_string());
+        }
+        if let Some(u) = query.user {
+            qb.push(" AND a.user_id = ").push_bind(u.to_string());
+        }
+        if let Some(c) = &query.page.cursor {
+            let key = cursor::decode(c, 3)?;
+            qb.push(format!(" AND ({ACCOUNT_KEY}, a.user_id, a.app_id) > ("))
+                .push_bind(key[0].clone())
+                .push(", ")
+                .push_bind(key[1].clone())
+                .push(", ")
+                .push_bind(key[2].clone())
+                .push(")");
+        }
+        qb.push(format!(" ORDER BY {ACCOUNT_KEY}, a.user_id, a.app_id LIMIT ")).push_bind(limit_of(&query.page) + 1);
+        let rows = qb.build().fetch_all(&self.reader).await.map_err(backend)?;
+        let accounts = rows.iter().map(account_from_row).collect::<Result<Vec<_>>>()?;
+        Ok(paginate(accounts, &query.page, |a| {
+            vec![User::username_key(&a.username), a.user_id.to_string(), a.app_id.to_string()]
+        }))
+    }
+
+    async fn link_account(&self, app: Uuid, user: Uuid, remote_id: &str, actor: &Actor) -> Result<Account> {
+        let mut tx = self.begin().await?;
+        Self::app_in(&mut tx, app).await?;
+        if Self::user_in(&mut tx, user).await?.status == UserStatus::Deleted {
+            return Err(StoreError::NotFound);
+        }
+        let taken = sqlx::query(
+            "SELECT 1 FROM accounts WHERE app_id = ? AND remote_id = ? AND user_id <> ? \
+             AND ownership IN ('created', 'linked') LIMIT 1",
+        )
+        .bind(app.to_string())
+        .bind(remote_id)
+        .bind(user.to_string())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if taken.is_some() {
+            return Err(StoreError::Duplicate { field: "remote_id" });
+        }
+        let before = account_in(&mut tx, app, user).await?;
+        let now = ts(&directory::now());
+        sqlx::query(
+            "INSERT INTO accounts (app_id, user_id, remote_id, ownership, status, last_applied, last_event_id, \
+             updated_at) VALUES (?, ?, ?, 'linked', 'provisioned', NULL, NULL, ?) \
+             ON CONFLICT (app_id, user_id) DO UPDATE SET remote_id = excluded.remote_id, ownership = 'linked', \
+             status = 'provisioned', last_applied = NULL, updated_at = excluded.updated_at",
+        )
+        .bind(app.to_string())
+        .bind(user.to_string())
+        .bind(remote_id)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        // Planned again: with no values applied yet, the planner queues an update.
+        record_change(&mut tx, NewChange::account(user, app)).await?;
+        record_audit(
+            &mut tx,
+            actor,
+            AuditRecord {
+                action: "account.link",
+                target_type: "account",
+                target_id: format!("{app}:{user}"),
+                before: before.as_ref().and_then(to_value),
+                after: Some(serde_json::json!({ "remote_id": remote_id })),
+            },
+        )
+        .await?;
+        let account = account_in(&mut tx, app, user).await?.ok_or(StoreError::NotFound)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(account)
+    }
+
+    async fn set_app_capabilities(&self, app: Uuid, capabilities: &Value) -> Result<()> {
+        let done = sqlx::query("UPDATE apps SET capabilities = ? WHERE id = ?")
+            .bind(capabilities.to_string())
+            .bind(app.to_string())
+            .execute(&self.writer)
+            .await
+            .map_err(backend)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn get_app_capabilities(&self, app: Uuid) -> Result<Option<Value>> {
+        let row = sqlx::query("SELECT capabilities FROM apps WHERE id = ?")
+            .bind(app.to_string())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(backend)?;
+        match row {
+            Some(r) => parse_opt_json(get(&r, "capabilities")?, "capabilities"),
+            None => Ok(None),
+        }
+    }
+}
