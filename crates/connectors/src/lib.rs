@@ -90,6 +90,20 @@ pub trait Connector: Send + Sync {
     /// Accounts whose `match_attr` equals `value` (e.g. `userName`).
     async fn find_account(&self, match_attr: &str, value: &str) -> Result<Vec<RemoteAccount>, ConnectorError>;
 
+    /// Accounts matching any of the `(attribute, value)` pairs (e.g. our `externalId` or
+    /// the `userName`), in as few requests as the target allows.
+    async fn find_account_any(&self, matches: &[(&str, &str)]) -> Result<Vec<RemoteAccount>, ConnectorError> {
+        let mut found: Vec<RemoteAccount> = Vec::new();
+        for (attr, value) in matches {
+            for a in self.find_account(attr, value).await? {
+                if !found.iter().any(|f| f.id == a.id) {
+                    found.push(a);
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// Bring the account to `desired`. `previous` is what the engine last
     /// pushed (or read), used to send only the differences. Returns the
     /// updated account when the target answers with it.

@@ -173,6 +173,21 @@ impl Connector for ScimConnector {
         self.client.find_users(match_attr, value).await?.into_iter().map(RemoteAccount::from_resource).collect()
     }
 
+    async fn find_account_any(&self, matches: &[(&str, &str)]) -> Result<Vec<RemoteAccount>, ConnectorError> {
+        if !self.capabilities().await?.filter {
+            let mut found: Vec<RemoteAccount> = Vec::new();
+            for (attr, value) in matches {
+                for a in self.find_by_listing(attr, value).await? {
+                    if !found.iter().any(|f| f.id == a.id) {
+                        found.push(a);
+                    }
+                }
+            }
+            return Ok(found);
+        }
+        self.client.find_users_any(matches).await?.into_iter().map(RemoteAccount::from_resource).collect()
+    }
+
     async fn update_account(
         &self,
         id: &str,

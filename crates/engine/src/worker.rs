@@ -76,21 +76,29 @@ fn external_id_of(resource: &Value) -> Option<&str> {
     resource.get("externalId").and_then(Value::as_str)
 }
 
-/// An account found in the app for this user: ours (by externalId) or someone else's.
+/// An account found in the app for this user: ours (its externalId is our user id) or
+/// someone else's with the same userName. The first attempt looks up by userName (which
+/// finds our own accounts too, as they carry the user's userName); a retry, which may
+/// follow an attempt that reached the app before a crash or a timeout, also matches our
+/// externalId, in the same request.
 async fn lookup(
     connector: &dyn Connector,
     user_id: &str,
     username: &str,
+    retry: bool,
 ) -> Result<Option<(RemoteAccount, bool)>, ConnectorError> {
-    let ours = connector.find_account("externalId", user_id).await?;
-    if let Some(a) = ours.into_iter().find(|a| external_id_of(&a.resource) == Some(user_id)) {
-        return Ok(Some((a, true)));
+    let found = if retry {
+        connector.find_account_any(&[("externalId", user_id), ("userName", username)]).await?
+    } else {
+        connector.find_account("userName", username).await?
+    };
+    if let Some(i) = found.iter().position(|a| external_id_of(&a.resource) == Some(user_id)) {
+        return Ok(found.into_iter().nth(i).map(|a| (a, true)));
     }
-    let by_name = connector.find_account("userName", username).await?;
-    Ok(by_name.into_iter().next().map(|a| {
-        let mine = external_id_of(&a.resource) == Some(user_id);
-        (a, mine)
-    }))
+    let same_name = |a: &RemoteAccount| {
+        a.resource.get("userName").and_then(Value::as_str).is_some_and(|n| n.eq_ignore_ascii_case(username))
+    };
+    Ok(found.into_iter().find(same_name).map(|a| (a, false)))
 }
 
 fn unknown(app_name: &str, username: &str, found: RemoteAccount) -> Outcome {
@@ -126,7 +134,7 @@ async fn create(
 ) -> Result<Outcome, ConnectorError> {
     let user_id = op.event.user_id.to_string();
     let username = desired.get("userName").and_then(Value::as_str).unwrap_or(&op.event.username).to_owned();
-    match lookup(connector, &user_id, &username).await? {
+    match lookup(connector, &user_id, &username, op.event.attempts > 1).await? {
         Some((found, true)) => return adopt(connector, found, desired).await,
         Some((found, false)) => return Ok(unknown(app_name, &username, found)),
         None => {}
@@ -141,7 +149,7 @@ async fn create(
             },
         )),
         // Someone created it between our lookup and our POST (or our own earlier attempt did).
-        Err(e) if e.kind == ErrorKind::Conflict => match lookup(connector, &user_id, &username).await? {
+        Err(e) if e.kind == ErrorKind::Conflict => match lookup(connector, &user_id, &username, true).await? {
             Some((found, true)) => adopt(connector, found, desired).await,
             Some((found, false)) => Ok(unknown(app_name, &username, found)),
             None => Err(e),

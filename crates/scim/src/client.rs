@@ -468,6 +468,19 @@ impl Client {
         Ok(list.resources)
     }
 
+    /// Resources matching any of the `(attribute, value)` pairs, in one request.
+    pub async fn find_resources_any(&self, endpoint: &str, matches: &[(&str, &str)]) -> Result<Vec<Value>, ScimError> {
+        if let Some((attr, _)) = matches.iter().find(|(a, _)| !filter::is_valid_attr_path(a)) {
+            return Err(ScimError::InvalidInput(format!("not a SCIM attribute path: {attr:?}")));
+        }
+        if matches.is_empty() {
+            return Ok(Vec::new());
+        }
+        let url = self.url(&[endpoint], &[("filter", filter::any_eq(matches))])?;
+        let list: ListResponse<Value> = self.execute(Method::GET, url, None, None).await?.parse()?;
+        Ok(list.resources)
+    }
+
     /// `PATCH /{endpoint}/{id}`; `Some` when the server answers with the
     /// resource (200), `None` when it answers 204 No Content.
     pub async fn patch_resource(
@@ -605,6 +618,10 @@ impl Client {
 
     pub async fn find_users(&self, filter_attr: &str, value: &str) -> Result<Vec<Value>, ScimError> {
         self.find_resources(USERS, filter_attr, value).await
+    }
+
+    pub async fn find_users_any(&self, matches: &[(&str, &str)]) -> Result<Vec<Value>, ScimError> {
+        self.find_resources_any(USERS, matches).await
     }
 
     pub async fn patch_user(&self, id: &str, op: PatchOp) -> Result<Option<Value>, ScimError> {

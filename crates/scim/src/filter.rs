@@ -45,6 +45,12 @@ pub fn eq(attr: &str, value: &str) -> String {
     format!("{attr} eq {}", quote(value))
 }
 
+/// A filter matching any of the `(attribute, value)` pairs:
+/// `externalId eq "1" or userName eq "ada"`.
+pub fn any_eq(matches: &[(&str, &str)]) -> String {
+    matches.iter().map(|(attr, value)| eq(attr, value)).collect::<Vec<_>>().join(" or ")
+}
+
 /// Whether `attr` is a syntactically valid SCIM attribute path
 /// (`[URI ":"]ATTRNAME *1subAttr`, RFC 7644 figure 1), e.g. `userName`,
 /// `name.givenName`, `emails.value` or
@@ -83,6 +89,12 @@ fn is_attr_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_eq_joins_with_or() {
+        assert_eq!(any_eq(&[("externalId", "1"), ("userName", "a\"b")]), r#"externalId eq "1" or userName eq "a\"b""#);
+        assert_eq!(any_eq(&[("userName", "x")]), r#"userName eq "x""#);
+    }
 
     /// Parse `attr eq "literal"` back; the literal must be a JSON string.
     fn parse_eq(filter: &str) -> (String, String) {

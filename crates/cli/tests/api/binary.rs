@@ -236,3 +236,127 @@ async fn bad_settings_are_one_readable_line_and_a_failure() {
     assert!(out.status.success(), "{out:?}");
     assert!(data.join("provisioner.db").exists());
 }
+
+/// Counts the accounts in a SCIM app.
+async fn scim_total(base_url: &str, token: &str) -> u64 {
+    let r: serde_json::Value = reqwest::Client::new()
+        .get(format!("{base_url}/Users?count=1"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["totalResults"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn sigkill_while_provisioning_loses_nothing_and_duplicates_nothing() {
+    const USERS: usize = 500;
+    let scim_token = "crash-test-token";
+    let scim = testkit::Scim2Server::spawn(Some(scim_token));
+    let dir = tempfile::tempdir().unwrap();
+    let token = "crash-admin-token-0123456789";
+    let p = Running::start(dir.path(), Some(token)).await;
+    let c = reqwest::Client::new();
+    let post = |path: &str, body: serde_json::Value| c.post(p.url(path)).bearer_auth(token).json(&body).send();
+    // Provisioning starts disabled, so that all 500 creates are queued at once when enabled.
+    let app: serde_json::Value = post(
+        "/api/v1/apps",
+        json!({"name": "Crash", "connection": {"base_url": scim.base_url,
+        "auth": {"type": "bearer", "token": scim_token}}, "provisioning": {"enabled": false, "max_concurrency": 8}}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let app_id = app["id"].as_str().unwrap().to_owned();
+    let role: serde_json::Value =
+        post("/api/v1/roles", json!({"name": "Everyone"})).await.unwrap().json().await.unwrap();
+    let role_id = role["id"].as_str().unwrap().to_owned();
+    c.put(p.url(&format!("/api/v1/roles/{role_id}/apps/{app_id}"))).bearer_auth(token).send().await.unwrap();
+    for i in 0..USERS {
+        let u: serde_json::Value = post(
+            "/api/v1/users",
+            json!({"username": format!("crash{i:04}"), "email": format!("crash{i}@example.com")}),
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        let r = c
+            .put(p.url(&format!("/api/v1/roles/{role_id}/users/{}", u["id"].as_str().unwrap())))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    }
+    let r = c
+        .patch(p.url(&format!("/api/v1/apps/{app_id}")))
+        .bearer_auth(token)
+        .json(&json!({"provisioning": {"enabled": true}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // Kill it in the middle of the work.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while scim_total(&scim.base_url, scim_token).await < (USERS / 5) as u64 {
+        assert!(std::time::Instant::now() < deadline, "provisioning did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    p.kill().await;
+    let at_kill = scim_total(&scim.base_url, scim_token).await;
+    assert!(at_kill < USERS as u64, "killed too late to prove anything ({at_kill} accounts)");
+
+    let p = Running::start(dir.path(), Some(token)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let events: serde_json::Value = c
+            .get(p.url(&format!("/api/v1/events?app={app_id}&status=provisioned&limit=500")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let done = events["items"].as_array().unwrap().len();
+        if done == USERS {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "only {done} of {USERS} provisioned after the restart");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(scim_total(&scim.base_url, scim_token).await, USERS as u64, "exactly one account per user");
+    // No event is left unfinished, none failed, and every account is ours.
+    for status in ["provisioning", "failed", "unknown", "pending"] {
+        let e: serde_json::Value = c
+            .get(p.url(&format!("/api/v1/events?app={app_id}&status={status}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(e["items"], json!([]), "events left {status}");
+    }
+    let accounts: serde_json::Value = c
+        .get(p.url(&format!("/api/v1/apps/{app_id}/accounts?limit=500")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let items = accounts["items"].as_array().unwrap();
+    assert_eq!(items.len(), USERS);
+    assert!(items.iter().all(|a| a["ownership"] == "created" && a["status"] == "provisioned"));
+    p.kill().await;
+}
