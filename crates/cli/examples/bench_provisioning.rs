@@ -83,7 +83,7 @@ async fn engine_load(base_url: &str, n: usize, concurrency: usize) -> f64 {
     svc.engine().start().await.expect("engine");
     // Let the planner consume the directory writes before the clock starts.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    svc.test_connection(app.id).await.expect("connection");
+    svc.test_connection(&actor, app.id).await.expect("connection");
     let start = Instant::now();
     svc.patch_app(&actor, app.id, json!({"provisioning": {"enabled": true}}).as_object().expect("obj"), None)
         .await

@@ -31,9 +31,34 @@ impl FileConfig {
 pub struct StoreSettings {
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
+    /// PostgreSQL pool size.
+    pub pool_size: Option<u32>,
+    /// PostgreSQL statement timeout, in seconds (0: the server's).
+    pub statement_timeout_seconds: Option<u64>,
+}
+
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres:") || url.starts_with("postgresql:")
 }
 
 impl StoreSettings {
+    /// Whether several processes may share this store (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        self.database_url.as_deref().is_some_and(is_postgres)
+    }
+
+    /// Where the data is, for the log (no password).
+    pub fn describe(&self) -> String {
+        match self.database_url.as_deref() {
+            Some(url) if is_postgres(url) => match url.split_once('@') {
+                Some((_, host)) => format!("postgres://…@{host}"),
+                None => url.to_owned(),
+            },
+            Some(url) => url.to_owned(),
+            None => self.data_dir.join("provisioner.db").display().to_string(),
+        }
+    }
+
     /// Opens the store named by the settings, applying migrations.
     pub async fn open(&self) -> anyhow::Result<std::sync::Arc<dyn store::Store>> {
         match self.database_url.as_deref() {
@@ -41,12 +66,20 @@ impl StoreSettings {
                 let s = store::SqliteStore::open_url(url).await.with_context(|| "cannot open the SQLite database")?;
                 Ok(std::sync::Arc::new(s))
             }
-            Some(url) if url.starts_with("postgres:") || url.starts_with("postgresql:") => {
-                bail!("PostgreSQL is not supported by this build yet; use the embedded SQLite store (leave --database-url unset)")
+            Some(url) if is_postgres(url) => {
+                let mut options = store::PostgresOptions::default();
+                if let Some(n) = self.pool_size.filter(|n| *n > 0) {
+                    options.max_connections = n;
+                }
+                if let Some(secs) = self.statement_timeout_seconds {
+                    options.statement_timeout = (secs > 0).then(|| std::time::Duration::from_secs(secs));
+                }
+                let s = store::PostgresStore::connect(url, options).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                Ok(std::sync::Arc::new(s))
             }
             Some(other) => {
                 let scheme = other.split(':').next().unwrap_or("");
-                bail!("unsupported database URL scheme {scheme:?}: use sqlite://PATH")
+                bail!("unsupported database URL scheme {scheme:?}: use postgres://... or sqlite://PATH")
             }
             None => {
                 self.create_data_dir()?;

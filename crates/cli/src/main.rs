@@ -33,9 +33,27 @@ struct StoreArgs {
     /// Directory for the embedded database and the secret key file [default: ./data].
     #[arg(long, env = "PROVISIONER_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Database URL (`sqlite://PATH`); by default the embedded SQLite file in the data directory.
+    /// Database URL: `postgres://USER@HOST:PORT/DB` to share one PostgreSQL database between
+    /// several processes, or `sqlite://PATH`; by default the embedded SQLite file in the data directory.
     #[arg(long, env = "PROVISIONER_DATABASE_URL")]
     database_url: Option<String>,
+    /// PostgreSQL: the most connections this process opens [default: 10].
+    #[arg(long, env = "PROVISIONER_DB_POOL_SIZE")]
+    db_pool_size: Option<u32>,
+    /// PostgreSQL: statements running longer are cancelled [default: 30].
+    #[arg(long, env = "PROVISIONER_DB_STATEMENT_TIMEOUT_SECONDS")]
+    db_statement_timeout_seconds: Option<u64>,
+}
+
+/// What a `serve` process does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Role {
+    /// The API and console, and the engine's planner and workers.
+    All,
+    /// Only the API and console (the engine's work runs in `worker` processes).
+    Api,
+    /// Only the planner and workers (and /healthz).
+    Worker,
 }
 
 #[derive(Subcommand)]
@@ -47,6 +65,21 @@ enum Command {
         listen: Option<SocketAddr>,
         #[command(flatten)]
         store: StoreArgs,
+        /// Minutes after which an unused console session ends [default: 30].
+        #[arg(long, env = "PROVISIONER_SESSION_IDLE_MINUTES")]
+        session_idle_minutes: Option<u64>,
+        /// Mark console cookies Secure even without `X-Forwarded-Proto: https` (behind a TLS proxy).
+        #[arg(long, env = "PROVISIONER_SECURE_COOKIES")]
+        secure_cookies: bool,
+        /// What this process runs: `all`, `api` or `worker`.
+        #[arg(long, env = "PROVISIONER_ROLE", value_enum, default_value = "all")]
+        role: Role,
+        /// Seconds a claimed operation stays with its worker before another process may take it [default: 120].
+        #[arg(long, env = "PROVISIONER_LEASE_SECONDS")]
+        lease_seconds: Option<u64>,
+        /// Seconds between full reconciliations of each app [default: 3600]; 0 turns them off.
+        #[arg(long, env = "PROVISIONER_RECONCILE_SECONDS")]
+        reconcile_seconds: Option<u64>,
     },
     /// Create the database or bring it up to date, then exit.
     Migrate {
@@ -63,6 +96,23 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Manage admin console accounts.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create a console admin; the password is read from standard input (one line).
+    Create {
+        /// The admin's username (shown in the audit log).
+        #[arg(long)]
+        username: String,
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -91,6 +141,8 @@ impl Settings {
                 .or_else(|| self.file.data_dir.clone())
                 .unwrap_or_else(|| PathBuf::from("data")),
             database_url: args.database_url.clone().or_else(|| self.file.database_url.clone()),
+            pool_size: args.db_pool_size,
+            statement_timeout_seconds: args.db_statement_timeout_seconds,
         }
     }
 
@@ -128,13 +180,58 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-async fn serve(settings: &Settings, listen: Option<SocketAddr>, store_args: &StoreArgs) -> anyhow::Result<()> {
+/// Settings of the admin console.
+struct ConsoleArgs {
+    session_idle_minutes: Option<u64>,
+    secure_cookies: bool,
+}
+
+/// How a `serve` process shares the engine's work.
+struct WorkArgs {
+    role: Role,
+    lease_seconds: Option<u64>,
+    reconcile_seconds: Option<u64>,
+}
+
+async fn serve(
+    settings: &Settings,
+    listen: Option<SocketAddr>,
+    store_args: &StoreArgs,
+    console: ConsoleArgs,
+    work: WorkArgs,
+) -> anyhow::Result<()> {
     let store_settings = settings.store(store_args);
     // The embedded store has one engine: its process holds the data directory's lock.
     let _lock = store_settings.lock()?;
     let keyring = store_settings.keyring(std::env::var("PROVISIONER_SECRET_KEY").ok().as_deref())?;
     let store = store_settings.open().await?;
-    let state = AppState::new(store, Arc::new(keyring), engine::EngineConfig::default());
+    let shared = store_settings.is_shared();
+    let mut engine_config = engine::EngineConfig {
+        run_work: work.role != Role::Api,
+        // Several processes share a PostgreSQL store: leases expire instead of being released
+        // at start, and one process at a time plans.
+        release_leases_at_start: !shared,
+        planner_lease: shared.then(|| Duration::from_secs(15)),
+        ..Default::default()
+    };
+    if let Some(secs) = work.lease_seconds.filter(|s| *s > 0) {
+        engine_config.lease = Duration::from_secs(secs);
+    }
+    if let Some(secs) = work.reconcile_seconds {
+        engine_config.reconcile_interval = (secs > 0).then(|| Duration::from_secs(secs));
+    }
+    let mut state = AppState::new(store, Arc::new(keyring), engine_config);
+    let mut console_config = server::console::ConsoleConfig::default();
+    if let Some(minutes) = console.session_idle_minutes.filter(|m| *m > 0) {
+        console_config.idle_timeout = Duration::from_secs(minutes.saturating_mul(60));
+    }
+    console_config.secure_cookies = console.secure_cookies;
+    state.console = Arc::new(server::console::ConsoleState::new(console_config));
+    if let Some(password) = std::env::var("PROVISIONER_ADMIN_PASSWORD").ok().filter(|p| !p.is_empty()) {
+        if state.service.bootstrap_admin(&password).await.map_err(|e| anyhow::anyhow!("admin bootstrap: {e}"))? {
+            tracing::info!("created the console admin `admin` from PROVISIONER_ADMIN_PASSWORD");
+        }
+    }
     let given = std::env::var("PROVISIONER_ADMIN_TOKEN").ok().or_else(|| settings.file.admin_token.clone());
     match state
         .service
@@ -152,8 +249,14 @@ async fn serve(settings: &Settings, listen: Option<SocketAddr>, store_args: &Sto
     let addr = settings.listen(listen);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     state.service.engine().start().await.map_err(|e| anyhow::anyhow!("cannot start the engine: {e}"))?;
-    tracing::info!(%addr, data_dir = %store_settings.data_dir.display(), "provisioner listening");
-    axum::serve(listener, server::router(state.clone())).with_graceful_shutdown(shutdown_signal()).await?;
+    tracing::info!(%addr, store = %store_settings.describe(), "provisioner listening");
+    let router = match work.role {
+        Role::Worker => server::health_router(state.clone()),
+        Role::All | Role::Api => server::router(state.clone()),
+    };
+    tracing::info!(role = ?work.role, "serving");
+    let app = router.into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
     state.service.engine().stop();
     Ok(())
 }
@@ -178,7 +281,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     init_logging(file.log.as_deref());
     let settings = Settings { file };
     match cli.command {
-        Command::Serve { listen, store } => serve(&settings, listen, &store).await,
+        Command::Serve {
+            listen,
+            store,
+            session_idle_minutes,
+            secure_cookies,
+            role,
+            lease_seconds,
+            reconcile_seconds,
+        } => {
+            let work = WorkArgs { role, lease_seconds, reconcile_seconds };
+            serve(&settings, listen, &store, ConsoleArgs { session_idle_minutes, secure_cookies }, work).await
+        }
         Command::Migrate { store } => {
             settings.store(&store).open().await?;
             println!("database is up to date");
@@ -193,6 +307,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 state.service.create_token(&name, &Actor::cli()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             eprintln!("created token {:?} ({}); it is shown only this once:", record.name, record.id);
             println!("{token}");
+            Ok(())
+        }
+        Command::Admin { command: AdminCommand::Create { username, store } } => {
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password).context("cannot read the password from standard input")?;
+            let password = password.trim_end_matches(['\n', '\r']);
+            let store_settings = settings.store(&store);
+            let keyring = store_settings.keyring(std::env::var("PROVISIONER_SECRET_KEY").ok().as_deref())?;
+            let state = AppState::new(store_settings.open().await?, Arc::new(keyring), engine::EngineConfig::default());
+            let admin = state
+                .service
+                .create_admin(&Actor::cli(), &username, password)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            eprintln!("created the console admin {:?} ({})", admin.username, admin.id);
             Ok(())
         }
     }

@@ -46,6 +46,10 @@ pub struct ProvisioningSettings {
     pub on_delete: DeprovisionAction,
     /// How many requests may be in flight to the app at once (1 to 64, default 4).
     pub max_concurrency: u32,
+    /// Create a group in the app when a rule names one that Refresh did not find.
+    pub create_missing_groups: bool,
+    /// Members per group PATCH request (1 to 1000, default 100).
+    pub group_chunk_size: u32,
 }
 
 impl Default for ProvisioningSettings {
@@ -56,6 +60,8 @@ impl Default for ProvisioningSettings {
             on_suspend: DeprovisionAction::Suspend,
             on_delete: DeprovisionAction::Delete,
             max_concurrency: 4,
+            create_missing_groups: false,
+            group_chunk_size: 100,
         }
     }
 }
@@ -255,6 +261,11 @@ pub struct App {
     pub connector: ConnectorKind,
     pub connection: ConnectionConfig,
     pub provisioning: ProvisioningSettings,
+    /// The attribute mappings (`GET/PUT /api/v1/apps/{id}/parameters`); `None` until an admin
+    /// sets them: the default mapping applies.
+    pub parameters: Option<Vec<crate::mapping::Parameter>>,
+    /// The rules, in order (`GET/PUT /api/v1/apps/{id}/rules`).
+    pub rules: Vec<crate::mapping::Rule>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub version: i64,
@@ -289,6 +300,9 @@ impl AppInput {
         check_url(&mut errors, "connection.base_url", &base_url);
         if !(1..=64).contains(&self.provisioning.max_concurrency) {
             errors.push("provisioning.max_concurrency", "must be between 1 and 64");
+        }
+        if !(1..=1000).contains(&self.provisioning.group_chunk_size) {
+            errors.push("provisioning.group_chunk_size", "must be between 1 and 1000");
         }
         let split = self.connection.auth.split(existing, &mut errors);
         match split {
@@ -332,6 +346,14 @@ pub struct ValidatedApp {
 }
 
 impl App {
+    /// The parameters in effect: the admin's, or the default mapping.
+    pub fn effective_parameters(&self) -> std::borrow::Cow<'_, [crate::mapping::Parameter]> {
+        match &self.parameters {
+            Some(p) => std::borrow::Cow::Borrowed(p.as_slice()),
+            None => std::borrow::Cow::Owned(crate::mapping::default_parameters()),
+        }
+    }
+
     pub fn new(v: ValidatedApp, now: DateTime<Utc>) -> Self {
         Self {
             id: Uuid::now_v7(),
@@ -340,6 +362,8 @@ impl App {
             connector: v.connector,
             connection: v.connection,
             provisioning: v.provisioning,
+            parameters: None,
+            rules: Vec::new(),
             created_at: now,
             updated_at: now,
             version: 1,

@@ -17,6 +17,11 @@ impl Actor {
         Self { kind: "token".into(), name: name.into() }
     }
 
+    /// A console admin, by username.
+    pub fn admin(name: impl Into<String>) -> Self {
+        Self { kind: "admin".into(), name: name.into() }
+    }
+
     pub fn cli() -> Self {
         Self { kind: "cli".into(), name: "provisioner".into() }
     }

@@ -5,6 +5,7 @@ pub mod app;
 pub mod attribute;
 pub mod audit;
 pub mod change;
+pub mod mapping;
 pub mod provisioning;
 pub mod role;
 pub mod user;
@@ -17,8 +18,11 @@ pub use app::{
 pub use attribute::{AttributeDef, AttributeDefInput, AttributeType};
 pub use audit::{Actor, AuditEntry};
 pub use change::{Change, ChangeKind, NewChange};
-pub use provisioning::{Account, Action, Event, EventStatus, OpState, Operation, Ownership};
-pub use role::{Role, RoleInput};
+pub use mapping::{Condition, EntitlementRef, Match, Op, Parameter, Rule, RuleAction, SetAttribute, Source, Transform};
+pub use provisioning::{
+    Account, Action, Entitlement, EntitlementRefresh, Event, EventStatus, OpState, Operation, Ownership,
+};
+pub use role::{Role, RoleInput, RoleRef};
 pub use user::{User, UserInput, UserSource, UserStatus};
 pub use validation::{FieldError, ValidationErrors};
 

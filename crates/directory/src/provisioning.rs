@@ -235,3 +235,30 @@ pub struct Account {
     pub last_event_id: Option<Uuid>,
     pub updated_at: DateTime<Utc>,
 }
+
+/// A value imported from an app by "Refresh" (a group), or created by provisioning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Entitlement {
+    /// `group`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The value's id in the app.
+    pub remote_id: String,
+    /// What rules name it by.
+    pub display_name: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Progress of an app's latest "Refresh" of entitlements.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EntitlementRefresh {
+    /// `running`, `done` or `failed`.
+    pub state: String,
+    /// Values read so far.
+    pub fetched: i64,
+    /// How many the app said it has, when it said.
+    pub total: Option<i64>,
+    pub error: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}

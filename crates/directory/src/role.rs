@@ -65,3 +65,10 @@ impl Role {
         }
     }
 }
+
+/// A role named by id and name (for rules' `member_of` conditions).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleRef {
+    pub id: Uuid,
+    pub name: String,
+}

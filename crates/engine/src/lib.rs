@@ -6,10 +6,12 @@
 //! - [`runner`] is the planner loop that follows the change feed, and the dispatcher that
 //!   claims operations with a lease and runs them within each app's concurrency limit.
 
+pub mod admin;
 pub mod mapping;
 pub mod plan;
 pub mod reconcile;
 pub mod runner;
 pub mod worker;
 
+pub use admin::{Explanation, PlanPreview, PreviewSample};
 pub use runner::{Engine, EngineConfig, EngineError, ProvisionStep, ReconcileReport};

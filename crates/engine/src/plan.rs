@@ -5,45 +5,80 @@
 //! difference into at most one operation, collapsing into the operation already waiting
 //! for the pair ([`plan_pair`]). Planning twice from the same state plans nothing new.
 
-use directory::{Account, Action, App, DeprovisionAction, EventStatus, Ownership, User, UserStatus};
+use directory::mapping::AttrPath;
+use directory::{Account, Action, App, DeprovisionAction, EventStatus, Ownership, RoleRef, User, UserStatus};
 use serde_json::Value;
 use store::{PairState, PlanItem};
 
-use crate::mapping::{default_resource, is_active};
+use crate::mapping::{evaluate, get_path, is_active, set_path};
 
 /// What the app should have for a user.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Intent {
-    /// An account with these values (active or suspended).
-    Present(Value),
+    /// An account with these values (active or suspended); `create_only` paths keep what
+    /// the account was created with.
+    Present { resource: Value, create_only: Vec<String> },
     /// No account.
     Absent,
     /// Whatever is there: provisioning is off, or the app's settings say "do nothing".
     Leave,
+    /// The account cannot be computed (a required value is empty): why.
+    Invalid(String),
 }
 
-fn deprovision(action: DeprovisionAction, user: Option<&User>) -> Intent {
+fn deprovision(action: DeprovisionAction, user: Option<&User>, roles: &[RoleRef], app: &App) -> Intent {
     match (action, user) {
         (DeprovisionAction::Delete, _) => Intent::Absent,
-        (DeprovisionAction::Suspend, Some(u)) => Intent::Present(default_resource(u, false)),
+        (DeprovisionAction::Suspend, Some(u)) => {
+            let e = evaluate(u, roles, app, false);
+            Intent::Present { resource: e.resource, create_only: e.create_only }
+        }
         // A user who no longer exists at all cannot be described: leave the account.
         (DeprovisionAction::Suspend, None) | (DeprovisionAction::None, _) => Intent::Leave,
     }
 }
 
-/// What `app` should have for `user` (`None`: no such user), given whether one of the
-/// user's roles grants the app.
-pub fn intent(user: Option<&User>, app: &App, granted: bool) -> Intent {
+/// What `app` should have for `user` (`None`: no such user), given the user's roles and
+/// whether one of them grants the app.
+pub fn intent(user: Option<&User>, roles: &[RoleRef], app: &App, granted: bool) -> Intent {
     let settings = &app.provisioning;
     if !settings.enabled {
         return Intent::Leave;
     }
     match user {
-        None => deprovision(settings.on_delete, None),
-        Some(u) if u.status == UserStatus::Deleted || !granted => deprovision(settings.on_delete, Some(u)),
-        Some(u) if u.status == UserStatus::Suspended => deprovision(settings.on_suspend, Some(u)),
-        Some(u) => Intent::Present(default_resource(u, true)),
+        None => deprovision(settings.on_delete, None, roles, app),
+        Some(u) if u.status == UserStatus::Deleted || !granted => deprovision(settings.on_delete, Some(u), roles, app),
+        Some(u) if u.status == UserStatus::Suspended => deprovision(settings.on_suspend, Some(u), roles, app),
+        Some(u) => {
+            let e = evaluate(u, roles, app, true);
+            if !e.in_scope {
+                // Scoped out by a rule: as if the user had lost the app.
+                return deprovision(settings.on_delete, Some(u), roles, app);
+            }
+            if !e.missing_required.is_empty() {
+                return Intent::Invalid(format!(
+                    "Required values are empty for {}: {}; nothing was sent to the app.",
+                    app.name,
+                    e.missing_required.join(", ")
+                ));
+            }
+            Intent::Present { resource: e.resource, create_only: e.create_only }
+        }
     }
+}
+
+/// `resource` with each create-only attribute as it was applied (or absent).
+fn keep_created(resource: &Value, last: Option<&Value>, create_only: &[String]) -> Value {
+    let mut out = resource.clone();
+    for p in create_only.iter().filter_map(|p| AttrPath::parse(p)) {
+        let kept = last.and_then(|l| get_path(l, &p)).cloned();
+        set_path(&mut out, &p, kept);
+    }
+    out
+}
+
+fn managed(account: Option<&Account>) -> Option<&Account> {
+    account.filter(|a| a.remote_id.is_some() && a.ownership.is_some_and(Ownership::is_managed))
 }
 
 /// The operation that brings the account from what was last applied to the intent, if any.
@@ -54,18 +89,20 @@ pub fn decide(intent: &Intent, account: Option<&Account>) -> Option<(Action, Opt
             return None;
         }
     }
-    let managed = account.filter(|a| a.remote_id.is_some() && a.ownership.is_some_and(Ownership::is_managed));
-    match (intent, managed) {
-        (Intent::Leave, _) => None,
-        (Intent::Present(r), None) => is_active(r).then(|| (Action::Create, Some(r.clone()))),
+    match (intent, managed(account)) {
+        (Intent::Leave | Intent::Invalid(_), _) => None,
+        (Intent::Present { resource, .. }, None) => {
+            is_active(resource).then(|| (Action::Create, Some(resource.clone())))
+        }
         (Intent::Absent, None) => None,
-        (Intent::Present(r), Some(a)) => {
-            if a.last_applied.as_ref() == Some(r) {
+        (Intent::Present { resource, create_only }, Some(a)) => {
+            let desired = keep_created(resource, a.last_applied.as_ref(), create_only);
+            if a.last_applied.as_ref() == Some(&desired) {
                 return None;
             }
             let was_active = a.last_applied.as_ref().is_none_or(is_active);
-            let action = if !is_active(r) && was_active { Action::Suspend } else { Action::Update };
-            Some((action, Some(r.clone())))
+            let action = if !is_active(&desired) && was_active { Action::Suspend } else { Action::Update };
+            Some((action, Some(desired)))
         }
         (Intent::Absent, Some(_)) => Some((Action::Delete, None)),
     }
@@ -90,7 +127,19 @@ pub fn plan_pair(s: &PairState) -> Option<PlanItem> {
         // What the running operation leaves behind is not known yet: plan again after it.
         return Some(PlanItem::Replan { op: run.event.id });
     }
-    let decision = decide(&intent(s.user.as_ref(), app, s.granted), s.account.as_ref());
+    let want = intent(s.user.as_ref(), &s.roles, app, s.granted);
+    if let Intent::Invalid(reason) = &want {
+        if let Some(w) = &s.waiting {
+            return Some(PlanItem::Cancel { op: w.event.id, reason: reason.clone() });
+        }
+        // Reported once: not again while the account's last event already failed.
+        if s.account.as_ref().is_some_and(|a| a.status == EventStatus::Failed) {
+            return None;
+        }
+        let action = if managed(s.account.as_ref()).is_some() { Action::Update } else { Action::Create };
+        return Some(PlanItem::Fail { user_id: s.user_id, app_id: s.app_id, action, reason: reason.clone() });
+    }
+    let decision = decide(&want, s.account.as_ref());
     match (decision, &s.waiting) {
         (None, None) => None,
         (None, Some(w)) => {
@@ -116,6 +165,7 @@ pub fn plan_pair(s: &PairState) -> Option<PlanItem> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mapping::default_resource;
     use directory::{AppInput, Event, OpState, Operation, UserInput, UserSource};
     use proptest::prelude::*;
     use serde_json::json;
@@ -187,14 +237,14 @@ mod tests {
     fn role_grant_creates_and_change_updates() {
         let a = app(true, Suspend, Delete, false);
         let u = user(UserStatus::Active, "Engineer");
-        let want = intent(Some(&u), &a, true);
-        let Intent::Present(r) = &want else { panic!() };
+        let want = intent(Some(&u), &[], &a, true);
+        let Intent::Present { resource: r, .. } = &want else { panic!() };
         assert_eq!(decide(&want, None), Some((Action::Create, Some(r.clone()))));
         let acc = account(true, Some(Ownership::Created), EventStatus::Provisioned, Some(r.clone()));
         assert_eq!(decide(&want, Some(&acc)), None, "in sync: nothing to do");
         let promoted = user(UserStatus::Active, "CTO");
         let promoted = User { id: u.id, ..promoted };
-        let (action, desired) = decide(&intent(Some(&promoted), &a, true), Some(&acc)).unwrap();
+        let (action, desired) = decide(&intent(Some(&promoted), &[], &a, true), Some(&acc)).unwrap();
         assert_eq!(action, Action::Update);
         assert_eq!(desired.unwrap()["title"], "CTO");
     }
@@ -205,28 +255,32 @@ mod tests {
         let active = default_resource(&User { status: UserStatus::Active, ..u.clone() }, true);
         let acc = account(true, Some(Ownership::Created), EventStatus::Provisioned, Some(active));
         let (action, desired) =
-            decide(&intent(Some(&u), &app(true, Suspend, Delete, false), true), Some(&acc)).unwrap();
+            decide(&intent(Some(&u), &[], &app(true, Suspend, Delete, false), true), Some(&acc)).unwrap();
         assert_eq!((action, desired.unwrap()["active"].clone()), (Action::Suspend, json!(false)));
         assert_eq!(
-            decide(&intent(Some(&u), &app(true, Delete, Delete, false), true), Some(&acc)),
+            decide(&intent(Some(&u), &[], &app(true, Delete, Delete, false), true), Some(&acc)),
             Some((Action::Delete, None))
         );
-        assert_eq!(decide(&intent(Some(&u), &app(true, Nothing, Delete, false), true), Some(&acc)), None);
+        assert_eq!(decide(&intent(Some(&u), &[], &app(true, Nothing, Delete, false), true), Some(&acc)), None);
         // Losing the role follows on_delete.
         let active_user = User { status: UserStatus::Active, ..u.clone() };
         assert_eq!(
-            decide(&intent(Some(&active_user), &app(true, Suspend, Delete, false), false), Some(&acc)),
+            decide(&intent(Some(&active_user), &[], &app(true, Suspend, Delete, false), false), Some(&acc)),
             Some((Action::Delete, None))
         );
         let (action, _) =
-            decide(&intent(Some(&active_user), &app(true, Delete, Suspend, false), false), Some(&acc)).unwrap();
+            decide(&intent(Some(&active_user), &[], &app(true, Delete, Suspend, false), false), Some(&acc)).unwrap();
         assert_eq!(action, Action::Suspend);
-        assert_eq!(decide(&intent(Some(&active_user), &app(true, Delete, Nothing, false), false), Some(&acc)), None);
+        assert_eq!(
+            decide(&intent(Some(&active_user), &[], &app(true, Delete, Nothing, false), false), Some(&acc)),
+            None
+        );
         // Reactivation is an update.
         let suspended =
             account(true, Some(Ownership::Created), EventStatus::Suspended, Some(default_resource(&u, false)));
         let (action, desired) =
-            decide(&intent(Some(&active_user), &app(true, Suspend, Delete, false), true), Some(&suspended)).unwrap();
+            decide(&intent(Some(&active_user), &[], &app(true, Suspend, Delete, false), true), Some(&suspended))
+                .unwrap();
         assert_eq!((action, desired.unwrap()["active"].clone()), (Action::Update, json!(true)));
     }
 
@@ -238,7 +292,10 @@ mod tests {
             account(false, None, EventStatus::Unknown, None),
         ] {
             for granted in [true, false] {
-                assert_eq!(decide(&intent(Some(&u), &app(true, Delete, Delete, false), granted), Some(&acc)), None);
+                assert_eq!(
+                    decide(&intent(Some(&u), &[], &app(true, Delete, Delete, false), granted), Some(&acc)),
+                    None
+                );
             }
         }
     }
@@ -254,6 +311,7 @@ mod tests {
             user: Some(u.clone()),
             app: Some(a.clone()),
             granted: true,
+            roles: vec![],
             account: None,
             running: None,
             waiting: None,
@@ -277,7 +335,7 @@ mod tests {
     #[test]
     fn disabled_app_plans_nothing() {
         let u = user(UserStatus::Active, "x");
-        assert_eq!(intent(Some(&u), &app(false, Delete, Delete, false), true), Intent::Leave);
+        assert_eq!(intent(Some(&u), &[], &app(false, Delete, Delete, false), true), Intent::Leave);
     }
 
     fn dep() -> impl Strategy<Value = DeprovisionAction> {
@@ -331,7 +389,7 @@ mod tests {
         ) {
             let a = app(enabled, on_suspend, on_delete, false);
             let u = st.map(|s| user(s, &title));
-            let want = intent(u.as_ref(), &a, granted);
+            let want = intent(u.as_ref(), &[], &a, granted);
             let last = u.as_ref().map(|u| default_resource(u, !stale));
             let acc = has_account.then(|| account(remote, own, EventStatus::Provisioned, last));
             let decision = decide(&want, acc.as_ref());

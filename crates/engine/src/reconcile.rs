@@ -10,8 +10,10 @@ use serde_json::{Map, Value};
 use store::{AccountWrite, PlanItem, PlanWrite};
 use uuid::Uuid;
 
+use crate::mapping::{app_view, set_path, GROUPS_KEY};
 use crate::plan::{intent, plan_pair, Intent};
 use crate::runner::{Engine, EngineError, ReconcileReport};
+use directory::mapping::AttrPath;
 
 /// Case-insensitive attribute lookup (SCIM attribute names are case-insensitive).
 fn get_ci<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
@@ -61,6 +63,23 @@ fn project(actual: &Value, desired: &Value, last: Option<&Value>) -> Value {
     Value::Object(out)
 }
 
+/// What reconciliation compares with the app: what is sent, less the attributes set only
+/// at creation.
+fn comparable(desired: &Value, create_only: &[String]) -> Value {
+    let mut out = app_view(desired);
+    for p in create_only.iter().filter_map(|p| AttrPath::parse(p)) {
+        set_path(&mut out, &p, None);
+    }
+    out
+}
+
+/// Group memberships are not read back from the app: keep what was applied.
+fn carry_groups(seen: &mut Value, last: Option<&Value>) {
+    if let (Value::Object(m), Some(groups)) = (seen, last.and_then(|l| l.get(GROUPS_KEY))) {
+        m.insert(GROUPS_KEY.to_owned(), groups.clone());
+    }
+}
+
 impl Engine {
     /// Reconciles one app in full; see the module documentation.
     pub async fn reconcile(&self, app_id: Uuid) -> Result<ReconcileReport, EngineError> {
@@ -104,7 +123,7 @@ impl Engine {
                     continue;
                 }
                 report.users_checked += 1;
-                let want = intent(s.user.as_ref(), &app, s.granted);
+                let want = intent(s.user.as_ref(), &s.roles, &app, s.granted);
                 let account = s.account.as_ref();
                 if account.is_some_and(|a| a.ownership == Some(Ownership::Foreign)) {
                     continue;
@@ -116,22 +135,26 @@ impl Engine {
                             report.vanished += 1;
                             Some(AccountWrite::Set { remote_id: None, ownership: None, last_applied: None })
                         }
-                        (Some(actual), Intent::Present(d)) if !covers(d, actual) => {
-                            report.drifted += 1;
-                            let seen = project(actual, d, a.last_applied.as_ref());
-                            Some(AccountWrite::Set {
-                                remote_id: Some(remote.to_owned()),
-                                ownership: a.ownership,
-                                last_applied: Some(seen),
-                            })
-                        }
-                        (Some(_), Intent::Present(d)) if a.last_applied.as_ref() != Some(d) => {
-                            // In step with the app already: record it, send nothing.
-                            Some(AccountWrite::Set {
-                                remote_id: Some(remote.to_owned()),
-                                ownership: a.ownership,
-                                last_applied: Some(d.clone()),
-                            })
+                        (Some(actual), Intent::Present { resource: d, create_only }) => {
+                            if !covers(&comparable(d, create_only), actual) {
+                                report.drifted += 1;
+                                let mut seen = project(actual, d, a.last_applied.as_ref());
+                                carry_groups(&mut seen, a.last_applied.as_ref());
+                                Some(AccountWrite::Set {
+                                    remote_id: Some(remote.to_owned()),
+                                    ownership: a.ownership,
+                                    last_applied: Some(seen),
+                                })
+                            } else if a.last_applied.is_none() {
+                                // Linked and already in step: record what it has.
+                                Some(AccountWrite::Set {
+                                    remote_id: Some(remote.to_owned()),
+                                    ownership: a.ownership,
+                                    last_applied: Some(project(actual, d, None)),
+                                })
+                            } else {
+                                None
+                            }
                         }
                         _ => None,
                     },
@@ -139,7 +162,7 @@ impl Engine {
                         report.adopted += 1;
                         let actual = by_id.get(remote).cloned().unwrap_or(Value::Null);
                         let seen = match &want {
-                            Intent::Present(d) => project(&actual, d, None),
+                            Intent::Present { resource: d, .. } => project(&actual, d, None),
                             _ => actual,
                         };
                         AccountWrite::Set {

@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use crate::mapping::groups_of;
 use crate::plan::plan_pair;
 use crate::worker::{self, Execution};
 
@@ -35,6 +36,11 @@ pub struct EngineConfig {
     pub release_leases_at_start: bool,
     /// Base of the HTTP client's retry backoff.
     pub http_backoff_base: Duration,
+    /// When several processes share the store: the planner runs only in the process that
+    /// holds this lease (renewed as it goes). `None`: this process is the only one.
+    pub planner_lease: Option<Duration>,
+    /// Run the planner and the workers here (`false` for an API-only process).
+    pub run_work: bool,
 }
 
 impl Default for EngineConfig {
@@ -47,6 +53,8 @@ impl Default for EngineConfig {
             request_timeout: Duration::from_secs(20),
             release_leases_at_start: true,
             http_backoff_base: Duration::from_millis(200),
+            planner_lease: None,
+            run_work: true,
         }
     }
 }
@@ -66,12 +74,7 @@ pub enum EngineError {
 
 impl EngineError {
     pub(crate) fn app(app: &App, e: ConnectorError) -> Self {
-        let reason = match e.kind {
-            connectors::ErrorKind::Authentication => {
-                format!("Invalid authentication: {} refused the credentials ({})", app.name, e.reason)
-            }
-            _ => format!("{}: {}", app.name, e.reason),
-        };
+        let reason = worker::describe(&app.name, &e);
         Self::App { reason, recommended_action: e.recommended_action.clone(), error: e }
     }
 }
@@ -155,26 +158,40 @@ impl Engine {
 
     /// Starts the planner, the dispatcher and the reconciliation schedule.
     pub async fn start(self: &Arc<Self>) -> Result<(), EngineError> {
+        if !self.config.run_work {
+            return Ok(());
+        }
         if self.config.release_leases_at_start {
             let n = self.store.release_all_leases().await?;
             if n > 0 {
                 tracing::info!(operations = n, "requeued operations left running by the previous run");
             }
         }
-        let planner = {
-            let me = self.clone();
-            tokio::spawn(async move { me.planner_loop().await })
-        };
-        let dispatcher = {
-            let me = self.clone();
-            tokio::spawn(async move { me.dispatcher_loop().await })
-        };
         let mut tasks = lock(&self.tasks);
-        tasks.push(planner);
-        tasks.push(dispatcher);
+        let me = self.clone();
+        tasks.push(tokio::spawn(async move { me.planner_loop().await }));
+        let me = self.clone();
+        tasks.push(tokio::spawn(async move { me.dispatcher_loop().await }));
         if let Some(every) = self.config.reconcile_interval {
             let me = self.clone();
             tasks.push(tokio::spawn(async move { me.reconcile_loop(every).await }));
+        }
+        // Writes by other processes (PostgreSQL LISTEN/NOTIFY) wake this one's loops.
+        if let Some(mut rx) = self.store.wakeups() {
+            let me = self.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(store::Wakeup::Changes) => me.planner_wake.notify_one(),
+                        Ok(store::Wakeup::Operations) => me.worker_wake.notify_one(),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            me.planner_wake.notify_one();
+                            me.worker_wake.notify_one();
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    }
+                }
+            }));
         }
         Ok(())
     }
@@ -188,10 +205,19 @@ impl Engine {
 
     async fn planner_loop(self: Arc<Self>) {
         loop {
-            match self.plan_once().await {
-                Ok(n) if n > 0 => continue,
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "planner: will retry"),
+            // With several processes, one plans at a time: the holder of the planner lease.
+            let leader = match self.config.planner_lease {
+                None => Ok(true),
+                Some(ttl) => self.store.try_hold_lease("planner", &self.config.owner, ttl).await,
+            };
+            match leader {
+                Ok(true) => match self.plan_once().await {
+                    Ok(n) if n > 0 => continue,
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "planner: will retry"),
+                },
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "planner: cannot take the planner lease; will retry"),
             }
             tokio::select! {
                 _ = self.planner_wake.notified() => {}
@@ -212,9 +238,11 @@ impl Engine {
         }
     }
 
+    /// Reconciles every enabled app once per `every`, across all the processes sharing the
+    /// store (the store records when each app's reconciliation last ran).
     async fn reconcile_loop(self: Arc<Self>, every: Duration) {
         loop {
-            tokio::time::sleep(every).await;
+            tokio::time::sleep(every.min(Duration::from_secs(60))).await;
             let apps = match self.enabled_apps().await {
                 Ok(a) => a,
                 Err(e) => {
@@ -223,9 +251,15 @@ impl Engine {
                 }
             };
             for app in apps {
-                match self.reconcile(app).await {
-                    Ok(r) => tracing::info!(app = %app, ?r, "scheduled reconciliation done"),
-                    Err(e) => tracing::warn!(app = %app, error = %e, "scheduled reconciliation failed"),
+                match self.store.try_run_schedule(&format!("reconcile:{app}"), every).await {
+                    Ok(true) => match self.reconcile(app).await {
+                        Ok(r) => tracing::info!(app = %app, ?r, "scheduled reconciliation done"),
+                        Err(e) => tracing::warn!(app = %app, error = %e, "scheduled reconciliation failed"),
+                    },
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(app = %app, error = %e, "scheduled reconciliation: cannot check the schedule")
+                    }
                 }
             }
         }
@@ -330,7 +364,10 @@ impl Engine {
                 replan: false,
             }),
             Some(app) => match (self.connector(app).await, self.store.get_account(app.id, op.event.user_id).await) {
-                (Ok(c), Ok(account)) => worker::execute(&op, &app.name, account.as_ref(), c.as_ref()).await,
+                (Ok(c), Ok(account)) => match self.group_ids(app, &op, account.as_ref(), c.as_ref()).await {
+                    Ok(ids) => worker::execute(&op, &app.name, account.as_ref(), c.as_ref(), &ids).await,
+                    Err(stop) => stop,
+                },
                 (Err(e), _) => Execution::Finished(Outcome {
                     status: EventStatus::Failed,
                     reason: Some(e.to_string()),
@@ -360,6 +397,52 @@ impl Engine {
         }
         // A finished operation may have asked for re-planning (an account change).
         self.planner_wake.notify_one();
+    }
+
+    /// The ids in the app of the groups an operation involves (lower-cased name -> id). A
+    /// group the app does not have is created when the app allows it; otherwise the
+    /// operation fails saying which group is missing.
+    async fn group_ids(
+        &self,
+        app: &App,
+        op: &directory::Operation,
+        account: Option<&directory::Account>,
+        connector: &dyn Connector,
+    ) -> Result<HashMap<String, String>, Execution> {
+        let wanted = op.desired.as_ref().map(groups_of).unwrap_or_default();
+        let mut names = wanted.clone();
+        names.extend(account.and_then(|a| a.last_applied.as_ref()).map(groups_of).unwrap_or_default());
+        if names.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let names: Vec<String> = names.into_iter().collect();
+        let found = self.store.find_entitlements(app.id, "group", &names).await.map_err(|e| Execution::RetryAt {
+            at: chrono::Utc::now() + chrono::Duration::seconds(5),
+            reason: e.to_string(),
+        })?;
+        let mut ids: HashMap<String, String> =
+            found.into_iter().map(|e| (e.display_name.to_lowercase(), e.remote_id)).collect();
+        let missing: Vec<&String> = wanted.iter().filter(|n| !ids.contains_key(&n.to_lowercase())).collect();
+        for name in missing {
+            if !app.provisioning.create_missing_groups {
+                return Err(Execution::Finished(worker::failed(
+                    format!("{}: there is no group \"{name}\" (as last imported by Refresh).", app.name),
+                    "Press Refresh under Entitlements, fix the rule's group name, or let provisioning create missing groups."
+                        .into(),
+                )));
+            }
+            let group = serde_json::json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": name, "members": []});
+            match connector.create_group(&group).await {
+                Ok(created) => {
+                    if let Err(e) = self.store.add_entitlement(app.id, "group", &created.id, name).await {
+                        tracing::warn!(error = %e, group = %name, "created a group but could not record it");
+                    }
+                    ids.insert(name.to_lowercase(), created.id);
+                }
+                Err(e) => return Err(worker::on_error(op, &app.name, e)),
+            }
+        }
+        Ok(ids)
     }
 
     fn auth(app: &App, secret: Secret) -> Result<scim::Auth, EngineError> {
@@ -407,7 +490,21 @@ impl Engine {
         cfg.backoff_max = Duration::from_secs(5);
         cfg.retry_after_max = Duration::from_secs(30);
         let client = scim::Client::new(cfg).map_err(|e| EngineError::app(app, e.into()))?;
-        Ok(Arc::new(ScimConnector::new(client, capabilities)))
+        Ok(Arc::new(
+            ScimConnector::new(client, capabilities).with_member_chunk_size(app.provisioning.group_chunk_size as usize),
+        ))
+    }
+
+    /// Up to `limit` accounts read from the app itself (its first page), e.g. for an admin
+    /// choosing the account to link with "Rematch login".
+    pub async fn remote_accounts(&self, app_id: Uuid, limit: u32) -> Result<Vec<serde_json::Value>, EngineError> {
+        let app = self.store.get_app(app_id).await?.ok_or(EngineError::NotFound("app"))?;
+        let c = self.connector(&app).await?;
+        let page = c
+            .list_accounts(connectors::PageRequest::first(limit.clamp(1, 1000)))
+            .await
+            .map_err(|e| EngineError::app(&app, e))?;
+        Ok(page.items.into_iter().map(|a| a.resource).collect())
     }
 
     /// Whether the app has an account with this id.
@@ -463,6 +560,7 @@ impl Engine {
                 }
                 Some(PlanItem::Cancel { .. }) => "waiting operation cancelled: no longer needed".to_owned(),
                 Some(PlanItem::Replan { .. }) => "an operation is running; planned again when it ends".to_owned(),
+                Some(PlanItem::Fail { reason, .. }) => format!("failed: {reason}"),
             };
             let mut event = None;
             if matches!(planned, Some(PlanItem::Enqueue { .. } | PlanItem::Replace { .. })) {

@@ -5,6 +5,7 @@
 //! `userName`, which finds accounts created by someone else - those are left untouched and
 //! reported `unknown` until an admin links them ("Rematch login").
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -13,6 +14,8 @@ use directory::{Account, Action, EventStatus, Operation, Ownership};
 use rand::Rng;
 use serde_json::Value;
 use store::{AccountWrite, Outcome};
+
+use crate::mapping::{app_view, groups_of};
 
 /// After this many attempts a retryable failure is reported as failed.
 pub const MAX_ATTEMPTS: i64 = 8;
@@ -32,7 +35,7 @@ fn done(status: EventStatus, account: AccountWrite) -> Outcome {
     Outcome { status, reason: None, recommended_action: None, account, replan: false }
 }
 
-fn failed(reason: String, recommended_action: String) -> Outcome {
+pub(crate) fn failed(reason: String, recommended_action: String) -> Outcome {
     Outcome {
         status: EventStatus::Failed,
         reason: Some(reason),
@@ -53,8 +56,20 @@ pub fn backoff(attempt: i64, retry_after: Option<Duration>) -> Duration {
     Duration::from_millis(rand::thread_rng().gen_range(cap / 2..=cap))
 }
 
+/// The admin-facing reason of a connector failure, naming the app.
+pub(crate) fn describe(app_name: &str, e: &ConnectorError) -> String {
+    match e.kind {
+        ErrorKind::Authentication => {
+            let detail =
+                e.reason.strip_prefix("Invalid authentication").unwrap_or(&e.reason).trim_start_matches([' ', ':']);
+            format!("Invalid authentication: {app_name} refused the credentials {detail}").trim_end().to_owned()
+        }
+        _ => format!("{app_name}: {}", e.reason),
+    }
+}
+
 /// Turns a connector failure into a retry or a failure, with the admin-facing reason.
-fn on_error(op: &Operation, app_name: &str, e: ConnectorError) -> Execution {
+pub(crate) fn on_error(op: &Operation, app_name: &str, e: ConnectorError) -> Execution {
     if e.retryable && op.event.attempts < MAX_ATTEMPTS {
         let wait = backoff(op.event.attempts, e.retry_after);
         let at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_else(|_| chrono::Duration::seconds(60));
@@ -63,13 +78,7 @@ fn on_error(op: &Operation, app_name: &str, e: ConnectorError) -> Execution {
             reason: format!("{}: {} (attempt {}; retrying)", app_name, e.reason, op.event.attempts),
         };
     }
-    let reason = match e.kind {
-        ErrorKind::Authentication => {
-            format!("Invalid authentication: {app_name} refused the credentials ({})", e.reason)
-        }
-        _ => format!("{app_name}: {}", e.reason),
-    };
-    Execution::Finished(failed(reason, e.recommended_action))
+    Execution::Finished(failed(describe(app_name, &e), e.recommended_action))
 }
 
 fn external_id_of(resource: &Value) -> Option<&str> {
@@ -115,7 +124,7 @@ fn unknown(app_name: &str, username: &str, found: RemoteAccount) -> Outcome {
 }
 
 async fn adopt(connector: &dyn Connector, found: RemoteAccount, desired: &Value) -> Result<Outcome, ConnectorError> {
-    connector.update_account(&found.id, desired, None).await?;
+    connector.update_account(&found.id, &app_view(desired), None).await?;
     Ok(done(
         EventStatus::Provisioned,
         AccountWrite::Set {
@@ -139,7 +148,7 @@ async fn create(
         Some((found, false)) => return Ok(unknown(app_name, &username, found)),
         None => {}
     }
-    match connector.create_account(desired).await {
+    match connector.create_account(&app_view(desired)).await {
         Ok(created) => Ok(done(
             EventStatus::Provisioned,
             AccountWrite::Set {
@@ -166,7 +175,8 @@ async fn update(
     remote_id: &str,
     connector: &dyn Connector,
 ) -> Result<Outcome, ConnectorError> {
-    match connector.update_account(remote_id, desired, account.last_applied.as_ref()).await {
+    let previous = account.last_applied.as_ref().map(app_view);
+    match connector.update_account(remote_id, &app_view(desired), previous.as_ref()).await {
         Ok(_) => Ok(done(
             op.event.action.done_status(),
             AccountWrite::Set {
@@ -186,22 +196,56 @@ async fn update(
     }
 }
 
-/// Runs `op` against the app. `account` is the pair's account record.
+/// Brings the account's group memberships from `previous` to `desired` (group names in
+/// [`crate::mapping::GROUPS_KEY`]), with PATCH add/remove on each group; `ids` maps lower-cased group names to
+/// their ids in the app.
+async fn sync_groups(
+    connector: &dyn Connector,
+    remote: &str,
+    previous: Option<&Value>,
+    desired: Option<&Value>,
+    ids: &HashMap<String, String>,
+) -> Result<(), ConnectorError> {
+    let before = previous.map(groups_of).unwrap_or_default();
+    let after = desired.map(groups_of).unwrap_or_default();
+    let member = [remote.to_owned()];
+    for g in after.difference(&before) {
+        if let Some(id) = ids.get(&g.to_lowercase()) {
+            connector.add_group_members(id, &member).await?;
+        }
+    }
+    for g in before.difference(&after) {
+        if let Some(id) = ids.get(&g.to_lowercase()) {
+            connector.remove_group_members(id, &member).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `op` against the app. `account` is the pair's account record; `group_ids` maps the
+/// (lower-cased) names of the groups involved to their ids in the app.
 pub async fn execute(
     op: &Operation,
     app_name: &str,
     account: Option<&Account>,
     connector: &dyn Connector,
+    group_ids: &HashMap<String, String>,
 ) -> Execution {
     let managed_remote = account
         .filter(|a| a.ownership.is_some_and(Ownership::is_managed))
         .and_then(|a| a.remote_id.as_deref().map(|r| (a, r)));
+    let previous = managed_remote.and_then(|(a, _)| a.last_applied.as_ref());
     let result = match (op.event.action, &op.desired, managed_remote) {
         (Action::Create, Some(desired), _) => create(op, app_name, desired, connector).await,
         (Action::Update | Action::Suspend, Some(desired), Some((acc, remote))) => {
             update(op, app_name, desired, acc, remote, connector).await
         }
-        (Action::Delete, _, Some((_, remote))) => connector.delete_account(remote).await.map(|()| {
+        (Action::Delete, _, Some((_, remote))) => async {
+            sync_groups(connector, remote, previous, None, group_ids).await?;
+            connector.delete_account(remote).await
+        }
+        .await
+        .map(|()| {
             done(EventStatus::Deleted, AccountWrite::Set { remote_id: None, ownership: None, last_applied: None })
         }),
         // Nothing left to delete.
@@ -214,6 +258,21 @@ pub async fn execute(
             )
         }),
         (_, None, _) => Ok(failed("The operation carries no values.".into(), "Retry the event.".into())),
+    };
+    // The account is as desired: now its group memberships.
+    let result = match result {
+        Ok(outcome) if op.event.action != Action::Delete => {
+            let synced = match &outcome.account {
+                AccountWrite::Set { remote_id: Some(remote), ownership: Some(o), .. } if o.is_managed() => {
+                    // A create (or an adopted account) has no memberships we know of yet.
+                    let before = if op.event.action == Action::Create { None } else { previous };
+                    sync_groups(connector, remote, before, op.desired.as_ref(), group_ids).await
+                }
+                _ => Ok(()),
+            };
+            synced.map(|()| outcome)
+        }
+        other => other,
     };
     match result {
         Ok(outcome) => Execution::Finished(outcome),

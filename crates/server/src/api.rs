@@ -5,8 +5,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use directory::{
-    Account, Actor, App, AppInput, AttributeDef, AttributeDefInput, AuditEntry, Event, EventStatus, Page, Role,
-    RoleInput, User, UserInput, UserSource, UserStatus,
+    Account, Actor, App, AppInput, AttributeDef, AttributeDefInput, AuditEntry, Event, EventStatus, Page, Parameter,
+    Role, RoleInput, Rule, User, UserInput, UserSource, UserStatus,
 };
 use serde::{Deserialize, Serialize};
 use store::{AccountQuery, AuditQuery, EventQuery, NameQuery, UserQuery};
@@ -50,6 +50,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(app_accounts))
         .routes(routes!(user_accounts))
         .routes(routes!(rematch))
+        .routes(routes!(remote_accounts))
         .routes(routes!(reconcile))
         .routes(routes!(provision_now))
         .routes(routes!(list_events))
@@ -57,6 +58,12 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(approve_event))
         .routes(routes!(reject_event))
         .routes(routes!(retry_event))
+        .routes(routes!(get_parameters, put_parameters))
+        .routes(routes!(get_rules, put_rules))
+        .routes(routes!(plan_preview))
+        .routes(routes!(explain))
+        .routes(routes!(list_entitlements))
+        .routes(routes!(refresh_entitlements))
         .routes(routes!(openapi_json))
 }
 
@@ -423,8 +430,12 @@ async fn list_audit(State(s): State<AppState>, ApiQuery(p): ApiQuery<AuditParams
 #[utoipa::path(post, path = "/apps/{id}/connection/test", tag = "provisioning", params(("id" = Uuid, Path)),
     responses((status = 200, description = "`{\"ok\": true, \"capabilities\": {...}}`", body = Object),
         (status = 502, description = "The app refused (e.g. Invalid authentication)", body = Problem, content_type = "application/problem+json")))]
-async fn test_connection(State(s): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<serde_json::Value>> {
-    let caps = s.service.test_connection(id).await?;
+async fn test_connection(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<serde_json::Value>> {
+    let caps = s.service.test_connection(&actor, id).await?;
     Ok(Json(serde_json::json!({"ok": true, "capabilities": caps})))
 }
 
@@ -452,6 +463,27 @@ async fn user_accounts(
     Ok(Json(s.service.list_accounts(&q).await?))
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct RemoteParams {
+    /// How many accounts to read (1 to 1000, default 100).
+    limit: Option<u32>,
+}
+
+/// Accounts read from the app itself (its first page), to pick one for "Rematch login".
+#[utoipa::path(get, path = "/apps/{id}/remote-accounts", tag = "provisioning", params(("id" = Uuid, Path), RemoteParams),
+    responses((status = 200, description = "`{\"items\": [SCIM resources]}`", body = Object),
+        (status = 502, body = Problem, content_type = "application/problem+json")))]
+async fn remote_accounts(
+    State(s): State<AppState>,
+    Path(id): Path<Uuid>,
+    ApiQuery(p): ApiQuery<RemoteParams>,
+) -> Result<Json<serde_json::Value>> {
+    let items = s.service.app_remote_accounts(id, p.limit.unwrap_or(100)).await?;
+    Ok(Json(serde_json::json!({"items": items})))
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RematchInput {
@@ -476,8 +508,12 @@ async fn rematch(
 /// Full reconciliation: reads every account of the app and queues only the differences.
 #[utoipa::path(post, path = "/apps/{id}/reconcile", tag = "provisioning", params(("id" = Uuid, Path)),
     responses((status = 200, description = "What was read, found and queued", body = Object)))]
-async fn reconcile(State(s): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<engine::ReconcileReport>> {
-    Ok(Json(s.service.reconcile(id).await?))
+async fn reconcile(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<engine::ReconcileReport>> {
+    Ok(Json(s.service.reconcile(&actor, id).await?))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -493,10 +529,11 @@ pub struct ProvisionParams {
     responses((status = 200, description = "`{\"steps\": [...]}`", body = Object)))]
 async fn provision_now(
     State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<Uuid>,
     ApiQuery(p): ApiQuery<ProvisionParams>,
 ) -> Result<Json<serde_json::Value>> {
-    let steps = s.service.provision_now(id, p.app).await?;
+    let steps = s.service.provision_now(&actor, id, p.app).await?;
     Ok(Json(serde_json::json!({"steps": steps})))
 }
 
@@ -560,4 +597,109 @@ async fn retry_event(
     Path(id): Path<Uuid>,
 ) -> Result<Json<Event>> {
     Ok(Json(s.service.retry_event(&actor, id).await?))
+}
+
+// ---- parameters, rules, entitlements ----
+
+/// The app's parameters (attribute mappings); the default mapping until an admin sets them.
+#[utoipa::path(get, path = "/apps/{id}/parameters", tag = "mapping", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Vec<Parameter>)))]
+async fn get_parameters(State(s): State<AppState>, Path(id): Path<Uuid>) -> Result<Response> {
+    let (params, version) = s.service.parameters(id).await?;
+    Ok(tagged(StatusCode::OK, version, params))
+}
+
+/// Replace the app's parameters. Every user the app concerns is planned again; only real
+/// differences are queued.
+#[utoipa::path(put, path = "/apps/{id}/parameters", tag = "mapping", params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header)),
+    request_body = Vec<Parameter>,
+    responses((status = 200, body = Vec<Parameter>), (status = 422, body = Problem, content_type = "application/problem+json")))]
+async fn put_parameters(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<Uuid>,
+    IfMatch(v): IfMatch,
+    ApiJson(params): ApiJson<Vec<Parameter>>,
+) -> Result<Response> {
+    let app = s.service.put_mapping(&actor, id, Some(params), None, v).await?;
+    Ok(tagged(StatusCode::OK, app.version, app.effective_parameters().into_owned()))
+}
+
+/// The app's rules, in order.
+#[utoipa::path(get, path = "/apps/{id}/rules", tag = "mapping", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Vec<Rule>)))]
+async fn get_rules(State(s): State<AppState>, Path(id): Path<Uuid>) -> Result<Response> {
+    let (rules, version) = s.service.rules(id).await?;
+    Ok(tagged(StatusCode::OK, version, rules))
+}
+
+/// Replace the app's rules. Rules run in order; for a single-valued attribute the last
+/// matching rule wins; entitlements accumulate; "do not provision" puts the user out of scope.
+#[utoipa::path(put, path = "/apps/{id}/rules", tag = "mapping", params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header)),
+    request_body = Vec<Rule>,
+    responses((status = 200, body = Vec<Rule>), (status = 422, body = Problem, content_type = "application/problem+json")))]
+async fn put_rules(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<Uuid>,
+    IfMatch(v): IfMatch,
+    ApiJson(rules): ApiJson<Vec<Rule>>,
+) -> Result<Response> {
+    let app = s.service.put_mapping(&actor, id, None, Some(rules), v).await?;
+    Ok(tagged(StatusCode::OK, app.version, app.rules))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanInput {
+    /// Proposed parameters (the current ones when left out).
+    #[serde(default)]
+    parameters: Option<Vec<Parameter>>,
+    /// Proposed rules (the current ones when left out).
+    #[serde(default)]
+    rules: Option<Vec<Rule>>,
+}
+
+/// What saving these parameters and rules would do: counts and a sample of affected users
+/// with the values before and after. Nothing is written.
+#[utoipa::path(post, path = "/apps/{id}/plan", tag = "mapping", params(("id" = Uuid, Path)), request_body = PlanInput,
+    responses((status = 200, description = "`{create, update, deprovision, group_add, group_remove, invalid, sample}`", body = Object),
+        (status = 422, body = Problem, content_type = "application/problem+json")))]
+async fn plan_preview(
+    State(s): State<AppState>,
+    Path(id): Path<Uuid>,
+    ApiJson(input): ApiJson<PlanInput>,
+) -> Result<Json<engine::PlanPreview>> {
+    Ok(Json(s.service.plan_preview(id, input.parameters, input.rules).await?))
+}
+
+/// The account the user should have in the app, and which parameter or rule produced each value.
+#[utoipa::path(get, path = "/users/{id}/apps/{app_id}/explain", tag = "mapping", params(("id" = Uuid, Path), ("app_id" = Uuid, Path)),
+    responses((status = 200, description = "`{in_scope, reason, account, groups, provenance}`", body = Object)))]
+async fn explain(State(s): State<AppState>, Path((id, app)): Path<(Uuid, Uuid)>) -> Result<Json<engine::Explanation>> {
+    Ok(Json(s.service.explain(id, app).await?))
+}
+
+/// The app's entitlements (imported by Refresh) and the latest refresh's progress.
+#[utoipa::path(get, path = "/apps/{id}/entitlements", tag = "mapping", params(("id" = Uuid, Path), PageParams),
+    responses((status = 200, description = "`{refresh, items, next_cursor}`", body = Object)))]
+async fn list_entitlements(
+    State(s): State<AppState>,
+    Path(id): Path<Uuid>,
+    ApiQuery(p): ApiQuery<PageParams>,
+) -> Result<Json<serde_json::Value>> {
+    let (refresh, page) = s.service.entitlements(id, &page(p.limit, p.cursor)?).await?;
+    Ok(Json(serde_json::json!({"refresh": refresh, "items": page.items, "next_cursor": page.next_cursor})))
+}
+
+/// "Refresh": import the app's groups in the background (page by page); follow its progress
+/// with `GET /apps/{id}/entitlements`.
+#[utoipa::path(post, path = "/apps/{id}/entitlements/refresh", tag = "mapping", params(("id" = Uuid, Path)),
+    responses((status = 202, description = "Started"), (status = 409, description = "Already running", body = Problem, content_type = "application/problem+json")))]
+async fn refresh_entitlements(
+    State(s): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<(StatusCode, Json<serde_json::Value>)> {
+    s.service.refresh_entitlements(id).await?;
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"state": "running"}))))
 }

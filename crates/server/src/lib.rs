@@ -1,6 +1,7 @@
 //! The Provisioner service: the admin REST API over one service layer.
 
 pub mod api;
+pub mod console;
 pub mod error;
 pub mod extract;
 pub mod service;
@@ -28,13 +29,18 @@ pub use service::{Bootstrap, Service};
 #[derive(Clone)]
 pub struct AppState {
     pub service: Arc<Service>,
+    /// The admin console's settings and sign-in rate limit.
+    pub console: Arc<console::ConsoleState>,
 }
 
 impl AppState {
     /// The service and its engine (not started: see [`engine::Engine::start`]).
     pub fn new(store: Arc<dyn Store>, keyring: Arc<Keyring>, config: engine::EngineConfig) -> Self {
         let engine = engine::Engine::new(store.clone(), keyring.clone(), config);
-        Self { service: Arc::new(Service::new(store, keyring, engine)) }
+        Self {
+            service: Arc::new(Service::new(store, keyring, engine)),
+            console: Arc::new(console::ConsoleState::new(console::ConsoleConfig::default())),
+        }
     }
 }
 
@@ -45,7 +51,7 @@ impl AppState {
         naming the fields at fault. Writes accept `If-Match` with the ETag of the version read."),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    tags((name = "users"), (name = "roles"), (name = "apps"), (name = "attributes"), (name = "audit"), (name = "provisioning"), (name = "meta"))
+    tags((name = "users"), (name = "roles"), (name = "apps"), (name = "attributes"), (name = "audit"), (name = "provisioning"), (name = "mapping"), (name = "meta"))
 )]
 struct ApiDoc;
 
@@ -89,6 +95,15 @@ async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::Value
     Ok(Json(serde_json::json!({"status": "ok"})))
 }
 
+/// What a worker-only process serves: `/healthz`.
+pub fn health_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .fallback(|| async { Error::NotFound("route") })
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
     let (api, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", api::router()).split_for_parts();
@@ -96,6 +111,7 @@ pub fn router(state: AppState) -> Router {
     api.route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(Extension(api::OpenApiJson(Arc::new(doc_json))))
         .route("/healthz", get(healthz))
+        .merge(console::router(&state))
         .fallback(|| async { Error::NotFound("route") })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed.into_response() })
         .layer(DefaultBodyLimit::max(extract::MAX_BODY))

@@ -14,8 +14,8 @@ use store::secrets::Keyring;
 use store::{AuditQuery, NameQuery, PageRequest, Store, StoreError, TokenRecord, UserQuery};
 use uuid::Uuid;
 
-use directory::{Account, Event};
-use engine::{Engine, ProvisionStep, ReconcileReport};
+use directory::{Account, Entitlement, EntitlementRefresh, Event, Parameter, Rule};
+use engine::{Engine, Explanation, PlanPreview, ProvisionStep, ReconcileReport};
 use store::{AccountQuery, EventQuery};
 
 use crate::error::{Error, Result};
@@ -124,10 +124,12 @@ impl Service {
             return Ok(Bootstrap::AlreadyHasTokens);
         }
         match given {
-            Some(token) => {
-                self.add_token("admin", token, &Actor::system()).await?;
-                Ok(Bootstrap::UsedGiven)
-            }
+            Some(token) => match self.add_token("admin", token, &Actor::system()).await {
+                Ok(_) => Ok(Bootstrap::UsedGiven),
+                // Another process sharing the store stored it first.
+                Err(Error::Conflict { .. }) => Ok(Bootstrap::AlreadyHasTokens),
+                Err(e) => Err(e),
+            },
             None => {
                 let (_, token) = self.create_token("admin", &Actor::system()).await?;
                 Ok(Bootstrap::Generated(token))
@@ -401,9 +403,15 @@ impl Service {
     // ---- provisioning ----
 
     /// "Enable" / "Test connection": checks the app's credentials and learns what it supports.
-    pub async fn test_connection(&self, app: Uuid) -> Result<scim::Capabilities> {
+    pub async fn test_connection(&self, actor: &Actor, app: Uuid) -> Result<scim::Capabilities> {
         self.get_app(app).await?;
-        Ok(self.engine.test_connection(app).await?)
+        let result = self.engine.test_connection(app).await;
+        let details = match &result {
+            Ok(caps) => serde_json::json!({"ok": true, "capabilities": caps}),
+            Err(e) => serde_json::json!({"ok": false, "error": e.to_string()}),
+        };
+        self.store.append_audit(actor, "app.test_connection", "app", &app.to_string(), Some(details)).await?;
+        Ok(result?)
     }
 
     pub async fn list_events(&self, query: &EventQuery) -> Result<Page<Event>> {
@@ -461,17 +469,191 @@ impl Service {
         Ok(self.changed(account))
     }
 
-    pub async fn reconcile(&self, app: Uuid) -> Result<ReconcileReport> {
+    pub async fn reconcile(&self, actor: &Actor, app: Uuid) -> Result<ReconcileReport> {
         self.get_app(app).await?;
-        Ok(self.engine.reconcile(app).await?)
+        let report = self.engine.reconcile(app).await?;
+        let details = serde_json::to_value(&report).ok();
+        self.store.append_audit(actor, "app.reconcile", "app", &app.to_string(), details).await?;
+        Ok(report)
     }
 
-    pub async fn provision_now(&self, user: Uuid, app: Option<Uuid>) -> Result<Vec<ProvisionStep>> {
+    pub async fn provision_now(&self, actor: &Actor, user: Uuid, app: Option<Uuid>) -> Result<Vec<ProvisionStep>> {
         self.get_user(user).await?;
         if let Some(a) = app {
             self.get_app(a).await?;
         }
+        let details = serde_json::json!({"app_id": app});
+        self.store.append_audit(actor, "user.provision_now", "user", &user.to_string(), Some(details)).await?;
         Ok(self.engine.provision_now(user, app, Duration::from_secs(30)).await?)
+    }
+
+    // ---- parameters, rules, entitlements ----
+
+    /// The parameters in effect (the default mapping until an admin sets them), and the
+    /// app's version (for `If-Match`).
+    pub async fn parameters(&self, app: Uuid) -> Result<(Vec<Parameter>, i64)> {
+        let app = self.get_app(app).await?;
+        Ok((app.effective_parameters().into_owned(), app.version))
+    }
+
+    pub async fn rules(&self, app: Uuid) -> Result<(Vec<Rule>, i64)> {
+        let app = self.get_app(app).await?;
+        Ok((app.rules, app.version))
+    }
+
+    /// Saves parameters and/or rules; every user the app concerns is planned again.
+    pub async fn put_mapping(
+        &self,
+        actor: &Actor,
+        app_id: Uuid,
+        parameters: Option<Vec<Parameter>>,
+        rules: Option<Vec<Rule>>,
+        if_match: Option<i64>,
+    ) -> Result<App> {
+        self.validate_mapping(parameters.as_deref(), rules.as_deref()).await?;
+        for attempt in 1..=WRITE_ATTEMPTS {
+            let current = self.get_app(app_id).await?;
+            check_if_match(current.version, if_match)?;
+            let mut updated = current.clone();
+            if let Some(p) = &parameters {
+                updated.parameters = Some(p.clone());
+            }
+            if let Some(r) = &rules {
+                updated.rules = r.clone();
+            }
+            updated.updated_at = directory::now();
+            updated.version = current.version + 1;
+            match self.store.update_app_mapping(&updated, current.version, actor).await {
+                Ok(()) => return Ok(self.changed(updated)),
+                Err(StoreError::VersionConflict { .. }) if if_match.is_none() && attempt < WRITE_ATTEMPTS => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::internal("unreachable: write attempts exhausted"))
+    }
+
+    async fn validate_mapping(&self, parameters: Option<&[Parameter]>, rules: Option<&[Rule]>) -> Result<()> {
+        let defs = self.store.list_attribute_defs().await?;
+        let mut errors = ValidationErrors::default();
+        if let Some(p) = parameters {
+            if let Err(e) = directory::mapping::validate_parameters(p, &defs) {
+                errors.0.extend(e.0.into_iter().map(|f| {
+                    directory::FieldError::new(
+                        format!("parameters{}", f.field.strip_prefix("parameters").unwrap_or(&f.field)),
+                        f.reason,
+                    )
+                }));
+            }
+        }
+        if let Some(r) = rules {
+            if let Err(e) = directory::mapping::validate_rules(r, &defs) {
+                errors.0.extend(e.0.into_iter().map(|f| {
+                    directory::FieldError::new(
+                        format!("rules{}", f.field.strip_prefix("rules").unwrap_or(&f.field)),
+                        f.reason,
+                    )
+                }));
+            }
+        }
+        Ok(errors.into_result()?)
+    }
+
+    /// What saving these parameters and rules would do; nothing is written.
+    pub async fn plan_preview(
+        &self,
+        app: Uuid,
+        parameters: Option<Vec<Parameter>>,
+        rules: Option<Vec<Rule>>,
+    ) -> Result<PlanPreview> {
+        self.get_app(app).await?;
+        self.validate_mapping(parameters.as_deref(), rules.as_deref()).await?;
+        Ok(self.engine.preview(app, parameters, rules).await?)
+    }
+
+    pub async fn explain(&self, user: Uuid, app: Uuid) -> Result<Explanation> {
+        self.get_user(user).await?;
+        self.get_app(app).await?;
+        Ok(self.engine.explain(user, app).await?)
+    }
+
+    /// Starts "Refresh" of the app's entitlements in the background.
+    pub async fn refresh_entitlements(&self, app: Uuid) -> Result<()> {
+        self.get_app(app).await?;
+        if self.engine.refresh_entitlements(app).await? {
+            Ok(())
+        } else {
+            Err(Error::InvalidState("a refresh of this app's entitlements is already running".into()))
+        }
+    }
+
+    pub async fn entitlements(
+        &self,
+        app: Uuid,
+        page: &PageRequest,
+    ) -> Result<(Option<EntitlementRefresh>, Page<Entitlement>)> {
+        Ok(self.engine.entitlements(app, page).await?)
+    }
+
+    // ---- console admins ----
+
+    /// Creates a console admin; the password is stored only as an argon2id hash.
+    pub async fn create_admin(&self, actor: &Actor, username: &str, password: &str) -> Result<store::AdminRecord> {
+        let username = username.trim();
+        let mut errors = ValidationErrors::default();
+        if username.is_empty()
+            || username.chars().count() > 64
+            || !username.chars().all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c))
+        {
+            errors.push("username", "must be 1-64 letters, digits, '.', '_', '-' or '@'");
+        }
+        if password.chars().count() < 12 {
+            errors.push("password", "must be at least 12 characters");
+        } else if password.len() > 1024 {
+            errors.push("password", "must be at most 1024 bytes");
+        }
+        errors.into_result()?;
+        let owned = password.to_owned();
+        let hash = tokio::task::spawn_blocking(move || tokens::hash(&owned))
+            .await
+            .map_err(Error::internal)?
+            .map_err(Error::internal)?;
+        let record = store::AdminRecord {
+            id: Uuid::now_v7(),
+            username: username.to_owned(),
+            hash,
+            created_at: directory::now(),
+        };
+        self.store.create_admin(&record, actor).await?;
+        Ok(record)
+    }
+
+    /// At first start: creates the admin `admin` with `password` when there is no admin yet.
+    pub async fn bootstrap_admin(&self, password: &str) -> Result<bool> {
+        if self.store.count_admins().await? > 0 {
+            return Ok(false);
+        }
+        self.create_admin(&Actor::system(), "admin", password).await?;
+        Ok(true)
+    }
+
+    /// The admin these credentials belong to, if they are right. A wrong username costs
+    /// as much time as a wrong password, so that usernames cannot be probed.
+    pub async fn verify_admin(&self, username: &str, password: &str) -> Result<Option<store::AdminRecord>> {
+        static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let admin = if username.len() > 256 { None } else { self.store.find_admin(username).await? };
+        let hash = match &admin {
+            Some(a) => a.hash.clone(),
+            None => DECOY.get_or_init(|| tokens::hash("decoy password").unwrap_or_default()).clone(),
+        };
+        let owned = password.to_owned();
+        let ok = tokio::task::spawn_blocking(move || tokens::verify(&owned, &hash)).await.map_err(Error::internal)?;
+        Ok(admin.filter(|_| ok))
+    }
+
+    /// Up to `limit` accounts read from the app itself (SCIM resources), for "Rematch login".
+    pub async fn app_remote_accounts(&self, app: Uuid, limit: u32) -> Result<Vec<Value>> {
+        self.get_app(app).await?;
+        Ok(self.engine.remote_accounts(app, limit).await?)
     }
 
     // ---- audit ----

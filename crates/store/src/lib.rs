@@ -5,7 +5,10 @@
 //! misses a change. [`sqlite::SqliteStore`] is the embedded, zero-configuration
 //! implementation; each implementation keeps its own migrations under `migrations/<dialect>`.
 
+pub mod admins;
 pub mod cursor;
+pub mod entitlements;
+pub mod postgres;
 pub mod provisioning;
 pub mod secrets;
 pub mod sqlite;
@@ -15,6 +18,9 @@ use chrono::{DateTime, Utc};
 use directory::{Actor, App, AttributeDef, AuditEntry, Change, Page, Role, User, UserStatus};
 use uuid::Uuid;
 
+pub use admins::{AdminRecord, AdminStore, SessionRecord};
+pub use entitlements::EntitlementStore;
+pub use postgres::{PostgresOptions, PostgresStore};
 pub use provisioning::{
     AccountQuery, AccountWrite, EventQuery, Outcome, PairState, PlanItem, PlanWrite, ProvisioningStore,
 };
@@ -105,13 +111,30 @@ pub struct TokenRecord {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
+/// What a [`Store::wakeups`] receiver is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Wakeup {
+    /// New rows in the change feed: the planner has work.
+    Changes,
+    /// Operations may have become runnable (queued, approved, retried, or a running one
+    /// finished): the workers have work.
+    Operations,
+}
+
 /// The storage seam. Implementations must make every write atomic with its audit entry
 /// and change-feed row, and must never store a plaintext secret. The provisioning half
 /// (accounts, operations, events) is [`ProvisioningStore`].
 #[async_trait]
-pub trait Store: ProvisioningStore + Send + Sync + 'static {
+pub trait Store: ProvisioningStore + EntitlementStore + AdminStore + Send + Sync + 'static {
     /// Answers when the database is reachable.
     async fn health(&self) -> Result<()>;
+
+    /// Wake-ups from writes made by any process sharing the database (PostgreSQL:
+    /// `LISTEN`/`NOTIFY`), so that planners and workers need not poll tightly. `None` when the
+    /// store has none: an embedded store has a single process, which wakes itself in memory.
+    fn wakeups(&self) -> Option<tokio::sync::broadcast::Receiver<Wakeup>> {
+        None
+    }
 
     // API tokens
     async fn count_tokens(&self) -> Result<i64>;
@@ -157,8 +180,21 @@ pub trait Store: ProvisioningStore + Send + Sync + 'static {
     /// Replaces an app; `credential` is `None` to keep the stored one.
     async fn update_app(&self, app: &App, credential: Option<&str>, expected_version: i64, actor: &Actor)
         -> Result<()>;
+    /// Replaces an app's parameters and rules (and its version), with a change for the engine.
+    async fn update_app_mapping(&self, app: &App, expected_version: i64, actor: &Actor) -> Result<()>;
     async fn delete_app(&self, id: Uuid, expected_version: Option<i64>, actor: &Actor) -> Result<()>;
     async fn get_app_credential(&self, id: Uuid) -> Result<Option<String>>;
+
+    /// Records an admin action that writes nothing else (e.g. a connection test, "Provision
+    /// now", a reconciliation started by hand) in the audit log.
+    async fn append_audit(
+        &self,
+        actor: &Actor,
+        action: &str,
+        target_type: &str,
+        target_id: &str,
+        details: Option<serde_json::Value>,
+    ) -> Result<()>;
 
     // Audit log and change feed
     async fn list_audit(&self, query: &AuditQuery) -> Result<Page<AuditEntry>>;

@@ -22,6 +22,8 @@ pub struct PairState {
     pub app: Option<App>,
     /// Whether the user belongs to a role that grants the app.
     pub granted: bool,
+    /// The user's roles (for rules' `member_of` conditions).
+    pub roles: Vec<directory::RoleRef>,
     pub account: Option<Account>,
     /// The operation currently claimed by a worker for this pair, if any.
     pub running: Option<Operation>,
@@ -42,6 +44,9 @@ pub enum PlanItem {
     Cancel { op: Uuid, reason: String },
     /// A running operation: plan the pair again when it finishes.
     Replan { op: Uuid },
+    /// The account cannot be computed (e.g. a required value is empty): record a failed
+    /// event with this reason; nothing is sent to the app.
+    Fail { user_id: Uuid, app_id: Uuid, action: Action, reason: String },
     /// What reconciliation saw in the app: correct the account record (no event). An
     /// `AccountWrite::Keep` changes nothing.
     Observe { user_id: Uuid, app_id: Uuid, account: AccountWrite },
@@ -142,4 +147,12 @@ pub trait ProvisioningStore: Send + Sync + 'static {
     /// What the app's SCIM service said it supports (set by "test connection").
     async fn set_app_capabilities(&self, app: Uuid, capabilities: &Value) -> Result<()>;
     async fn get_app_capabilities(&self, app: Uuid) -> Result<Option<Value>>;
+
+    /// Records that the periodic job `name` (e.g. `reconcile:<app id>`) runs now, and answers
+    /// `true`, unless it already ran within `every` (then `false`, and nothing changes). Atomic:
+    /// among several processes sharing the store, one runs the job per period.
+    async fn try_run_schedule(&self, name: &str, every: Duration) -> Result<bool>;
+    /// Takes or renews the lease `name` for `owner` (e.g. "planner"): `true` when `owner`
+    /// holds it now; `false` while another owner holds it (renewed less than `ttl` ago).
+    async fn try_hold_lease(&self, name: &str, owner: &str, ttl: std::time::Duration) -> Result<bool>;
 }

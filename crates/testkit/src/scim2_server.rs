@@ -148,6 +148,16 @@ impl Scim2Server {
     }
 }
 
+impl Scim2Server {
+    /// How many requests the server logged whose request line starts with `method path`
+    /// (e.g. `("POST", "/v2/Users")`); 0 for an external server.
+    pub fn requests(&self, method: &str, path: &str) -> usize {
+        let Some(log) = &self.log else { return 0 };
+        let needle = format!("\"{method} {path}");
+        std::fs::read_to_string(log).map(|t| t.lines().filter(|l| l.contains(&needle)).count()).unwrap_or(0)
+    }
+}
+
 impl Drop for Scim2Server {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {

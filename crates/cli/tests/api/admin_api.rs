@@ -311,7 +311,8 @@ async fn app_credentials_are_write_only() {
     assert_eq!(
         a.body["provisioning"],
         json!({"enabled": true, "approval": {"create": true, "update": false, "delete": false},
-        "on_suspend": "suspend", "on_delete": "none", "max_concurrency": 4})
+        "on_suspend": "suspend", "on_delete": "none", "max_concurrency": 4, "create_missing_groups": false,
+        "group_chunk_size": 100})
     );
     let id = a.body["id"].as_str().unwrap().to_owned();
     let path = format!("/api/v1/apps/{id}");

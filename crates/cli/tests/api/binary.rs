@@ -36,8 +36,14 @@ struct Running {
 
 impl Running {
     async fn start(data_dir: &Path, admin_token: Option<&str>) -> Self {
+        Self::start_with(data_dir, admin_token, &[]).await
+    }
+
+    /// Starts `provisioner serve` with extra environment variables.
+    async fn start_with(data_dir: &Path, admin_token: Option<&str>, env: &[(&str, String)]) -> Self {
         let port = free_port();
         let mut c = command(data_dir);
+        c.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
         c.arg("serve").env("PROVISIONER_LISTEN", format!("127.0.0.1:{port}")).stdout(Stdio::piped());
         if let Some(t) = admin_token {
             c.env("PROVISIONER_ADMIN_TOKEN", t);
@@ -359,4 +365,159 @@ async fn sigkill_while_provisioning_loses_nothing_and_duplicates_nothing() {
     assert_eq!(items.len(), USERS);
     assert!(items.iter().all(|a| a["ownership"] == "created" && a["status"] == "provisioned"));
     p.kill().await;
+}
+
+#[tokio::test]
+async fn three_processes_on_one_postgres_share_the_work_and_survive_a_kill() {
+    const USERS: usize = 5000;
+    let scim_token = "cluster-test-token";
+    let scim = testkit::Scim2Server::spawn(Some(scim_token));
+    let db = testkit::postgres::TestDatabase::create().await;
+    let token = "cluster-admin-token-0123456789";
+    let env = [
+        ("PROVISIONER_DATABASE_URL", db.url.clone()),
+        ("PROVISIONER_SECRET_KEY", store::secrets::Keyring::generate_key()),
+        ("PROVISIONER_LEASE_SECONDS", "5".to_owned()),
+    ];
+    // How many processes share the work (3; PROVISIONER_CLUSTER_PROCESSES=1 measures one alone).
+    let processes: usize = std::env::var("PROVISIONER_CLUSTER_PROCESSES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(3);
+    let dirs: Vec<_> = (0..processes).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut procs = Vec::new();
+    for d in &dirs {
+        procs.push(Running::start_with(d.path(), Some(token), &env).await);
+    }
+    let c = reqwest::Client::new();
+    let api = procs[0].url("");
+    let app: serde_json::Value = c
+        .post(format!("{api}/api/v1/apps"))
+        .bearer_auth(token)
+        .json(&json!({"name": "Cluster", "connection": {"base_url": scim.base_url,
+            "auth": {"type": "bearer", "token": scim_token}}, "provisioning": {"enabled": false, "max_concurrency": 8}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let app_id = app["id"].as_str().unwrap().to_owned();
+    let role: serde_json::Value = c
+        .post(format!("{api}/api/v1/roles"))
+        .bearer_auth(token)
+        .json(&json!({"name": "Everyone"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let role_id = role["id"].as_str().unwrap().to_owned();
+    c.put(format!("{api}/api/v1/roles/{role_id}/apps/{app_id}")).bearer_auth(token).send().await.unwrap();
+    // 5,000 people, written through all three processes at once.
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..6 {
+        let (c, base, role_id) = (c.clone(), procs[w % processes].url(""), role_id.clone());
+        writers.spawn(async move {
+            for i in (w..USERS).step_by(6) {
+                let u: serde_json::Value = c
+                    .post(format!("{base}/api/v1/users"))
+                    .bearer_auth(token)
+                    .json(&json!({"username": format!("member{i:05}"), "email": format!("m{i}@example.com")}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let r = c
+                    .put(format!("{base}/api/v1/roles/{role_id}/users/{}", u["id"].as_str().unwrap()))
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), StatusCode::NO_CONTENT);
+            }
+        });
+    }
+    while let Some(r) = writers.join_next().await {
+        r.unwrap();
+    }
+    let started = std::time::Instant::now();
+    let r = c
+        .patch(format!("{api}/api/v1/apps/{app_id}"))
+        .bearer_auth(token)
+        .json(&json!({"provisioning": {"enabled": true}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // One of the three dies in the middle of the work.
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while scim_total(&scim.base_url, scim_token).await < (USERS / 5) as u64 {
+        assert!(std::time::Instant::now() < deadline, "provisioning did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if processes > 1 {
+        procs.remove(1).kill().await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(900);
+    loop {
+        let total = scim_total(&scim.base_url, scim_token).await;
+        if total >= USERS as u64 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "only {total} of {USERS} accounts after 15 minutes");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let elapsed = started.elapsed();
+    // Every event reaches a final status.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut open = 0;
+        for status in ["pending", "provisioning", "modifying", "deleting"] {
+            let e: serde_json::Value = c
+                .get(format!("{api}/api/v1/events?app={app_id}&status={status}&limit=500"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            open += e["items"].as_array().unwrap().len();
+        }
+        if open == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{open} events never finished");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(scim_total(&scim.base_url, scim_token).await, USERS as u64, "exactly one account per user");
+    for status in ["failed", "unknown"] {
+        let e: serde_json::Value = c
+            .get(format!("{api}/api/v1/events?app={app_id}&status={status}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(e["items"], json!([]), "events {status}");
+    }
+    // No operation ran twice: the app received one create per user, plus at most the
+    // creates the killed process had in flight (retried after their lease expired).
+    let posts = scim.requests("POST", "/v2/Users");
+    assert!((USERS..=USERS + 8).contains(&posts), "{posts} creates received for {USERS} users");
+    eprintln!(
+        "cluster: {USERS} users provisioned by {processes} processes (one killed when several) in {:.1} s: {:.0} users/s; {posts} creates received",
+        elapsed.as_secs_f64(),
+        USERS as f64 / elapsed.as_secs_f64()
+    );
+    for p in procs {
+        p.kill().await;
+    }
 }

@@ -6,12 +6,13 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use testkit::Scim2Server;
 
-use crate::support::TestServer;
+use crate::support::{Backend, TestServer};
 
 const APP_TOKEN: &str = "scim-app-token-7f3a";
 
 /// The service plus a real SCIM app wired to it: an app, a role granting it.
 pub struct World {
+    pub http_token: &'static str,
     pub s: TestServer,
     pub scim: Scim2Server,
     pub app: String,
@@ -20,9 +21,9 @@ pub struct World {
 }
 
 impl World {
-    pub async fn new(provisioning: Value) -> Self {
+    pub async fn new_on(backend: Backend, provisioning: Value) -> Self {
         let scim = Scim2Server::spawn(Some(APP_TOKEN));
-        let s = TestServer::start().await;
+        let s = TestServer::start_on(backend).await;
         let app = s
             .post(
                 "/api/v1/apps",
@@ -37,7 +38,7 @@ impl World {
         assert_eq!(test.body["capabilities"]["patch"], true);
         let role = s.post("/api/v1/roles", json!({"name": "Staff"})).await.body["id"].as_str().unwrap().to_owned();
         assert_eq!(s.put(&format!("/api/v1/roles/{role}/apps/{app}")).await.status, StatusCode::NO_CONTENT);
-        Self { s, scim, app, role, http: reqwest::Client::new() }
+        Self { http_token: APP_TOKEN, s, scim, app, role, http: reqwest::Client::new() }
     }
 
     pub async fn user(&self, username: &str, title: &str) -> String {
@@ -126,9 +127,8 @@ fn settings(on_suspend: &str, on_delete: &str) -> Value {
     json!({"enabled": true, "on_suspend": on_suspend, "on_delete": on_delete})
 }
 
-#[tokio::test]
-async fn role_grant_creates_the_account_and_changes_update_it() {
-    let w = World::new(settings("suspend", "delete")).await;
+async fn role_grant_creates_the_account_and_changes_update_it(backend: Backend) {
+    let w = World::new_on(backend, settings("suspend", "delete")).await;
     let u = w.user("ada", "Engineer").await;
     w.grant(&u).await;
     let created = w.settled(&u, "provisioned").await;
@@ -160,9 +160,8 @@ async fn role_grant_creates_the_account_and_changes_update_it() {
     assert_eq!(w.s.get(&format!("/api/v1/events?user={u}")).await.body["items"].as_array().unwrap().len(), 2);
 }
 
-#[tokio::test]
-async fn suspension_follows_on_suspend_and_reactivation_restores() {
-    let w = World::new(settings("suspend", "delete")).await;
+async fn suspension_follows_on_suspend_and_reactivation_restores(backend: Backend) {
+    let w = World::new_on(backend, settings("suspend", "delete")).await;
     let u = w.user("grace", "Admiral").await;
     w.grant(&u).await;
     w.settled(&u, "provisioned").await;
@@ -183,9 +182,8 @@ async fn suspension_follows_on_suspend_and_reactivation_restores() {
     assert_eq!(w.account(&u).await["remote_id"], Value::Null);
 }
 
-#[tokio::test]
-async fn losing_the_role_follows_on_delete() {
-    let w = World::new(settings("suspend", "delete")).await;
+async fn losing_the_role_follows_on_delete(backend: Backend) {
+    let w = World::new_on(backend, settings("suspend", "delete")).await;
     let keep = w.user("keeper", "x").await;
     let gone = w.user("leaver", "x").await;
     for u in [&keep, &gone] {
@@ -208,9 +206,8 @@ async fn losing_the_role_follows_on_delete() {
     assert_eq!(w.in_app("keeper").await[0]["active"], false);
 }
 
-#[tokio::test]
-async fn an_account_made_in_the_app_is_never_touched_until_rematched() {
-    let w = World::new(settings("suspend", "delete")).await;
+async fn an_account_made_in_the_app_is_never_touched_until_rematched(backend: Backend) {
+    let w = World::new_on(backend, settings("suspend", "delete")).await;
     let theirs = w
         .app_call(
             reqwest::Method::POST,
@@ -252,9 +249,8 @@ async fn an_account_made_in_the_app_is_never_touched_until_rematched() {
     assert_eq!((now[0]["title"].as_str(), now[0]["externalId"].as_str()), (Some("VP"), Some(u.as_str())));
 }
 
-#[tokio::test]
-async fn approval_holds_events_until_approved_or_rejected() {
-    let w = World::new(json!({"enabled": true, "approval": {"create": true}})).await;
+async fn approval_holds_events_until_approved_or_rejected(backend: Backend) {
+    let w = World::new_on(backend, json!({"enabled": true, "approval": {"create": true}})).await;
     let yes = w.user("approved", "x").await;
     let no = w.user("rejected", "x").await;
     w.grant(&yes).await;
@@ -283,9 +279,8 @@ async fn approval_holds_events_until_approved_or_rejected() {
     assert_eq!(pending["items"].as_array().unwrap().len(), 0);
 }
 
-#[tokio::test]
-async fn a_wrong_token_fails_with_invalid_authentication_and_retry_recovers() {
-    let w = World::new(settings("suspend", "delete")).await;
+async fn a_wrong_token_fails_with_invalid_authentication_and_retry_recovers(backend: Backend) {
+    let w = World::new_on(backend, settings("suspend", "delete")).await;
     w.s.patch(
         &format!("/api/v1/apps/{}", w.app),
         json!({"connection": {"auth": {"type": "bearer", "token": "wrong-token"}}}),
@@ -317,9 +312,8 @@ async fn a_wrong_token_fails_with_invalid_authentication_and_retry_recovers() {
     assert_eq!(w.in_app("alan").await.len(), 1);
 }
 
-#[tokio::test]
-async fn reconciliation_is_quiet_when_in_sync_and_repairs_drift() {
-    let w = World::new(settings("suspend", "delete")).await;
+async fn reconciliation_is_quiet_when_in_sync_and_repairs_drift(backend: Backend) {
+    let w = World::new_on(backend, settings("suspend", "delete")).await;
     let mut users = Vec::new();
     for i in 0..5 {
         let u = w.user(&format!("rec{i}"), "Engineer").await;
@@ -371,9 +365,8 @@ async fn reconciliation_is_quiet_when_in_sync_and_repairs_drift() {
     assert_ne!(recreated[0]["id"].as_str(), Some(vanished.as_str()));
 }
 
-#[tokio::test]
-async fn provision_now_answers_with_the_steps_taken() {
-    let w = World::new(settings("suspend", "delete")).await;
+async fn provision_now_answers_with_the_steps_taken(backend: Backend) {
+    let w = World::new_on(backend, settings("suspend", "delete")).await;
     let u = w.user("now", "x").await;
     w.grant(&u).await;
     w.settled(&u, "provisioned").await;
@@ -394,4 +387,21 @@ async fn provision_now_answers_with_the_steps_taken() {
     let steps = a.body["steps"].as_array().unwrap();
     assert_eq!(steps.len(), 1);
     assert_eq!(steps[0]["app_name"], "Wiki");
+    // The admin actions that write nothing else are audited too.
+    let audit = w.s.get("/api/v1/audit?limit=100").await.body;
+    let actions: Vec<&str> = audit["items"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert!(actions.contains(&"user.provision_now"), "{actions:?}");
+    let test = audit["items"].as_array().unwrap().iter().find(|e| e["action"] == "app.test_connection").unwrap();
+    assert_eq!((test["after"]["ok"].as_bool(), test["actor"]["name"].as_str()), (Some(true), Some("admin")));
 }
+
+crate::on_both_backends!(
+    role_grant_creates_the_account_and_changes_update_it,
+    suspension_follows_on_suspend_and_reactivation_restores,
+    losing_the_role_follows_on_delete,
+    an_account_made_in_the_app_is_never_touched_until_rematched,
+    approval_holds_events_until_approved_or_rejected,
+    a_wrong_token_fails_with_invalid_authentication_and_retry_recovers,
+    reconciliation_is_quiet_when_in_sync_and_repairs_drift,
+    provision_now_answers_with_the_steps_taken,
+);

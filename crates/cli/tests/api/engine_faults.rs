@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use crate::support::TestServer;
+use crate::support::{Backend, TestServer};
 
 /// A scripted answer: HTTP status and Retry-After.
 type Scripted = (u16, Option<&'static str>);
@@ -113,12 +113,11 @@ async fn latest(s: &TestServer, user: &str, done: impl Fn(&Value) -> bool) -> Va
     }
 }
 
-#[tokio::test]
-async fn rate_limiting_slows_down_without_failing() {
+async fn rate_limiting_slows_down_without_failing(backend: Backend) {
     // Three 429s exhaust the client's own retries once; the queue waits Retry-After and
     // runs it again.
     let (url, fake) = start_fake(vec![(429, Some("1")), (429, Some("1")), (429, Some("1"))]).await;
-    let s = TestServer::start().await;
+    let s = TestServer::start_on(backend).await;
     let (_, u) = provision_one(&s, &url).await;
     let e = latest(&s, &u, |e| e["status"] == "provisioned" || e["status"] == "failed").await;
     assert_eq!(e["status"], "provisioned", "{e:#}");
@@ -127,20 +126,18 @@ async fn rate_limiting_slows_down_without_failing() {
     assert_eq!(fake.created.lock().unwrap().len(), 1, "created exactly once");
 }
 
-#[tokio::test]
-async fn server_errors_are_retried() {
+async fn server_errors_are_retried(backend: Backend) {
     let (url, fake) = start_fake(vec![(500, None), (503, None)]).await;
-    let s = TestServer::start().await;
+    let s = TestServer::start_on(backend).await;
     let (_, u) = provision_one(&s, &url).await;
     let e = latest(&s, &u, |e| e["status"] == "provisioned" || e["status"] == "failed").await;
     assert_eq!(e["status"], "provisioned", "{e:#}");
     assert_eq!(fake.posts.load(Ordering::SeqCst), 3);
 }
 
-#[tokio::test]
-async fn a_rejected_request_fails_at_once_and_retry_runs_it_again() {
+async fn a_rejected_request_fails_at_once_and_retry_runs_it_again(backend: Backend) {
     let (url, fake) = start_fake(vec![(400, None)]).await;
-    let s = TestServer::start().await;
+    let s = TestServer::start_on(backend).await;
     let (_, u) = provision_one(&s, &url).await;
     let failed = latest(&s, &u, |e| e["status"] == "failed").await;
     assert_eq!(fake.posts.load(Ordering::SeqCst), 1, "no retry on a 400");
@@ -154,3 +151,9 @@ async fn a_rejected_request_fails_at_once_and_retry_runs_it_again() {
     // A retry of an event that did not fail is refused.
     s.post(&format!("/api/v1/events/{}/retry", failed["id"].as_str().unwrap()), json!({})).await.problem(409);
 }
+
+crate::on_both_backends!(
+    rate_limiting_slows_down_without_failing,
+    server_errors_are_retried,
+    a_rejected_request_fails_at_once_and_retry_runs_it_again,
+);

@@ -3,8 +3,34 @@
 
 mod support;
 
+/// Runs each named scenario (an `async fn(Backend)`) on the embedded SQLite store and on
+/// PostgreSQL, each on a fresh database.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_backend {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::support::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres_backend {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::support::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
 mod admin_api;
 mod binary;
+mod console;
 mod engine;
 mod engine_faults;
+mod mapping;
 mod openapi;

@@ -9,13 +9,22 @@ use server::AppState;
 
 pub const TOKEN: &str = "test-admin-token-0123456789";
 
-/// The service in-process on 127.0.0.1 with its own temporary data directory.
+/// Which store a test server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The service in-process on 127.0.0.1 with its own temporary data directory (and, on
+/// PostgreSQL, its own database).
 pub struct TestServer {
     pub addr: SocketAddr,
     pub state: AppState,
     pub client: reqwest::Client,
     _data_dir: tempfile::TempDir,
     task: tokio::task::JoinHandle<()>,
+    _database: Option<testkit::postgres::TestDatabase>,
 }
 
 impl Drop for TestServer {
@@ -59,17 +68,31 @@ impl Answer {
 
 impl TestServer {
     pub async fn start() -> Self {
+        Self::start_on(Backend::Sqlite).await
+    }
+
+    pub async fn start_on(backend: Backend) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
-        let store = store::SqliteStore::open(&data_dir.path().join("provisioner.db")).await.unwrap();
+        let (store, database): (Arc<dyn store::Store>, _) = match backend {
+            Backend::Sqlite => {
+                (Arc::new(store::SqliteStore::open(&data_dir.path().join("provisioner.db")).await.unwrap()), None)
+            }
+            Backend::Postgres => {
+                let db = testkit::postgres::TestDatabase::create().await;
+                let s = store::PostgresStore::connect(&db.url, store::PostgresOptions::default()).await.unwrap();
+                (Arc::new(s), Some(db))
+            }
+        };
         let keyring = store::secrets::Keyring::load_or_create(&data_dir.path().join("secret.key")).unwrap();
         let config = engine::EngineConfig {
             poll_interval: std::time::Duration::from_millis(100),
             reconcile_interval: None,
             request_timeout: std::time::Duration::from_secs(10),
             http_backoff_base: std::time::Duration::from_millis(20),
+            release_leases_at_start: backend == Backend::Sqlite,
             ..Default::default()
         };
-        let state = AppState::new(Arc::new(store), Arc::new(keyring), config);
+        let state = AppState::new(store, Arc::new(keyring), config);
         state.service.bootstrap(Some(TOKEN)).await.unwrap();
         state.service.engine().start().await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -78,7 +101,7 @@ impl TestServer {
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
-        Self { addr, state, client: reqwest::Client::new(), _data_dir: data_dir, task }
+        Self { addr, state, client: reqwest::Client::new(), _data_dir: data_dir, task, _database: database }
     }
 
     pub fn url(&self, path: &str) -> String {

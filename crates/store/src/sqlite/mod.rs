@@ -20,6 +20,8 @@ use uuid::Uuid;
 
 use crate::{cursor, AuditQuery, NameQuery, PageRequest, Result, Store, StoreError, TokenRecord, UserQuery, MAX_PAGE};
 
+mod admins;
+mod entitlements;
 mod provisioning;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -181,7 +183,8 @@ fn role_from_row(row: &SqliteRow) -> Result<Role> {
     })
 }
 
-const APP_COLUMNS: &str = "id, name, description, connector, connection, provisioning, created_at, updated_at, version";
+const APP_COLUMNS: &str =
+    "id, name, description, connector, connection, provisioning, parameters, rules, created_at, updated_at, version";
 
 fn app_from_row(row: &SqliteRow) -> Result<App> {
     let connector: String = get(row, "connector")?;
@@ -192,6 +195,11 @@ fn app_from_row(row: &SqliteRow) -> Result<App> {
         connector: serde_json::from_value(Value::String(connector)).map_err(|e| StoreError::Backend(e.to_string()))?,
         connection: get_json(row, "connection")?,
         provisioning: get_json(row, "provisioning")?,
+        parameters: get::<Option<String>>(row, "parameters")?
+            .map(|t| serde_json::from_str(&t))
+            .transpose()
+            .map_err(|e| StoreError::Backend(format!("bad JSON in parameters: {e}")))?,
+        rules: get_json(row, "rules")?,
         created_at: get_ts(row, "created_at")?,
         updated_at: get_ts(row, "updated_at")?,
         version: get(row, "version")?,
@@ -824,8 +832,8 @@ impl Store for SqliteStore {
     async fn create_app(&self, app: &App, credential: &str, actor: &Actor) -> Result<()> {
         let mut tx = self.begin().await?;
         sqlx::query(
-            "INSERT INTO apps (id, name, name_key, description, connector, connection, credential, provisioning, created_at, updated_at, version) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO apps (id, name, name_key, description, connector, connection, credential, provisioning, \
+             parameters, rules, created_at, updated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(app.id.to_string())
         .bind(&app.name)
@@ -835,6 +843,8 @@ impl Store for SqliteStore {
         .bind(to_json(&app.connection)?)
         .bind(credential)
         .bind(to_json(&app.provisioning)?)
+        .bind(app.parameters.as_ref().map(to_json).transpose()?)
+        .bind(to_json(&app.rules)?)
         .bind(ts(&app.created_at))
         .bind(ts(&app.updated_at))
         .bind(app.version)
@@ -917,6 +927,36 @@ impl Store for SqliteStore {
         tx.commit().await.map_err(backend)
     }
 
+    async fn update_app_mapping(&self, app: &App, expected_version: i64, actor: &Actor) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let before = Self::app_in(&mut tx, app.id).await?;
+        check_version(before.version, Some(expected_version))?;
+        sqlx::query("UPDATE apps SET parameters = ?, rules = ?, updated_at = ?, version = ? WHERE id = ?")
+            .bind(app.parameters.as_ref().map(to_json).transpose()?)
+            .bind(to_json(&app.rules)?)
+            .bind(ts(&app.updated_at))
+            .bind(app.version)
+            .bind(app.id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        record_change(&mut tx, NewChange::app(app.id)).await?;
+        let mapping = |a: &App| serde_json::json!({"parameters": a.parameters, "rules": a.rules});
+        record_audit(
+            &mut tx,
+            actor,
+            AuditRecord {
+                action: "app.mapping",
+                target_type: "app",
+                target_id: app.id.to_string(),
+                before: Some(mapping(&before)),
+                after: Some(mapping(app)),
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(backend)
+    }
+
     async fn delete_app(&self, id: Uuid, expected_version: Option<i64>, actor: &Actor) -> Result<()> {
         let mut tx = self.begin().await?;
         let before = Self::app_in(&mut tx, id).await?;
@@ -933,6 +973,24 @@ impl Store for SqliteStore {
                 before: to_value(&before),
                 after: None,
             },
+        )
+        .await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn append_audit(
+        &self,
+        actor: &Actor,
+        action: &str,
+        target_type: &str,
+        target_id: &str,
+        details: Option<Value>,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        record_audit(
+            &mut tx,
+            actor,
+            AuditRecord { action, target_type, target_id: target_id.to_owned(), before: None, after: details },
         )
         .await?;
         tx.commit().await.map_err(backend)

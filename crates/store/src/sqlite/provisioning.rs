@@ -318,6 +318,21 @@ async fn apply_item(tx: &mut Tx<'_>, item: &PlanItem, now: &str) -> Result<()> {
             .map_err(backend)?;
         }
         PlanItem::Observe { account: AccountWrite::Keep, .. } => {}
+        PlanItem::Fail { user_id, app_id, action, reason } => {
+            if let Some(id) = enqueue(tx, *user_id, *app_id, *action, None, false, now).await? {
+                sqlx::query(
+                    "UPDATE operations SET state = 'done', status = 'failed', reason = ?, recommended_action = ? \
+                     WHERE id = ?",
+                )
+                .bind(reason)
+                .bind("Fill in the missing values in the directory, or change the app's parameters; the account is planned again at the next change.")
+                .bind(id.to_string())
+                .execute(&mut **tx)
+                .await
+                .map_err(backend)?;
+                refresh_account(tx, *app_id, *user_id, now).await?;
+            }
+        }
     }
     Ok(())
 }
@@ -479,6 +494,21 @@ impl ProvisioningStore for SqliteStore {
                 .map(|r| Ok((get_uuid(r, "user_id")?, get_uuid(r, "app_id")?)))
                 .collect::<Result<HashSet<_>>>()?;
 
+            let mut qb = QueryBuilder::new(
+                "SELECT ru.user_id, r.id, r.name FROM role_users ru JOIN roles r ON r.id = ru.role_id \
+                 WHERE ru.user_id IN ",
+            );
+            push_ids(&mut qb, &user_ids);
+            qb.push(" ORDER BY r.name_key");
+            let rows = qb.build().fetch_all(&mut *tx).await.map_err(backend)?;
+            let mut roles: HashMap<Uuid, Vec<directory::RoleRef>> = HashMap::new();
+            for r in &rows {
+                roles
+                    .entry(get_uuid(r, "user_id")?)
+                    .or_default()
+                    .push(directory::RoleRef { id: get_uuid(r, "id")?, name: get(r, "name")? });
+            }
+
             let mut qb = QueryBuilder::new(format!("{ACCOUNT_SELECT} WHERE a.user_id IN "));
             push_ids(&mut qb, &user_ids);
             qb.push(" AND a.app_id IN ");
@@ -518,6 +548,7 @@ impl ProvisioningStore for SqliteStore {
                     user: users.get(&user_id).cloned(),
                     app: apps.get(&app_id).cloned(),
                     granted: grants.contains(&(user_id, app_id)),
+                    roles: roles.get(&user_id).cloned().unwrap_or_default(),
                     account: accounts.get(&(user_id, app_id)).cloned(),
                     running,
                     waiting,
@@ -592,8 +623,11 @@ impl ProvisioningStore for SqliteStore {
     }
 
     async fn apps_with_due_operations(&self) -> Result<Vec<Uuid>> {
-        let sql = format!("SELECT DISTINCT o.app_id AS id FROM operations o WHERE {RUNNABLE} ORDER BY id");
-        let rows = sqlx::query(&sql).bind(ts(&directory::now())).fetch_all(&self.reader).await.map_err(backend)?;
+        // Due or orphaned work, without the per-pair order (which the claim applies): cheap
+        // enough to ask on every dispatch, at the price of an occasional claim of nothing.
+        let sql = "SELECT DISTINCT app_id AS id FROM operations \
+                   WHERE (state = 'queued' AND next_run_at <= ?1) OR (state = 'running' AND lease_expires_at < ?1)";
+        let rows = sqlx::query(sql).bind(ts(&directory::now())).fetch_all(&self.reader).await.map_err(backend)?;
         rows.iter().map(|r| get_uuid(r, "id")).collect()
     }
 
@@ -855,5 +889,45 @@ impl ProvisioningStore for SqliteStore {
             Some(r) => parse_opt_json(get(&r, "capabilities")?, "capabilities"),
             None => Ok(None),
         }
+    }
+
+    async fn try_run_schedule(&self, name: &str, every: Duration) -> Result<bool> {
+        let now = directory::now();
+        let due_before = chrono::Duration::from_std(every)
+            .ok()
+            .and_then(|d| now.checked_sub_signed(d))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let done = sqlx::query(
+            "INSERT INTO schedules (name, last_run) VALUES (?, ?) \
+             ON CONFLICT (name) DO UPDATE SET last_run = excluded.last_run WHERE schedules.last_run <= ?",
+        )
+        .bind(name)
+        .bind(ts(&now))
+        .bind(ts(&due_before))
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn try_hold_lease(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool> {
+        let now = directory::now();
+        let expired = chrono::Duration::from_std(ttl)
+            .ok()
+            .and_then(|d| now.checked_sub_signed(d))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let done = sqlx::query(
+            "INSERT INTO schedules (name, last_run, owner) VALUES (?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET last_run = excluded.last_run, owner = excluded.owner \
+             WHERE schedules.owner = excluded.owner OR schedules.owner IS NULL OR schedules.last_run <= ?",
+        )
+        .bind(name)
+        .bind(ts(&now))
+        .bind(owner)
+        .bind(ts(&expired))
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected() > 0)
     }
 }

@@ -270,22 +270,20 @@ pub async fn change_feed_is_ordered_and_resumable(s: Arc<dyn Store>) {
     assert!(all.windows(2).all(|w| w[0] < w[1]));
 }
 
-mod sqlite_backend {
-    crate::each_on_a_fresh_store!(crate::sqlite();
-        user_round_trip_records_change_and_audit,
-        duplicate_username_is_refused_case_insensitively,
-        stale_version_changes_nothing,
-        users_page_search_and_filter,
-        deleting_a_user_frees_the_name_and_leaves_roles,
-        roles_members_and_grants,
-        remove_membership_reports_whether_it_existed,
-        app_credentials_are_kept_apart,
-        attribute_definitions,
-        tokens_are_found_by_lookup,
-        audit_pages_newest_first,
-        change_feed_is_ordered_and_resumable,
-    );
-}
+crate::contract!(
+    user_round_trip_records_change_and_audit,
+    duplicate_username_is_refused_case_insensitively,
+    stale_version_changes_nothing,
+    users_page_search_and_filter,
+    deleting_a_user_frees_the_name_and_leaves_roles,
+    roles_members_and_grants,
+    remove_membership_reports_whether_it_existed,
+    app_credentials_are_kept_apart,
+    attribute_definitions,
+    tokens_are_found_by_lookup,
+    audit_pages_newest_first,
+    change_feed_is_ordered_and_resumable,
+);
 
 #[tokio::test]
 async fn sqlite_data_survives_reopening() {

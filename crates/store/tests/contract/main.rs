@@ -1,14 +1,47 @@
 //! The storage contract: every `Store` implementation must pass these, each test on a fresh
-//! database. A backend is added by listing the tests for it in each module.
+//! database. Each module lists its tests once, with [`contract!`], which runs each of them on
+//! every backend: SQLite (a temporary file) and PostgreSQL (a database of its own, see
+//! `testkit::postgres`). Tests of one backend only live in `postgres_only`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use store::Store;
+use store::{PostgresOptions, PostgresStore, Store};
+use testkit::postgres::TestDatabase;
 
+mod admins;
 mod directory;
+mod postgres_only;
 mod provisioning;
 
-/// One `#[tokio::test]` per named contract test, each on a fresh store from `$make`.
+/// Lists a module's contract tests once: generates `mod sqlite_backend` and
+/// `mod postgres_backend`, each with one `#[tokio::test]` per test, on a fresh store.
+#[macro_export]
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_backend {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let (store, _guard) = $crate::sqlite().await;
+                    super::$name(store).await;
+                }
+            )*
+        }
+        mod postgres_backend {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let (store, _guard) = $crate::postgres().await;
+                    super::$name(store).await;
+                }
+            )*
+        }
+    };
+}
+
+/// One `#[tokio::test]` per named contract test, each on a fresh store from `$make` (one
+/// backend only; [`contract!`] runs them on every backend).
 #[macro_export]
 macro_rules! each_on_a_fresh_store {
     ($make:expr; $($name:ident),* $(,)?) => {
@@ -27,4 +60,22 @@ pub async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = store::SqliteStore::open(&dir.path().join("test.db")).await.unwrap();
     (Arc::new(store), dir)
+}
+
+/// Pool settings for tests: small pools, since many tests run at once on one server.
+pub fn pg_options() -> PostgresOptions {
+    PostgresOptions {
+        max_connections: 4,
+        statement_timeout: Some(Duration::from_secs(30)),
+        acquire_timeout: Duration::from_secs(30),
+        connect_timeout: Duration::from_secs(30),
+        listen: false,
+    }
+}
+
+/// A fresh PostgreSQL store on a database of its own (dropped with the guard).
+pub async fn postgres() -> (Arc<dyn Store>, TestDatabase) {
+    let db = TestDatabase::create().await;
+    let store = PostgresStore::connect(&db.url, pg_options()).await.unwrap();
+    (Arc::new(store), db)
 }

@@ -610,19 +610,51 @@ pub async fn app_capabilities_round_trip(s: Arc<dyn Store>) {
     assert_eq!(s.get_app_capabilities(Uuid::now_v7()).await.unwrap(), None);
 }
 
-mod sqlite_backend {
-    crate::each_on_a_fresh_store!(crate::sqlite();
-        enqueue_creates_event_and_account,
-        approval_approve_and_reject,
-        replace_collapses_a_waiting_operation,
-        cancel_and_replan,
-        claim_order_limit_and_leases,
-        finish_is_fenced_and_writes_the_account,
-        retry_later_waits_until_due,
-        release_all_leases_requeues_running,
-        events_filter_and_page_newest_first,
-        pairs_and_their_state,
-        accounts_link_and_list,
-        app_capabilities_round_trip,
-    );
+pub async fn schedules_run_once_per_period(s: Arc<dyn Store>) {
+    let every = Duration::from_millis(300);
+    assert!(s.try_run_schedule("reconcile:a", every).await.unwrap(), "never ran: runs");
+    assert!(!s.try_run_schedule("reconcile:a", every).await.unwrap(), "ran within the period");
+    assert!(s.try_run_schedule("reconcile:b", every).await.unwrap(), "each schedule is apart");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(s.try_run_schedule("reconcile:a", every).await.unwrap(), "due again");
+    assert!(!s.try_run_schedule("reconcile:a", every).await.unwrap());
+    // Of concurrent callers, one runs it.
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let s = s.clone();
+        callers.spawn(async move { s.try_run_schedule("reconcile:c", Duration::from_secs(60)).await.unwrap() });
+    }
+    let mut ran = 0;
+    while let Some(r) = callers.join_next().await {
+        ran += usize::from(r.unwrap());
+    }
+    assert_eq!(ran, 1);
 }
+
+pub async fn leases_have_one_holder_until_they_expire(s: Arc<dyn Store>) {
+    let ttl = Duration::from_millis(300);
+    assert!(s.try_hold_lease("planner", "a", ttl).await.unwrap(), "free: taken");
+    assert!(!s.try_hold_lease("planner", "b", ttl).await.unwrap(), "held by a");
+    assert!(s.try_hold_lease("planner", "a", ttl).await.unwrap(), "renewed by its holder");
+    assert!(s.try_hold_lease("other", "b", ttl).await.unwrap(), "each lease is apart");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(s.try_hold_lease("planner", "b", ttl).await.unwrap(), "expired: taken over");
+    assert!(!s.try_hold_lease("planner", "a", ttl).await.unwrap(), "the old holder lost it");
+}
+
+crate::contract!(
+    leases_have_one_holder_until_they_expire,
+    schedules_run_once_per_period,
+    enqueue_creates_event_and_account,
+    approval_approve_and_reject,
+    replace_collapses_a_waiting_operation,
+    cancel_and_replan,
+    claim_order_limit_and_leases,
+    finish_is_fenced_and_writes_the_account,
+    retry_later_waits_until_due,
+    release_all_leases_requeues_running,
+    events_filter_and_page_newest_first,
+    pairs_and_their_state,
+    accounts_link_and_list,
+    app_capabilities_round_trip,
+);

@@ -1,0 +1,448 @@
+//! How a user's account in an app is derived: parameters (app attribute <- source) and
+//! rules (conditions on the user -> values, entitlements, scoping). Types and save-time
+//! validation; evaluation lives in the engine.
+
+use std::sync::OnceLock;
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::user::STANDARD_USER_FIELDS;
+use crate::validation::ValidationErrors;
+use crate::AttributeDef;
+
+/// A transform applied to a source value, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Transform {
+    Lower,
+    Upper,
+    Trim,
+    /// The value when the source is empty.
+    Default(String),
+    /// The first N characters.
+    First(usize),
+}
+
+/// Where a value comes from: exactly one of `attribute`, `constant` or `template`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// A directory attribute: a standard one (`department`, `email`, ...) or a declared custom one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribute: Option<String>,
+    /// A fixed value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub constant: Option<Value>,
+    /// Text with `{attribute}` placeholders, e.g. `{first_name}.{last_name}@corp.example`;
+    /// `{{` and `}}` are literal braces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transform: Vec<Transform>,
+}
+
+/// A parameter: one app attribute and where its value comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Parameter {
+    /// A SCIM attribute path: `title`, `name.givenName`, `emails[type eq "work"].value`,
+    /// `urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department`.
+    pub app_attribute: String,
+    pub source: Source,
+    /// Set when the account is created, never changed afterwards.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub only_on_create: bool,
+    /// An empty value fails the user's event (nothing is sent to the app).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub required: bool,
+}
+
+/// Whether all or any of a rule's conditions must hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Match {
+    #[default]
+    All,
+    Any,
+}
+
+/// A condition operator. Text comparisons ignore case; `matches` is a regular expression
+/// as written (use `(?i)` to ignore case); `greater_than` / `less_than` compare numbers or
+/// dates (`YYYY-MM-DD`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    Equals,
+    NotEquals,
+    Contains,
+    StartsWith,
+    EndsWith,
+    In,
+    IsEmpty,
+    IsNotEmpty,
+    Matches,
+    GreaterThan,
+    LessThan,
+    /// The user belongs to the role named by `value` (its name or id).
+    MemberOf,
+}
+
+/// A condition on a user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    /// A directory attribute (not needed for `member_of`).
+    #[serde(default)]
+    pub attribute: Option<String>,
+    pub op: Op,
+    /// The value compared with (a list for `in`; none for `is_empty` / `is_not_empty`).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub value: Option<Value>,
+}
+
+/// An entitlement: a group, or a value of a multi-valued attribute of the app (`roles`,
+/// `entitlements`, a license level...).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EntitlementRef {
+    /// `group` for SCIM Groups, or the name of a multi-valued attribute of the app's users.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// For a group, its display name (as imported by Refresh).
+    pub value: String,
+}
+
+/// Setting an app attribute from a rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetAttribute {
+    pub app_attribute: String,
+    /// A fixed value (shorthand for `source.constant`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub value: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
+}
+
+/// What a rule does when its conditions hold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum RuleAction {
+    /// Set an app attribute (for single-valued attributes the last matching rule wins).
+    Set(SetAttribute),
+    /// Add an entitlement (entitlements of all matching rules accumulate).
+    AddEntitlement(EntitlementRef),
+    /// The user is out of scope for this app (deprovisioned per `on_delete`).
+    DoNotProvision(bool),
+}
+
+/// A rule: conditions and actions. Rules run in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub name: String,
+    #[serde(default, rename = "match")]
+    pub match_: Match,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    pub actions: Vec<RuleAction>,
+}
+
+/// The attributes the engine sets itself; parameters and rules may not.
+pub const RESERVED_APP_ATTRIBUTES: &[&str] = &["externalId", "active", "id", "meta", "schemas", "groups"];
+
+fn path_pattern() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| {
+        // [urn:...:]attr[.sub] | attr[sub eq "value"].sub
+        Regex::new(r#"^(?:(urn:[A-Za-z0-9.:_-]+):)?([A-Za-z][A-Za-z0-9_$-]*)(?:\[([A-Za-z][A-Za-z0-9_$-]*) eq "((?:[^"\\]|\\.)*)"\])?(?:\.([A-Za-z][A-Za-z0-9_$-]*))?$"#)
+            .unwrap_or_else(|_| unreachable!())
+    })
+}
+
+/// A parsed app attribute path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttrPath {
+    /// The schema extension URN, if any.
+    pub schema: Option<String>,
+    pub attr: String,
+    /// `[sub eq "value"]` on a multi-valued attribute.
+    pub filter: Option<(String, String)>,
+    pub sub: Option<String>,
+}
+
+impl AttrPath {
+    pub fn parse(path: &str) -> Option<Self> {
+        let c = path_pattern().captures(path)?;
+        let filter = match (c.get(3), c.get(4)) {
+            (Some(a), Some(v)) => Some((a.as_str().to_owned(), v.as_str().replace("\\\"", "\"").replace("\\\\", "\\"))),
+            _ => None,
+        };
+        if filter.is_some() && c.get(5).is_none() {
+            return None;
+        }
+        Some(Self {
+            schema: c.get(1).map(|m| m.as_str().to_owned()),
+            attr: c.get(2)?.as_str().to_owned(),
+            filter,
+            sub: c.get(5).map(|m| m.as_str().to_owned()),
+        })
+    }
+}
+
+/// The names a source or condition may read: standard attributes and declared custom ones.
+pub fn known_attribute(name: &str, defs: &[AttributeDef]) -> bool {
+    (STANDARD_USER_FIELDS.contains(&name) && !matches!(name, "attributes" | "manager"))
+        || defs.iter().any(|d| d.name == name)
+}
+
+/// The `{placeholders}` of a template, or an error for unbalanced braces.
+pub fn template_placeholders(template: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut chars = template.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '{' if chars.peek() == Some(&'{') => {
+                chars.next();
+            }
+            '{' => {
+                let mut name = String::new();
+                loop {
+                    match chars.next() {
+                        Some('}') => break,
+                        Some(ch) => name.push(ch),
+                        None => return Err("has a `{` without its `}`".into()),
+                    }
+                }
+                if name.trim().is_empty() {
+                    return Err("has an empty `{}`".into());
+                }
+                out.push(name.trim().to_owned());
+            }
+            '}' if chars.peek() == Some(&'}') => {
+                chars.next();
+            }
+            '}' => return Err("has a `}` without its `{` (write `}}` for a brace)".into()),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+fn check_path(errors: &mut ValidationErrors, field: &str, path: &str) {
+    match AttrPath::parse(path) {
+        None => errors.push(field, "is not a SCIM attribute path such as `title`, `name.givenName`, `emails[type eq \"work\"].value` or an extension URN path"),
+        Some(p) if p.schema.is_none() && RESERVED_APP_ATTRIBUTES.iter().any(|r| r.eq_ignore_ascii_case(&p.attr)) => {
+            errors.push(field, "is set by the engine itself")
+        }
+        Some(_) => {}
+    }
+}
+
+fn check_attribute(errors: &mut ValidationErrors, field: &str, name: &str, defs: &[AttributeDef]) {
+    if !known_attribute(name, defs) {
+        errors.push(field, format!("`{name}` is not a directory attribute"));
+    }
+}
+
+fn check_source(errors: &mut ValidationErrors, field: &str, source: &Source, defs: &[AttributeDef]) {
+    let kinds = [source.attribute.is_some(), source.constant.is_some(), source.template.is_some()];
+    if kinds.iter().filter(|k| **k).count() != 1 {
+        errors.push(field, "must have exactly one of `attribute`, `constant` or `template`");
+        return;
+    }
+    if let Some(a) = &source.attribute {
+        check_attribute(errors, &format!("{field}.attribute"), a, defs);
+    }
+    if let Some(t) = &source.template {
+        match template_placeholders(t) {
+            Err(e) => errors.push(format!("{field}.template"), e),
+            Ok(names) => {
+                for n in names {
+                    check_attribute(errors, &format!("{field}.template"), &n, defs);
+                }
+            }
+        }
+    }
+    for (i, t) in source.transform.iter().enumerate() {
+        if matches!(t, Transform::First(0)) {
+            errors.push(format!("{field}.transform[{i}]"), "`first` needs at least 1 character");
+        }
+    }
+}
+
+/// Checks parameters on save; every problem names its field (`[2].source.attribute`).
+pub fn validate_parameters(params: &[Parameter], defs: &[AttributeDef]) -> Result<(), ValidationErrors> {
+    let mut errors = ValidationErrors::default();
+    if params.len() > 500 {
+        errors.push("parameters", "at most 500 parameters");
+    }
+    for (i, p) in params.iter().enumerate() {
+        check_path(&mut errors, &format!("[{i}].app_attribute"), &p.app_attribute);
+        check_source(&mut errors, &format!("[{i}].source"), &p.source, defs);
+        if params[..i].iter().any(|q| q.app_attribute == p.app_attribute) {
+            errors.push(format!("[{i}].app_attribute"), "is mapped twice");
+        }
+    }
+    if !params.iter().any(|p| p.app_attribute == "userName") {
+        errors.push("parameters", "must map `userName`");
+    }
+    errors.into_result()
+}
+
+/// Checks rules on save; a bad regular expression is refused here, never at run time.
+pub fn validate_rules(rules: &[Rule], defs: &[AttributeDef]) -> Result<(), ValidationErrors> {
+    let mut errors = ValidationErrors::default();
+    if rules.len() > 500 {
+        errors.push("rules", "at most 500 rules");
+    }
+    for (i, r) in rules.iter().enumerate() {
+        let at = |s: &str| format!("[{i}].{s}");
+        if r.name.trim().is_empty() || r.name.len() > 200 {
+            errors.push(at("name"), "must be 1-200 characters");
+        }
+        if r.actions.is_empty() {
+            errors.push(at("actions"), "must have at least one action");
+        }
+        for (j, c) in r.conditions.iter().enumerate() {
+            let field = at(&format!("conditions[{j}]"));
+            match (c.op, &c.attribute) {
+                (Op::MemberOf, _) => {}
+                (_, None) => errors.push(format!("{field}.attribute"), "is required"),
+                (_, Some(a)) => check_attribute(&mut errors, &format!("{field}.attribute"), a, defs),
+            }
+            match (c.op, &c.value) {
+                (Op::IsEmpty | Op::IsNotEmpty, _) => {}
+                (Op::In, Some(Value::Array(_))) => {}
+                (Op::In, _) => errors.push(format!("{field}.value"), "must be a list"),
+                (Op::Matches, Some(Value::String(re))) => {
+                    if let Err(e) = regex::RegexBuilder::new(re).size_limit(1 << 20).build() {
+                        errors.push(format!("{field}.value"), format!("is not a valid regular expression: {e}"));
+                    }
+                }
+                (Op::Matches | Op::MemberOf, _) => errors.push(format!("{field}.value"), "must be a string"),
+                (_, None) => errors.push(format!("{field}.value"), "is required"),
+                (_, Some(_)) => {}
+            }
+        }
+        for (j, a) in r.actions.iter().enumerate() {
+            let field = at(&format!("actions[{j}]"));
+            match a {
+                RuleAction::Set(s) => {
+                    check_path(&mut errors, &format!("{field}.set.app_attribute"), &s.app_attribute);
+                    match (&s.value, &s.source) {
+                        (Some(_), None) => {}
+                        (None, Some(src)) => check_source(&mut errors, &format!("{field}.set.source"), src, defs),
+                        _ => errors.push(format!("{field}.set"), "must have exactly one of `value` or `source`"),
+                    }
+                }
+                RuleAction::AddEntitlement(e) => {
+                    if e.kind.trim().is_empty() || e.value.trim().is_empty() {
+                        errors.push(format!("{field}.add_entitlement"), "needs a `type` and a `value`");
+                    } else if e.kind != "group"
+                        && AttrPath::parse(&e.kind).is_none_or(|p| p.sub.is_some() || p.filter.is_some())
+                    {
+                        errors.push(
+                            format!("{field}.add_entitlement.type"),
+                            "must be `group` or a multi-valued attribute name",
+                        );
+                    }
+                }
+                RuleAction::DoNotProvision(_) => {}
+            }
+        }
+    }
+    errors.into_result()
+}
+
+/// The default parameters (until an admin maps the app's attributes): userName <- username,
+/// name.givenName <- first_name, name.familyName <- last_name, displayName, work e-mail,
+/// title. The engine adds `externalId` (the user's id) and `active` itself.
+pub fn default_parameters() -> Vec<Parameter> {
+    let p = |app: &str, attr: &str| Parameter {
+        app_attribute: app.into(),
+        source: Source { attribute: Some(attr.into()), ..Default::default() },
+        only_on_create: false,
+        required: false,
+    };
+    vec![
+        Parameter { required: true, ..p("userName", "username") },
+        p("name.givenName", "first_name"),
+        p("name.familyName", "last_name"),
+        p("displayName", "display_name"),
+        p("emails[type eq \"work\"].value", "email"),
+        p("title", "title"),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn paths_parse() {
+        let p = AttrPath::parse("emails[type eq \"work\"].value").unwrap();
+        assert_eq!(
+            (p.attr.as_str(), p.filter.clone(), p.sub.as_deref()),
+            ("emails", Some(("type".into(), "work".into())), Some("value"))
+        );
+        let p = AttrPath::parse("urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager.value").unwrap();
+        assert_eq!(p.schema.as_deref(), Some("urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"));
+        assert_eq!((p.attr.as_str(), p.sub.as_deref()), ("manager", Some("value")));
+        assert_eq!(AttrPath::parse("name.givenName").unwrap().sub.as_deref(), Some("givenName"));
+        for bad in ["", "name..x", "emails[type eq \"work\"]", "1abc", "a b", "emails[type = \"x\"].value"] {
+            assert!(AttrPath::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn templates_find_placeholders() {
+        assert_eq!(template_placeholders("{first_name}.{last_name}@corp").unwrap(), ["first_name", "last_name"]);
+        assert_eq!(template_placeholders("{{literal}} {x}").unwrap(), ["x"]);
+        assert!(template_placeholders("{open").is_err());
+        assert!(template_placeholders("close}").is_err());
+        assert!(template_placeholders("{}").is_err());
+    }
+
+    #[test]
+    fn parameters_are_validated_naming_the_field() {
+        let params: Vec<Parameter> = serde_json::from_value(json!([
+            {"app_attribute": "userName", "source": {"attribute": "username"}},
+            {"app_attribute": "nickName", "source": {"template": "{first_name}.{nope}"}},
+            {"app_attribute": "bad path!", "source": {"constant": "x"}},
+            {"app_attribute": "externalId", "source": {"attribute": "id"}},
+            {"app_attribute": "title", "source": {"attribute": "title", "constant": "x"}},
+        ]))
+        .unwrap();
+        let err = validate_parameters(&params, &[]).unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["[1].source.template", "[2].app_attribute", "[3].app_attribute", "[4].source"]);
+        assert!(validate_parameters(&default_parameters(), &[]).is_ok());
+        assert!(validate_parameters(&default_parameters()[1..], &[]).is_err(), "userName must be mapped");
+    }
+
+    #[test]
+    fn rules_are_validated_and_bad_regexes_refused() {
+        let rules: Vec<Rule> = serde_json::from_value(json!([
+            {"name": "Sales group", "match": "all",
+             "conditions": [{"attribute": "department", "op": "equals", "value": "Sales"}],
+             "actions": [{"add_entitlement": {"type": "group", "value": "Sales and Marketing"}}]},
+            {"name": "Bad regex", "conditions": [{"attribute": "title", "op": "matches", "value": "(unclosed"}],
+             "actions": [{"do_not_provision": true}]},
+            {"name": "In needs a list", "conditions": [{"attribute": "title", "op": "in", "value": "x"}],
+             "actions": [{"set": {"app_attribute": "userType", "value": "x"}}]},
+        ]))
+        .unwrap();
+        let err = validate_rules(&rules, &[]).unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["[1].conditions[0].value", "[2].conditions[0].value"]);
+        assert!(validate_rules(&rules[..1], &[]).is_ok());
+    }
+}

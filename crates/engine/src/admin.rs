@@ -1,0 +1,222 @@
+//! What admins ask of the engine about an app's configuration: "Refresh" of entitlements,
+//! the plan of a proposed change of parameters and rules, and the explanation of one
+//! user's account.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use connectors::PageRequest;
+use directory::{Action, App, Parameter, Rule};
+use serde::Serialize;
+use serde_json::Value;
+use store::PageRequest as StorePage;
+use uuid::Uuid;
+
+use crate::mapping::{app_view, evaluate, groups_of};
+use crate::plan::{decide, intent, Intent};
+use crate::runner::{Engine, EngineError};
+
+/// What a change of parameters and rules would do.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PlanPreview {
+    pub create: u64,
+    pub update: u64,
+    /// Accounts that would be suspended or deleted.
+    pub deprovision: u64,
+    pub group_add: u64,
+    pub group_remove: u64,
+    /// Users whose account could not be computed (e.g. a required value is empty).
+    pub invalid: u64,
+    /// Some of the affected users, with the values before and after.
+    pub sample: Vec<PreviewSample>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PreviewSample {
+    pub user_id: Uuid,
+    pub username: String,
+    pub action: Option<Action>,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+    pub reason: Option<String>,
+}
+
+/// The account a user should have in an app, and where each value comes from.
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    pub in_scope: bool,
+    /// Why the user is out of scope, when they are.
+    pub reason: Option<String>,
+    pub account: Value,
+    pub provenance: BTreeMap<String, String>,
+    /// The groups the account should belong to.
+    pub groups: Vec<String>,
+}
+
+const SAMPLE: usize = 20;
+/// A refresh that has not finished after this long is considered dead and may be restarted.
+const REFRESH_STALE: Duration = Duration::from_secs(3600);
+
+impl Engine {
+    /// Starts importing the app's groups in the background; `false` when a refresh is
+    /// already running. Progress: [`store::EntitlementStore::entitlement_refresh`].
+    pub async fn refresh_entitlements(self: &Arc<Self>, app_id: Uuid) -> Result<bool, EngineError> {
+        let store = self.store();
+        let app = store.get_app(app_id).await?.ok_or(EngineError::NotFound("app"))?;
+        let connector = self.connector(&app).await?;
+        if !store.begin_entitlement_refresh(app_id, REFRESH_STALE).await? {
+            return Ok(false);
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let store = me.store();
+            let page_size = store
+                .get_app_capabilities(app_id)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|v| serde_json::from_value::<connectors::Capabilities>(v).ok())
+                .and_then(|c| c.filter_max_results)
+                .unwrap_or(100)
+                // Pages of at most 200, so that progress shows on large apps.
+                .clamp(1, 200);
+            let mut next = Some(PageRequest::first(page_size));
+            let mut fetched = 0i64;
+            let mut error = None;
+            while let Some(p) = next {
+                match connector.list_groups(p).await {
+                    Ok(page) => {
+                        fetched += page.items.len() as i64;
+                        let items: Vec<(String, String)> = page
+                            .items
+                            .iter()
+                            .map(|g| {
+                                let name = g.resource.get("displayName").and_then(Value::as_str).unwrap_or(&g.id);
+                                (g.id.clone(), name.to_owned())
+                            })
+                            .collect();
+                        let total = page.total.and_then(|t| i64::try_from(t).ok());
+                        if let Err(e) = store.record_entitlements(app_id, "group", &items, fetched, total).await {
+                            error = Some(format!("cannot record the groups: {e}"));
+                            break;
+                        }
+                        next = page.next;
+                    }
+                    Err(e) => {
+                        error = Some(EngineError::app(&app, e).to_string());
+                        break;
+                    }
+                }
+            }
+            if let Err(e) = store.finish_entitlement_refresh(app_id, "group", error.as_deref()).await {
+                tracing::warn!(app = %app_id, error = %e, "cannot record the end of the entitlement refresh");
+            }
+        });
+        Ok(true)
+    }
+
+    /// What saving `parameters` and/or `rules` (the current ones where `None`) would do to
+    /// the accounts of every user the app concerns. Nothing is written.
+    pub async fn preview(
+        &self,
+        app_id: Uuid,
+        parameters: Option<Vec<Parameter>>,
+        rules: Option<Vec<Rule>>,
+    ) -> Result<PlanPreview, EngineError> {
+        let store = self.store();
+        let mut app = store.get_app(app_id).await?.ok_or(EngineError::NotFound("app"))?;
+        if let Some(p) = parameters {
+            app.parameters = Some(p);
+        }
+        if let Some(r) = rules {
+            app.rules = r;
+        }
+        let mut preview = PlanPreview::default();
+        let pairs: Vec<(Uuid, Uuid)> = store.users_of_app(app_id).await?.into_iter().map(|u| (u, app_id)).collect();
+        for chunk in pairs.chunks(500) {
+            for s in store.load_pairs(chunk).await? {
+                let want = intent(s.user.as_ref(), &s.roles, &app, s.granted);
+                let username = s.user.as_ref().map_or_else(String::new, |u| u.username.clone());
+                let before = s.account.as_ref().and_then(|a| a.last_applied.clone());
+                if let Intent::Invalid(reason) = &want {
+                    preview.invalid += 1;
+                    if preview.sample.len() < SAMPLE {
+                        preview.sample.push(PreviewSample {
+                            user_id: s.user_id,
+                            username,
+                            action: None,
+                            before: before.as_ref().map(app_view),
+                            after: None,
+                            reason: Some(reason.clone()),
+                        });
+                    }
+                    continue;
+                }
+                let Some((action, desired)) = decide(&want, s.account.as_ref()) else { continue };
+                match action {
+                    Action::Create => preview.create += 1,
+                    Action::Update => preview.update += 1,
+                    Action::Suspend | Action::Delete => preview.deprovision += 1,
+                }
+                let had = before.as_ref().map(groups_of).unwrap_or_default();
+                let will = desired.as_ref().map(groups_of).unwrap_or_default();
+                preview.group_add += will.difference(&had).count() as u64;
+                preview.group_remove += had.difference(&will).count() as u64;
+                if preview.sample.len() < SAMPLE {
+                    preview.sample.push(PreviewSample {
+                        user_id: s.user_id,
+                        username,
+                        action: Some(action),
+                        before,
+                        after: desired,
+                        reason: None,
+                    });
+                }
+            }
+        }
+        Ok(preview)
+    }
+
+    /// The account `user` should have in `app`, and which parameter or rule produced each value.
+    pub async fn explain(&self, user_id: Uuid, app_id: Uuid) -> Result<Explanation, EngineError> {
+        let store = self.store();
+        let state =
+            store.load_pairs(&[(user_id, app_id)]).await?.into_iter().next().ok_or(EngineError::NotFound("user"))?;
+        let user = state.user.as_ref().ok_or(EngineError::NotFound("user"))?;
+        let app: &App = state.app.as_ref().ok_or(EngineError::NotFound("app"))?;
+        let active = user.status == directory::UserStatus::Active;
+        let e = evaluate(user, &state.roles, app, active);
+        let reason = if !app.provisioning.enabled {
+            Some(format!("Provisioning is disabled for {}.", app.name))
+        } else if !state.granted {
+            Some(format!("None of the user's roles grants {}.", app.name))
+        } else if !e.in_scope {
+            Some(format!("Out of scope by {}.", e.provenance.get("scope").map_or("a rule", String::as_str)))
+        } else if !e.missing_required.is_empty() {
+            Some(format!("Required values are empty: {}.", e.missing_required.join(", ")))
+        } else {
+            None
+        };
+        Ok(Explanation {
+            in_scope: reason.is_none(),
+            reason,
+            account: app_view(&e.resource),
+            groups: groups_of(&e.resource).into_iter().collect(),
+            provenance: e.provenance,
+        })
+    }
+}
+
+impl Engine {
+    /// Lists an app's entitlements with the latest refresh's progress.
+    pub async fn entitlements(
+        &self,
+        app_id: Uuid,
+        page: &StorePage,
+    ) -> Result<(Option<directory::EntitlementRefresh>, directory::Page<directory::Entitlement>), EngineError> {
+        let store = self.store();
+        store.get_app(app_id).await?.ok_or(EngineError::NotFound("app"))?;
+        Ok((store.entitlement_refresh(app_id).await?, store.list_entitlements(app_id, page).await?))
+    }
+}

@@ -1,0 +1,34 @@
+//! Entitlements imported from apps by "Refresh", and the refresh's progress.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use directory::{Entitlement, EntitlementRefresh, Page};
+use uuid::Uuid;
+
+use crate::{PageRequest, Result};
+
+#[async_trait]
+pub trait EntitlementStore: Send + Sync + 'static {
+    /// Starts a refresh of an app's entitlements; `false` when one is already running (and
+    /// was started less than `stale_after` ago).
+    async fn begin_entitlement_refresh(&self, app: Uuid, stale_after: Duration) -> Result<bool>;
+    /// Records a page of values read from the app (id, display name) and the progress.
+    async fn record_entitlements(
+        &self,
+        app: Uuid,
+        kind: &str,
+        items: &[(String, String)],
+        fetched: i64,
+        total: Option<i64>,
+    ) -> Result<()>;
+    /// Ends the refresh. On success, values of `kind` the app no longer has are removed.
+    async fn finish_entitlement_refresh(&self, app: Uuid, kind: &str, error: Option<&str>) -> Result<()>;
+    async fn entitlement_refresh(&self, app: Uuid) -> Result<Option<EntitlementRefresh>>;
+    /// An app's values, by display name.
+    async fn list_entitlements(&self, app: Uuid, page: &PageRequest) -> Result<Page<Entitlement>>;
+    /// The values of `kind` with these display names (compared without case).
+    async fn find_entitlements(&self, app: Uuid, kind: &str, names: &[String]) -> Result<Vec<Entitlement>>;
+    /// Records one value (e.g. a group provisioning created).
+    async fn add_entitlement(&self, app: Uuid, kind: &str, remote_id: &str, display_name: &str) -> Result<()>;
+}

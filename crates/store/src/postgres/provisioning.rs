@@ -1,0 +1,931 @@
+//! The provisioning half of [`PostgresStore`]: account records, the durable operation queue
+//! (each operation is the event admins see) and the planner's cursor into the change feed.
+//!
+//! The semantics are those of the SQLite store; what several processes add:
+//!
+//! - The account record's status is derived from the operations of its pair at commit, under
+//!   the pair's lock (see [`Tx`]), so it reflects every committed operation of the pair.
+//! - A conditional `UPDATE` (by state, by lease owner) is the check: under READ COMMITTED, a
+//!   row changed by a concurrent transaction is re-checked against its newest version, so a
+//!   collapse, a cancellation or a re-plan mark never lands on an operation that finished
+//!   meanwhile; the fallbacks (queue anew, record a change) apply instead.
+//! - Claims of one app are serialised by an advisory lock and bounded by the app's
+//!   `max_concurrency` across every process.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::SubsecRound;
+use directory::{Account, Action, Event, EventStatus, OpState, Operation, Ownership};
+
+use super::*;
+use crate::provisioning::*;
+
+const OP_COLUMNS: &str = "seq, id, app_id, app_name, user_id, username, action, desired, state, status, reason, \
+    recommended_action, attempts, next_run_at, lease_owner, lease_expires_at, created_at, updated_at";
+
+/// The account columns, with the user's username (empty when the user row is gone).
+const ACCOUNT_SELECT: &str = "SELECT a.app_id, a.user_id, COALESCE(u.username, '') AS username, a.remote_id, \
+    a.ownership, a.status, a.last_applied, a.last_event_id, a.updated_at \
+    FROM accounts a LEFT JOIN users u ON u.id = a.user_id";
+
+/// The sort key of account listings.
+const ACCOUNT_KEY: &str = "COALESCE(u.username_key, '')";
+
+/// An operation `o` a worker may claim now (`$1` is now): queued and due, or running with an
+/// expired lease; the oldest open one of its pair; and no other one of the pair is running
+/// under a live lease.
+const RUNNABLE: &str = "((o.state = 'queued' AND o.next_run_at <= $1) \
+      OR (o.state = 'running' AND o.lease_expires_at < $1)) \
+    AND NOT EXISTS (SELECT 1 FROM operations p WHERE p.app_id = o.app_id AND p.user_id = o.user_id \
+      AND p.state IN ('queued', 'awaiting_approval', 'running') AND p.seq < o.seq) \
+    AND NOT EXISTS (SELECT 1 FROM operations r WHERE r.app_id = o.app_id AND r.user_id = o.user_id \
+      AND r.seq <> o.seq AND r.state = 'running' AND r.lease_expires_at >= $1)";
+
+/// How many pairs [`ProvisioningStore::load_pairs`] loads per batch of queries.
+const PAIR_CHUNK: usize = 500;
+
+/// The most operations one claim may take.
+const MAX_CLAIM: u32 = 1000;
+
+/// An app's concurrency limit when its settings name none.
+const DEFAULT_MAX_RUNNING: i64 = 4;
+
+fn parse_status(s: &str) -> Result<EventStatus> {
+    EventStatus::parse(s).ok_or_else(|| StoreError::Backend(format!("bad event status {s}")))
+}
+
+fn parse_action(s: &str) -> Result<Action> {
+    Action::parse(s).ok_or_else(|| StoreError::Backend(format!("bad action {s}")))
+}
+
+fn parse_state(s: &str) -> Result<OpState> {
+    OpState::parse(s).ok_or_else(|| StoreError::Backend(format!("bad operation state {s}")))
+}
+
+fn event_from_row(row: &PgRow) -> Result<Event> {
+    let action: String = get(row, "action")?;
+    let status: String = get(row, "status")?;
+    Ok(Event {
+        id: get(row, "id")?,
+        app_id: get(row, "app_id")?,
+        app_name: get(row, "app_name")?,
+        user_id: get(row, "user_id")?,
+        username: get(row, "username")?,
+        action: parse_action(&action)?,
+        status: parse_status(&status)?,
+        reason: get(row, "reason")?,
+        recommended_action: get(row, "recommended_action")?,
+        attempts: get(row, "attempts")?,
+        created_at: get(row, "created_at")?,
+        updated_at: get(row, "updated_at")?,
+    })
+}
+
+fn op_from_row(row: &PgRow) -> Result<Operation> {
+    let state: String = get(row, "state")?;
+    Ok(Operation {
+        event: event_from_row(row)?,
+        state: parse_state(&state)?,
+        desired: get(row, "desired")?,
+        next_run_at: get(row, "next_run_at")?,
+        lease_owner: get(row, "lease_owner")?,
+        lease_expires_at: get(row, "lease_expires_at")?,
+    })
+}
+
+fn account_from_row(row: &PgRow) -> Result<Account> {
+    let ownership: Option<String> = get(row, "ownership")?;
+    let status: String = get(row, "status")?;
+    Ok(Account {
+        app_id: get(row, "app_id")?,
+        user_id: get(row, "user_id")?,
+        username: get(row, "username")?,
+        remote_id: get(row, "remote_id")?,
+        ownership: ownership
+            .map(|o| Ownership::parse(&o).ok_or_else(|| StoreError::Backend(format!("bad ownership {o}"))))
+            .transpose()?,
+        status: parse_status(&status)?,
+        last_applied: get(row, "last_applied")?,
+        last_event_id: get(row, "last_event_id")?,
+        updated_at: get(row, "updated_at")?,
+    })
+}
+
+/// The state and event status of a new or replaced operation.
+fn initial_state(action: Action, needs_approval: bool) -> (OpState, EventStatus) {
+    if needs_approval {
+        (OpState::AwaitingApproval, EventStatus::Pending)
+    } else {
+        (OpState::Queued, action.working_status())
+    }
+}
+
+fn distinct(ids: impl Iterator<Item = Uuid>) -> Vec<Uuid> {
+    let mut seen = HashSet::new();
+    ids.filter(|id| seen.insert(*id)).collect()
+}
+
+async fn op_in(tx: &mut Tx, id: Uuid) -> Result<Option<Operation>> {
+    let sql = format!("SELECT {OP_COLUMNS} FROM operations WHERE id = $1 FOR UPDATE");
+    let row = sqlx::query(&sql).bind(id).fetch_optional(tx.c()).await.map_err(backend)?;
+    row.as_ref().map(op_from_row).transpose()
+}
+
+async fn account_in(tx: &mut Tx, app: Uuid, user: Uuid) -> Result<Option<Account>> {
+    let sql = format!("{ACCOUNT_SELECT} WHERE a.app_id = $1 AND a.user_id = $2");
+    let row = sqlx::query(&sql).bind(app).bind(user).fetch_optional(tx.c()).await.map_err(backend)?;
+    row.as_ref().map(account_from_row).transpose()
+}
+
+/// The pair `(app, user)` of an operation, with its state, if it exists.
+async fn op_pair(tx: &mut Tx, id: Uuid) -> Result<Option<(Uuid, Uuid, OpState)>> {
+    let row = sqlx::query("SELECT app_id, user_id, state FROM operations WHERE id = $1")
+        .bind(id)
+        .fetch_optional(tx.c())
+        .await
+        .map_err(backend)?;
+    row.map(|r| {
+        let state: String = get(&r, "state")?;
+        Ok((get(&r, "app_id")?, get(&r, "user_id")?, parse_state(&state)?))
+    })
+    .transpose()
+}
+
+/// Sets each account record's status and last event from the operations of its pair
+/// (creating the record when missing): the newest open operation, else the newest finished one
+/// that was not cancelled or rejected, else the newest one. Leaves a record alone when its pair
+/// has no operation. Called by [`Tx::commit`] under the pairs' locks, with `apps[i]` and
+/// `users[i]` the pairs.
+pub(super) async fn refresh_accounts(tx: &mut Tx, apps: &[Uuid], users: &[Uuid]) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO accounts (app_id, user_id, status, last_event_id, updated_at) \
+         SELECT DISTINCT ON (o.app_id, o.user_id) o.app_id, o.user_id, o.status, o.id, $3 \
+         FROM unnest($1::uuid[], $2::uuid[]) AS p(app_id, user_id) \
+         JOIN operations o ON o.app_id = p.app_id AND o.user_id = p.user_id \
+         ORDER BY o.app_id, o.user_id, \
+           CASE WHEN o.state IN ('queued', 'awaiting_approval', 'running') THEN 0 \
+                WHEN o.status IN ('cancelled', 'rejected') THEN 2 ELSE 1 END, o.seq DESC \
+         ON CONFLICT (app_id, user_id) DO UPDATE SET status = excluded.status, \
+         last_event_id = excluded.last_event_id, updated_at = excluded.updated_at",
+    )
+    .bind(apps)
+    .bind(users)
+    .bind(directory::now())
+    .execute(tx.c())
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+/// Queues a new operation for a pair and updates its account record. `None` (nothing written)
+/// when the app or the user row does not exist.
+async fn enqueue(
+    tx: &mut Tx,
+    user_id: Uuid,
+    app_id: Uuid,
+    action: Action,
+    desired: Option<&Value>,
+    needs_approval: bool,
+    now: DateTime<Utc>,
+) -> Result<Option<Uuid>> {
+    let id = Uuid::now_v7();
+    let (state, status) = initial_state(action, needs_approval);
+    let row = sqlx::query(
+        "INSERT INTO operations (id, app_id, app_name, user_id, username, username_key, action, desired, state, \
+         status, attempts, next_run_at, replan, created_at, updated_at) \
+         SELECT $1, a.id, a.name, u.id, u.username, u.username_key, $4, $5, $6, $7, 0, $8, false, $8, $8 \
+         FROM apps a, users u WHERE a.id = $2 AND u.id = $3 RETURNING seq",
+    )
+    .bind(id)
+    .bind(app_id)
+    .bind(user_id)
+    .bind(action.as_str())
+    .bind(desired)
+    .bind(state.as_str())
+    .bind(status.as_str())
+    .bind(now)
+    .fetch_optional(tx.c())
+    .await
+    .map_err(backend)?;
+    if row.is_none() {
+        tracing::debug!(%user_id, %app_id, "not queueing an operation: the app or the user is gone");
+        return Ok(None);
+    }
+    tx.refresh(app_id, user_id);
+    if state == OpState::Queued {
+        tx.wake_operations();
+    }
+    Ok(Some(id))
+}
+
+async fn apply_item(tx: &mut Tx, item: &PlanItem, now: DateTime<Utc>) -> Result<()> {
+    match item {
+        PlanItem::Enqueue { user_id, app_id, action, desired, needs_approval } => {
+            enqueue(tx, *user_id, *app_id, *action, desired.as_ref(), *needs_approval, now).await?;
+        }
+        PlanItem::Replace { op, action, desired, needs_approval } => {
+            let (state, status) = initial_state(*action, *needs_approval);
+            let replaced = sqlx::query(
+                "UPDATE operations SET action = $1, desired = $2, state = $3, status = $4, reason = NULL, \
+                 recommended_action = NULL, next_run_at = $5, updated_at = $5, \
+                 app_name = COALESCE((SELECT name FROM apps WHERE apps.id = operations.app_id), app_name), \
+                 username = COALESCE((SELECT username FROM users WHERE users.id = operations.user_id), username), \
+                 username_key = COALESCE((SELECT username_key FROM users WHERE users.id = operations.user_id), \
+                   username_key) \
+                 WHERE id = $6 AND state IN ('queued', 'awaiting_approval') RETURNING app_id, user_id",
+            )
+            .bind(action.as_str())
+            .bind(desired.as_ref())
+            .bind(state.as_str())
+            .bind(status.as_str())
+            .bind(now)
+            .bind(op)
+            .fetch_optional(tx.c())
+            .await
+            .map_err(backend)?;
+            match replaced {
+                Some(row) => {
+                    tx.refresh(get(&row, "app_id")?, get(&row, "user_id")?);
+                    if state == OpState::Queued {
+                        tx.wake_operations();
+                    }
+                }
+                // Claimed or finished meanwhile: what it will do (or did) is stale.
+                None => match op_pair(tx, *op).await? {
+                    Some((app, user, _)) => {
+                        enqueue(tx, user, app, *action, desired.as_ref(), *needs_approval, now).await?;
+                    }
+                    None => tracing::debug!(%op, "not replacing an operation that does not exist"),
+                },
+            }
+        }
+        PlanItem::Cancel { op, reason } => {
+            let cancelled = sqlx::query(
+                "UPDATE operations SET state = 'done', status = 'cancelled', reason = $1, updated_at = $2 \
+                 WHERE id = $3 AND state IN ('queued', 'awaiting_approval') RETURNING app_id, user_id",
+            )
+            .bind(reason)
+            .bind(now)
+            .bind(op)
+            .fetch_optional(tx.c())
+            .await
+            .map_err(backend)?;
+            match cancelled {
+                Some(row) => tx.refresh(get(&row, "app_id")?, get(&row, "user_id")?),
+                None => replan(tx, *op, now).await?,
+            }
+        }
+        PlanItem::Replan { op } => replan(tx, *op, now).await?,
+        PlanItem::Observe { user_id, app_id, account: AccountWrite::Set { remote_id, ownership, last_applied } } => {
+            tx.set_account(
+                *app_id,
+                *user_id,
+                AccountSet {
+                    remote_id: remote_id.clone(),
+                    ownership: ownership.map(Ownership::as_str),
+                    last_applied: last_applied.clone(),
+                    status: EventStatus::Provisioned.as_str().to_owned(),
+                    last_event_id: None,
+                },
+            );
+        }
+        PlanItem::Observe { account: AccountWrite::Keep, .. } => {}
+        PlanItem::Fail { user_id, app_id, action, reason } => {
+            if let Some(id) = enqueue(tx, *user_id, *app_id, *action, None, false, now).await? {
+                sqlx::query(
+                    "UPDATE operations SET state = 'done', status = 'failed', reason = $1, recommended_action = $2 \
+                     WHERE id = $3",
+                )
+                .bind(reason)
+                .bind("Fill in the missing values in the directory, or change the app's parameters; the account is planned again at the next change.")
+                .bind(id)
+                .execute(tx.c())
+                .await
+                .map_err(backend)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Has a pair planned again once `op` finishes; if it already has (between the planner's read
+/// and its write, or while this transaction waited for the operation's row), records an
+/// account change right away.
+async fn replan(tx: &mut Tx, op: Uuid, now: DateTime<Utc>) -> Result<()> {
+    let marked = sqlx::query("UPDATE operations SET replan = true, updated_at = $1 WHERE id = $2 AND state <> 'done'")
+        .bind(now)
+        .bind(op)
+        .execute(tx.c())
+        .await
+        .map_err(backend)?
+        .rows_affected();
+    if marked == 0 {
+        if let Some((app, user, _)) = op_pair(tx, op).await? {
+            tx.change(NewChange::account(user, app));
+        }
+    }
+    Ok(())
+}
+
+fn lease_end(now: DateTime<Utc>, lease: Duration) -> Result<DateTime<Utc>> {
+    chrono::Duration::from_std(lease)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .map(|t| t.trunc_subsecs(6))
+        .ok_or_else(|| StoreError::Backend(format!("lease of {lease:?} is out of range")))
+}
+
+impl PostgresStore {
+    /// Moves an operation on behalf of an admin (approve, reject, retry), with its audit entry.
+    /// `transition` is told whether a newer operation of the pair exists.
+    async fn admin_transition(
+        &self,
+        id: Uuid,
+        actor: &Actor,
+        audit_action: &str,
+        transition: impl FnOnce(&Operation, bool) -> Result<(OpState, EventStatus, Option<String>)>,
+    ) -> Result<Event> {
+        let mut tx = self.begin().await?;
+        let before = op_in(&mut tx, id).await?.ok_or(StoreError::NotFound)?;
+        // Whether a newer operation exists for the same pair.
+        let newer = sqlx::query(
+            "SELECT 1 FROM operations WHERE app_id = $1 AND user_id = $2 AND id <> $3 AND seq > \
+             (SELECT seq FROM operations WHERE id = $3) LIMIT 1",
+        )
+        .bind(before.event.app_id)
+        .bind(before.event.user_id)
+        .bind(id)
+        .fetch_optional(tx.c())
+        .await
+        .map_err(backend)?
+        .is_some();
+        let (state, status, reason) = transition(&before, newer)?;
+        let now = directory::now();
+        let sql = format!(
+            "UPDATE operations SET state = $1, status = $2, reason = $3, \
+             recommended_action = CASE WHEN $1 = 'done' THEN recommended_action ELSE NULL END, \
+             next_run_at = CASE WHEN $1 = 'done' THEN next_run_at ELSE $4 END, \
+             lease_owner = NULL, lease_expires_at = NULL, updated_at = $4 WHERE id = $5 RETURNING {OP_COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(state.as_str())
+            .bind(status.as_str())
+            .bind(reason)
+            .bind(now)
+            .bind(id)
+            .fetch_one(tx.c())
+            .await
+            .map_err(backend)?;
+        let after = op_from_row(&row)?.event;
+        tx.refresh(after.app_id, after.user_id);
+        if state == OpState::Queued {
+            tx.wake_operations();
+        }
+        record_audit(
+            &mut tx,
+            actor,
+            AuditRecord {
+                action: audit_action,
+                target_type: "event",
+                target_id: id.to_string(),
+                before: to_value(&before.event),
+                after: to_value(&after),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(after)
+    }
+}
+
+#[async_trait]
+impl ProvisioningStore for PostgresStore {
+    async fn engine_cursor(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT value FROM engine_state WHERE name = 'change_cursor'")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.map_or(Ok(0), |r| get(&r, "value"))
+    }
+
+    async fn apps_of_user(&self, user: Uuid) -> Result<Vec<Uuid>> {
+        let rows = sqlx::query(
+            "SELECT ra.app_id AS id FROM role_apps ra JOIN role_users ru ON ru.role_id = ra.role_id \
+             WHERE ru.user_id = $1 \
+             UNION SELECT app_id AS id FROM accounts WHERE user_id = $1 ORDER BY id",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(|r| get(r, "id")).collect()
+    }
+
+    async fn users_of_app(&self, app: Uuid) -> Result<Vec<Uuid>> {
+        let rows = sqlx::query(
+            "SELECT ru.user_id AS id FROM role_users ru JOIN role_apps ra ON ra.role_id = ru.role_id \
+             WHERE ra.app_id = $1 \
+             UNION SELECT user_id AS id FROM accounts WHERE app_id = $1 ORDER BY id",
+        )
+        .bind(app)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(|r| get(r, "id")).collect()
+    }
+
+    async fn load_pairs(&self, pairs: &[(Uuid, Uuid)]) -> Result<Vec<PairState>> {
+        // One read-only snapshot: every pair is read as of the same moment.
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let mut out = Vec::with_capacity(pairs.len());
+        for chunk in pairs.chunks(PAIR_CHUNK) {
+            let user_ids = distinct(chunk.iter().map(|p| p.0));
+            let app_ids = distinct(chunk.iter().map(|p| p.1));
+
+            let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = ANY($1)");
+            let rows = sqlx::query(&sql).bind(&user_ids).fetch_all(&mut *tx).await.map_err(backend)?;
+            let users = rows.iter().map(|r| user_from_row(r).map(|u| (u.id, u))).collect::<Result<HashMap<_, _>>>()?;
+
+            let sql = format!("SELECT {APP_COLUMNS} FROM apps WHERE id = ANY($1)");
+            let rows = sqlx::query(&sql).bind(&app_ids).fetch_all(&mut *tx).await.map_err(backend)?;
+            let apps = rows.iter().map(|r| app_from_row(r).map(|a| (a.id, a))).collect::<Result<HashMap<_, _>>>()?;
+
+            let rows = sqlx::query(
+                "SELECT DISTINCT ru.user_id, ra.app_id FROM role_users ru \
+                 JOIN role_apps ra ON ra.role_id = ru.role_id WHERE ru.user_id = ANY($1) AND ra.app_id = ANY($2)",
+            )
+            .bind(&user_ids)
+            .bind(&app_ids)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?;
+            let grants = rows
+                .iter()
+                .map(|r| Ok((get::<Uuid>(r, "user_id")?, get::<Uuid>(r, "app_id")?)))
+                .collect::<Result<HashSet<_>>>()?;
+
+            let rows = sqlx::query(
+                "SELECT ru.user_id, r.id, r.name FROM role_users ru JOIN roles r ON r.id = ru.role_id \
+                 WHERE ru.user_id = ANY($1) ORDER BY r.name_key",
+            )
+            .bind(&user_ids)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?;
+            let mut roles: HashMap<Uuid, Vec<directory::RoleRef>> = HashMap::new();
+            for r in &rows {
+                roles
+                    .entry(get(r, "user_id")?)
+                    .or_default()
+                    .push(directory::RoleRef { id: get(r, "id")?, name: get(r, "name")? });
+            }
+
+            let sql = format!("{ACCOUNT_SELECT} WHERE a.user_id = ANY($1) AND a.app_id = ANY($2)");
+            let rows = sqlx::query(&sql).bind(&user_ids).bind(&app_ids).fetch_all(&mut *tx).await.map_err(backend)?;
+            let accounts = rows
+                .iter()
+                .map(|r| account_from_row(r).map(|a| ((a.user_id, a.app_id), a)))
+                .collect::<Result<HashMap<_, _>>>()?;
+
+            let sql = format!(
+                "SELECT {OP_COLUMNS} FROM operations \
+                 WHERE state IN ('queued', 'awaiting_approval', 'running') AND user_id = ANY($1) \
+                 AND app_id = ANY($2) ORDER BY seq"
+            );
+            let rows = sqlx::query(&sql).bind(&user_ids).bind(&app_ids).fetch_all(&mut *tx).await.map_err(backend)?;
+            // (running, waiting), the oldest of each.
+            let mut open: HashMap<(Uuid, Uuid), (Option<Operation>, Option<Operation>)> = HashMap::new();
+            for row in &rows {
+                let op = op_from_row(row)?;
+                let slot = open.entry((op.event.user_id, op.event.app_id)).or_default();
+                match op.state {
+                    OpState::Running if slot.0.is_none() => slot.0 = Some(op),
+                    OpState::Queued | OpState::AwaitingApproval if slot.1.is_none() => slot.1 = Some(op),
+                    _ => {}
+                }
+            }
+
+            for &(user_id, app_id) in chunk {
+                let (running, waiting) = open.get(&(user_id, app_id)).cloned().unwrap_or_default();
+                out.push(PairState {
+                    user_id,
+                    app_id,
+                    user: users.get(&user_id).cloned(),
+                    app: apps.get(&app_id).cloned(),
+                    granted: grants.contains(&(user_id, app_id)),
+                    roles: roles.get(&user_id).cloned().unwrap_or_default(),
+                    account: accounts.get(&(user_id, app_id)).cloned(),
+                    running,
+                    waiting,
+                });
+            }
+        }
+        tx.rollback().await.map_err(backend)?;
+        Ok(out)
+    }
+
+    async fn apply_plan(&self, plan: &PlanWrite) -> Result<()> {
+        let now = directory::now();
+        let mut tx = self.begin().await?;
+        if let Some(c) = plan.cursor {
+            sqlx::query(
+                "INSERT INTO engine_state (name, value) VALUES ('change_cursor', $1) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            )
+            .bind(c)
+            .execute(tx.c())
+            .await
+            .map_err(backend)?;
+        }
+        for item in &plan.items {
+            apply_item(&mut tx, item, now).await?;
+        }
+        tx.commit().await
+    }
+
+    /// Claims are serialised per app (`pg_advisory_xact_lock(CLAIM_LOCK, hashtext(app))`),
+    /// so that the count of running operations read here cannot be raced by another
+    /// process, and never leave more than the app's `max_concurrency` (default 4) operations
+    /// running under a live lease, whatever `limit` asks. Rows are taken with `FOR UPDATE
+    /// SKIP LOCKED`: an operation a planner is collapsing right now is left for next time.
+    async fn claim_operations(&self, app: Uuid, owner: &str, limit: u32, lease: Duration) -> Result<Vec<Operation>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let now = directory::now();
+        let expires = lease_end(now, lease)?;
+        let mut tx = self.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2::text))")
+            .bind(CLAIM_LOCK)
+            .bind(app)
+            .execute(tx.c())
+            .await
+            .map_err(backend)?;
+        let row = sqlx::query(
+            "SELECT COALESCE((SELECT CASE WHEN jsonb_typeof(provisioning -> 'max_concurrency') = 'number' \
+               THEN GREATEST((provisioning ->> 'max_concurrency')::numeric::bigint, 1) END \
+               FROM apps WHERE id = $1), $3) AS max_running, \
+             (SELECT COUNT(*) FROM operations WHERE app_id = $1 AND state = 'running' \
+               AND lease_expires_at >= $2) AS running",
+        )
+        .bind(app)
+        .bind(now)
+        .bind(DEFAULT_MAX_RUNNING)
+        .fetch_one(tx.c())
+        .await
+        .map_err(backend)?;
+        let max_running: i64 = get(&row, "max_running")?;
+        let running: i64 = get(&row, "running")?;
+        let room = (max_running - running).max(0).min(i64::from(limit.min(MAX_CLAIM)));
+        if room == 0 {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT o.seq, o.action FROM operations o WHERE o.app_id = $2 AND {RUNNABLE} \
+             ORDER BY o.seq LIMIT $3 FOR UPDATE OF o SKIP LOCKED"
+        );
+        let rows = sqlx::query(&sql).bind(now).bind(app).bind(room).fetch_all(tx.c()).await.map_err(backend)?;
+        let update = format!(
+            "UPDATE operations SET state = 'running', lease_owner = $1, lease_expires_at = $2, \
+             attempts = attempts + 1, status = $3, updated_at = $4 WHERE seq = $5 RETURNING {OP_COLUMNS}"
+        );
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let seq: i64 = get(row, "seq")?;
+            let action: String = get(row, "action")?;
+            let action = parse_action(&action)?;
+            let row = sqlx::query(&update)
+                .bind(owner)
+                .bind(expires)
+                .bind(action.working_status().as_str())
+                .bind(now)
+                .bind(seq)
+                .fetch_one(tx.c())
+                .await
+                .map_err(backend)?;
+            let op = op_from_row(&row)?;
+            tx.refresh(op.event.app_id, op.event.user_id);
+            claimed.push(op);
+        }
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn apps_with_due_operations(&self) -> Result<Vec<Uuid>> {
+        // Due or orphaned work, without the per-pair order (which the claim applies): cheap
+        // enough to ask on every dispatch, at the price of an occasional claim of nothing.
+        let sql = "SELECT DISTINCT app_id AS id FROM operations \
+                   WHERE (state = 'queued' AND next_run_at <= $1) OR (state = 'running' AND lease_expires_at < $1)";
+        let rows = sqlx::query(sql).bind(directory::now()).fetch_all(&self.pool).await.map_err(backend)?;
+        rows.iter().map(|r| get(r, "id")).collect()
+    }
+
+    async fn finish_operation(&self, op: Uuid, owner: &str, outcome: &Outcome) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(
+            "UPDATE operations SET state = 'done', status = $1, reason = $2, recommended_action = $3, \
+             lease_owner = NULL, lease_expires_at = NULL, updated_at = $4 \
+             WHERE id = $5 AND state = 'running' AND lease_owner = $6 RETURNING app_id, user_id, replan",
+        )
+        .bind(outcome.status.as_str())
+        .bind(outcome.reason.as_deref())
+        .bind(outcome.recommended_action.as_deref())
+        .bind(directory::now())
+        .bind(op)
+        .bind(owner)
+        .fetch_optional(tx.c())
+        .await
+        .map_err(backend)?;
+        let Some(row) = row else { return Ok(false) };
+        let app: Uuid = get(&row, "app_id")?;
+        let user: Uuid = get(&row, "user_id")?;
+        let marked: bool = get(&row, "replan")?;
+        if let AccountWrite::Set { remote_id, ownership, last_applied } = &outcome.account {
+            tx.set_account(
+                app,
+                user,
+                AccountSet {
+                    remote_id: remote_id.clone(),
+                    ownership: ownership.map(Ownership::as_str),
+                    last_applied: last_applied.clone(),
+                    status: outcome.status.as_str().to_owned(),
+                    last_event_id: Some(op),
+                },
+            );
+        }
+        tx.refresh(app, user);
+        if outcome.replan || marked {
+            tx.change(NewChange::account(user, app));
+        }
+        // The next operation of the pair, if any, may run now; and a slot of the app is free.
+        tx.wake_operations();
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn retry_operation_later(&self, op: Uuid, owner: &str, at: DateTime<Utc>, reason: &str) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(
+            "UPDATE operations SET state = 'queued', next_run_at = $1, reason = $2, \
+             lease_owner = NULL, lease_expires_at = NULL, updated_at = $3 \
+             WHERE id = $4 AND state = 'running' AND lease_owner = $5 RETURNING seq",
+        )
+        .bind(at)
+        .bind(reason)
+        .bind(directory::now())
+        .bind(op)
+        .bind(owner)
+        .fetch_optional(tx.c())
+        .await
+        .map_err(backend)?;
+        if row.is_some() {
+            tx.wake_operations();
+        }
+        tx.commit().await?;
+        Ok(row.is_some())
+    }
+
+    /// Gives up every lease, whoever holds it. Only for a deployment with a single engine
+    /// process, at its start: with several processes sharing the database this would take
+    /// work away from live workers (which would then lose their fence and run it twice).
+    /// Several-process deployments do not call it and rely on lease expiry instead: the
+    /// operations of a process that died are claimed again once their leases run out.
+    async fn release_all_leases(&self) -> Result<u64> {
+        let now = directory::now();
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(
+            "UPDATE operations SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
+             next_run_at = $1, updated_at = $1 WHERE state = 'running'",
+        )
+        .bind(now)
+        .execute(tx.c())
+        .await
+        .map_err(backend)?
+        .rows_affected();
+        if done > 0 {
+            tx.wake_operations();
+        }
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    async fn get_operation(&self, id: Uuid) -> Result<Option<Operation>> {
+        let sql = format!("SELECT {OP_COLUMNS} FROM operations WHERE id = $1");
+        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await.map_err(backend)?;
+        row.as_ref().map(op_from_row).transpose()
+    }
+
+    async fn list_events(&self, query: &EventQuery) -> Result<Page<Event>> {
+        let mut qb: QueryBuilder<Postgres> =
+            QueryBuilder::new(format!("SELECT {OP_COLUMNS} FROM operations WHERE 1 = 1"));
+        if let Some(u) = query.user {
+            qb.push(" AND user_id = ").push_bind(u);
+        }
+        if let Some(a) = query.app {
+            qb.push(" AND app_id = ").push_bind(a);
+        }
+        if let Some(s) = query.status {
+            qb.push(" AND status = ").push_bind(s.as_str());
+        }
+        if let Some(q) = query.q.as_deref().filter(|q| !q.is_empty()) {
+            qb.push(" AND username_key LIKE ").push_bind(like_pattern(q)).push(" ESCAPE '\\'");
+        }
+        if let Some(c) = &query.page.cursor {
+            let key = cursor::decode(c, 1)?;
+            let seq: i64 = key[0].parse().map_err(|_| StoreError::InvalidCursor)?;
+            qb.push(" AND seq < ").push_bind(seq);
+        }
+        qb.push(" ORDER BY seq DESC LIMIT ").push_bind(limit_of(&query.page) + 1);
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(backend)?;
+        let events =
+            rows.iter().map(|r| Ok((get::<i64>(r, "seq")?, event_from_row(r)?))).collect::<Result<Vec<_>>>()?;
+        Ok(paginate(events, &query.page, |(seq, _)| vec![seq.to_string()]).map(|(_, e)| e))
+    }
+
+    async fn approve_operation(&self, id: Uuid, actor: &Actor) -> Result<Event> {
+        self.admin_transition(id, actor, "event.approve", |op, _| match op.state {
+            OpState::AwaitingApproval => Ok((OpState::Queued, op.event.action.working_status(), None)),
+            _ => Err(StoreError::InvalidState(format!("event is {}, not pending", op.event.status.as_str()))),
+        })
+        .await
+    }
+
+    async fn reject_operation(&self, id: Uuid, actor: &Actor) -> Result<Event> {
+        let reason = format!("Rejected by {}", actor.name);
+        self.admin_transition(id, actor, "event.reject", |op, _| match op.state {
+            OpState::AwaitingApproval => Ok((OpState::Done, EventStatus::Rejected, Some(reason))),
+            _ => Err(StoreError::InvalidState(format!("event is {}, not pending", op.event.status.as_str()))),
+        })
+        .await
+    }
+
+    async fn retry_operation(&self, id: Uuid, actor: &Actor) -> Result<Event> {
+        // An old operation is not run again once a newer one exists for the same pair: what it
+        // would apply is stale (the newer one, or the planner, knows better).
+        self.admin_transition(id, actor, "event.retry", |op, newer| match (op.state, op.event.status) {
+            (OpState::Done, EventStatus::Failed) if newer => {
+                Err(StoreError::InvalidState("event is superseded by a newer event for this account".into()))
+            }
+            (OpState::Done, EventStatus::Failed) => Ok((OpState::Queued, op.event.action.working_status(), None)),
+            (_, status) => Err(StoreError::InvalidState(format!("event is {}, not failed", status.as_str()))),
+        })
+        .await
+    }
+
+    async fn get_account(&self, app: Uuid, user: Uuid) -> Result<Option<Account>> {
+        let sql = format!("{ACCOUNT_SELECT} WHERE a.app_id = $1 AND a.user_id = $2");
+        let row = sqlx::query(&sql).bind(app).bind(user).fetch_optional(&self.pool).await.map_err(backend)?;
+        row.as_ref().map(account_from_row).transpose()
+    }
+
+    async fn list_accounts(&self, query: &AccountQuery) -> Result<Page<Account>> {
+        let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(format!("{ACCOUNT_SELECT} WHERE 1 = 1"));
+        if let Some(a) = query.app {
+            qb.push(" AND a.app_id = ").push_bind(a);
+        }
+        if let Some(u) = query.user {
+            qb.push(" AND a.user_id = ").push_bind(u);
+        }
+        if let Some(c) = &query.page.cursor {
+            let key = cursor::decode(c, 3)?;
+            qb.push(format!(" AND ({ACCOUNT_KEY}, a.user_id, a.app_id) > ("))
+                .push_bind(key[0].clone())
+                .push(", ")
+                .push_bind(cursor_uuid(&key[1])?)
+                .push(", ")
+                .push_bind(cursor_uuid(&key[2])?)
+                .push(")");
+        }
+        qb.push(format!(" ORDER BY {ACCOUNT_KEY}, a.user_id, a.app_id LIMIT ")).push_bind(limit_of(&query.page) + 1);
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(backend)?;
+        let accounts = rows.iter().map(account_from_row).collect::<Result<Vec<_>>>()?;
+        Ok(paginate(accounts, &query.page, |a| {
+            vec![User::username_key(&a.username), a.user_id.to_string(), a.app_id.to_string()]
+        }))
+    }
+
+    async fn link_account(&self, app: Uuid, user: Uuid, remote_id: &str, actor: &Actor) -> Result<Account> {
+        let mut tx = self.begin().await?;
+        // The record is written here rather than at commit: hold the pair's lock from now on.
+        tx.lock_pair(app, user).await?;
+        Self::app_in(&mut tx, app).await?;
+        if Self::user_in(&mut tx, user).await?.status == UserStatus::Deleted {
+            return Err(StoreError::NotFound);
+        }
+        let taken = sqlx::query(
+            "SELECT 1 FROM accounts WHERE app_id = $1 AND remote_id = $2 AND user_id <> $3 \
+             AND ownership IN ('created', 'linked') LIMIT 1",
+        )
+        .bind(app)
+        .bind(remote_id)
+        .bind(user)
+        .fetch_optional(tx.c())
+        .await
+        .map_err(backend)?;
+        if taken.is_some() {
+            return Err(StoreError::Duplicate { field: "remote_id" });
+        }
+        let before = account_in(&mut tx, app, user).await?;
+        sqlx::query(
+            "INSERT INTO accounts (app_id, user_id, remote_id, ownership, status, last_applied, last_event_id, \
+             updated_at) VALUES ($1, $2, $3, 'linked', 'provisioned', NULL, NULL, $4) \
+             ON CONFLICT (app_id, user_id) DO UPDATE SET remote_id = excluded.remote_id, ownership = 'linked', \
+             status = 'provisioned', last_applied = NULL, updated_at = excluded.updated_at",
+        )
+        .bind(app)
+        .bind(user)
+        .bind(remote_id)
+        .bind(directory::now())
+        .execute(tx.c())
+        .await
+        .map_err(backend)?;
+        // Planned again: with no values applied yet, the planner queues an update.
+        tx.change(NewChange::account(user, app));
+        record_audit(
+            &mut tx,
+            actor,
+            AuditRecord {
+                action: "account.link",
+                target_type: "account",
+                target_id: format!("{app}:{user}"),
+                before: before.as_ref().and_then(to_value),
+                after: Some(serde_json::json!({ "remote_id": remote_id })),
+            },
+        )
+        .await?;
+        let account = account_in(&mut tx, app, user).await?.ok_or(StoreError::NotFound)?;
+        tx.commit().await?;
+        Ok(account)
+    }
+
+    async fn set_app_capabilities(&self, app: Uuid, capabilities: &Value) -> Result<()> {
+        let done = sqlx::query("UPDATE apps SET capabilities = $1 WHERE id = $2")
+            .bind(capabilities)
+            .bind(app)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn get_app_capabilities(&self, app: Uuid) -> Result<Option<Value>> {
+        let row = sqlx::query("SELECT capabilities FROM apps WHERE id = $1")
+            .bind(app)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        match row {
+            Some(r) => get(&r, "capabilities"),
+            None => Ok(None),
+        }
+    }
+
+    /// One conditional upsert: under concurrency the second writer waits for the first's row
+    /// and then sees its `last_run`, so only one process runs the job per period.
+    async fn try_run_schedule(&self, name: &str, every: Duration) -> Result<bool> {
+        let now = directory::now();
+        let due_before = chrono::Duration::from_std(every)
+            .ok()
+            .and_then(|d| now.checked_sub_signed(d))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let done = sqlx::query(
+            "INSERT INTO schedules (name, last_run) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET last_run = excluded.last_run WHERE schedules.last_run <= $3",
+        )
+        .bind(name)
+        .bind(now)
+        .bind(due_before)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn try_hold_lease(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool> {
+        let now = directory::now();
+        let expired = chrono::Duration::from_std(ttl)
+            .ok()
+            .and_then(|d| now.checked_sub_signed(d))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let done = sqlx::query(
+            "INSERT INTO schedules (name, last_run, owner) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET last_run = excluded.last_run, owner = excluded.owner \
+             WHERE schedules.owner = excluded.owner OR schedules.owner IS NULL OR schedules.last_run <= $4",
+        )
+        .bind(name)
+        .bind(now)
+        .bind(owner)
+        .bind(expired)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected() > 0)
+    }
+}
