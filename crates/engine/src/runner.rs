@@ -392,9 +392,6 @@ impl Engine {
             Ok(false) => tracing::warn!(op = %id, "lease lost before the outcome was recorded; another worker owns it"),
             Err(e) => tracing::warn!(op = %id, error = %e, "outcome not recorded; the operation will be retried"),
         }
-        if matches!(&execution, Execution::Finished(o) if o.replan) {
-            self.planner_wake.notify_one();
-        }
         // A finished operation may have asked for re-planning (an account change).
         self.planner_wake.notify_one();
     }

@@ -354,19 +354,21 @@ impl SqliteStore {
                 ("role_apps", "app_id", NewChange::role_app(role, other), "app")
             }
         };
-        let sql = if add {
-            format!("INSERT INTO {table} (role_id, {column}, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
+        let done = if add {
+            let sql =
+                format!("INSERT INTO {table} (role_id, {column}, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING");
+            sqlx::query(&sql)
+                .bind(role.to_string())
+                .bind(other.to_string())
+                .bind(ts(&directory::now()))
+                .execute(&mut *tx)
+                .await
         } else {
-            format!("DELETE FROM {table} WHERE role_id = ? AND {column} = ? AND ? IS NOT NULL")
-        };
-        let done = sqlx::query(&sql)
-            .bind(role.to_string())
-            .bind(other.to_string())
-            .bind(ts(&directory::now()))
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?
-            .rows_affected()
+            let sql = format!("DELETE FROM {table} WHERE role_id = ? AND {column} = ?");
+            sqlx::query(&sql).bind(role.to_string()).bind(other.to_string()).execute(&mut *tx).await
+        }
+        .map_err(backend)?
+        .rows_affected()
             > 0;
         if done {
             record_change(&mut tx, change).await?;
