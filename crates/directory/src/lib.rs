@@ -1,6 +1,8 @@
 //! Domain types of the Provisioner directory: people, roles, apps, custom attribute
 //! definitions, the audit log and the change feed. Pure data and validation, no I/O.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::todo, clippy::unimplemented))]
+
 pub mod app;
 pub mod attribute;
 pub mod audit;

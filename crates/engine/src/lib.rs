@@ -6,6 +6,8 @@
 //! - [`runner`] is the planner loop that follows the change feed, and the dispatcher that
 //!   claims operations with a lease and runs them within each app's concurrency limit.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::todo, clippy::unimplemented))]
+
 pub mod admin;
 pub mod mapping;
 pub mod plan;

@@ -1,5 +1,7 @@
 //! The Provisioner service: the admin REST API over one service layer.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::todo, clippy::unimplemented))]
+
 pub mod api;
 pub mod console;
 pub mod error;
