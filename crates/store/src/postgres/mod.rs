@@ -347,6 +347,13 @@ impl Tx {
         Ok(())
     }
 
+    /// Ends the transaction without writing, at once: a dropped transaction is rolled back
+    /// only when its connection is next used, and keeps its row locks until then (which
+    /// `SKIP LOCKED` claims would step over).
+    pub(crate) async fn rollback(self) -> Result<()> {
+        self.tx.rollback().await.map_err(backend)
+    }
+
     pub(crate) async fn commit(mut self) -> Result<()> {
         let pairs = std::mem::take(&mut self.pairs);
         if !pairs.is_empty() {

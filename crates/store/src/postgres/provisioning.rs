@@ -359,7 +359,14 @@ impl PostgresStore {
         .await
         .map_err(backend)?
         .is_some();
-        let (state, status, reason) = transition(&before, newer)?;
+        let (state, status, reason) = match transition(&before, newer) {
+            Ok(t) => t,
+            Err(e) => {
+                // Release the row lock now, not when the connection is next used.
+                tx.rollback().await?;
+                return Err(e);
+            }
+        };
         let now = directory::now();
         let sql = format!(
             "UPDATE operations SET state = $1, status = $2, reason = $3, \
