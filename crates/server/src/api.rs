@@ -58,7 +58,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(approve_event))
         .routes(routes!(reject_event))
         .routes(routes!(retry_event))
-        .routes(routes!(get_parameters, put_parameters))
+        .routes(routes!(get_parameters, put_parameters, reset_parameters))
         .routes(routes!(get_rules, put_rules))
         .routes(routes!(plan_preview))
         .routes(routes!(explain))
@@ -622,6 +622,19 @@ async fn put_parameters(
     ApiJson(params): ApiJson<Vec<Parameter>>,
 ) -> Result<Response> {
     let app = s.service.put_mapping(&actor, id, Some(params), None, v).await?;
+    Ok(tagged(StatusCode::OK, app.version, app.effective_parameters().into_owned()))
+}
+
+/// Drop the app's parameters: the default mapping applies again.
+#[utoipa::path(delete, path = "/apps/{id}/parameters", tag = "mapping", params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header)),
+    responses((status = 200, body = Vec<Parameter>), (status = 412, body = Problem, content_type = "application/problem+json")))]
+async fn reset_parameters(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<Uuid>,
+    IfMatch(v): IfMatch,
+) -> Result<Response> {
+    let app = s.service.reset_parameters(&actor, id, v).await?;
     Ok(tagged(StatusCode::OK, app.version, app.effective_parameters().into_owned()))
 }
 

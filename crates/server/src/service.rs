@@ -532,6 +532,23 @@ impl Service {
         Err(Error::internal("unreachable: write attempts exhausted"))
     }
 
+    /// Drops the app's own parameters: the default mapping applies again, and every user the
+    /// app concerns is planned again.
+    pub async fn reset_parameters(&self, actor: &Actor, app_id: Uuid, if_match: Option<i64>) -> Result<App> {
+        for attempt in 1..=WRITE_ATTEMPTS {
+            let current = self.get_app(app_id).await?;
+            check_if_match(current.version, if_match)?;
+            let updated =
+                App { parameters: None, updated_at: directory::now(), version: current.version + 1, ..current.clone() };
+            match self.store.update_app_mapping(&updated, current.version, actor).await {
+                Ok(()) => return Ok(self.changed(updated)),
+                Err(StoreError::VersionConflict { .. }) if if_match.is_none() && attempt < WRITE_ATTEMPTS => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::internal("unreachable: write attempts exhausted"))
+    }
+
     async fn validate_mapping(&self, parameters: Option<&[Parameter]>, rules: Option<&[Rule]>) -> Result<()> {
         let defs = self.store.list_attribute_defs().await?;
         let mut errors = ValidationErrors::default();

@@ -368,6 +368,13 @@ async fn console_mapping_editors_work_without_javascript() {
     assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
     let html = r.text().await.unwrap();
     assert!(html.contains("someone changed this app") && html.contains(r#"value="upper""#));
+    // "Use the default mapping" drops the app's own parameters.
+    let current = c.state.service.get_app(app.id).await.unwrap().version.to_string();
+    let r = c.post(&params, &session, &[("csrf", csrf.as_str()), ("version", current.as_str()), ("op", "reset")]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(c.state.service.get_app(app.id).await.unwrap().parameters.is_none(), "the default mapping again");
+    let audit = c.state.service.list_audit(&store::AuditQuery::default()).await.unwrap();
+    assert_eq!((audit.items[0].action.as_str(), audit.items[0].actor.kind.as_str()), ("app.mapping", "admin"));
 }
 
 // ---- the walkthrough in a real browser ----

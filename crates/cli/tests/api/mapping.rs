@@ -139,6 +139,19 @@ async fn parameters_map_attributes_and_only_on_create_values_are_kept(backend: B
     assert_eq!(acc["name"]["givenName"], "Augusta");
     assert_eq!(acc[ent]["department"], "Math");
     assert_eq!(acc["nickName"], "ada.lovelace", "only-on-create values are not overwritten");
+
+    // Back to the default mapping: the app's own parameters are dropped and the user re-planned.
+    let reset = w.s.call(Method::DELETE, &format!("/api/v1/apps/{}/parameters", w.app), None).await;
+    assert_eq!(reset.status, StatusCode::OK, "{reset:#?}");
+    assert_eq!(reset.body, w.s.get(&format!("/api/v1/apps/{}/parameters", w.app)).await.body);
+    assert_eq!(reset.body[0]["app_attribute"], "userName");
+    assert!(reset.body.as_array().unwrap().iter().all(|p| p["app_attribute"] != "userType"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !w.in_app("ada").await[0]["userType"].is_null() {
+        assert!(Instant::now() < deadline, "the app still has the dropped parameter's value");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(w.in_app("ada").await[0]["name"]["givenName"], "Augusta", "the default mapping applies");
 }
 
 async fn an_empty_required_value_fails_the_event_and_sends_nothing(backend: Backend) {

@@ -40,7 +40,7 @@ async fn openapi_document_covers_every_route() {
         ("/api/v1/events/{id}/approve", &["post"]),
         ("/api/v1/events/{id}/reject", &["post"]),
         ("/api/v1/events/{id}/retry", &["post"]),
-        ("/api/v1/apps/{id}/parameters", &["get", "put"]),
+        ("/api/v1/apps/{id}/parameters", &["get", "put", "delete"]),
         ("/api/v1/apps/{id}/rules", &["get", "put"]),
         ("/api/v1/apps/{id}/plan", &["post"]),
         ("/api/v1/users/{id}/apps/{app_id}/explain", &["get"]),

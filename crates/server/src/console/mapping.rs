@@ -737,6 +737,27 @@ async fn post_parameters(
         let page = parameters_page(&state, &session, &headers, app, version, rows).await?;
         return view::page(&page, StatusCode::OK);
     }
+    if cmd.what == "reset" {
+        return match state.service.reset_parameters(&session.actor(), id, Some(version)).await {
+            Ok(_) => Ok(view::see_other_with(
+                &format!("/console/apps/{id}/parameters"),
+                "ok",
+                "The default mapping applies again. Every user the app concerns is re-evaluated.",
+            )),
+            Err(e) => match outcome(e)? {
+                Outcome::Changed(current) => {
+                    let mut page = parameters_page(&state, &session, &headers, app, version, rows).await?;
+                    page.changed = Some(changed_message(current, "Parameters"));
+                    view::page(&page, StatusCode::PRECONDITION_FAILED)
+                }
+                Outcome::Errors(e) => {
+                    let mut page = parameters_page(&state, &session, &headers, app, version, rows).await?;
+                    page.errors = leftovers(e);
+                    view::page(&page, StatusCode::UNPROCESSABLE_ENTITY)
+                }
+            },
+        };
+    }
     let mut local = Vec::new();
     let params = to_parameters(&rows, &mut local);
     let saving = cmd.what == "save";
