@@ -110,6 +110,8 @@ impl Scim2Server {
             let log_file = std::fs::File::create(&log).expect("create the server log file");
             let log_err = log_file.try_clone().expect("clone the log file handle");
             let mut cmd = Command::new(&bin);
+            // Log lines reach the file as they are written (tests count requests in it).
+            cmd.env("PYTHONUNBUFFERED", "1");
             cmd.args(["--hostname", "127.0.0.1", "--port", &port.to_string()]);
             if let Some(t) = token {
                 cmd.args(["--bearer-token", t]);
