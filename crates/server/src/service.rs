@@ -375,7 +375,8 @@ impl Service {
             let doc = merge(doc, patch, directory::app::READ_ONLY_APP_FIELDS)?;
             let input: AppInput = from_value(doc)?;
             let existing_ct = self.store.get_app_credential(id).await?.ok_or(Error::NotFound("app"))?;
-            let existing = self.app_secret(id).await?;
+            let existing =
+                store::secrets::decrypt_credential(&self.keyring, id, &existing_ct).map_err(Error::internal)?;
             let (validated, secret) = input.validate(Some(&existing))?;
             // Re-encrypt when the secret changed, or when it was made with a retired key.
             let credential = if secret != existing || self.keyring.is_stale(&existing_ct) {
