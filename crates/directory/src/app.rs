@@ -50,6 +50,11 @@ pub struct ProvisioningSettings {
     pub create_missing_groups: bool,
     /// Members per group PATCH request (1 to 1000, default 100).
     pub group_chunk_size: u32,
+    /// Look an account up by userName before creating it (default `true`). `false`: create
+    /// directly, one request per new account instead of two, and look up only when the app
+    /// answers 409 (a SCIM app must refuse a taken userName, RFC 7644 section 3.3); choose it
+    /// only for apps that do. Retries always look up first.
+    pub lookup_before_create: bool,
 }
 
 impl Default for ProvisioningSettings {
@@ -62,6 +67,7 @@ impl Default for ProvisioningSettings {
             max_concurrency: 4,
             create_missing_groups: false,
             group_chunk_size: 100,
+            lookup_before_create: true,
         }
     }
 }

@@ -136,7 +136,7 @@ impl Engine {
         let pairs: Vec<(Uuid, Uuid)> = store.users_of_app(app_id).await?.into_iter().map(|u| (u, app_id)).collect();
         for chunk in pairs.chunks(500) {
             for s in store.load_pairs(chunk).await? {
-                let want = intent(s.user.as_ref(), &s.roles, &app, s.granted);
+                let want = intent(s.user.as_deref(), &s.roles, &app, s.granted);
                 let username = s.user.as_ref().map_or_else(String::new, |u| u.username.clone());
                 let before = s.account.as_ref().and_then(|a| a.last_applied.clone());
                 if let Intent::Invalid(reason) = &want {
@@ -184,7 +184,7 @@ impl Engine {
         let state =
             store.load_pairs(&[(user_id, app_id)]).await?.into_iter().next().ok_or(EngineError::NotFound("user"))?;
         let user = state.user.as_ref().ok_or(EngineError::NotFound("user"))?;
-        let app: &App = state.app.as_ref().ok_or(EngineError::NotFound("app"))?;
+        let app: &App = state.app.as_deref().ok_or(EngineError::NotFound("app"))?;
         let active = user.status == directory::UserStatus::Active;
         let e = evaluate(user, &state.roles, app, active);
         let reason = if !app.provisioning.enabled {

@@ -9,11 +9,13 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::todo, clippy::unimplemented))]
 
 pub mod admin;
+pub mod desired;
 pub mod mapping;
 pub mod plan;
 pub mod reconcile;
 pub mod runner;
 pub mod worker;
 
+pub use desired::DesiredSummary;
 pub use admin::{Explanation, PlanPreview, PreviewSample};
 pub use runner::{Engine, EngineConfig, EngineError, ProvisionStep, ReconcileReport};

@@ -231,6 +231,26 @@ pub fn get_path<'a>(resource: &'a Value, path: &AttrPath) -> Option<&'a Value> {
 }
 
 thread_local! {
+    static PATH_CACHE: RefCell<HashMap<String, Option<AttrPath>>> = RefCell::new(HashMap::new());
+}
+
+/// [`AttrPath::parse`], remembered: the same few paths are parsed for every user.
+pub fn parse_path(path: &str) -> Option<AttrPath> {
+    PATH_CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(p) = cache.get(path) {
+            return p.clone();
+        }
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        let parsed = AttrPath::parse(path);
+        cache.insert(path.to_owned(), parsed.clone());
+        parsed
+    })
+}
+
+thread_local! {
     static REGEX_CACHE: RefCell<HashMap<String, Option<regex::Regex>>> = RefCell::new(HashMap::new());
 }
 
@@ -302,7 +322,7 @@ pub fn evaluate(user: &User, roles: &[RoleRef], app: &App, active: bool) -> Eval
     let mut create_only = Vec::new();
     let mut missing_required = Vec::new();
     for (i, p) in app.effective_parameters().iter().enumerate() {
-        let Some(path) = AttrPath::parse(&p.app_attribute) else { continue };
+        let Some(path) = parse_path(&p.app_attribute) else { continue };
         let value = source_value(&p.source, user);
         if value.is_none() && p.required {
             missing_required.push(p.app_attribute.clone());
@@ -336,7 +356,7 @@ pub fn evaluate(user: &User, roles: &[RoleRef], app: &App, active: bool) -> Eval
         for action in &rule.actions {
             match action {
                 RuleAction::Set(s) => {
-                    let Some(path) = AttrPath::parse(&s.app_attribute) else { continue };
+                    let Some(path) = parse_path(&s.app_attribute) else { continue };
                     let value = match (&s.value, &s.source) {
                         (Some(v), _) => Some(v.clone()).filter(|v| !is_empty(Some(v))),
                         (None, Some(src)) => source_value(src, user),
@@ -385,7 +405,7 @@ pub fn evaluate(user: &User, roles: &[RoleRef], app: &App, active: bool) -> Eval
 pub fn default_resource(user: &User, active: bool) -> Value {
     let mut resource = json!({"schemas": [USER_SCHEMA]});
     for p in directory::mapping::default_parameters() {
-        if let Some(path) = AttrPath::parse(&p.app_attribute) {
+        if let Some(path) = parse_path(&p.app_attribute) {
             set_path(&mut resource, &path, source_value(&p.source, user));
         }
     }

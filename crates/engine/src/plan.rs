@@ -5,7 +5,6 @@
 //! difference into at most one operation, collapsing into the operation already waiting
 //! for the pair ([`plan_pair`]). Planning twice from the same state plans nothing new.
 
-use directory::mapping::AttrPath;
 use directory::{Account, Action, App, DeprovisionAction, EventStatus, Ownership, RoleRef, User, UserStatus};
 use serde_json::Value;
 use store::{PairState, PlanItem};
@@ -70,7 +69,7 @@ pub fn intent(user: Option<&User>, roles: &[RoleRef], app: &App, granted: bool) 
 /// `resource` with each create-only attribute as it was applied (or absent).
 fn keep_created(resource: &Value, last: Option<&Value>, create_only: &[String]) -> Value {
     let mut out = resource.clone();
-    for p in create_only.iter().filter_map(|p| AttrPath::parse(p)) {
+    for p in create_only.iter().filter_map(|p| crate::mapping::parse_path(p)) {
         let kept = last.and_then(|l| get_path(l, &p)).cloned();
         set_path(&mut out, &p, kept);
     }
@@ -127,7 +126,7 @@ pub fn plan_pair(s: &PairState) -> Option<PlanItem> {
         // What the running operation leaves behind is not known yet: plan again after it.
         return Some(PlanItem::Replan { op: run.event.id });
     }
-    let want = intent(s.user.as_ref(), &s.roles, app, s.granted);
+    let want = intent(s.user.as_deref(), &s.roles, app, s.granted);
     if let Intent::Invalid(reason) = &want {
         if let Some(w) = &s.waiting {
             return Some(PlanItem::Cancel { op: w.event.id, reason: reason.clone() });
@@ -308,8 +307,8 @@ mod tests {
         let mut s = PairState {
             user_id: u.id,
             app_id: a.id,
-            user: Some(u.clone()),
-            app: Some(a.clone()),
+            user: Some(std::sync::Arc::new(u.clone())),
+            app: Some(std::sync::Arc::new(a.clone())),
             granted: true,
             roles: vec![],
             account: None,
@@ -322,7 +321,7 @@ mod tests {
         s.waiting = Some(op(Action::Create, Some(r.clone()), OpState::AwaitingApproval));
         assert_eq!(plan_pair(&s), None, "the pending operation already does it");
         let promoted = User { title: Some("CTO".into()), ..u.clone() };
-        s.user = Some(promoted);
+        s.user = Some(std::sync::Arc::new(promoted));
         assert!(matches!(plan_pair(&s), Some(PlanItem::Replace { action: Action::Create, needs_approval: true, .. })));
         s.granted = false;
         assert!(matches!(plan_pair(&s), Some(PlanItem::Cancel { .. })), "no account needed any more");

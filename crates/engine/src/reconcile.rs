@@ -13,7 +13,6 @@ use uuid::Uuid;
 use crate::mapping::{app_view, set_path, GROUPS_KEY};
 use crate::plan::{intent, plan_pair, Intent};
 use crate::runner::{Engine, EngineError, ReconcileReport};
-use directory::mapping::AttrPath;
 
 /// Case-insensitive attribute lookup (SCIM attribute names are case-insensitive).
 fn get_ci<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
@@ -67,7 +66,7 @@ fn project(actual: &Value, desired: &Value, last: Option<&Value>) -> Value {
 /// at creation.
 fn comparable(desired: &Value, create_only: &[String]) -> Value {
     let mut out = app_view(desired);
-    for p in create_only.iter().filter_map(|p| AttrPath::parse(p)) {
+    for p in create_only.iter().filter_map(|p| crate::mapping::parse_path(p)) {
         set_path(&mut out, &p, None);
     }
     out
@@ -123,7 +122,7 @@ impl Engine {
                     continue;
                 }
                 report.users_checked += 1;
-                let want = intent(s.user.as_ref(), &s.roles, &app, s.granted);
+                let want = intent(s.user.as_deref(), &s.roles, &app, s.granted);
                 let account = s.account.as_ref();
                 if account.is_some_and(|a| a.ownership == Some(Ownership::Foreign)) {
                     continue;

@@ -120,9 +120,9 @@ pub struct Engine {
 type CachedConnector = (i64, Arc<dyn Connector>);
 
 /// The change feed is read this many entries at a time.
-const CHANGE_BATCH: u32 = 500;
+const CHANGE_BATCH: u32 = 2000;
 /// Pairs are loaded and planned this many at a time.
-const PAIR_BATCH: usize = 500;
+const PAIR_BATCH: usize = 1000;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -287,20 +287,21 @@ impl Engine {
         };
         let mut pairs = BTreeSet::new();
         let (mut seen_users, mut seen_apps) = (HashSet::new(), HashSet::new());
+        let mut users = Vec::new();
         for c in &changes {
             match (affects(c.kind), c.user_id, c.app_id) {
                 (Affects::Pair, Some(u), Some(a)) => {
                     pairs.insert((u, a));
                 }
-                (Affects::User, Some(u), _) if seen_users.insert(u) => {
-                    pairs.extend(self.store.apps_of_user(u).await?.into_iter().map(|a| (u, a)));
-                }
+                (Affects::User, Some(u), _) if seen_users.insert(u) => users.push(u),
                 (Affects::App, _, Some(a)) if seen_apps.insert(a) => {
                     pairs.extend(self.store.users_of_app(a).await?.into_iter().map(|u| (u, a)));
                 }
                 _ => {}
             }
         }
+        // Every app of the users concerned, in one query per batch (not one per user).
+        pairs.extend(self.store.apps_of_users(&users).await?);
         let pairs: Vec<_> = pairs.into_iter().collect();
         let mut chunks = pairs.chunks(PAIR_BATCH).peekable();
         if chunks.peek().is_none() {
@@ -365,7 +366,7 @@ impl Engine {
             }),
             Some(app) => match (self.connector(app).await, self.store.get_account(app.id, op.event.user_id).await) {
                 (Ok(c), Ok(account)) => match self.group_ids(app, &op, account.as_ref(), c.as_ref()).await {
-                    Ok(ids) => worker::execute(&op, &app.name, account.as_ref(), c.as_ref(), &ids).await,
+                    Ok(ids) => worker::execute(&op, app, account.as_ref(), c.as_ref(), &ids).await,
                     Err(stop) => stop,
                 },
                 (Err(e), _) => Execution::Finished(Outcome {

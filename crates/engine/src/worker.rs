@@ -140,13 +140,19 @@ async fn create(
     app_name: &str,
     desired: &Value,
     connector: &dyn Connector,
+    lookup_first: bool,
 ) -> Result<Outcome, ConnectorError> {
     let user_id = op.event.user_id.to_string();
     let username = desired.get("userName").and_then(Value::as_str).unwrap_or(&op.event.username).to_owned();
-    match lookup(connector, &user_id, &username, op.event.attempts > 1).await? {
-        Some((found, true)) => return adopt(connector, found, desired).await,
-        Some((found, false)) => return Ok(unknown(app_name, &username, found)),
-        None => {}
+    let retry = op.event.attempts > 1;
+    // A retry may follow an attempt that reached the app: it always looks up first. A first
+    // attempt may skip it when the app refuses taken userNames (then the 409 below looks up).
+    if retry || lookup_first {
+        match lookup(connector, &user_id, &username, retry).await? {
+            Some((found, true)) => return adopt(connector, found, desired).await,
+            Some((found, false)) => return Ok(unknown(app_name, &username, found)),
+            None => {}
+        }
     }
     match connector.create_account(&app_view(desired)).await {
         Ok(created) => Ok(done(
@@ -226,17 +232,20 @@ async fn sync_groups(
 /// (lower-cased) names of the groups involved to their ids in the app.
 pub async fn execute(
     op: &Operation,
-    app_name: &str,
+    app: &directory::App,
     account: Option<&Account>,
     connector: &dyn Connector,
     group_ids: &HashMap<String, String>,
 ) -> Execution {
+    let app_name = app.name.as_str();
     let managed_remote = account
         .filter(|a| a.ownership.is_some_and(Ownership::is_managed))
         .and_then(|a| a.remote_id.as_deref().map(|r| (a, r)));
     let previous = managed_remote.and_then(|(a, _)| a.last_applied.as_ref());
     let result = match (op.event.action, &op.desired, managed_remote) {
-        (Action::Create, Some(desired), _) => create(op, app_name, desired, connector).await,
+        (Action::Create, Some(desired), _) => {
+            create(op, app_name, desired, connector, app.provisioning.lookup_before_create).await
+        }
         (Action::Update | Action::Suspend, Some(desired), Some((acc, remote))) => {
             update(op, app_name, desired, acc, remote, connector).await
         }

@@ -8,6 +8,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::todo, clippy::unimplemented))]
 
 pub mod admins;
+pub mod bulk;
 pub mod cursor;
 pub mod entitlements;
 pub mod postgres;
@@ -21,6 +22,7 @@ use directory::{Actor, App, AttributeDef, AuditEntry, Change, Page, Role, User, 
 use uuid::Uuid;
 
 pub use admins::{AdminRecord, AdminStore, SessionRecord};
+pub use bulk::BulkStore;
 pub use entitlements::EntitlementStore;
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use provisioning::{

@@ -1,6 +1,7 @@
 //! The provisioning half of the storage seam: account records, the durable operation queue
 //! (whose rows are the events admins see), and the planner's cursor into the change feed.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,10 +17,10 @@ use crate::{PageRequest, Result};
 pub struct PairState {
     pub user_id: Uuid,
     pub app_id: Uuid,
-    /// `None` when the user does not exist at all.
-    pub user: Option<User>,
-    /// `None` when the app was deleted.
-    pub app: Option<App>,
+    /// `None` when the user does not exist at all. Shared by the pairs of the same user.
+    pub user: Option<Arc<User>>,
+    /// `None` when the app was deleted. Shared by the pairs of the same app.
+    pub app: Option<Arc<App>>,
     /// Whether the user belongs to a role that grants the app.
     pub granted: bool,
     /// The user's roles (for rules' `member_of` conditions).
@@ -107,6 +108,14 @@ pub trait ProvisioningStore: Send + Sync + 'static {
     /// Apps a user has or may need an account in: granted through a role, or with an
     /// account record.
     async fn apps_of_user(&self, user: Uuid) -> Result<Vec<Uuid>>;
+    /// [`Self::apps_of_user`] for many users at once: their (user, app) pairs.
+    async fn apps_of_users(&self, users: &[Uuid]) -> Result<Vec<(Uuid, Uuid)>> {
+        let mut out = Vec::new();
+        for u in users {
+            out.extend(self.apps_of_user(*u).await?.into_iter().map(|a| (*u, a)));
+        }
+        Ok(out)
+    }
     /// Users that have or may need an account in an app: granted through a role, or with an
     /// account record.
     async fn users_of_app(&self, app: Uuid) -> Result<Vec<Uuid>>;

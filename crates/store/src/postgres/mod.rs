@@ -47,6 +47,7 @@ use crate::{
 mod admins;
 mod entitlements;
 mod provisioning;
+mod bulk;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -389,17 +390,24 @@ impl Tx {
                 .await
                 .map_err(backend)?;
             let at = directory::now();
-            for change in changes {
-                sqlx::query("INSERT INTO changes (at, kind, user_id, role_id, app_id) VALUES ($1, $2, $3, $4, $5)")
-                    .bind(at)
-                    .bind(change.kind.as_str())
-                    .bind(change.user_id)
-                    .bind(change.role_id)
-                    .bind(change.app_id)
-                    .execute(self.c())
-                    .await
-                    .map_err(backend)?;
-            }
+            // One statement for all of them, in order (the feed's seq follows the array order).
+            let kinds: Vec<&str> = changes.iter().map(|c| c.kind.as_str()).collect();
+            let users: Vec<Option<Uuid>> = changes.iter().map(|c| c.user_id).collect();
+            let roles: Vec<Option<Uuid>> = changes.iter().map(|c| c.role_id).collect();
+            let apps: Vec<Option<Uuid>> = changes.iter().map(|c| c.app_id).collect();
+            sqlx::query(
+                "INSERT INTO changes (at, kind, user_id, role_id, app_id) \
+                 SELECT $1, k, u, r, a FROM unnest($2::text[], $3::uuid[], $4::uuid[], $5::uuid[]) \
+                 WITH ORDINALITY AS t(k, u, r, a, n) ORDER BY n",
+            )
+            .bind(at)
+            .bind(&kinds)
+            .bind(&users)
+            .bind(&roles)
+            .bind(&apps)
+            .execute(self.c())
+            .await
+            .map_err(backend)?;
             sqlx::query("SELECT pg_notify($1, '')").bind(CHANGES_CHANNEL).execute(self.c()).await.map_err(backend)?;
         }
         if self.wake_operations {

@@ -42,7 +42,7 @@ const RUNNABLE: &str = "((o.state = 'queued' AND o.next_run_at <= $1) \
       AND r.seq <> o.seq AND r.state = 'running' AND r.lease_expires_at >= $1)";
 
 /// How many pairs [`ProvisioningStore::load_pairs`] loads per batch of queries.
-const PAIR_CHUNK: usize = 500;
+const PAIR_CHUNK: usize = 1000;
 
 /// The most operations one claim may take.
 const MAX_CLAIM: u32 = 1000;
@@ -428,6 +428,25 @@ impl ProvisioningStore for PostgresStore {
         rows.iter().map(|r| get(r, "id")).collect()
     }
 
+    async fn apps_of_users(&self, users: &[Uuid]) -> Result<Vec<(Uuid, Uuid)>> {
+        let mut out = Vec::new();
+        for chunk in users.chunks(PAIR_CHUNK) {
+            let ids = distinct(chunk.iter().copied());
+            let rows = sqlx::query(
+                "SELECT ru.user_id, ra.app_id FROM role_apps ra JOIN role_users ru ON ru.role_id = ra.role_id \
+                 WHERE ru.user_id = ANY($1) UNION SELECT user_id, app_id FROM accounts WHERE user_id = ANY($1)",
+            )
+            .bind(&ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+            for r in &rows {
+                out.push((get(r, "user_id")?, get(r, "app_id")?));
+            }
+        }
+        Ok(out)
+    }
+
     async fn users_of_app(&self, app: Uuid) -> Result<Vec<Uuid>> {
         let rows = sqlx::query(
             "SELECT ru.user_id AS id FROM role_users ru JOIN role_apps ra ON ra.role_id = ru.role_id \
@@ -449,17 +468,24 @@ impl ProvisioningStore for PostgresStore {
             .await
             .map_err(backend)?;
         let mut out = Vec::with_capacity(pairs.len());
+        // The apps once for the whole call (few, and each shared by many pairs).
+        let all_apps = distinct(pairs.iter().map(|p| p.1));
+        let sql = format!("SELECT {APP_COLUMNS} FROM apps WHERE id = ANY($1)");
+        let rows = sqlx::query(&sql).bind(&all_apps).fetch_all(&mut *tx).await.map_err(backend)?;
+        let apps = rows
+            .iter()
+            .map(|r| app_from_row(r).map(|a| (a.id, Arc::new(a))))
+            .collect::<Result<HashMap<_, _>>>()?;
         for chunk in pairs.chunks(PAIR_CHUNK) {
             let user_ids = distinct(chunk.iter().map(|p| p.0));
             let app_ids = distinct(chunk.iter().map(|p| p.1));
 
             let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = ANY($1)");
             let rows = sqlx::query(&sql).bind(&user_ids).fetch_all(&mut *tx).await.map_err(backend)?;
-            let users = rows.iter().map(|r| user_from_row(r).map(|u| (u.id, u))).collect::<Result<HashMap<_, _>>>()?;
-
-            let sql = format!("SELECT {APP_COLUMNS} FROM apps WHERE id = ANY($1)");
-            let rows = sqlx::query(&sql).bind(&app_ids).fetch_all(&mut *tx).await.map_err(backend)?;
-            let apps = rows.iter().map(|r| app_from_row(r).map(|a| (a.id, a))).collect::<Result<HashMap<_, _>>>()?;
+            let users = rows
+                .iter()
+                .map(|r| user_from_row(r).map(|u| (u.id, Arc::new(u))))
+                .collect::<Result<HashMap<_, _>>>()?;
 
             let rows = sqlx::query(
                 "SELECT DISTINCT ru.user_id, ra.app_id FROM role_users ru \

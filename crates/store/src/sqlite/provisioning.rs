@@ -6,6 +6,7 @@
 //! cancelled or rejected), else the newest one.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use chrono::SubsecRound;
 use directory::{Account, Action, Event, EventStatus, OpState, Operation, Ownership};
@@ -35,7 +36,7 @@ const RUNNABLE: &str = "((o.state = 'queued' AND o.next_run_at <= ?1) \
       AND r.seq <> o.seq AND r.state = 'running' AND r.lease_expires_at >= ?1)";
 
 /// How many pairs [`ProvisioningStore::load_pairs`] loads per batch of queries.
-const PAIR_CHUNK: usize = 200;
+const PAIR_CHUNK: usize = 1000;
 
 /// The most operations one claim may take.
 const MAX_CLAIM: u32 = 1000;
@@ -450,6 +451,24 @@ impl ProvisioningStore for SqliteStore {
         rows.iter().map(|r| get_uuid(r, "id")).collect()
     }
 
+    async fn apps_of_users(&self, users: &[Uuid]) -> Result<Vec<(Uuid, Uuid)>> {
+        let mut out = Vec::new();
+        for chunk in users.chunks(PAIR_CHUNK) {
+            let ids = distinct(chunk.iter().copied());
+            let mut qb = QueryBuilder::new(
+                "SELECT ru.user_id AS user_id, ra.app_id AS app_id FROM role_apps ra \
+                 JOIN role_users ru ON ru.role_id = ra.role_id WHERE ru.user_id IN ",
+            );
+            push_ids(&mut qb, &ids);
+            qb.push(" UNION SELECT user_id, app_id FROM accounts WHERE user_id IN ");
+            push_ids(&mut qb, &ids);
+            for r in qb.build().fetch_all(&self.reader).await.map_err(backend)? {
+                out.push((get_uuid(&r, "user_id")?, get_uuid(&r, "app_id")?));
+            }
+        }
+        Ok(out)
+    }
+
     async fn users_of_app(&self, app: Uuid) -> Result<Vec<Uuid>> {
         let rows = sqlx::query(
             "SELECT ru.user_id AS id FROM role_users ru JOIN role_apps ra ON ra.role_id = ru.role_id \
@@ -467,6 +486,17 @@ impl ProvisioningStore for SqliteStore {
         // One read transaction: every pair is read from the same snapshot.
         let mut tx = self.reader.begin().await.map_err(backend)?;
         let mut out = Vec::with_capacity(pairs.len());
+        // The apps once for the whole call (few, and each shared by many pairs).
+        let all_apps = distinct(pairs.iter().map(|p| p.1));
+        let mut apps = HashMap::new();
+        for ids in all_apps.chunks(PAIR_CHUNK) {
+            let mut qb = QueryBuilder::new(format!("SELECT {APP_COLUMNS} FROM apps WHERE id IN "));
+            push_ids(&mut qb, ids);
+            for r in qb.build().fetch_all(&mut *tx).await.map_err(backend)? {
+                let a = app_from_row(&r)?;
+                apps.insert(a.id, Arc::new(a));
+            }
+        }
         for chunk in pairs.chunks(PAIR_CHUNK) {
             let user_ids = distinct(chunk.iter().map(|p| p.0));
             let app_ids = distinct(chunk.iter().map(|p| p.1));
@@ -474,12 +504,10 @@ impl ProvisioningStore for SqliteStore {
             let mut qb = QueryBuilder::new(format!("SELECT {USER_COLUMNS} FROM users WHERE id IN "));
             push_ids(&mut qb, &user_ids);
             let rows = qb.build().fetch_all(&mut *tx).await.map_err(backend)?;
-            let users = rows.iter().map(|r| user_from_row(r).map(|u| (u.id, u))).collect::<Result<HashMap<_, _>>>()?;
-
-            let mut qb = QueryBuilder::new(format!("SELECT {APP_COLUMNS} FROM apps WHERE id IN "));
-            push_ids(&mut qb, &app_ids);
-            let rows = qb.build().fetch_all(&mut *tx).await.map_err(backend)?;
-            let apps = rows.iter().map(|r| app_from_row(r).map(|a| (a.id, a))).collect::<Result<HashMap<_, _>>>()?;
+            let users = rows
+                .iter()
+                .map(|r| user_from_row(r).map(|u| (u.id, Arc::new(u))))
+                .collect::<Result<HashMap<_, _>>>()?;
 
             let mut qb = QueryBuilder::new(
                 "SELECT DISTINCT ru.user_id, ra.app_id FROM role_users ru \

@@ -1,0 +1,629 @@
+//! The engine's benchmarks (see docs/benchmarks.md; `scripts/bench` runs them all).
+//!
+//! `bench provision`: initial provisioning throughput into `scim-target` (the in-memory SCIM
+//! service of this repository) next to the target's own ceiling measured by a plain load
+//! generator; then a quiet reconciliation of the same, in-sync accounts; then propagation
+//! latency of attribute changes written through the API. The engine runs in real
+//! `provisioner serve` processes (1 on SQLite; `BENCH_PROCESSES` on PostgreSQL).
+//!
+//! `bench plan`: the desired state of `BENCH_PLAN_USERS` users in 10 apps with 10 parameters
+//! and 20 rules each, computed from the store; time and peak memory.
+//!
+//! Settings (environment): `BENCH_BACKEND` (`sqlite` | `postgres`), `BENCH_PROCESSES` (1),
+//! `BENCH_USERS` (100000), `BENCH_CONCURRENCY` (16), `BENCH_RATE` (1000 changes/s),
+//! `BENCH_SECONDS` (60), `BENCH_PLAN_USERS` (1000000), `BENCH_PLAN_APPS` (10).
+//! Prints figures (and `RESULT key=value` lines for the script); asserts nothing about time.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use directory::{Actor, AppInput, RoleInput, User, UserInput, UserSource};
+use serde_json::{json, Value};
+use server::AppState;
+use store::{BulkStore, Store};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+const TARGET_TOKEN: &str = "bench-target-token";
+const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef";
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn result(key: &str, value: impl std::fmt::Display) {
+    println!("RESULT {key}={value}");
+}
+
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/examples/bench -> target/<profile>
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+fn micros_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+/// A running `scim-target`.
+struct Target {
+    _child: Child,
+    base_url: String,
+    http: reqwest::Client,
+}
+
+impl Target {
+    async fn spawn() -> Self {
+        let mut child = Command::new(bin_dir().join("scim-target"))
+            .args(["--token", TARGET_TOKEN, "--max-results", "1000", "--record", "title"])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("scim-target (build it: cargo build --release -p provisioner-scim-target)");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let first = lines.next_line().await.expect("read").expect("scim-target printed nothing");
+        let base_url = first.trim_start_matches("listening on ").to_owned();
+        Self { _child: child, base_url, http: reqwest::Client::new() }
+    }
+
+    async fn stats(&self) -> Value {
+        self.http.get(format!("{}/_bench/stats", self.base_url)).send().await.expect("stats").json().await.expect("json")
+    }
+
+    async fn reset(&self) {
+        self.http.post(format!("{}/_bench/reset", self.base_url)).send().await.expect("reset");
+    }
+
+    async fn received(&self) -> Vec<(String, u64)> {
+        let v: Value =
+            self.http.get(format!("{}/_bench/received", self.base_url)).send().await.expect("rx").json().await.expect("j");
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| Some((e.get(0)?.as_str()?.to_owned(), e.get(1)?.as_u64()?)))
+            .collect()
+    }
+}
+
+fn user_body(i: usize) -> String {
+    json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": format!("bench{i:07}"),
+        "externalId": Uuid::now_v7().to_string(), "name": {"givenName": "Bench", "familyName": format!("User {i}")},
+        "emails": [{"value": format!("bench{i}@example.com"), "type": "work"}], "active": true})
+    .to_string()
+}
+
+/// The target's ceiling: POSTs `n` user bodies with `concurrency` requests in flight, from
+/// `concurrency` tasks sharing one keep-alive client; accounts per second.
+async fn plain_load(base_url: &str, n: usize, concurrency: usize) -> f64 {
+    let bodies: Arc<Vec<String>> = Arc::new((0..n).map(user_body).collect());
+    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().expect("client");
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, next, url, bodies) = (client.clone(), next.clone(), format!("{base_url}/Users"), bodies.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= bodies.len() {
+                    break;
+                }
+                let r = client
+                    .post(&url)
+                    .bearer_auth(TARGET_TOKEN)
+                    .header("content-type", "application/scim+json")
+                    .body(bodies[i].clone())
+                    .send()
+                    .await
+                    .expect("request");
+                assert!(r.status().is_success(), "{}", r.status());
+                r.bytes().await.expect("body");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+enum Db {
+    Sqlite(tempfile::TempDir),
+    Postgres(testkit::postgres::TestDatabase),
+}
+
+impl Db {
+    async fn create(backend: &str) -> Self {
+        match backend {
+            "postgres" => Db::Postgres(testkit::postgres::TestDatabase::create().await),
+            _ => Db::Sqlite(tempfile::tempdir().expect("tempdir")),
+        }
+    }
+
+    async fn open(&self) -> (Arc<dyn Store>, Arc<dyn BulkStore>) {
+        match self {
+            Db::Sqlite(dir) => {
+                let s = Arc::new(store::SqliteStore::open(&dir.path().join("provisioner.db")).await.expect("sqlite"));
+                (s.clone(), s)
+            }
+            Db::Postgres(db) => {
+                let s = Arc::new(
+                    store::PostgresStore::connect(&db.url, store::PostgresOptions::default()).await.expect("postgres"),
+                );
+                (s.clone(), s)
+            }
+        }
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Db::Sqlite(dir) => vec![("PROVISIONER_DATA_DIR", dir.path().display().to_string())],
+            Db::Postgres(db) => vec![("PROVISIONER_DATABASE_URL", db.url.clone())],
+        }
+    }
+}
+
+/// `n` local users, `bench0000000`...
+fn users(from: usize, to: usize) -> Vec<User> {
+    let now = directory::now();
+    (from..to)
+        .map(|i| {
+            let mut input = UserInput {
+                username: format!("bench{i:07}"),
+                email: Some(format!("bench{i}@example.com")),
+                first_name: Some("Bench".into()),
+                last_name: Some(format!("User {i}")),
+                title: Some("Engineer".into()),
+                department: Some(["Sales", "Engineering", "Support", "Finance"][i % 4].into()),
+                ..Default::default()
+            };
+            input.normalize_and_validate(&[]).expect("valid user");
+            User::new(input, UserSource::Local, now)
+        })
+        .collect()
+}
+
+async fn import(bulk: &dyn BulkStore, n: usize, roles: &[Uuid]) -> Duration {
+    let start = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let end = (i + 10_000).min(n);
+        bulk.import_users(&users(i, end), roles, &Actor::cli()).await.expect("import");
+        i = end;
+    }
+    start.elapsed()
+}
+
+/// A running `provisioner serve`.
+struct Serve {
+    child: Child,
+    url: String,
+}
+
+async fn serve(db: &Db, key: &str, role: &str) -> Serve {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        l.local_addr().expect("addr").port()
+    };
+    let mut c = Command::new(bin_dir().join("provisioner"));
+    c.arg("serve")
+        .args(["--role", role])
+        .envs(db.env())
+        .env("PROVISIONER_LISTEN", format!("127.0.0.1:{port}"))
+        .env("PROVISIONER_SECRET_KEY", key)
+        .env("PROVISIONER_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("PROVISIONER_RECONCILE_SECONDS", "0")
+        .env("PROVISIONER_LEASE_SECONDS", "30")
+        .env("PROVISIONER_LOG", "warn")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
+    let mut child = c.spawn().expect("provisioner (build it: cargo build --release -p provisioner-cli)");
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    for _ in 0..600 {
+        if let Ok(r) = http.get(format!("{url}/healthz")).send().await {
+            if r.status().is_success() {
+                return Serve { child, url };
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("provisioner exited at start: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("provisioner did not become healthy");
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+async fn provision_bench() {
+    let backend = std::env::var("BENCH_BACKEND").unwrap_or_else(|_| "sqlite".into());
+    let processes: usize = if backend == "postgres" { env_or("BENCH_PROCESSES", 1) } else { 1 };
+    let n: usize = env_or("BENCH_USERS", 100_000);
+    let concurrency: usize = env_or("BENCH_CONCURRENCY", 16);
+    let rate: usize = env_or("BENCH_RATE", 1000);
+    let seconds: u64 = env_or("BENCH_SECONDS", 60);
+    let lookup = std::env::var("BENCH_LOOKUP").map_or(true, |v| v != "0" && v != "false");
+    let phases = std::env::var("BENCH_PHASES").unwrap_or_else(|_| "provision reconcile latency".into());
+    println!(
+        "== provision: backend {backend}, {processes} process(es), {n} users, concurrency {concurrency}, \
+         lookup_before_create {lookup}"
+    );
+
+    // 1. The target's ceiling.
+    let ceiling = {
+        let t = Target::spawn().await;
+        plain_load(&t.base_url, n, concurrency).await
+    };
+    println!("plain load generator into scim-target: {ceiling:.0} accounts/s");
+    result("ceiling_per_s", format!("{ceiling:.0}"));
+
+    // Set-up: the app (disabled), a role granting it, the users in bulk.
+    let target = Target::spawn().await;
+    let db = Db::create(&backend).await;
+    let key = store::secrets::Keyring::generate_key();
+    let app_id;
+    let user_ids: Vec<Uuid>;
+    {
+        let (st, bulk) = db.open().await;
+        let keyring = store::secrets::Keyring::from_base64(&[key.clone()]).expect("key");
+        let config = engine::EngineConfig { reconcile_interval: None, run_work: false, ..Default::default() };
+        let state = AppState::new(st.clone(), Arc::new(keyring), config);
+        let svc = &state.service;
+        let actor = Actor::cli();
+        let app: AppInput = serde_json::from_value(json!({"name": "Bench", "connection": {"base_url": target.base_url,
+            "auth": {"type": "bearer", "token": TARGET_TOKEN}}, "provisioning": {"enabled": false, "max_concurrency": concurrency, "lookup_before_create": lookup}}))
+        .expect("app");
+        let app = svc.create_app(&actor, app).await.expect("create app");
+        app_id = app.id;
+        let role = svc.create_role(&actor, RoleInput { name: "Everyone".into(), description: None }).await.expect("role");
+        svc.add_role_app(&actor, role.id, app.id).await.expect("grant");
+        let took = import(bulk.as_ref(), n, &[role.id]).await;
+        println!("set-up: {n} users imported in {:.1} s", took.as_secs_f64());
+        svc.test_connection(&actor, app.id).await.expect("connection");
+        // The planner reads the import's changes (nothing to do while provisioning is off).
+        let engine = engine::Engine::new(
+            st.clone(),
+            Arc::new(store::secrets::Keyring::from_base64(&[key.clone()]).expect("key")),
+            engine::EngineConfig { reconcile_interval: None, ..Default::default() },
+        );
+        let start = Instant::now();
+        let mut read = 0;
+        loop {
+            let k = engine.plan_once().await.expect("plan");
+            if k == 0 {
+                break;
+            }
+            read += k;
+        }
+        println!("set-up: planner read {read} changes in {:.1} s", start.elapsed().as_secs_f64());
+        result("catchup_changes_per_s", format!("{:.0}", read as f64 / start.elapsed().as_secs_f64()));
+        let mut ids = Vec::with_capacity(n);
+        let mut page = store::PageRequest { limit: store::MAX_PAGE, cursor: None };
+        loop {
+            let p = st.list_users(&store::UserQuery { page: page.clone(), ..Default::default() }).await.expect("users");
+            ids.extend(p.items.iter().map(|u| u.id));
+            match p.next_cursor {
+                Some(c) => page.cursor = Some(c),
+                None => break,
+            }
+        }
+        user_ids = ids;
+        if let Db::Sqlite(_) = db {
+            // The serve process owns the embedded database from now on.
+            drop(state);
+            drop(engine);
+        }
+    }
+
+    let mut procs = Vec::new();
+    for _ in 0..processes {
+        procs.push(serve(&db, &key, "all").await);
+    }
+    let api = procs[0].url.clone();
+    let http = reqwest::Client::new();
+
+    // 2. Initial provisioning.
+    let start = Instant::now();
+    let r = http
+        .patch(format!("{api}/api/v1/apps/{app_id}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/merge-patch+json")
+        .body(json!({"provisioning": {"enabled": true}}).to_string())
+        .send()
+        .await
+        .expect("enable");
+    assert!(r.status().is_success(), "enable: {} {}", r.status(), r.text().await.unwrap_or_default());
+    let mut last_report = Instant::now();
+    loop {
+        let s = target.stats().await;
+        let have = s["users"].as_u64().unwrap_or(0) as usize;
+        if have >= n {
+            break;
+        }
+        if last_report.elapsed() > Duration::from_secs(10) {
+            println!("  ... {have} accounts after {:.0} s", start.elapsed().as_secs_f64());
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let created = start.elapsed();
+    let engine_rate = n as f64 / created.as_secs_f64();
+    println!(
+        "engine into scim-target: {n} accounts in {:.1} s = {engine_rate:.0} accounts/s; ratio to the ceiling {:.2}",
+        created.as_secs_f64(),
+        engine_rate / ceiling
+    );
+    result("engine_per_s", format!("{engine_rate:.0}"));
+    result("ratio", format!("{:.2}", engine_rate / ceiling));
+    let s = target.stats().await;
+    println!("  requests the target received: {s}");
+
+    // Wait until every account is recorded as provisioned (the last outcomes commit).
+    let (st, _) = match &db {
+        Db::Postgres(_) => db.open().await,
+        Db::Sqlite(_) => {
+            // Read-only peek at the embedded file while the server runs (WAL allows it).
+            db.open().await
+        }
+    };
+    loop {
+        let p = st
+            .list_events(&store::EventQuery {
+                app: Some(app_id),
+                status: Some(directory::EventStatus::Provisioning),
+                page: store::PageRequest { limit: 1, cursor: None },
+                ..Default::default()
+            })
+            .await
+            .expect("events");
+        if p.items.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("  every account recorded after {:.1} s", start.elapsed().as_secs_f64());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // 3. Quiet reconciliation.
+    if phases.contains("reconcile") {
+    target.reset().await;
+    let start = Instant::now();
+    let r = http
+        .post(format!("{api}/api/v1/apps/{app_id}/reconcile"))
+        .bearer_auth(ADMIN_TOKEN)
+        .timeout(Duration::from_secs(3600))
+        .send()
+        .await
+        .expect("reconcile");
+    let status = r.status();
+    let report: Value = r.json().await.unwrap_or(Value::Null);
+    let took = start.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s = target.stats().await;
+    let writes = ["post", "put", "patch", "delete"].iter().map(|k| s[k].as_u64().unwrap_or(0)).sum::<u64>();
+    let reads = s["get"].as_u64().unwrap_or(0);
+    println!(
+        "quiet reconciliation ({status}): {:.1} s, {reads} reads (pages of up to 1000), {writes} writes; report {report}",
+        took.as_secs_f64()
+    );
+    result("reconcile_s", format!("{:.2}", took.as_secs_f64()));
+    result("reconcile_reads", reads);
+    result("reconcile_writes", writes);
+    }
+    if !phases.contains("latency") {
+        for mut p in procs {
+            let _ = p.child.kill().await;
+        }
+        return;
+    }
+
+    // 4. Propagation latency: `rate` attribute changes per second for `seconds` through the API.
+    target.reset().await;
+    let total = rate * seconds as usize;
+    let sent: Arc<std::sync::Mutex<HashMap<String, u64>>> = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let limit = Arc::new(tokio::sync::Semaphore::new(256));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let user_ids = Arc::new(user_ids);
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1) as u64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        tick.tick().await;
+        let permit = limit.clone().acquire_owned().await.expect("permit");
+        let (http, sent, failures, ids) = (http.clone(), sent.clone(), failures.clone(), user_ids.clone());
+        let api = procs[i % procs.len()].url.clone();
+        tasks.spawn(async move {
+            let user = ids[i % ids.len()];
+            let value = format!("t{i}");
+            let at = micros_now();
+            let r = http
+                .patch(format!("{api}/api/v1/users/{user}"))
+                .bearer_auth(ADMIN_TOKEN)
+                .header("content-type", "application/merge-patch+json")
+                .body(json!({"title": value}).to_string())
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status().is_success() => {
+                    sent.lock().expect("lock").insert(value, at);
+                }
+                _ => {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            drop(permit);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    let offered = total as f64 / start.elapsed().as_secs_f64();
+    // Let the last changes arrive.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let expected = sent.lock().expect("lock").len();
+    let mut rx;
+    loop {
+        rx = target.received().await;
+        let got = rx.iter().filter(|(v, _)| v.starts_with('t')).count();
+        if got >= expected || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let sent = sent.lock().expect("lock").clone();
+    let mut lat: Vec<u64> =
+        rx.iter().filter_map(|(v, at)| sent.get(v).map(|s| at.saturating_sub(*s))).collect::<Vec<_>>();
+    lat.sort_unstable();
+    let arrived = lat.len();
+    // Changes to the same user collapse: a value overtaken by a newer one may never be sent.
+    println!(
+        "propagation: {total} changes at {offered:.0}/s through the API ({} refused); {arrived} values reached the target; latency p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        failures.load(Ordering::Relaxed),
+        percentile(&lat, 0.5) as f64 / 1000.0,
+        percentile(&lat, 0.99) as f64 / 1000.0,
+        lat.last().copied().unwrap_or(0) as f64 / 1000.0
+    );
+    result("latency_rate", format!("{offered:.0}"));
+    result("latency_p50_ms", format!("{:.0}", percentile(&lat, 0.5) as f64 / 1000.0));
+    result("latency_p99_ms", format!("{:.0}", percentile(&lat, 0.99) as f64 / 1000.0));
+    result("latency_arrived", format!("{arrived}/{expected}"));
+    for mut p in procs {
+        let _ = p.child.kill().await;
+    }
+}
+
+/// 10 parameters and 20 rules, like an admin would write them.
+fn mapping(app: usize, roles: &[(Uuid, String)]) -> Value {
+    let params = json!([
+        {"app_attribute": "userName", "source": {"attribute": "username"}, "required": true},
+        {"app_attribute": "name.givenName", "source": {"attribute": "first_name"}},
+        {"app_attribute": "name.familyName", "source": {"attribute": "last_name"}},
+        {"app_attribute": "displayName", "source": {"template": "{first_name} {last_name}"}},
+        {"app_attribute": "emails[type eq \"work\"].value", "source": {"attribute": "email", "transform": ["lower"]}},
+        {"app_attribute": "title", "source": {"attribute": "title"}},
+        {"app_attribute": "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department", "source": {"attribute": "department"}},
+        {"app_attribute": "nickName", "source": {"attribute": "username", "transform": ["upper", {"first": 8}]}},
+        {"app_attribute": "locale", "source": {"constant": "en-US"}},
+        {"app_attribute": "preferredLanguage", "source": {"template": "{department}-{title}"}, "only_on_create": true}
+    ]);
+    let mut rules = Vec::new();
+    for r in 0..20 {
+        let dept = ["Sales", "Engineering", "Support", "Finance"][r % 4];
+        let rule = match r % 5 {
+            0 => json!({"name": format!("dept {r}"), "conditions": [{"attribute": "department", "op": "equals", "value": dept}],
+                "actions": [{"set": {"app_attribute": "userType", "value": format!("type-{app}-{r}")}}]}),
+            1 => json!({"name": format!("role {r}"), "conditions": [{"op": "member_of", "value": roles[r % roles.len()].1}],
+                "actions": [{"add_entitlement": {"type": "roles", "value": format!("role-{app}-{r}")}}]}),
+            2 => json!({"name": format!("title {r}"), "match": "any", "conditions": [{"attribute": "title", "op": "contains", "value": "engineer"}, {"attribute": "email", "op": "ends_with", "value": "@corp.example"}],
+                "actions": [{"set": {"app_attribute": "profileUrl", "source": {"template": "https://corp.example/{username}"}}}]}),
+            3 => json!({"name": format!("in {r}"), "conditions": [{"attribute": "department", "op": "in", "value": ["Sales", "Support"]}, {"attribute": "status", "op": "equals", "value": "active"}],
+                "actions": [{"add_entitlement": {"type": "entitlements", "value": format!("ent-{app}-{r}")}}]}),
+            _ => json!({"name": format!("scope {r}"), "conditions": [{"attribute": "username", "op": "starts_with", "value": "nobody"}],
+                "actions": [{"do_not_provision": true}]}),
+        };
+        rules.push(rule);
+    }
+    json!({"parameters": params, "rules": rules})
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn plan_bench() {
+    let backend = std::env::var("BENCH_BACKEND").unwrap_or_else(|_| "sqlite".into());
+    let n: usize = env_or("BENCH_PLAN_USERS", 1_000_000);
+    let apps_n: usize = env_or("BENCH_PLAN_APPS", 10);
+    println!("== plan: backend {backend}, {n} users x {apps_n} apps, 10 parameters and 20 rules each");
+    let db = Db::create(&backend).await;
+    let (st, bulk) = db.open().await;
+    let key = store::secrets::Keyring::generate_key();
+    let keyring = Arc::new(store::secrets::Keyring::from_base64(&[key]).expect("key"));
+    let config = engine::EngineConfig { reconcile_interval: None, run_work: false, ..Default::default() };
+    let state = AppState::new(st.clone(), keyring.clone(), config);
+    let svc = &state.service;
+    let actor = Actor::cli();
+    let mut roles = Vec::new();
+    for r in 0..10 {
+        let role = svc.create_role(&actor, RoleInput { name: format!("Team {r}"), description: None }).await.expect("r");
+        roles.push((role.id, role.name));
+    }
+    let mut apps = Vec::new();
+    for a in 0..apps_n {
+        let input: AppInput = serde_json::from_value(json!({"name": format!("App {a}"), "connection": {"base_url": "http://127.0.0.1:9/scim",
+            "auth": {"type": "bearer", "token": "x"}}, "provisioning": {"enabled": true}}))
+        .expect("app");
+        let app = svc.create_app(&actor, input).await.expect("app");
+        let m = mapping(a, &roles);
+        svc.patch_app(&actor, app.id, m.as_object().expect("obj"), None).await.expect("mapping");
+        for (role, _) in &roles {
+            svc.add_role_app(&actor, *role, app.id).await.expect("grant");
+        }
+        apps.push(app.id);
+    }
+    // Users in batches, each in two of the ten roles.
+    let start = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let end = (i + 10_000).min(n);
+        let k = (i / 10_000) % roles.len();
+        let two = [roles[k].0, roles[(k + 3) % roles.len()].0];
+        bulk.import_users(&users(i, end), &two, &actor).await.expect("import");
+        i = end;
+    }
+    println!("set-up: {n} users imported in {:.1} s", start.elapsed().as_secs_f64());
+    drop(state);
+
+    // Peak memory from here on.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let before = peak_rss_kib();
+    let engine = engine::Engine::new(st.clone(), keyring, engine::EngineConfig::default());
+    let start = Instant::now();
+    let summary = engine.desired_states(&apps).await.expect("plan");
+    let took = start.elapsed();
+    let peak = peak_rss_kib();
+    println!(
+        "planning: desired state of {} (user, app) pairs ({} accounts present, {} absent, {} invalid) in {:.1} s = {:.0} pairs/s; peak RSS {:.0} MiB (before: {:.0} MiB)",
+        summary.pairs,
+        summary.present,
+        summary.absent,
+        summary.invalid,
+        took.as_secs_f64(),
+        summary.pairs as f64 / took.as_secs_f64(),
+        peak as f64 / 1024.0,
+        before as f64 / 1024.0
+    );
+    result("plan_s", format!("{:.1}", took.as_secs_f64()));
+    result("plan_pairs", summary.pairs);
+    result("plan_peak_mib", format!("{:.0}", peak as f64 / 1024.0));
+}
+
+#[tokio::main]
+async fn main() {
+    let what = std::env::args().nth(1).unwrap_or_else(|| "provision".into());
+    match what.as_str() {
+        "provision" => provision_bench().await,
+        "plan" => plan_bench().await,
+        other => {
+            eprintln!("unknown benchmark {other:?}: use provision or plan");
+            std::process::exit(2);
+        }
+    }
+}
