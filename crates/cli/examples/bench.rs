@@ -72,7 +72,14 @@ impl Target {
     }
 
     async fn stats(&self) -> Value {
-        self.http.get(format!("{}/_bench/stats", self.base_url)).send().await.expect("stats").json().await.expect("json")
+        self.http
+            .get(format!("{}/_bench/stats", self.base_url))
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("json")
     }
 
     async fn reset(&self) {
@@ -80,8 +87,15 @@ impl Target {
     }
 
     async fn received(&self) -> Vec<(String, u64)> {
-        let v: Value =
-            self.http.get(format!("{}/_bench/received", self.base_url)).send().await.expect("rx").json().await.expect("j");
+        let v: Value = self
+            .http
+            .get(format!("{}/_bench/received", self.base_url))
+            .send()
+            .await
+            .expect("rx")
+            .json()
+            .await
+            .expect("j");
         v.as_array()
             .into_iter()
             .flatten()
@@ -287,7 +301,8 @@ async fn provision_bench() {
         .expect("app");
         let app = svc.create_app(&actor, app).await.expect("create app");
         app_id = app.id;
-        let role = svc.create_role(&actor, RoleInput { name: "Everyone".into(), description: None }).await.expect("role");
+        let role =
+            svc.create_role(&actor, RoleInput { name: "Everyone".into(), description: None }).await.expect("role");
         svc.add_role_app(&actor, role.id, app.id).await.expect("grant");
         let took = import(bulk.as_ref(), n, &[role.id]).await;
         println!("set-up: {n} users imported in {:.1} s", took.as_secs_f64());
@@ -398,29 +413,29 @@ async fn provision_bench() {
 
     // 3. Quiet reconciliation.
     if phases.contains("reconcile") {
-    target.reset().await;
-    let start = Instant::now();
-    let r = http
-        .post(format!("{api}/api/v1/apps/{app_id}/reconcile"))
-        .bearer_auth(ADMIN_TOKEN)
-        .timeout(Duration::from_secs(3600))
-        .send()
-        .await
-        .expect("reconcile");
-    let status = r.status();
-    let report: Value = r.json().await.unwrap_or(Value::Null);
-    let took = start.elapsed();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let s = target.stats().await;
-    let writes = ["post", "put", "patch", "delete"].iter().map(|k| s[k].as_u64().unwrap_or(0)).sum::<u64>();
-    let reads = s["get"].as_u64().unwrap_or(0);
-    println!(
+        target.reset().await;
+        let start = Instant::now();
+        let r = http
+            .post(format!("{api}/api/v1/apps/{app_id}/reconcile"))
+            .bearer_auth(ADMIN_TOKEN)
+            .timeout(Duration::from_secs(3600))
+            .send()
+            .await
+            .expect("reconcile");
+        let status = r.status();
+        let report: Value = r.json().await.unwrap_or(Value::Null);
+        let took = start.elapsed();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let s = target.stats().await;
+        let writes = ["post", "put", "patch", "delete"].iter().map(|k| s[k].as_u64().unwrap_or(0)).sum::<u64>();
+        let reads = s["get"].as_u64().unwrap_or(0);
+        println!(
         "quiet reconciliation ({status}): {:.1} s, {reads} reads (pages of up to 1000), {writes} writes; report {report}",
         took.as_secs_f64()
     );
-    result("reconcile_s", format!("{:.2}", took.as_secs_f64()));
-    result("reconcile_reads", reads);
-    result("reconcile_writes", writes);
+        result("reconcile_s", format!("{:.2}", took.as_secs_f64()));
+        result("reconcile_reads", reads);
+        result("reconcile_writes", writes);
     }
     if !phases.contains("latency") {
         for mut p in procs {
@@ -522,16 +537,26 @@ fn mapping(app: usize, roles: &[(Uuid, String)]) -> Value {
     for r in 0..20 {
         let dept = ["Sales", "Engineering", "Support", "Finance"][r % 4];
         let rule = match r % 5 {
-            0 => json!({"name": format!("dept {r}"), "conditions": [{"attribute": "department", "op": "equals", "value": dept}],
-                "actions": [{"set": {"app_attribute": "userType", "value": format!("type-{app}-{r}")}}]}),
-            1 => json!({"name": format!("role {r}"), "conditions": [{"op": "member_of", "value": roles[r % roles.len()].1}],
-                "actions": [{"add_entitlement": {"type": "roles", "value": format!("role-{app}-{r}")}}]}),
-            2 => json!({"name": format!("title {r}"), "match": "any", "conditions": [{"attribute": "title", "op": "contains", "value": "engineer"}, {"attribute": "email", "op": "ends_with", "value": "@corp.example"}],
-                "actions": [{"set": {"app_attribute": "profileUrl", "source": {"template": "https://corp.example/{username}"}}}]}),
-            3 => json!({"name": format!("in {r}"), "conditions": [{"attribute": "department", "op": "in", "value": ["Sales", "Support"]}, {"attribute": "status", "op": "equals", "value": "active"}],
-                "actions": [{"add_entitlement": {"type": "entitlements", "value": format!("ent-{app}-{r}")}}]}),
-            _ => json!({"name": format!("scope {r}"), "conditions": [{"attribute": "username", "op": "starts_with", "value": "nobody"}],
-                "actions": [{"do_not_provision": true}]}),
+            0 => {
+                json!({"name": format!("dept {r}"), "conditions": [{"attribute": "department", "op": "equals", "value": dept}],
+                "actions": [{"set": {"app_attribute": "userType", "value": format!("type-{app}-{r}")}}]})
+            }
+            1 => {
+                json!({"name": format!("role {r}"), "conditions": [{"op": "member_of", "value": roles[r % roles.len()].1}],
+                "actions": [{"add_entitlement": {"type": "roles", "value": format!("role-{app}-{r}")}}]})
+            }
+            2 => {
+                json!({"name": format!("title {r}"), "match": "any", "conditions": [{"attribute": "title", "op": "contains", "value": "engineer"}, {"attribute": "email", "op": "ends_with", "value": "@corp.example"}],
+                "actions": [{"set": {"app_attribute": "profileUrl", "source": {"template": "https://corp.example/{username}"}}}]})
+            }
+            3 => {
+                json!({"name": format!("in {r}"), "conditions": [{"attribute": "department", "op": "in", "value": ["Sales", "Support"]}, {"attribute": "status", "op": "equals", "value": "active"}],
+                "actions": [{"add_entitlement": {"type": "entitlements", "value": format!("ent-{app}-{r}")}}]})
+            }
+            _ => {
+                json!({"name": format!("scope {r}"), "conditions": [{"attribute": "username", "op": "starts_with", "value": "nobody"}],
+                "actions": [{"do_not_provision": true}]})
+            }
         };
         rules.push(rule);
     }
@@ -562,13 +587,16 @@ async fn plan_bench() {
     let actor = Actor::cli();
     let mut roles = Vec::new();
     for r in 0..10 {
-        let role = svc.create_role(&actor, RoleInput { name: format!("Team {r}"), description: None }).await.expect("r");
+        let role =
+            svc.create_role(&actor, RoleInput { name: format!("Team {r}"), description: None }).await.expect("r");
         roles.push((role.id, role.name));
     }
     let mut apps = Vec::new();
     for a in 0..apps_n {
-        let input: AppInput = serde_json::from_value(json!({"name": format!("App {a}"), "connection": {"base_url": "http://127.0.0.1:9/scim",
-            "auth": {"type": "bearer", "token": "x"}}, "provisioning": {"enabled": true}}))
+        let input: AppInput = serde_json::from_value(
+            json!({"name": format!("App {a}"), "connection": {"base_url": "http://127.0.0.1:9/scim",
+            "auth": {"type": "bearer", "token": "x"}}, "provisioning": {"enabled": true}}),
+        )
         .expect("app");
         let app = svc.create_app(&actor, input).await.expect("app");
         let m = mapping(a, &roles);

@@ -72,12 +72,18 @@ impl Engine {
             let pairs: Vec<(Uuid, Uuid)> = chunk.iter().flat_map(|u| apps.iter().map(move |a| (*u, *a))).collect();
             let states = self.store().load_pairs(&pairs).await?;
             if let Some(r) = running.take() {
-                total.add(&r.await.map_err(|e| EngineError::Store(store::StoreError::Backend(format!("planning task failed: {e}"))))?);
+                total.add(&r.await.map_err(|e| {
+                    EngineError::Store(store::StoreError::Backend(format!("planning task failed: {e}")))
+                })?);
             }
             running = Some(tokio::task::spawn_blocking(move || evaluate_batch(&states)));
         }
         if let Some(r) = running {
-            total.add(&r.await.map_err(|e| EngineError::Store(store::StoreError::Backend(format!("planning task failed: {e}"))))?);
+            total.add(
+                &r.await.map_err(|e| {
+                    EngineError::Store(store::StoreError::Backend(format!("planning task failed: {e}")))
+                })?,
+            );
         }
         Ok(total)
     }

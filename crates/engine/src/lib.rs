@@ -16,6 +16,6 @@ pub mod reconcile;
 pub mod runner;
 pub mod worker;
 
-pub use desired::DesiredSummary;
 pub use admin::{Explanation, PlanPreview, PreviewSample};
+pub use desired::DesiredSummary;
 pub use runner::{Engine, EngineConfig, EngineError, ProvisionStep, ReconcileReport};

@@ -489,9 +489,8 @@ fn apply_one(resource: &mut Value, op: &str, path: Option<&str>, value: Option<&
         (None, None) => {
             if remove {
                 match (container.get_mut(&p.attr), value) {
-                    (Some(Value::Array(have)), Some(Value::Array(drop))) => have.retain(|h| {
-                        !drop.iter().any(|d| d.get("value").is_some_and(|dv| h.get("value") == Some(dv)))
-                    }),
+                    (Some(Value::Array(have)), Some(Value::Array(drop))) => have
+                        .retain(|h| !drop.iter().any(|d| d.get("value").is_some_and(|dv| h.get("value") == Some(dv)))),
                     _ => {
                         container.remove(&p.attr);
                     }
@@ -655,8 +654,11 @@ mod tests {
         assert_eq!(out["name"], json!({"familyName": "B"}));
         assert_eq!(out["title"], "CTO");
         let g = json!({"displayName": "g", "members": [{"value": "1"}, {"value": "2"}]});
-        let out = apply_patch(g, &json!({"Operations": [{"op": "remove", "path": "members[value eq \"1\"]"},
-            {"op": "add", "path": "members", "value": [{"value": "3"}]}]}))
+        let out = apply_patch(
+            g,
+            &json!({"Operations": [{"op": "remove", "path": "members[value eq \"1\"]"},
+            {"op": "add", "path": "members", "value": [{"value": "3"}]}]}),
+        )
         .unwrap();
         assert_eq!(out["members"], json!([{"value": "2"}, {"value": "3"}]));
     }

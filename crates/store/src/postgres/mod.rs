@@ -45,9 +45,9 @@ use crate::{
 };
 
 mod admins;
+mod bulk;
 mod entitlements;
 mod provisioning;
-mod bulk;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 

@@ -472,10 +472,8 @@ impl ProvisioningStore for PostgresStore {
         let all_apps = distinct(pairs.iter().map(|p| p.1));
         let sql = format!("SELECT {APP_COLUMNS} FROM apps WHERE id = ANY($1)");
         let rows = sqlx::query(&sql).bind(&all_apps).fetch_all(&mut *tx).await.map_err(backend)?;
-        let apps = rows
-            .iter()
-            .map(|r| app_from_row(r).map(|a| (a.id, Arc::new(a))))
-            .collect::<Result<HashMap<_, _>>>()?;
+        let apps =
+            rows.iter().map(|r| app_from_row(r).map(|a| (a.id, Arc::new(a)))).collect::<Result<HashMap<_, _>>>()?;
         for chunk in pairs.chunks(PAIR_CHUNK) {
             let user_ids = distinct(chunk.iter().map(|p| p.0));
             let app_ids = distinct(chunk.iter().map(|p| p.1));
@@ -651,8 +649,17 @@ impl ProvisioningStore for PostgresStore {
     async fn apps_with_due_operations(&self) -> Result<Vec<Uuid>> {
         // Due or orphaned work, without the per-pair order (which the claim applies): cheap
         // enough to ask on every dispatch, at the price of an occasional claim of nothing.
-        let sql = "SELECT DISTINCT app_id AS id FROM operations \
-                   WHERE (state = 'queued' AND next_run_at <= $1) OR (state = 'running' AND lease_expires_at < $1)";
+        // The apps that have open operations (a loose index scan: one probe per app, however
+        // long the queue), then whether each has due or orphaned work.
+        let sql = "WITH RECURSIVE a(id) AS (\
+                     (SELECT app_id FROM operations WHERE state IN ('queued', 'running') ORDER BY app_id, seq LIMIT 1) \
+                     UNION ALL SELECT (SELECT o.app_id FROM operations o WHERE o.state IN ('queued', 'running') \
+                       AND o.app_id > a.id ORDER BY o.app_id, o.seq LIMIT 1) FROM a WHERE a.id IS NOT NULL) \
+                   SELECT id FROM a WHERE id IS NOT NULL AND (\
+                     EXISTS (SELECT 1 FROM operations o WHERE o.app_id = a.id AND o.state = 'queued' \
+                       AND o.next_run_at <= $1) \
+                     OR EXISTS (SELECT 1 FROM operations o WHERE o.app_id = a.id AND o.state = 'running' \
+                       AND o.lease_expires_at < $1))";
         let rows = sqlx::query(sql).bind(directory::now()).fetch_all(&self.pool).await.map_err(backend)?;
         rows.iter().map(|r| get(r, "id")).collect()
     }

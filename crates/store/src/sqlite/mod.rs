@@ -21,9 +21,9 @@ use uuid::Uuid;
 use crate::{cursor, AuditQuery, NameQuery, PageRequest, Result, Store, StoreError, TokenRecord, UserQuery, MAX_PAGE};
 
 mod admins;
+mod bulk;
 mod entitlements;
 mod provisioning;
-mod bulk;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 

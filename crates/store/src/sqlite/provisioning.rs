@@ -25,12 +25,10 @@ const ACCOUNT_SELECT: &str = "SELECT a.app_id, a.user_id, COALESCE(u.username, '
 /// The sort key of account listings.
 const ACCOUNT_KEY: &str = "COALESCE(u.username_key, '')";
 
-/// An operation `o` a worker may claim now (`?1` is now): queued and due, or running with an
-/// expired lease; the oldest open one of its pair; and no other one of the pair is running
-/// under a live lease.
-const RUNNABLE: &str = "((o.state = 'queued' AND o.next_run_at <= ?1) \
-      OR (o.state = 'running' AND o.lease_expires_at < ?1)) \
-    AND NOT EXISTS (SELECT 1 FROM operations p WHERE p.app_id = o.app_id AND p.user_id = o.user_id \
+/// An operation `o` a worker may claim now (`?1` is now), once `o` is known to be queued and
+/// due, or running with an expired lease: the oldest open one of its pair, and no other one of
+/// the pair is running under a live lease.
+const RUNNABLE: &str = "NOT EXISTS (SELECT 1 FROM operations p WHERE p.app_id = o.app_id AND p.user_id = o.user_id \
       AND p.state IN ('queued', 'awaiting_approval', 'running') AND p.seq < o.seq) \
     AND NOT EXISTS (SELECT 1 FROM operations r WHERE r.app_id = o.app_id AND r.user_id = o.user_id \
       AND r.seq <> o.seq AND r.state = 'running' AND r.lease_expires_at >= ?1)";
@@ -614,8 +612,14 @@ impl ProvisioningStore for SqliteStore {
         let now = ts(&now_t);
         let expires = ts(&lease_end(now_t, lease)?);
         let mut tx = self.begin().await?;
+        // Queued and due, and running with an expired lease, each walked in queue order on the
+        // (app_id, state, seq) index, then merged.
         let sql = format!(
-            "SELECT o.seq, o.action FROM operations o WHERE o.app_id = ?2 AND {RUNNABLE} ORDER BY o.seq LIMIT ?3"
+            "SELECT seq, action FROM (SELECT o.seq, o.action FROM operations o WHERE o.app_id = ?2 \
+               AND o.state = 'queued' AND o.next_run_at <= ?1 AND {RUNNABLE} ORDER BY o.seq LIMIT ?3) \
+             UNION ALL SELECT seq, action FROM (SELECT o.seq, o.action FROM operations o WHERE o.app_id = ?2 \
+               AND o.state = 'running' AND o.lease_expires_at < ?1 AND {RUNNABLE} ORDER BY o.seq LIMIT ?3) \
+             ORDER BY seq LIMIT ?3"
         );
         let rows = sqlx::query(&sql)
             .bind(&now)
@@ -653,8 +657,16 @@ impl ProvisioningStore for SqliteStore {
     async fn apps_with_due_operations(&self) -> Result<Vec<Uuid>> {
         // Due or orphaned work, without the per-pair order (which the claim applies): cheap
         // enough to ask on every dispatch, at the price of an occasional claim of nothing.
-        let sql = "SELECT DISTINCT app_id AS id FROM operations \
-                   WHERE (state = 'queued' AND next_run_at <= ?1) OR (state = 'running' AND lease_expires_at < ?1)";
+        // The apps that have operations at all (a loose index scan: one probe per app, however
+        // long the queue), then whether each has due or orphaned work.
+        let sql = "WITH RECURSIVE a(id) AS (SELECT MIN(app_id) FROM operations \
+                     UNION ALL SELECT (SELECT MIN(app_id) FROM operations WHERE app_id > a.id) FROM a \
+                     WHERE a.id IS NOT NULL) \
+                   SELECT id FROM a WHERE id IS NOT NULL AND (\
+                     EXISTS (SELECT 1 FROM operations o WHERE o.app_id = a.id AND o.state = 'queued' \
+                       AND o.next_run_at <= ?1) \
+                     OR EXISTS (SELECT 1 FROM operations o WHERE o.app_id = a.id AND o.state = 'running' \
+                       AND o.lease_expires_at < ?1))";
         let rows = sqlx::query(sql).bind(ts(&directory::now())).fetch_all(&self.reader).await.map_err(backend)?;
         rows.iter().map(|r| get_uuid(r, "id")).collect()
     }
