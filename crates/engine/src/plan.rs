@@ -9,7 +9,7 @@ use directory::{Account, Action, App, DeprovisionAction, EventStatus, Ownership,
 use serde_json::Value;
 use store::{PairState, PlanItem};
 
-use crate::mapping::{evaluate, get_path, is_active, set_path};
+use crate::mapping::{evaluate_for_plan, get_path, is_active, set_path};
 
 /// What the app should have for a user.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,7 +29,7 @@ fn deprovision(action: DeprovisionAction, user: Option<&User>, roles: &[RoleRef]
     match (action, user) {
         (DeprovisionAction::Delete, _) => Intent::Absent,
         (DeprovisionAction::Suspend, Some(u)) => {
-            let e = evaluate(u, roles, app, false);
+            let e = evaluate_for_plan(u, roles, app, false);
             Intent::Present { resource: e.resource, create_only: e.create_only }
         }
         // A user who no longer exists at all cannot be described: leave the account.
@@ -49,7 +49,7 @@ pub fn intent(user: Option<&User>, roles: &[RoleRef], app: &App, granted: bool) 
         Some(u) if u.status == UserStatus::Deleted || !granted => deprovision(settings.on_delete, Some(u), roles, app),
         Some(u) if u.status == UserStatus::Suspended => deprovision(settings.on_suspend, Some(u), roles, app),
         Some(u) => {
-            let e = evaluate(u, roles, app, true);
+            let e = evaluate_for_plan(u, roles, app, true);
             if !e.in_scope {
                 // Scoped out by a rule: as if the user had lost the app.
                 return deprovision(settings.on_delete, Some(u), roles, app);

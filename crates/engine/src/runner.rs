@@ -314,6 +314,8 @@ impl Engine {
             // which plans nothing new for the chunks already written.
             let cursor = chunks.peek().is_none().then_some(last);
             self.store.apply_plan(&PlanWrite { cursor, items }).await?;
+            // Workers start on the first chunk's operations while the next ones are planned.
+            self.worker_wake.notify_one();
         }
         self.worker_wake.notify_one();
         Ok(changes.len())

@@ -613,11 +613,12 @@ impl ProvisioningStore for SqliteStore {
         let expires = ts(&lease_end(now_t, lease)?);
         let mut tx = self.begin().await?;
         // Queued and due, and running with an expired lease, each walked in queue order on the
-        // (app_id, state, seq) index, then merged.
+        // (app_id, state, seq) index (named: left to itself SQLite walks every queued operation
+        // and sorts), stopping at the limit, then merged.
         let sql = format!(
-            "SELECT seq, action FROM (SELECT o.seq, o.action FROM operations o WHERE o.app_id = ?2 \
+            "SELECT seq, action FROM (SELECT o.seq, o.action FROM operations o INDEXED BY operations_claim WHERE o.app_id = ?2 \
                AND o.state = 'queued' AND o.next_run_at <= ?1 AND {RUNNABLE} ORDER BY o.seq LIMIT ?3) \
-             UNION ALL SELECT seq, action FROM (SELECT o.seq, o.action FROM operations o WHERE o.app_id = ?2 \
+             UNION ALL SELECT seq, action FROM (SELECT o.seq, o.action FROM operations o INDEXED BY operations_claim WHERE o.app_id = ?2 \
                AND o.state = 'running' AND o.lease_expires_at < ?1 AND {RUNNABLE} ORDER BY o.seq LIMIT ?3) \
              ORDER BY seq LIMIT ?3"
         );
