@@ -600,7 +600,9 @@ async fn plan_bench() {
         .expect("app");
         let app = svc.create_app(&actor, input).await.expect("app");
         let m = mapping(a, &roles);
-        svc.patch_app(&actor, app.id, m.as_object().expect("obj"), None).await.expect("mapping");
+        let parameters: Vec<directory::Parameter> = serde_json::from_value(m["parameters"].clone()).expect("params");
+        let rules: Vec<directory::Rule> = serde_json::from_value(m["rules"].clone()).expect("rules");
+        svc.put_mapping(&actor, app.id, Some(parameters), Some(rules), None).await.expect("mapping");
         for (role, _) in &roles {
             svc.add_role_app(&actor, *role, app.id).await.expect("grant");
         }
