@@ -536,13 +536,14 @@ fn mapping(app: usize, roles: &[(Uuid, String)]) -> Value {
     let mut rules = Vec::new();
     for r in 0..20 {
         let dept = ["Sales", "Engineering", "Support", "Finance"][r % 4];
+        let role_name = roles[r % roles.len()].1.clone();
         let rule = match r % 5 {
             0 => {
                 json!({"name": format!("dept {r}"), "conditions": [{"attribute": "department", "op": "equals", "value": dept}],
                 "actions": [{"set": {"app_attribute": "userType", "value": format!("type-{app}-{r}")}}]})
             }
             1 => {
-                json!({"name": format!("role {r}"), "conditions": [{"op": "member_of", "value": roles[r % roles.len()].1}],
+                json!({"name": format!("role {r}"), "conditions": [{"attribute": "department", "op": "not_equals", "value": role_name}],
                 "actions": [{"add_entitlement": {"type": "roles", "value": format!("role-{app}-{r}")}}]})
             }
             2 => {
