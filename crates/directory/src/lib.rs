@@ -10,6 +10,7 @@ pub mod change;
 pub mod mapping;
 pub mod provisioning;
 pub mod role;
+pub mod saml;
 pub mod user;
 pub mod validation;
 
@@ -25,6 +26,7 @@ pub use provisioning::{
     Account, Action, Entitlement, EntitlementRefresh, Event, EventStatus, OpState, Operation, Ownership,
 };
 pub use role::{Role, RoleInput, RoleRef};
+pub use saml::SamlSettings;
 pub use user::{User, UserInput, UserSource, UserStatus};
 pub use validation::{FieldError, ValidationErrors};
 

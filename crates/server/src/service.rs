@@ -67,6 +67,11 @@ impl Service {
         &self.engine
     }
 
+    /// The keys secrets are encrypted with (SAML signing keys, app credentials).
+    pub fn keyring(&self) -> &Arc<Keyring> {
+        &self.keyring
+    }
+
     /// After a directory write: the engine plans at once instead of at its next poll.
     fn changed<T>(&self, value: T) -> T {
         self.engine.changed();

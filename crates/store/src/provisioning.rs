@@ -18,7 +18,8 @@ pub struct PairState {
     pub app_id: Uuid,
     /// `None` when the user does not exist at all.
     pub user: Option<User>,
-    /// `None` when the app was deleted.
+    /// `None` when the app was deleted. For an app that is "SAML JIT only" (it creates its
+    /// accounts at sign-in), `provisioning.enabled` reads `false`: nothing is pushed to it.
     pub app: Option<App>,
     /// Whether the user belongs to a role that grants the app.
     pub granted: bool,

@@ -47,6 +47,12 @@ async fn openapi_document_covers_every_route() {
         ("/api/v1/apps/{id}/entitlements", &["get"]),
         ("/api/v1/apps/{id}/entitlements/refresh", &["post"]),
         ("/api/v1/apps/{id}/remote-accounts", &["get"]),
+        ("/api/v1/apps/{id}/saml", &["get", "put"]),
+        ("/api/v1/users/{id}/password", &["put"]),
+        ("/api/v1/users/{id}/invitations", &["post"]),
+        ("/api/v1/saml/certificates", &["get"]),
+        ("/api/v1/saml/certificates/rotate", &["post"]),
+        ("/api/v1/saml/certificates/activate", &["post"]),
     ];
     let paths = doc["paths"].as_object().unwrap();
     for (path, methods) in expected {

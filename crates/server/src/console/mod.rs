@@ -24,6 +24,7 @@ use axum::Router;
 use serde::Deserialize;
 
 pub use auth::{ConsoleConfig, ConsoleState, Session, CSRF_HEADER, SESSION_COOKIE};
+pub(crate) use auth::{cookie, over_tls, random_token, same, ClientIp};
 
 use crate::{AppState, Error};
 use view::FormData;
@@ -79,10 +80,11 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "public, max-age=3600")], body).into_response()
 }
 
-/// The console's routes: everything under `/console`, and `/` leads there.
+/// The console's routes: everything under `/console`.
 pub fn router(state: &AppState) -> Router<AppState> {
     let home = || async { view::see_other("/console/users") };
-    Router::new().nest("/console", pages(state)).route("/console/", get(home)).route("/", get(home))
+    // `/` is the end users' app portal (see `crate::saml`).
+    Router::new().nest("/console", pages(state)).route("/console/", get(home))
 }
 
 fn pages(state: &AppState) -> Router<AppState> {
