@@ -79,7 +79,10 @@ impl SamlSettings {
     pub fn validate(mut self) -> Result<Self, ValidationErrors> {
         let mut errors = ValidationErrors::default();
         self.sp_entity_id = self.sp_entity_id.trim().to_owned();
-        if self.sp_entity_id.is_empty() || self.sp_entity_id.len() > 1024 || self.sp_entity_id.chars().any(char::is_control) {
+        if self.sp_entity_id.is_empty()
+            || self.sp_entity_id.len() > 1024
+            || self.sp_entity_id.chars().any(char::is_control)
+        {
             errors.push("sp_entity_id", "must be 1 to 1024 printable characters");
         }
         self.acs_urls = self.acs_urls.iter().map(|u| u.trim().to_owned()).collect();

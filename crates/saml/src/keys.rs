@@ -120,7 +120,8 @@ fn self_signed(private: &RsaPrivateKey, common_name: &str) -> Result<Vec<u8>, Ke
 /// The RSA public key of a PEM certificate (an app's signing certificate).
 pub fn public_key_of_cert(pem: &str) -> Result<RsaPublicKey, KeyError> {
     let cert = Certificate::from_pem(pem.trim().as_bytes()).map_err(|e| KeyError::BadCertificate(e.to_string()))?;
-    let spki = cert.tbs_certificate.subject_public_key_info.to_der().map_err(|e| KeyError::BadCertificate(e.to_string()))?;
+    let spki =
+        cert.tbs_certificate.subject_public_key_info.to_der().map_err(|e| KeyError::BadCertificate(e.to_string()))?;
     RsaPublicKey::from_public_key_der(&spki).map_err(|e| KeyError::BadCertificate(e.to_string()))
 }
 

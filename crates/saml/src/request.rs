@@ -105,20 +105,24 @@ pub fn parse(xml: &str) -> Result<AuthnRequest, RequestError> {
     if root.attribute("Version") != Some("2.0") {
         return Err(RequestError::Invalid("Version must be 2.0".into()));
     }
-    let id = root.attribute("ID").filter(|v| !v.is_empty() && v.len() <= 256).ok_or_else(|| {
-        RequestError::Invalid("ID is missing or longer than 256 characters".into())
-    })?;
+    let id = root
+        .attribute("ID")
+        .filter(|v| !v.is_empty() && v.len() <= 256)
+        .ok_or_else(|| RequestError::Invalid("ID is missing or longer than 256 characters".into()))?;
     if root.attribute("IssueInstant").is_none() {
         return Err(RequestError::Invalid("IssueInstant is missing".into()));
     }
     let child = |ns_uri: &str, name: &str| {
-        root.children().find(|n| n.is_element() && n.tag_name().namespace() == Some(ns_uri) && n.tag_name().name() == name)
+        root.children()
+            .find(|n| n.is_element() && n.tag_name().namespace() == Some(ns_uri) && n.tag_name().name() == name)
     };
     let issuer = child(ns::ASSERTION, "Issuer").and_then(|n| n.text()).map(|t| t.trim().to_owned());
     let name_id_format = child(ns::PROTOCOL, "NameIDPolicy").and_then(|n| n.attribute("Format")).map(str::to_owned);
     let acs_index = root
         .attribute("AssertionConsumerServiceIndex")
-        .map(|v| v.parse::<u32>().map_err(|_| RequestError::Invalid("AssertionConsumerServiceIndex is not a number".into())))
+        .map(|v| {
+            v.parse::<u32>().map_err(|_| RequestError::Invalid("AssertionConsumerServiceIndex is not a number".into()))
+        })
         .transpose()?;
     Ok(AuthnRequest {
         id: id.to_owned(),

@@ -42,10 +42,7 @@ pub fn sign_enveloped(el: &mut El, id: &str, position: usize, key: &IdpKey) -> R
         );
     // SignedInfo canonicalised on its own declares the ds prefix itself.
     let hashed = Sha256::digest(signed_info.canonical().as_bytes());
-    let value = key
-        .private
-        .sign(Pkcs1v15Sign::new::<Sha256>(), &hashed)
-        .map_err(|e| SignError::Sign(e.to_string()))?;
+    let value = key.private.sign(Pkcs1v15Sign::new::<Sha256>(), &hashed).map_err(|e| SignError::Sign(e.to_string()))?;
     let signature = ds("Signature")
         .child(signed_info)
         .child(ds("SignatureValue").text(STANDARD.encode(value)))

@@ -56,7 +56,11 @@ fn xmlsec1_accepts_our_response_and_assertion_signatures_and_refuses_tampering()
         assert!(ok, "response={resp} assertion={assertion}: {err}\n{xml}");
         if resp && assertion {
             // The Assertion's own signature too (the first Signature is the Response's).
-            let (ok, err) = xmlsec1_verify(&key, &xml, &["--node-xpath", "//*[local-name()='Assertion']/*[local-name()='Signature']"]);
+            let (ok, err) = xmlsec1_verify(
+                &key,
+                &xml,
+                &["--node-xpath", "//*[local-name()='Assertion']/*[local-name()='Signature']"],
+            );
             assert!(ok, "assertion signature: {err}");
         }
         let tampered = xml.replace("ada@example.com", "eve@example.com");

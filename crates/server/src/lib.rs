@@ -75,8 +75,9 @@ impl Modify for BearerAuth {
 
 /// The OpenAPI document of the whole API, generated from the routes.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let (_, doc) =
-        OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi()).nest("/api/v1", api::router().merge(saml::api::router())).split_for_parts();
+    let (_, doc) = OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
+        .nest("/api/v1", api::router().merge(saml::api::router()))
+        .split_for_parts();
     doc
 }
 
@@ -112,7 +113,9 @@ pub fn health_router(state: AppState) -> Router {
 
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
-    let (api, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", api::router().merge(saml::api::router())).split_for_parts();
+    let (api, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .nest("/api/v1", api::router().merge(saml::api::router()))
+        .split_for_parts();
     let doc_json = doc.to_pretty_json().unwrap_or_else(|_| "{}".to_owned());
     api.route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(Extension(api::OpenApiJson(Arc::new(doc_json))))

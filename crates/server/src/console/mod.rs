@@ -23,8 +23,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 
-pub use auth::{ConsoleConfig, ConsoleState, Session, CSRF_HEADER, SESSION_COOKIE};
 pub(crate) use auth::{cookie, over_tls, random_token, same, ClientIp};
+pub use auth::{ConsoleConfig, ConsoleState, Session, CSRF_HEADER, SESSION_COOKIE};
 
 use crate::{AppState, Error};
 use view::FormData;

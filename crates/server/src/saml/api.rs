@@ -172,6 +172,9 @@ async fn rotate_certificate(
 /// Finish a rotation: the next certificate signs from now on; the old one is retired.
 #[utoipa::path(post, path = "/saml/certificates/activate", tag = "saml",
     responses((status = 200, body = Certificate), (status = 409, body = Problem, content_type = "application/problem+json")))]
-async fn activate_certificate(State(s): State<AppState>, Extension(actor): Extension<Actor>) -> Result<Json<Certificate>> {
+async fn activate_certificate(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+) -> Result<Json<Certificate>> {
     Ok(Json(cert(&s.service.activate_next_key(&actor).await?)))
 }

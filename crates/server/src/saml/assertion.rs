@@ -45,10 +45,7 @@ fn flatten(out: &mut Vec<Attribute>, name: String, v: &Value) {
         }
         Value::Array(items) => {
             // Multi-valued: scalars as they are, complex values by their `value`.
-            let values = items
-                .iter()
-                .filter_map(|i| scalar(i).or_else(|| i.get("value").and_then(scalar)))
-                .collect();
+            let values = items.iter().filter_map(|i| scalar(i).or_else(|| i.get("value").and_then(scalar))).collect();
             push(out, name, values);
         }
         Value::Null => {}

@@ -390,14 +390,19 @@ async fn logout(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
     };
     if let Some(me) = who {
         if !field(&f, "csrf").is_some_and(|t| crate::console::same(t, &me.session.csrf_token)) {
-            return message(StatusCode::FORBIDDEN, "Forbidden", "This form has expired. Reload the page and try again.");
+            return message(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "This form has expired. Reload the page and try again.",
+            );
         }
         if let Err(e) = state.service.store().delete_user_session(&me.session.id_hash).await {
             return error_page(e.into());
         }
     }
     let mut resp = see_other("/login?signed_out=1");
-    resp.headers_mut().append(header::SET_COOKIE, set_cookie(USER_SESSION_COOKIE, "", secure(&state, &headers), Some(0)));
+    resp.headers_mut()
+        .append(header::SET_COOKIE, set_cookie(USER_SESSION_COOKIE, "", secure(&state, &headers), Some(0)));
     resp
 }
 
@@ -421,7 +426,9 @@ fn invite_response(state: &AppState, headers: &HeaderMap, status: StatusCode, pa
 
 fn bad_invitation(e: Error) -> Response {
     match e {
-        Error::NotFound(_) => message(StatusCode::NOT_FOUND, "Invitation not found", "This invitation link is not valid."),
+        Error::NotFound(_) => {
+            message(StatusCode::NOT_FOUND, "Invitation not found", "This invitation link is not valid.")
+        }
         Error::InvalidState(why) => message(StatusCode::GONE, "Invitation not usable", &why),
         other => error_page(other),
     }
@@ -437,8 +444,7 @@ async fn invite_page(State(state): State<AppState>, headers: HeaderMap, Path(tok
     }
     match state.service.invitation_user(&token).await {
         Ok(user) => {
-            let page =
-                InvitePage { csrf: crate::console::random_token(), token, username: user.username, error: None };
+            let page = InvitePage { csrf: crate::console::random_token(), token, username: user.username, error: None };
             invite_response(&state, &headers, StatusCode::OK, page)
         }
         Err(e) => bad_invitation(e),
@@ -470,10 +476,8 @@ async fn invite(State(state): State<AppState>, headers: HeaderMap, Path(token): 
     match state.service.redeem_invitation(&token, field(&f, "password").unwrap_or("")).await {
         Ok(_) => {
             let mut resp = see_other("/login?welcome=1");
-            resp.headers_mut().append(
-                header::SET_COOKIE,
-                set_cookie(USER_FORM_COOKIE, "", secure(&state, &headers), Some(0)),
-            );
+            resp.headers_mut()
+                .append(header::SET_COOKIE, set_cookie(USER_FORM_COOKIE, "", secure(&state, &headers), Some(0)));
             resp
         }
         Err(Error::Invalid(v)) => {
@@ -661,7 +665,11 @@ async fn sso(
     let me = match current_user(&state, &headers).await {
         Ok(Some(me)) => me,
         Ok(None) if req.is_passive => {
-            return message(StatusCode::FORBIDDEN, "Sign-in needed", "You are not signed in, and the app asked not to be asked to.")
+            return message(
+                StatusCode::FORBIDDEN,
+                "Sign-in needed",
+                "You are not signed in, and the app asked not to be asked to.",
+            )
         }
         Ok(None) => return to_login(&format!("/saml/{}/sso?{raw}", app.id)),
         Err(e) => return error_page(e),

@@ -153,10 +153,7 @@ impl Service {
             if !custom.iter().any(|d| d.name == s.name_id_attribute) {
                 errors.push(
                     "name_id_attribute",
-                    format!(
-                        "must be one of {} or a custom attribute",
-                        directory::saml::NAME_ID_ATTRIBUTES.join(", ")
-                    ),
+                    format!("must be one of {} or a custom attribute", directory::saml::NAME_ID_ATTRIBUTES.join(", ")),
                 );
             }
         }
@@ -282,7 +279,9 @@ impl Service {
             return Err(Error::InvalidState("This invitation has already been used.".into()));
         }
         if inv.expires_at <= directory::now() {
-            return Err(Error::InvalidState("This invitation has expired. Ask your administrator for a new one.".into()));
+            return Err(Error::InvalidState(
+                "This invitation has expired. Ask your administrator for a new one.".into(),
+            ));
         }
         self.get_user(inv.user_id).await
     }
@@ -291,12 +290,11 @@ impl Service {
         self.invitation_user(token).await?;
         check_password(password)?;
         let hash = hash_password(password).await?;
-        let user = self.store().redeem_invitation(&sha256_hex(token), &hash, directory::now()).await.map_err(|e| {
-            match e {
+        let user =
+            self.store().redeem_invitation(&sha256_hex(token), &hash, directory::now()).await.map_err(|e| match e {
                 StoreError::NotFound => Error::NotFound("invitation"),
                 other => other.into(),
-            }
-        })?;
+            })?;
         self.get_user(user).await
     }
 

@@ -20,7 +20,8 @@ use directory::{Account, Action, Event, EventStatus, OpState, Operation, Ownersh
 use super::*;
 use crate::provisioning::*;
 
-pub(super) const OP_COLUMNS: &str = "seq, id, app_id, app_name, user_id, username, action, desired, state, status, reason, \
+pub(super) const OP_COLUMNS: &str =
+    "seq, id, app_id, app_name, user_id, username, action, desired, state, status, reason, \
     recommended_action, attempts, next_run_at, lease_owner, lease_expires_at, created_at, updated_at";
 
 /// The account columns, with the user's username (empty when the user row is gone).

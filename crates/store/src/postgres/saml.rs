@@ -156,7 +156,13 @@ impl SamlStore for PostgresStore {
         record_audit(
             &mut tx,
             actor,
-            AuditRecord { action, target_type: "saml_key", target_id: key.id.to_string(), before: None, after: Some(after) },
+            AuditRecord {
+                action,
+                target_type: "saml_key",
+                target_id: key.id.to_string(),
+                before: None,
+                after: Some(after),
+            },
         )
         .await?;
         tx.commit().await
@@ -411,7 +417,7 @@ impl SamlStore for PostgresStore {
             sqlx::query(
                 "INSERT INTO operations (id, app_id, app_name, user_id, username, username_key, action, desired, \
                  state, status, reason, attempts, next_run_at, replan, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'done', 'provisioned', $9, 0, $10, 0, $11, $12)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'done', 'provisioned', $9, 0, $10, false, $11, $12)",
             )
             .bind(id)
             .bind(app)
@@ -434,13 +440,13 @@ impl SamlStore for PostgresStore {
                  last_applied = excluded.last_applied",
             )
             .bind(attributes)
-                .bind(app)
-                .bind(user)
-                .bind(id)
-                .bind(now)
-                .execute(tx.c())
-                .await
-                .map_err(backend)?;
+            .bind(app)
+            .bind(user)
+            .bind(id)
+            .bind(now)
+            .execute(tx.c())
+            .await
+            .map_err(backend)?;
             tx.refresh(app, user);
             let sql = format!("SELECT {OP_COLUMNS} FROM operations WHERE id = $1");
             let row = sqlx::query(&sql).bind(id).fetch_one(tx.c()).await.map_err(backend)?;

@@ -157,7 +157,13 @@ impl SamlStore for SqliteStore {
         record_audit(
             &mut tx,
             actor,
-            AuditRecord { action, target_type: "saml_key", target_id: key.id.to_string(), before: None, after: Some(after) },
+            AuditRecord {
+                action,
+                target_type: "saml_key",
+                target_id: key.id.to_string(),
+                before: None,
+                after: Some(after),
+            },
         )
         .await?;
         tx.commit().await.map_err(backend)

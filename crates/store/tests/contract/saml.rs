@@ -6,9 +6,7 @@ use std::sync::Arc;
 use chrono::Duration;
 use directory::{Actor, App, AppInput, ChangeKind, Role, RoleInput, SamlSettings, User, UserInput, UserSource};
 use serde_json::json;
-use store::{
-    AuditQuery, EventQuery, InvitationRecord, KeyState, SamlKeyRecord, Store, StoreError, UserSessionRecord,
-};
+use store::{AuditQuery, EventQuery, InvitationRecord, KeyState, SamlKeyRecord, Store, StoreError, UserSessionRecord};
 use uuid::Uuid;
 
 fn actor() -> Actor {
@@ -98,16 +96,19 @@ async fn one_active_and_one_next_key_and_rotation(s: Arc<dyn Store>) {
     assert!(s.saml_keys().await.unwrap().is_empty());
     let active = key(KeyState::Active);
     s.insert_saml_key(&active, &Actor::system()).await.unwrap();
-    assert!(matches!(s.insert_saml_key(&key(KeyState::Active), &Actor::system()).await, Err(StoreError::Duplicate { .. })));
+    assert!(matches!(
+        s.insert_saml_key(&key(KeyState::Active), &Actor::system()).await,
+        Err(StoreError::Duplicate { .. })
+    ));
     assert!(matches!(s.activate_next_saml_key(&actor()).await, Err(StoreError::InvalidState(_))));
     let next = key(KeyState::Next);
     s.insert_saml_key(&next, &actor()).await.unwrap();
     assert!(matches!(s.insert_saml_key(&key(KeyState::Next), &actor()).await, Err(StoreError::Duplicate { .. })));
     let keys = s.saml_keys().await.unwrap();
-    assert_eq!(keys.iter().map(|k| (k.id, k.state)).collect::<Vec<_>>(), vec![
-        (active.id, KeyState::Active),
-        (next.id, KeyState::Next)
-    ]);
+    assert_eq!(
+        keys.iter().map(|k| (k.id, k.state)).collect::<Vec<_>>(),
+        vec![(active.id, KeyState::Active), (next.id, KeyState::Next)]
+    );
     let now_active = s.activate_next_saml_key(&actor()).await.unwrap();
     assert_eq!((now_active.id, now_active.state), (next.id, KeyState::Active));
     let keys = s.saml_keys().await.unwrap();
@@ -147,8 +148,13 @@ async fn passwords_invitations_and_sessions(s: Arc<dyn Store>) {
     assert!(matches!(s.redeem_invitation("nope", "x", now).await, Err(StoreError::NotFound)));
     assert_eq!(s.user_password(u.id).await.unwrap().as_deref(), Some("$argon2id$three"));
 
-    let mut sess =
-        UserSessionRecord { id_hash: "h1".into(), user_id: u.id, csrf_token: "c".into(), created_at: now, last_seen_at: now };
+    let mut sess = UserSessionRecord {
+        id_hash: "h1".into(),
+        user_id: u.id,
+        csrf_token: "c".into(),
+        created_at: now,
+        last_seen_at: now,
+    };
     s.create_user_session(&sess, &u.username).await.unwrap();
     assert_eq!(s.get_user_session("h1").await.unwrap(), Some(sess.clone()));
     let later = now + Duration::minutes(3);
