@@ -71,6 +71,10 @@ enum Command {
         /// Mark console cookies Secure even without `X-Forwarded-Proto: https` (behind a TLS proxy).
         #[arg(long, env = "PROVISIONER_SECURE_COOKIES")]
         secure_cookies: bool,
+        /// The URL people and apps reach this server at (e.g. `https://id.example.com`): the SAML
+        /// IdP's entity IDs and endpoints are made from it [default: each request's Host].
+        #[arg(long, env = "PROVISIONER_PUBLIC_URL")]
+        public_url: Option<String>,
         /// What this process runs: `all`, `api` or `worker`.
         #[arg(long, env = "PROVISIONER_ROLE", value_enum, default_value = "all")]
         role: Role,
@@ -184,6 +188,7 @@ async fn shutdown_signal() {
 struct ConsoleArgs {
     session_idle_minutes: Option<u64>,
     secure_cookies: bool,
+    public_url: Option<String>,
 }
 
 /// How a `serve` process shares the engine's work.
@@ -226,6 +231,16 @@ async fn serve(
         console_config.idle_timeout = Duration::from_secs(minutes.saturating_mul(60));
     }
     console_config.secure_cookies = console.secure_cookies;
+    // The SAML IdP's sign-in pages share the console's session and rate-limit settings.
+    let mut idp = server::saml::IdpState::new(state.service.store().clone()).with_config(console_config.clone());
+    if let Some(url) = console.public_url.filter(|u| !u.trim().is_empty()) {
+        let url = url.trim().trim_end_matches('/').to_owned();
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            anyhow::bail!("--public-url must be an http(s) URL, not {url:?}");
+        }
+        idp.public_url = Some(url);
+    }
+    state.idp = Arc::new(idp);
     state.console = Arc::new(server::console::ConsoleState::new(console_config));
     if let Some(password) = std::env::var("PROVISIONER_ADMIN_PASSWORD").ok().filter(|p| !p.is_empty()) {
         if state.service.bootstrap_admin(&password).await.map_err(|e| anyhow::anyhow!("admin bootstrap: {e}"))? {
@@ -286,12 +301,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             store,
             session_idle_minutes,
             secure_cookies,
+            public_url,
             role,
             lease_seconds,
             reconcile_seconds,
         } => {
             let work = WorkArgs { role, lease_seconds, reconcile_seconds };
-            serve(&settings, listen, &store, ConsoleArgs { session_idle_minutes, secure_cookies }, work).await
+            serve(&settings, listen, &store, ConsoleArgs { session_idle_minutes, secure_cookies, public_url }, work)
+                .await
         }
         Command::Migrate { store } => {
             settings.store(&store).open().await?;

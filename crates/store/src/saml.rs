@@ -114,6 +114,9 @@ pub trait SamlStore: Send + Sync + 'static {
     /// `InvalidState` when no rotation is in progress.
     async fn activate_next_saml_key(&self, actor: &Actor) -> Result<SamlKeyRecord>;
 
+    /// The user (not deleted) with this username, compared case-insensitively: who signs in.
+    async fn user_by_username(&self, username: &str) -> Result<Option<directory::User>>;
+
     /// The argon2id hash of the user's password, if one was set.
     async fn user_password(&self, user: Uuid) -> Result<Option<String>>;
     async fn set_user_password(&self, user: Uuid, hash: &str, actor: &Actor) -> Result<()>;

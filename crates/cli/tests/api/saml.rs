@@ -399,12 +399,11 @@ async fn refusals_are_clear_pages() {
     assert_eq!(action, "https://sp.example.com/other-acs");
 
     // A DTD (XXE attempt) is refused before anything is resolved.
-    let xxe = format!(
+    let xxe: &str =
         "<?xml version=\"1.0\"?><!DOCTYPE r [<!ENTITY x SYSTEM \"file:///etc/passwd\">]>\
          <samlp:AuthnRequest xmlns:samlp=\"urn:oasis:names:tc:SAML:2.0:protocol\" ID=\"_x\" Version=\"2.0\" \
-         IssueInstant=\"2026-01-01T00:00:00Z\"><saml:Issuer xmlns:saml=\"urn:oasis:names:tc:SAML:2.0:assertion\">&x;</saml:Issuer></samlp:AuthnRequest>"
-    );
-    let path = format!("/saml/{}/sso?SAMLRequest={}", w.app, urlencode(&saml::request::encode_redirect(&xxe)));
+         IssueInstant=\"2026-01-01T00:00:00Z\"><saml:Issuer xmlns:saml=\"urn:oasis:names:tc:SAML:2.0:assertion\">&x;</saml:Issuer></samlp:AuthnRequest>";
+    let path = format!("/saml/{}/sso?SAMLRequest={}", w.app, urlencode(&saml::request::encode_redirect(xxe)));
     let r = w.get(&path, Some(&session)).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let page = r.text().await.unwrap();
@@ -520,9 +519,12 @@ async fn settings_are_validated_and_provisioning_comes_first() {
     assert_eq!(steps.status, StatusCode::OK, "{steps:#?}");
     assert!(steps.body["steps"].as_array().unwrap().iter().all(|s| s["event"].is_null()), "{steps:#?}");
     assert!(w.events().await.is_empty(), "nothing was pushed to the JIT-only app");
-    // With provisioning on, the app may use both.
-    let both = put(saml_settings(json!({"jit_only": false}))).await;
+    // With provisioning on, the app may use both; what GET answers can be sent back as it is.
+    let mut doc = w.s.get(&path).await.body;
+    doc["jit_only"] = json!(false);
+    let both = put(doc).await;
     assert_eq!(both.status, StatusCode::OK, "{both:#?}");
+    assert_eq!(both.body["jit_only"], false);
     // Secrets never show in the audit log.
     let audit = w.s.get("/api/v1/audit?limit=500").await.body.to_string();
     assert!(!audit.contains(PASSWORD) && !audit.contains("argon2") && !audit.contains("PRIVATE KEY"));
@@ -593,4 +595,40 @@ async fn certificate_rotation_publishes_both_until_the_next_is_activated() {
     let (_, xml, ..) = posted(w.get(&authn_request(&w.app, ACS, ""), Some(&session)).await).await;
     assert!(xmlsec1(w.dir.path(), &new, &xml, None).0, "signed with the new key");
     assert!(!xmlsec1(w.dir.path(), &old, &xml, None).0);
+}
+
+#[tokio::test]
+async fn the_console_says_an_app_is_saml_jit_only() {
+    let w = World::new(Backend::Sqlite, saml_settings(json!({}))).await;
+    w.s.state.service.create_admin(&directory::Actor::cli(), "alice", "correct horse battery staple").await.unwrap();
+    let page = w.http.get(w.s.url("/console/login")).send().await.unwrap();
+    let token = set_cookie(&page, "prv_login").unwrap();
+    let login = w
+        .http
+        .post(w.s.url("/console/login"))
+        .header(COOKIE, format!("prv_login={token}"))
+        .form(&[
+            ("csrf", token.as_str()),
+            ("username", "alice"),
+            ("password", "correct horse battery staple"),
+            ("next", "/console/apps"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), StatusCode::SEE_OTHER);
+    let session = set_cookie(&login, "prv_session").unwrap();
+    let tab = w
+        .http
+        .get(w.s.url(&format!("/console/apps/{}/provisioning", w.app)))
+        .header(COOKIE, format!("prv_session={session}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tab.status(), StatusCode::OK);
+    let html = tab.text().await.unwrap();
+    assert!(html.contains("id=\"saml-jit-only\"") && html.contains("SAML JIT only"), "{html}");
+    // The end users' portal, not the console, is at `/`.
+    let root = w.http.get(w.s.url("/")).send().await.unwrap();
+    assert_eq!(root.headers()[LOCATION], "/login?next=%2F");
 }

@@ -65,8 +65,8 @@ async fn get_saml(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<
     Ok(view(&s, &headers, id, r))
 }
 
-/// Create or replace an app's SAML settings. The assertion's attributes are the app's
-/// parameters and rules. `jit_only` apps are not provisioned by the engine; an app that is
+/// Create or replace an app's SAML settings (what GET answers may be sent back as it is).
+/// The assertion's attributes are the app's parameters and rules. `jit_only` apps are not provisioned by the engine; an app that is
 /// not JIT-only needs provisioning enabled first.
 #[utoipa::path(put, path = "/apps/{id}/saml", tag = "saml", params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header)),
     request_body = SamlSettings,
@@ -78,8 +78,15 @@ async fn put_saml(
     headers: HeaderMap,
     Path(id): Path<Uuid>,
     IfMatch(v): IfMatch,
-    ApiJson(input): ApiJson<SamlSettings>,
+    ApiJson(mut input): ApiJson<serde_json::Value>,
 ) -> Result<Response> {
+    // What GET adds may be sent back as it is (read-only, ignored).
+    if let Some(doc) = input.as_object_mut() {
+        for key in ["metadata_url", "idp_entity_id", "sso_url", "updated_at", "version"] {
+            doc.remove(key);
+        }
+    }
+    let input: SamlSettings = crate::extract::from_value(input)?;
     let r = s.service.put_saml_settings(&actor, id, input, v).await?;
     Ok(view(&s, &headers, id, r))
 }

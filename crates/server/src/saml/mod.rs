@@ -313,15 +313,8 @@ async fn login(
     let found = if username.is_empty() || username.len() > 256 {
         None
     } else {
-        match store
-            .list_users(&store::UserQuery {
-                q: Some(username.clone()),
-                page: store::PageRequest { limit: 50, cursor: None },
-                ..Default::default()
-            })
-            .await
-        {
-            Ok(page) => page.items.into_iter().find(|u| u.username.eq_ignore_ascii_case(&username)),
+        match store.user_by_username(&username).await {
+            Ok(found) => found,
             Err(e) => return error_page(e.into()),
         }
     };

@@ -204,6 +204,18 @@ impl SamlStore for SqliteStore {
         Ok(SamlKeyRecord { state: KeyState::Active, activated_at: Some(now), ..next })
     }
 
+    async fn user_by_username(&self, username: &str) -> Result<Option<User>> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE username_key = ? AND status <> 'deleted'");
+        sqlx::query(&sql)
+            .bind(User::username_key(username.trim()))
+            .fetch_optional(&self.writer)
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(user_from_row)
+            .transpose()
+    }
+
     async fn user_password(&self, user: Uuid) -> Result<Option<String>> {
         let row = sqlx::query("SELECT hash FROM user_passwords WHERE user_id = ?")
             .bind(user.to_string())

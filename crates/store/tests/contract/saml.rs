@@ -121,6 +121,8 @@ async fn one_active_and_one_next_key_and_rotation(s: Arc<dyn Store>) {
 async fn passwords_invitations_and_sessions(s: Arc<dyn Store>) {
     let u = user("ada");
     s.create_user(&u, &actor()).await.unwrap();
+    assert_eq!(s.user_by_username(" ADA ").await.unwrap().map(|x| x.id), Some(u.id));
+    assert_eq!(s.user_by_username("ad").await.unwrap(), None);
     assert_eq!(s.user_password(u.id).await.unwrap(), None);
     s.set_user_password(u.id, "$argon2id$one", &actor()).await.unwrap();
     s.set_user_password(u.id, "$argon2id$two", &actor()).await.unwrap();
