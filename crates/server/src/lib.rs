@@ -6,6 +6,7 @@ pub mod api;
 pub mod console;
 pub mod error;
 pub mod extract;
+pub mod scim_server;
 pub mod service;
 pub mod tokens;
 
@@ -114,6 +115,7 @@ pub fn router(state: AppState) -> Router {
         .layer(Extension(api::OpenApiJson(Arc::new(doc_json))))
         .route("/healthz", get(healthz))
         .merge(console::router(&state))
+        .nest_service("/scim/v2", scim_server::router(state.clone()))
         .fallback(|| async { Error::NotFound("route") })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed.into_response() })
         .layer(DefaultBodyLimit::max(extract::MAX_BODY))

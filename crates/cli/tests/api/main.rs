@@ -34,3 +34,4 @@ mod engine;
 mod engine_faults;
 mod mapping;
 mod openapi;
+mod scim_server;

@@ -47,6 +47,8 @@ async fn openapi_document_covers_every_route() {
         ("/api/v1/apps/{id}/entitlements", &["get"]),
         ("/api/v1/apps/{id}/entitlements/refresh", &["post"]),
         ("/api/v1/apps/{id}/remote-accounts", &["get"]),
+        ("/api/v1/scim-clients", &["get", "post"]),
+        ("/api/v1/scim-clients/{id}", &["delete"]),
     ];
     let paths = doc["paths"].as_object().unwrap();
     for (path, methods) in expected {
