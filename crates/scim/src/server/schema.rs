@@ -294,8 +294,17 @@ impl ResourceSchema {
             None => {
                 if let Some(a) = common_attributes().iter().find(|a| a.name.eq_ignore_ascii_case(&path.attr)) {
                     (None, Some(a))
+                } else if let Some(a) = self.core.attribute(&path.attr) {
+                    (Some(&self.core), Some(a))
                 } else {
-                    (Some(&self.core), self.core.attribute(&path.attr))
+                    // Leniency: an extension attribute named without its URN, when one
+                    // extension alone has it (`department`, a custom attribute).
+                    let mut hits =
+                        self.extensions.iter().filter_map(|s| s.attribute(&path.attr).map(|a| (s, a)));
+                    match (hits.next(), hits.next()) {
+                        (Some((s, a)), None) => (Some(s), Some(a)),
+                        _ => (Some(&self.core), None),
+                    }
                 }
             }
         };

@@ -285,7 +285,7 @@ impl ScimStore for PostgresStore {
             "SELECT u.id, u.username FROM role_users ru JOIN users u ON u.id = ru.user_id \
              WHERE ru.role_id = $1 ORDER BY u.username_key, u.id",
         )
-        .bind(role.to_string())
+        .bind(role)
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
