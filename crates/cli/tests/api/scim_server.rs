@@ -213,9 +213,10 @@ async fn users_crud_with_etags(backend: Backend) {
     let id = u["id"].as_str().unwrap().to_owned();
     assert_eq!(created.etag.as_deref(), u["meta"]["version"].as_str());
     assert_eq!(u["meta"]["location"], format!("{}/Users/{id}", c.base()));
-    assert_eq!(u["name"]["formatted"], "Barbara Jensen", "formatted is made of the parts");
     assert_eq!(u[ENT]["manager"]["value"], boss_id);
-    assert_eq!(u[ENT]["manager"]["displayName"], "boss");
+    let asked = c.get(&format!("/Users/{id}?attributes=name.formatted,{ENT}:manager.displayName")).await.body;
+    assert_eq!(asked["name"]["formatted"], "Barbara Jensen", "formatted is made of the parts: {asked:#}");
+    assert_eq!(asked[ENT]["manager"]["displayName"], "boss");
     assert_eq!(u[CUSTOM]["cost_center"], "4130");
     assert_eq!(u["externalId"], "bjensen-ext");
     // The directory user: source scim, ordinary fields.
@@ -441,7 +442,8 @@ async fn rfc_patch_examples(backend: Backend) {
         .await;
     assert_eq!(a.status, StatusCode::OK, "{a:#?}");
     assert_eq!(members(&a), set(&[b]));
-    assert_eq!(a.body["members"][0]["display"], "bjensen");
+    assert!(a.body["members"][0].get("display").is_none(), "display is returned on request");
+    assert_eq!(c.get(&format!("{gp}?attributes=members.display")).await.body["members"][0]["display"], "bjensen");
     // 3.5.2.1: add without a path. `nickname` is kept because it is declared as a custom
     // attribute; the second e-mail address (home) is refused: this directory keeps one
     // address per user, of type work.
@@ -782,14 +784,28 @@ crate::on_both_backends!(
     our_engine_provisions_into_our_scim_server,
 );
 
-/// Checks scim2-tester reports as failures, which this server skips, and why.
-const SKIPPED_CHECKS: &[(&str, &str)] = &[];
+/// Results of scim2-tester that are wrong per the RFC, skipped: (check, what its reason names, why).
+const SKIPPED_CHECKS: &[(&str, &str, &str)] = &[(
+    "check_add_attribute",
+    "extension:provisioner:2.0:User:skills'",
+    "RFC 7644 section 3.5.2.1: `add` to a multi-valued attribute appends the new values. The checker \
+     adds the whole extension (with a value of `skills`) and then `skills` to the same user, and expects \
+     only the second value",
+)];
 
 /// The conformance checker of the python-scim project (PyPI `scim2-tester`, the family of the
 /// scim2-server the engine tests run against) finds nothing to fail.
 #[tokio::test]
 async fn scim2_tester_finds_no_failure() {
     let c = Scim::start(Backend::Sqlite).await;
+    // Custom attributes, so that the extension schema is checked too. Not a number: scim2-tester
+    // 0.5.2 fills `decimal` attributes with a text that its own client then refuses before
+    // sending anything (a checker bug, see the README); not a date, published as a string that
+    // must read YYYY-MM-DD, which random text does not.
+    for (name, kind) in [("cost_center", "string"), ("remote", "boolean"), ("skills", "string_list")] {
+        let a = c.s.post("/api/v1/attributes", json!({"name": name, "type": kind})).await;
+        assert_eq!(a.status, StatusCode::CREATED, "{a:#?}");
+    }
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let python = root.join(".venv/scim2/bin/python");
     if !python.exists() {
@@ -824,7 +840,16 @@ async fn scim2_tester_finds_no_failure() {
     let failures: Vec<&Value> = results
         .iter()
         .filter(|r| matches!(r["status"].as_str(), Some("ERROR" | "CRITICAL")))
-        .filter(|r| !SKIPPED_CHECKS.iter().any(|(t, _)| r["title"].as_str() == Some(t)))
+        .filter(|r| {
+            !SKIPPED_CHECKS.iter().any(|(t, about, _)| {
+                r["title"].as_str() == Some(t) && r["reason"].as_str().is_some_and(|x| x.contains(about))
+            })
+        })
         .collect();
+    let mut counts = std::collections::BTreeMap::new();
+    for r in &results {
+        *counts.entry(r["status"].as_str().unwrap_or("?").to_owned()).or_insert(0) += 1;
+    }
+    eprintln!("scim2-tester: {counts:?}");
     assert!(failures.is_empty(), "scim2-tester failures: {failures:#?}");
 }

@@ -270,6 +270,14 @@ fn merge_into(target: &mut Map<String, Value>, value: &Value, attr: &Attribute) 
     };
     for (k, x) in v {
         let Some(sub) = attr.sub(k) else {
+            // The default sub-attributes of multi-valued attributes (RFC 7643 section 2.4) are
+            // kept as sent, for the resource's own checks to judge.
+            if attr.multi_valued
+                && ["primary", "display", "type", "value", "$ref"].iter().any(|d| d.eq_ignore_ascii_case(k))
+            {
+                target.insert(k.clone(), x.clone());
+                continue;
+            }
             return Err(ScimError::invalid_value(format!("{} has no sub-attribute {k}", attr.name)));
         };
         if sub.mutability == Mutability::ReadOnly {
@@ -304,7 +312,7 @@ fn apply_one(
                 let Some(Value::Object(v)) = value else {
                     return Err(ScimError::invalid_value(format!("{urn} takes an object")));
                 };
-                for (k, x) in v {
+                for (k, x) in v.iter().filter(|(k, _)| !k.eq_ignore_ascii_case("schemas")) {
                     apply_path(root, op, &format!("{urn}:{k}"), Some(x), rs)?;
                 }
                 Ok(())
@@ -315,6 +323,9 @@ fn apply_one(
         Write::Refuse => return Err(ScimError::mutability(format!("{} cannot be changed", attr.name))),
         Write::Ignore => return Ok(()),
         Write::Do => {}
+    }
+    if op == OpKind::Remove && attr.required && t.sub.is_none() && t.filter.is_none() {
+        return Err(ScimError::mutability(format!("{} is required and cannot be removed", attr.name)));
     }
     let Some(c) = container_mut(root, t.container.as_deref(), op != OpKind::Remove)? else {
         return Ok(());

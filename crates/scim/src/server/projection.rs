@@ -79,7 +79,7 @@ impl Projection {
                 .any(|a| a.name == k && a.returned == Returned::Always)
         };
         match self {
-            Self::Default => Value::Object(root),
+            Self::Default => Value::Object(strip_requested_only(root, rs)),
             Self::Only(list) => {
                 let mut out = Map::new();
                 for (k, v) in root {
@@ -145,7 +145,7 @@ impl Projection {
                 Value::Object(out)
             }
             Self::Except(list) => {
-                let mut root = root;
+                let mut root = strip_requested_only(root, rs);
                 for s in list {
                     let target = match &s.container {
                         Some(c) => match root.get_mut(c) {
@@ -184,6 +184,45 @@ impl Projection {
             }
         }
     }
+}
+
+/// Removes the (sub-)attributes returned only when asked for (`returned: request`).
+fn strip_requested_only(mut root: Map<String, Value>, rs: &ResourceSchema) -> Map<String, Value> {
+    fn strip(o: &mut Map<String, Value>, attrs: &[super::schema::Attribute]) {
+        for a in attrs {
+            if a.returned == Returned::Request {
+                o.remove(&a.name);
+                continue;
+            }
+            let subs: Vec<&str> =
+                a.sub_attributes.iter().filter(|s| s.returned == Returned::Request).map(|s| s.name.as_str()).collect();
+            if subs.is_empty() {
+                continue;
+            }
+            match o.get_mut(&a.name) {
+                Some(Value::Object(x)) => subs.iter().for_each(|s| {
+                    x.remove(*s);
+                }),
+                Some(Value::Array(items)) => {
+                    for i in items {
+                        if let Value::Object(x) = i {
+                            subs.iter().for_each(|s| {
+                                x.remove(*s);
+                            });
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    strip(&mut root, &rs.core.attributes);
+    for e in &rs.extensions {
+        if let Some(Value::Object(x)) = root.get_mut(&e.id) {
+            strip(x, &e.attributes);
+        }
+    }
+    root
 }
 
 fn out_keys(out: &Map<String, Value>) -> Vec<String> {

@@ -131,6 +131,10 @@ impl Attribute {
         self.uniqueness = "server";
         self
     }
+    pub fn on_request(mut self) -> Self {
+        self.returned = Returned::Request;
+        self
+    }
     pub fn always(mut self) -> Self {
         self.returned = Returned::Always;
         self
@@ -299,8 +303,7 @@ impl ResourceSchema {
                 } else {
                     // Leniency: an extension attribute named without its URN, when one
                     // extension alone has it (`department`, a custom attribute).
-                    let mut hits =
-                        self.extensions.iter().filter_map(|s| s.attribute(&path.attr).map(|a| (s, a)));
+                    let mut hits = self.extensions.iter().filter_map(|s| s.attribute(&path.attr).map(|a| (s, a)));
                     match (hits.next(), hits.next()) {
                         (Some((s, a)), None) => (Some(s), Some(a)),
                         _ => (Some(&self.core), None),
@@ -357,31 +360,32 @@ pub fn user_schema() -> Schema {
                 "name",
                 "The components of the user's name.",
                 vec![
-                    Attribute::string("formatted", "The full name, made of givenName and familyName.").read_only(),
+                    Attribute::string("formatted", "The full name, made of givenName and familyName.")
+                        .read_only()
+                        .on_request(),
                     Attribute::string("familyName", "The family name."),
                     Attribute::string("givenName", "The given name."),
                 ],
             ),
             Attribute::string("displayName", "The name of the User, suitable for display."),
             Attribute::string("title", "The user's title, such as \"Vice President\"."),
-            Attribute::new("active", AttrType::Boolean, "Whether the user may use their accounts."),
+            Attribute::new(
+                "active",
+                AttrType::Boolean,
+                "Whether the user may use their accounts (the directory always has it: true when not sent).",
+            )
+            .required(),
             multi_complex(
                 "emails",
                 "The user's e-mail address: this directory keeps one, of type work.",
                 Attribute::string("value", "The e-mail address."),
-                vec![
-                    Attribute::string("type", "Always work.").canonical(&["work"]),
-                    Attribute::new("primary", AttrType::Boolean, "Whether this is the primary address."),
-                ],
+                vec![Attribute::string("type", "Always work.").canonical(&["work"])],
             ),
             multi_complex(
                 "phoneNumbers",
                 "The user's phone number: this directory keeps one, of type work.",
                 Attribute::string("value", "The phone number."),
-                vec![
-                    Attribute::string("type", "Always work.").canonical(&["work"]),
-                    Attribute::new("primary", AttrType::Boolean, "Whether this is the primary number."),
-                ],
+                vec![Attribute::string("type", "Always work.").canonical(&["work"])],
             ),
             multi_complex(
                 "groups",
@@ -415,11 +419,10 @@ pub fn enterprise_user_schema() -> Schema {
                 "The user's manager, another user of this directory.",
                 vec![
                     Attribute::string("value", "The manager's id.").case_exact(),
-                    Attribute::new("$ref", AttrType::Reference, "The manager's URI.")
+                    Attribute::new("$ref", AttrType::Reference, "The manager's URI (its last segment is the id).")
                         .references(&["User"])
-                        .case_exact()
-                        .read_only(),
-                    Attribute::string("displayName", "The manager's userName.").read_only(),
+                        .case_exact(),
+                    Attribute::string("displayName", "The manager's display name.").read_only().on_request(),
                 ],
             ),
         ],
@@ -443,7 +446,7 @@ pub fn group_schema() -> Schema {
                         .references(&["User"])
                         .case_exact()
                         .immutable(),
-                    Attribute::string("display", "The member's userName.").read_only(),
+                    Attribute::string("display", "The member's userName.").read_only().on_request(),
                     Attribute::string("type", "Always User.").canonical(&["User"]).immutable(),
                 ],
             ),

@@ -41,7 +41,11 @@ pub(crate) async fn resource_type(
 async fn schema_docs(state: &ScimState, headers: &HeaderMap) -> ScimResult<Vec<serde_json::Value>> {
     let defs = state.store().list_attribute_defs().await?;
     let base = base_url(headers);
-    Ok(all_schemas(&custom_schema(&defs)).iter().map(|s| s.to_json(&base)).collect())
+    let mut schemas = all_schemas(&custom_schema(&defs));
+    if defs.is_empty() {
+        schemas.retain(|s| s.id != super::CUSTOM_SCHEMA);
+    }
+    Ok(schemas.iter().map(|s| s.to_json(&base)).collect())
 }
 
 pub(crate) async fn schemas(State(state): State<ScimState>, headers: HeaderMap) -> ScimResult {

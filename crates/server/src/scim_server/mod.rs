@@ -292,12 +292,18 @@ pub(crate) fn custom_schema(defs: &[AttributeDef]) -> Schema {
     }
 }
 
+/// The User resource: the custom-attribute extension is there once a custom attribute is
+/// declared.
 pub(crate) fn user_resource_schema(defs: &[AttributeDef]) -> ResourceSchema {
+    let mut extensions = vec![scim::server::schema::enterprise_user_schema()];
+    if !defs.is_empty() {
+        extensions.push(custom_schema(defs));
+    }
     ResourceSchema {
         name: "User".into(),
         endpoint: "/Users".into(),
         core: scim::server::schema::user_schema(),
-        extensions: vec![scim::server::schema::enterprise_user_schema(), custom_schema(defs)],
+        extensions,
     }
 }
 
@@ -414,6 +420,7 @@ pub fn router_with_limit(app: AppState, per_minute: u32) -> Router {
         .route("/Groups/.search", post(groups::search))
         .route("/Groups/{id}", get(groups::get).put(groups::replace).patch(groups::patch).delete(groups::delete))
         .route("/Bulk", post(not_implemented))
+        .route("/.search", post(not_implemented))
         .route("/Me", get(not_implemented).post(not_implemented).put(not_implemented).patch(not_implemented))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -84,10 +84,10 @@ pub(crate) fn to_json(
     }
     o.insert("active".into(), json!(u.status == UserStatus::Active));
     if let Some(e) = &u.email {
-        o.insert("emails".into(), json!([{"value": e, "type": "work", "primary": true}]));
+        o.insert("emails".into(), json!([{"value": e, "type": "work"}]));
     }
     if let Some(p) = &u.phone {
-        o.insert("phoneNumbers".into(), json!([{"value": p, "type": "work", "primary": true}]));
+        o.insert("phoneNumbers".into(), json!([{"value": p, "type": "work"}]));
     }
     if !roles.is_empty() {
         let groups: Vec<Value> = roles
@@ -258,7 +258,15 @@ pub(crate) fn from_json(
                         Value::String(s) => Some(s.clone()),
                         Value::Object(m) => {
                             check_keys(m, &["value", "$ref", "displayName"], "manager.")?;
-                            get_ci(m, "value").map(|x| text(x, "manager.value")).transpose()?.flatten()
+                            let value = get_ci(m, "value").map(|x| text(x, "manager.value")).transpose()?.flatten();
+                            // Without a value, the id is the last segment of `$ref`.
+                            let from_ref = || {
+                                get_ci(m, "$ref")
+                                    .and_then(Value::as_str)
+                                    .and_then(|r| r.trim_end_matches('/').rsplit('/').next())
+                                    .map(str::to_owned)
+                            };
+                            value.or_else(from_ref)
                         }
                         _ => return Err(ScimError::invalid_value("manager must be an object with a value")),
                     };
