@@ -7,6 +7,7 @@ pub mod console;
 pub mod error;
 pub mod extract;
 pub mod saml;
+pub mod scim_server;
 pub mod service;
 pub mod tokens;
 
@@ -122,6 +123,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .merge(console::router(&state))
         .merge(saml::router())
+        .nest_service("/scim/v2", scim_server::router(state.clone()))
         .fallback(|| async { Error::NotFound("route") })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed.into_response() })
         .layer(DefaultBodyLimit::max(extract::MAX_BODY))

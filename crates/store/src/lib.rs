@@ -13,6 +13,7 @@ pub mod entitlements;
 pub mod postgres;
 pub mod provisioning;
 pub mod saml;
+pub mod scim;
 pub mod secrets;
 pub mod sqlite;
 
@@ -28,6 +29,7 @@ pub use provisioning::{
     AccountQuery, AccountWrite, EventQuery, Outcome, PairState, PlanItem, PlanWrite, ProvisioningStore,
 };
 pub use saml::{InvitationRecord, KeyState, SamlKeyRecord, SamlSettingsRecord, SamlStore, UserSessionRecord};
+pub use scim::ScimStore;
 pub use sqlite::SqliteStore;
 
 /// What can go wrong in a store. Callers map these to responses in one place.
@@ -129,7 +131,7 @@ pub enum Wakeup {
 /// and change-feed row, and must never store a plaintext secret. The provisioning half
 /// (accounts, operations, events) is [`ProvisioningStore`].
 #[async_trait]
-pub trait Store: ProvisioningStore + EntitlementStore + AdminStore + SamlStore + Send + Sync + 'static {
+pub trait Store: ProvisioningStore + EntitlementStore + AdminStore + SamlStore + ScimStore + Send + Sync + 'static {
     /// Answers when the database is reachable.
     async fn health(&self) -> Result<()>;
 

@@ -35,3 +35,4 @@ mod engine_faults;
 mod mapping;
 mod openapi;
 mod saml;
+mod scim_server;

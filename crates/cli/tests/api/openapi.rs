@@ -53,6 +53,8 @@ async fn openapi_document_covers_every_route() {
         ("/api/v1/saml/certificates", &["get"]),
         ("/api/v1/saml/certificates/rotate", &["post"]),
         ("/api/v1/saml/certificates/activate", &["post"]),
+        ("/api/v1/scim-clients", &["get", "post"]),
+        ("/api/v1/scim-clients/{id}", &["delete"]),
     ];
     let paths = doc["paths"].as_object().unwrap();
     for (path, methods) in expected {

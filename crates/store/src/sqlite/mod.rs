@@ -24,6 +24,7 @@ mod admins;
 mod entitlements;
 mod provisioning;
 mod saml;
+mod scim;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 

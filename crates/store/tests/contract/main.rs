@@ -14,6 +14,7 @@ mod directory;
 mod postgres_only;
 mod provisioning;
 mod saml;
+mod scim;
 
 /// Lists a module's contract tests once: generates `mod sqlite_backend` and
 /// `mod postgres_backend`, each with one `#[tokio::test]` per test, on a fresh store.
