@@ -131,7 +131,9 @@ pub enum Wakeup {
 /// and change-feed row, and must never store a plaintext secret. The provisioning half
 /// (accounts, operations, events) is [`ProvisioningStore`].
 #[async_trait]
-pub trait Store: ProvisioningStore + EntitlementStore + AdminStore + SamlStore + ScimStore + Send + Sync + 'static {
+pub trait Store:
+    ProvisioningStore + EntitlementStore + AdminStore + SamlStore + ScimStore + Send + Sync + 'static
+{
     /// Answers when the database is reachable.
     async fn health(&self) -> Result<()>;
 
