@@ -457,7 +457,6 @@ fn leaf(o: &mut Out, f: &FieldSql, op: CompareOp, value: &FilterValue) -> Result
         }
         Kind::Json(name, kind) => json_leaf(o, name, *kind, op, value)?,
     }
-    let _ = d;
     Ok(())
 }
 
@@ -680,7 +679,7 @@ pub fn to_sql<F: SqlField>(filter: &ResourceFilter<F>, d: Dialect) -> Result<Vec
 /// as RFC 7644 section 3.4.2.3 says), ending with the id so that pages are stable.
 pub fn order_sql<F: SqlField>(sort: Option<&(F, bool)>, d: Dialect, id: &str) -> Result<Vec<Piece>, FilterSqlError> {
     let Some((field, desc)) = sort else {
-        return Ok(vec![Piece::Sql(format!("{id}"))]);
+        return Ok(vec![Piece::Sql(id.to_owned())]);
     };
     let FieldSqlPub(fs) = field.sql(d);
     if fs.relation.is_some() {

@@ -38,9 +38,7 @@ fn flatten(out: &mut Vec<Attribute>, name: String, v: &Value) {
     match v {
         Value::Object(map) => {
             for (k, child) in map {
-                let sep = if name.starts_with("urn:") && !name.contains('.') { ":" } else { "." };
-                let child_name = if name.is_empty() { k.clone() } else { format!("{name}{sep}{k}") };
-                flatten(out, child_name, child);
+                flatten(out, format!("{name}.{k}"), child);
             }
         }
         Value::Array(items) => {
@@ -65,6 +63,12 @@ pub fn attributes(resource: &Value) -> Vec<Attribute> {
                 key if key == GROUPS_KEY => {
                     let groups = v.as_array().map(|a| a.iter().filter_map(scalar).collect()).unwrap_or_default();
                     push(&mut out, "groups".into(), groups);
+                }
+                // An extension schema's attributes are named after it: `urn:...:User:department`.
+                key if key.starts_with("urn:") && v.is_object() => {
+                    for (child, value) in v.as_object().into_iter().flatten() {
+                        flatten(&mut out, format!("{key}:{child}"), value);
+                    }
                 }
                 _ => flatten(&mut out, k.clone(), v),
             }

@@ -52,8 +52,11 @@ pub(crate) fn to_json(g: &ScimGroup, members: Option<&[Member]>, base: &str) -> 
     Value::Object(o)
 }
 
-/// Reads a SCIM Group: its name, `externalId` and member ids (`None` when `members` is absent).
-fn from_json(body: &Value) -> Result<(String, Option<String>, Option<Vec<Uuid>>), ScimError> {
+/// A SCIM Group as read: its name, `externalId` and member ids (`None` when `members` is absent).
+type GroupParts = (String, Option<String>, Option<Vec<Uuid>>);
+
+/// Reads a SCIM Group.
+fn from_json(body: &Value) -> Result<GroupParts, ScimError> {
     let Value::Object(o) = body else { return Err(ScimError::invalid_syntax("a Group must be a JSON object")) };
     let (mut name, mut external_id, mut members) = (None, None, None);
     for (k, v) in o {

@@ -282,9 +282,7 @@ pub(crate) fn custom_schema(defs: &[AttributeDef]) -> Schema {
                     AttributeType::String => Attribute::string(&d.name, &desc),
                     AttributeType::Number => Attribute::new(&d.name, AttrType::Decimal, &desc),
                     AttributeType::Boolean => Attribute::new(&d.name, AttrType::Boolean, &desc),
-                    AttributeType::Date => {
-                        Attribute::string(&d.name, &format!("{desc} (a date, YYYY-MM-DD)").trim().to_owned())
-                    }
+                    AttributeType::Date => Attribute::string(&d.name, format!("{desc} (a date, YYYY-MM-DD)").trim()),
                     AttributeType::StringList => Attribute::string(&d.name, &desc).multi(),
                 }
             })
