@@ -10,6 +10,7 @@ pub mod change;
 pub mod mapping;
 pub mod provisioning;
 pub mod role;
+pub mod source;
 pub mod user;
 pub mod validation;
 
@@ -25,6 +26,10 @@ pub use provisioning::{
     Account, Action, Entitlement, EntitlementRefresh, Event, EventStatus, OpState, Operation, Ownership,
 };
 pub use role::{Role, RoleInput, RoleRef};
+pub use source::{
+    DirectorySource, DisabledCondition, GroupMapping, SourceFlavor, SourceInput, SourceKind, SourceLink, SourceSync,
+    SyncCounts, SyncMode, SyncState,
+};
 pub use user::{User, UserInput, UserSource, UserStatus};
 pub use validation::{FieldError, ValidationErrors};
 

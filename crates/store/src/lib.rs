@@ -13,6 +13,7 @@ pub mod entitlements;
 pub mod postgres;
 pub mod provisioning;
 pub mod secrets;
+pub mod sources;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -26,6 +27,7 @@ pub use postgres::{PostgresOptions, PostgresStore};
 pub use provisioning::{
     AccountQuery, AccountWrite, EventQuery, Outcome, PairState, PlanItem, PlanWrite, ProvisioningStore,
 };
+pub use sources::{LinkedUser, SkippedWrite, SourceBatch, SourceCursor, SourceStore, SourceUpdate};
 pub use sqlite::SqliteStore;
 
 /// What can go wrong in a store. Callers map these to responses in one place.
@@ -127,7 +129,7 @@ pub enum Wakeup {
 /// and change-feed row, and must never store a plaintext secret. The provisioning half
 /// (accounts, operations, events) is [`ProvisioningStore`].
 #[async_trait]
-pub trait Store: ProvisioningStore + EntitlementStore + AdminStore + Send + Sync + 'static {
+pub trait Store: ProvisioningStore + EntitlementStore + AdminStore + SourceStore + Send + Sync + 'static {
     /// Answers when the database is reachable.
     async fn health(&self) -> Result<()>;
 

@@ -32,5 +32,6 @@ mod binary;
 mod console;
 mod engine;
 mod engine_faults;
+mod ldap;
 mod mapping;
 mod openapi;

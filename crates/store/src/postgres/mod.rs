@@ -47,6 +47,7 @@ use crate::{
 mod admins;
 mod entitlements;
 mod provisioning;
+mod sources;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 

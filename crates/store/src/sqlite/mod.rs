@@ -23,6 +23,7 @@ use crate::{cursor, AuditQuery, NameQuery, PageRequest, Result, Store, StoreErro
 mod admins;
 mod entitlements;
 mod provisioning;
+mod sources;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
