@@ -27,8 +27,8 @@ pub use provisioning::{
 };
 pub use role::{Role, RoleInput, RoleRef};
 pub use source::{
-    DirectorySource, DisabledCondition, GroupMapping, SourceFlavor, SourceInput, SourceKind, SourceLink, SourceSync,
-    SyncCounts, SyncMode, SyncState,
+    DirectorySource, DisabledCondition, GroupMapping, SourceConfig, SourceFlavor, SourceInput, SourceKind, SourceLink,
+    SourceSync, SyncCounts, SyncMode, SyncState,
 };
 pub use user::{User, UserInput, UserSource, UserStatus};
 pub use validation::{FieldError, ValidationErrors};

@@ -142,6 +142,9 @@ pub struct DirectorySource {
     pub version: i64,
 }
 
+/// Another name of [`DirectorySource`]: a source's settings, as the LDAP code takes them.
+pub type SourceConfig = DirectorySource;
+
 /// The body of `POST /api/v1/sources`, and the document `PATCH` merges into.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
