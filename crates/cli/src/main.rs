@@ -1,6 +1,7 @@
 //! `provisioner`: runs the service and administers its store.
 
 mod config;
+mod sources;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -105,6 +106,11 @@ enum Command {
     Admin {
         #[command(subcommand)]
         command: AdminCommand,
+    },
+    /// Directory sources (LDAP / Active Directory): list them, sync one now.
+    Source {
+        #[command(subcommand)]
+        command: sources::SourceCommand,
     },
 }
 
@@ -264,6 +270,9 @@ async fn serve(
     let addr = settings.listen(listen);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     state.service.engine().start().await.map_err(|e| anyhow::anyhow!("cannot start the engine: {e}"))?;
+    if work.role != Role::Api {
+        state.service.sources().start();
+    }
     tracing::info!(%addr, store = %store_settings.describe(), "provisioner listening");
     let router = match work.role {
         Role::Worker => server::health_router(state.clone()),
@@ -273,6 +282,7 @@ async fn serve(
     let app = router.into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
     state.service.engine().stop();
+    state.service.sources().stop();
     Ok(())
 }
 
@@ -340,6 +350,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             eprintln!("created the console admin {:?} ({})", admin.username, admin.id);
             Ok(())
+        }
+        Command::Source { command } => {
+            let store_settings = settings.store(command.store());
+            let keyring = store_settings.keyring(std::env::var("PROVISIONER_SECRET_KEY").ok().as_deref())?;
+            let state = AppState::new(store_settings.open().await?, Arc::new(keyring), engine::EngineConfig::default());
+            sources::run(state, command).await
         }
     }
 }

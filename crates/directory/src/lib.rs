@@ -11,6 +11,7 @@ pub mod mapping;
 pub mod provisioning;
 pub mod role;
 pub mod saml;
+pub mod source;
 pub mod user;
 pub mod validation;
 
@@ -27,6 +28,10 @@ pub use provisioning::{
 };
 pub use role::{Role, RoleInput, RoleRef};
 pub use saml::SamlSettings;
+pub use source::{
+    DirectorySource, DisabledCondition, GroupMapping, SourceConfig, SourceFlavor, SourceInput, SourceKind, SourceLink,
+    SourceSync, SyncCounts, SyncMode, SyncState,
+};
 pub use user::{User, UserInput, UserSource, UserStatus};
 pub use validation::{FieldError, ValidationErrors};
 

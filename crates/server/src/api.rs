@@ -66,6 +66,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(refresh_entitlements))
         .routes(routes!(openapi_json))
         .merge(crate::scim_server::clients::router())
+        .merge(crate::api_sources::router())
 }
 
 /// The document that the API is described by, generated from the code.

@@ -3,6 +3,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::todo, clippy::unimplemented))]
 
 pub mod api;
+pub mod api_sources;
 pub mod console;
 pub mod error;
 pub mod extract;
@@ -58,7 +59,7 @@ impl AppState {
         naming the fields at fault. Writes accept `If-Match` with the ETag of the version read."),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    tags((name = "users"), (name = "roles"), (name = "apps"), (name = "attributes"), (name = "audit"), (name = "provisioning"), (name = "mapping"), (name = "saml"), (name = "meta"))
+    tags((name = "users"), (name = "roles"), (name = "apps"), (name = "attributes"), (name = "audit"), (name = "provisioning"), (name = "mapping"), (name = "sources"), (name = "saml"), (name = "meta"))
 )]
 struct ApiDoc;
 

@@ -15,6 +15,7 @@ pub mod provisioning;
 pub mod saml;
 pub mod scim;
 pub mod secrets;
+pub mod sources;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -30,6 +31,7 @@ pub use provisioning::{
 };
 pub use saml::{InvitationRecord, KeyState, SamlKeyRecord, SamlSettingsRecord, SamlStore, UserSessionRecord};
 pub use scim::ScimStore;
+pub use sources::{LinkedUser, SkippedWrite, SourceBatch, SourceCursor, SourceStore, SourceUpdate};
 pub use sqlite::SqliteStore;
 
 /// What can go wrong in a store. Callers map these to responses in one place.
@@ -132,7 +134,7 @@ pub enum Wakeup {
 /// (accounts, operations, events) is [`ProvisioningStore`].
 #[async_trait]
 pub trait Store:
-    ProvisioningStore + EntitlementStore + AdminStore + SamlStore + ScimStore + Send + Sync + 'static
+    ProvisioningStore + EntitlementStore + AdminStore + SamlStore + ScimStore + SourceStore + Send + Sync + 'static
 {
     /// Answers when the database is reachable.
     async fn health(&self) -> Result<()>;

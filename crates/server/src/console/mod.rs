@@ -10,6 +10,7 @@ mod auth;
 mod events;
 mod mapping;
 mod roles;
+mod sources;
 mod users;
 mod view;
 
@@ -96,6 +97,7 @@ fn pages(state: &AppState) -> Router<AppState> {
         .merge(apps::routes())
         .merge(mapping::routes())
         .merge(events::routes())
+        .merge(sources::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_session));
     Router::new()
         .merge(signed_in)

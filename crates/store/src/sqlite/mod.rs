@@ -25,6 +25,7 @@ mod entitlements;
 mod provisioning;
 mod saml;
 mod scim;
+mod sources;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
