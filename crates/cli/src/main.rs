@@ -238,7 +238,8 @@ async fn serve(
     }
     console_config.secure_cookies = console.secure_cookies;
     // The SAML IdP's sign-in pages share the console's session and rate-limit settings.
-    let mut idp = server::saml::IdpState::new(state.service.store().clone()).with_config(console_config.clone());
+    let mut idp = server::saml::IdpState::new(state.service.store().clone(), Some(state.service.sources().clone()))
+        .with_config(console_config.clone());
     if let Some(url) = console.public_url.filter(|u| !u.trim().is_empty()) {
         let url = url.trim().trim_end_matches('/').to_owned();
         if !(url.starts_with("https://") || url.starts_with("http://")) {

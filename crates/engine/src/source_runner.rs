@@ -60,6 +60,15 @@ impl SourceSyncer {
         decrypt_password(&self.keyring, source, &ct).map_err(|e| EngineError::Credential(e.to_string()))
     }
 
+    /// Checks a person's password by a bind against their source as their entry's DN (for
+    /// SAML sign-in). `Ok(false)` for a wrong password or a person disabled or gone there;
+    /// an error when the directory cannot be asked.
+    pub async fn verify_password(&self, source: Uuid, dn: &str, password: &str) -> Result<bool, EngineError> {
+        let src = self.store.get_source(source).await?.ok_or(EngineError::NotFound("source"))?;
+        let bind_password = self.password(source).await?;
+        ldap::verify_password(&src, &bind_password, dn, password).await.map_err(directory_error)
+    }
+
     /// Connects, binds as the service account and reads one page: the people it held.
     pub async fn test_connection(&self, source: Uuid) -> Result<usize, EngineError> {
         let src = self.store.get_source(source).await?.ok_or(EngineError::NotFound("source"))?;

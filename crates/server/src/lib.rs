@@ -44,9 +44,10 @@ impl AppState {
     /// The service and its engine (not started: see [`engine::Engine::start`]).
     pub fn new(store: Arc<dyn Store>, keyring: Arc<Keyring>, config: engine::EngineConfig) -> Self {
         let engine = engine::Engine::new(store.clone(), keyring.clone(), config);
+        let service = Arc::new(Service::new(store.clone(), keyring, engine));
         Self {
-            idp: Arc::new(saml::IdpState::new(store.clone())),
-            service: Arc::new(Service::new(store, keyring, engine)),
+            idp: Arc::new(saml::IdpState::new(store, Some(service.sources().clone()))),
+            service,
             console: Arc::new(console::ConsoleState::new(console::ConsoleConfig::default())),
         }
     }

@@ -11,7 +11,7 @@ use crate::engine::World;
 use crate::support::{Backend, TestServer};
 
 /// Starts a sync and waits until it is no longer running; returns its final record.
-async fn sync(s: &TestServer, source: &str, mode: &str) -> Value {
+pub(crate) async fn sync(s: &TestServer, source: &str, mode: &str) -> Value {
     let started = s.post(&format!("/api/v1/sources/{source}/sync?mode={mode}"), json!({})).await;
     assert_eq!(started.status, StatusCode::ACCEPTED, "{started:#?}");
     assert_eq!(started.body["state"], "running");
@@ -31,7 +31,7 @@ async fn wait_sync(s: &TestServer, source: &str, id: &str) -> Value {
     }
 }
 
-async fn user_named(s: &TestServer, username: &str) -> Value {
+pub(crate) async fn user_named(s: &TestServer, username: &str) -> Value {
     let a = s.get(&format!("/api/v1/users?q={username}&limit=500")).await;
     a.body["items"]
         .as_array()
@@ -59,7 +59,7 @@ async fn users_of(s: &TestServer, status: &str) -> usize {
     }
 }
 
-fn openldap_source(slapd: &Slapd, extra: Value) -> Value {
+pub(crate) fn openldap_source(slapd: &Slapd, extra: Value) -> Value {
     let mut body = json!({
         "name": "Corp LDAP",
         "kind": "ldap",
@@ -78,7 +78,7 @@ fn openldap_source(slapd: &Slapd, extra: Value) -> Value {
     body
 }
 
-async fn create_source(s: &TestServer, body: Value) -> String {
+pub(crate) async fn create_source(s: &TestServer, body: Value) -> String {
     let a = s.post("/api/v1/sources", body).await;
     assert_eq!(a.status, StatusCode::CREATED, "{a:#?}");
     assert!(a.body.get("bind_password").is_none(), "the password is never shown");

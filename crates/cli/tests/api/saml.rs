@@ -632,3 +632,32 @@ async fn the_console_says_an_app_is_saml_jit_only() {
     let root = w.http.get(w.s.url("/")).send().await.unwrap();
     assert_eq!(root.headers()[LOCATION], "/login?next=%2F");
 }
+
+/// People imported from an LDAP source sign in with their password there: a bind against
+/// the real slapd as their entry's DN. A wrong password is refused like any other; with the
+/// directory gone, the page says it cannot be reached (and nobody gets in).
+#[tokio::test]
+async fn people_from_ldap_sign_in_with_their_directory_password() {
+    use crate::ldap::{create_source, openldap_source, sync, user_named};
+    let w = World::new(Backend::Sqlite, saml_settings(json!({}))).await;
+    let slapd = testkit::Slapd::start();
+    slapd.add(&testkit::Slapd::person_ldif("ada", "Ada", "Lovelace", &[]));
+    let source = create_source(&w.s, openldap_source(&slapd, json!({}))).await;
+    let done = sync(&w.s, &source, "full").await;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    let ada = user_named(&w.s, "ada").await;
+    assert_eq!(ada["source"], "ldap");
+    w.s.put(&format!("/api/v1/roles/{}/users/{}", w.role, ada["id"].as_str().unwrap())).await;
+
+    let session = w.login("ada", "ada-pw", "/").await.expect("the directory password signs in");
+    let portal = w.get("/", Some(&session)).await.text().await.unwrap();
+    assert!(portal.contains("Docker Hub"), "{portal}");
+
+    let (status, page) = w.login("ada", "not ada's password", "/").await.unwrap_err();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(page.contains("Wrong username or password."), "{page}");
+
+    drop(slapd);
+    let (_, page) = w.login("ada", "ada-pw", "/").await.unwrap_err();
+    assert!(page.contains("cannot be reached"), "{page}");
+}

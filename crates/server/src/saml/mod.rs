@@ -24,7 +24,7 @@ use serde::Deserialize;
 use store::{SamlSettingsRecord, Store, UserSessionRecord};
 use uuid::Uuid;
 
-pub use service::{LiveKey, LocalPasswords, PasswordCheck, PasswordOutcome};
+pub use service::{DirectoryPasswords, LiveKey, PasswordCheck, PasswordOutcome};
 
 use crate::console::{ConsoleConfig, ConsoleState};
 use crate::{AppState, Error};
@@ -44,10 +44,11 @@ pub struct IdpState {
 }
 
 impl IdpState {
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    /// `sources` lets people imported from an LDAP source sign in with their password there.
+    pub fn new(store: Arc<dyn Store>, sources: Option<Arc<engine::SourceSyncer>>) -> Self {
         Self {
             public_url: None,
-            passwords: Arc::new(LocalPasswords { store }),
+            passwords: Arc::new(DirectoryPasswords { store, sources }),
             limiter: ConsoleState::new(ConsoleConfig::default()),
         }
     }

@@ -42,26 +42,53 @@ pub enum PasswordOutcome {
 }
 
 /// Checks an end user's password. One seam for every kind of user: local users have an
-/// argon2id hash here; users from an LDAP source will be checked by a bind against it
-/// (wired in with the LDAP connector); until then an LDAP user needs a local password.
+/// argon2id hash here; users from an LDAP source are checked by a bind against that source.
 #[async_trait]
 pub trait PasswordCheck: Send + Sync {
     async fn check(&self, user: &User, password: &str) -> Result<PasswordOutcome>;
 }
 
-/// The password check of the directory's own passwords.
-pub struct LocalPasswords {
+/// The directory's password check: a person imported from an LDAP source signs in with
+/// their password there (a bind as their entry's DN); everyone else with the argon2id hash
+/// kept here (set by an admin or through an invitation).
+pub struct DirectoryPasswords {
     pub store: Arc<dyn Store>,
+    /// The directory sources, to bind against; `None` checks local passwords only.
+    pub sources: Option<Arc<engine::SourceSyncer>>,
+}
+
+impl DirectoryPasswords {
+    async fn check_in_source(&self, user: &User, password: &str) -> Result<Option<PasswordOutcome>> {
+        let Some(sources) = &self.sources else { return Ok(None) };
+        let Some(link) = self.store.source_link_of_user(user.id).await? else { return Ok(None) };
+        match sources.verify_password(link.source_id, &link.dn, password).await {
+            Ok(true) => Ok(Some(PasswordOutcome::Valid)),
+            Ok(false) => Ok(Some(PasswordOutcome::Invalid)),
+            Err(e) => {
+                tracing::warn!(user = %user.id, source = %link.source_id, error = %e, "LDAP password check failed");
+                Ok(Some(PasswordOutcome::Unavailable(
+                    "Your password is checked by the company's directory, which cannot be reached right now. \
+                     Try again in a few minutes, or tell your administrator."
+                        .into(),
+                )))
+            }
+        }
+    }
 }
 
 #[async_trait]
-impl PasswordCheck for LocalPasswords {
+impl PasswordCheck for DirectoryPasswords {
     async fn check(&self, user: &User, password: &str) -> Result<PasswordOutcome> {
+        if user.source == UserSource::Ldap {
+            if let Some(outcome) = self.check_in_source(user, password).await? {
+                return Ok(outcome);
+            }
+        }
         let Some(hash) = self.store.user_password(user.id).await? else {
             if user.source == UserSource::Ldap {
                 return Ok(PasswordOutcome::Unavailable(
-                    "Your account comes from the company's LDAP directory, and signing in here with that \
-                     password is not available yet. Ask your administrator for a password or an invitation."
+                    "Your account comes from the company's directory, which is no longer connected here. \
+                     Ask your administrator for a password or an invitation."
                         .into(),
                 ));
             }
