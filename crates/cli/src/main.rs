@@ -1,6 +1,7 @@
 //! `provisioner`: runs the service and administers its store.
 
 mod config;
+mod sources;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -71,6 +72,10 @@ enum Command {
         /// Mark console cookies Secure even without `X-Forwarded-Proto: https` (behind a TLS proxy).
         #[arg(long, env = "PROVISIONER_SECURE_COOKIES")]
         secure_cookies: bool,
+        /// The URL people and apps reach this server at (e.g. `https://id.example.com`): the SAML
+        /// IdP's entity IDs and endpoints are made from it [default: each request's Host].
+        #[arg(long, env = "PROVISIONER_PUBLIC_URL")]
+        public_url: Option<String>,
         /// What this process runs: `all`, `api` or `worker`.
         #[arg(long, env = "PROVISIONER_ROLE", value_enum, default_value = "all")]
         role: Role,
@@ -101,6 +106,11 @@ enum Command {
     Admin {
         #[command(subcommand)]
         command: AdminCommand,
+    },
+    /// Directory sources (LDAP / Active Directory): list them, sync one now.
+    Source {
+        #[command(subcommand)]
+        command: sources::SourceCommand,
     },
 }
 
@@ -184,6 +194,7 @@ async fn shutdown_signal() {
 struct ConsoleArgs {
     session_idle_minutes: Option<u64>,
     secure_cookies: bool,
+    public_url: Option<String>,
 }
 
 /// How a `serve` process shares the engine's work.
@@ -226,6 +237,17 @@ async fn serve(
         console_config.idle_timeout = Duration::from_secs(minutes.saturating_mul(60));
     }
     console_config.secure_cookies = console.secure_cookies;
+    // The SAML IdP's sign-in pages share the console's session and rate-limit settings.
+    let mut idp = server::saml::IdpState::new(state.service.store().clone(), Some(state.service.sources().clone()))
+        .with_config(console_config.clone());
+    if let Some(url) = console.public_url.filter(|u| !u.trim().is_empty()) {
+        let url = url.trim().trim_end_matches('/').to_owned();
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            anyhow::bail!("--public-url must be an http(s) URL, not {url:?}");
+        }
+        idp.public_url = Some(url);
+    }
+    state.idp = Arc::new(idp);
     state.console = Arc::new(server::console::ConsoleState::new(console_config));
     if let Some(password) = std::env::var("PROVISIONER_ADMIN_PASSWORD").ok().filter(|p| !p.is_empty()) {
         if state.service.bootstrap_admin(&password).await.map_err(|e| anyhow::anyhow!("admin bootstrap: {e}"))? {
@@ -249,6 +271,9 @@ async fn serve(
     let addr = settings.listen(listen);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     state.service.engine().start().await.map_err(|e| anyhow::anyhow!("cannot start the engine: {e}"))?;
+    if work.role != Role::Api {
+        state.service.sources().start();
+    }
     tracing::info!(%addr, store = %store_settings.describe(), "provisioner listening");
     let router = match work.role {
         Role::Worker => server::health_router(state.clone()),
@@ -258,6 +283,7 @@ async fn serve(
     let app = router.into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
     state.service.engine().stop();
+    state.service.sources().stop();
     Ok(())
 }
 
@@ -286,12 +312,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             store,
             session_idle_minutes,
             secure_cookies,
+            public_url,
             role,
             lease_seconds,
             reconcile_seconds,
         } => {
             let work = WorkArgs { role, lease_seconds, reconcile_seconds };
-            serve(&settings, listen, &store, ConsoleArgs { session_idle_minutes, secure_cookies }, work).await
+            serve(&settings, listen, &store, ConsoleArgs { session_idle_minutes, secure_cookies, public_url }, work)
+                .await
         }
         Command::Migrate { store } => {
             settings.store(&store).open().await?;
@@ -323,6 +351,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             eprintln!("created the console admin {:?} ({})", admin.username, admin.id);
             Ok(())
+        }
+        Command::Source { command } => {
+            let store_settings = settings.store(command.store());
+            let keyring = store_settings.keyring(std::env::var("PROVISIONER_SECRET_KEY").ok().as_deref())?;
+            let state = AppState::new(store_settings.open().await?, Arc::new(keyring), engine::EngineConfig::default());
+            sources::run(state, command).await
         }
     }
 }

@@ -11,6 +11,7 @@
 
 mod diff;
 mod error;
+pub mod ldap;
 mod scim_connector;
 
 use async_trait::async_trait;

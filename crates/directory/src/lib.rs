@@ -10,6 +10,8 @@ pub mod change;
 pub mod mapping;
 pub mod provisioning;
 pub mod role;
+pub mod saml;
+pub mod source;
 pub mod user;
 pub mod validation;
 
@@ -25,6 +27,11 @@ pub use provisioning::{
     Account, Action, Entitlement, EntitlementRefresh, Event, EventStatus, OpState, Operation, Ownership,
 };
 pub use role::{Role, RoleInput, RoleRef};
+pub use saml::SamlSettings;
+pub use source::{
+    DirectorySource, DisabledCondition, GroupMapping, SourceConfig, SourceFlavor, SourceInput, SourceKind, SourceLink,
+    SourceSync, SyncCounts, SyncMode, SyncState,
+};
 pub use user::{User, UserInput, UserSource, UserStatus};
 pub use validation::{FieldError, ValidationErrors};
 

@@ -14,8 +14,11 @@ pub mod mapping;
 pub mod plan;
 pub mod reconcile;
 pub mod runner;
+pub mod source_runner;
+pub mod source_sync;
 pub mod worker;
 
 pub use admin::{Explanation, PlanPreview, PreviewSample};
 pub use desired::DesiredSummary;
 pub use runner::{Engine, EngineConfig, EngineError, ProvisionStep, ReconcileReport};
+pub use source_runner::SourceSyncer;

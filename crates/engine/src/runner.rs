@@ -70,6 +70,9 @@ pub enum EngineError {
     App { reason: String, recommended_action: String, error: ConnectorError },
     #[error("the app's credential cannot be read: {0}")]
     Credential(String),
+    /// A directory source cannot be read (the reason names the server).
+    #[error("{0}")]
+    Directory(String),
 }
 
 impl EngineError {

@@ -15,6 +15,7 @@ pub mod client;
 pub mod error;
 pub mod filter;
 pub mod query;
+pub mod server;
 pub mod types;
 
 pub use client::{Auth, Client, ClientConfig, Pager, GROUPS, SCIM_MEDIA_TYPE, USERS};

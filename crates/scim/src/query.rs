@@ -92,7 +92,8 @@ fn op_of(s: &str) -> Option<CompareOp> {
     })
 }
 
-fn split_path(token: &str) -> Option<AttrPath> {
+/// Parses `[urn:...:]attr[.sub]` (no value filter).
+pub fn split_path(token: &str) -> Option<AttrPath> {
     let (uri, rest) = if token.len() > 4 && token[..4].eq_ignore_ascii_case("urn:") {
         let i = token.rfind(':')?;
         (Some(token[..i].to_owned()), &token[i + 1..])
@@ -202,7 +203,8 @@ pub fn parse(input: &str) -> Result<Filter, FilterError> {
         .map_err(|e| FilterError(format!("at character {}: expected {}", e.location.column, e.expected)))
 }
 
-fn get_ci<'a>(obj: &'a serde_json::Map<String, Value>, key: &str) -> Option<&'a Value> {
+/// The value of `key` in `obj`, the key compared without case when no exact match.
+pub fn get_ci<'a>(obj: &'a serde_json::Map<String, Value>, key: &str) -> Option<&'a Value> {
     obj.get(key).or_else(|| obj.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v))
 }
 

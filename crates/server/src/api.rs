@@ -65,6 +65,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_entitlements))
         .routes(routes!(refresh_entitlements))
         .routes(routes!(openapi_json))
+        .merge(crate::scim_server::clients::router())
+        .merge(crate::api_sources::router())
 }
 
 /// The document that the API is described by, generated from the code.

@@ -86,6 +86,11 @@ impl From<engine::EngineError> for Error {
             engine::EngineError::NotFound(what) => Self::NotFound(what),
             engine::EngineError::App { reason, recommended_action, .. } => Self::App { reason, recommended_action },
             engine::EngineError::Credential(m) => Self::Internal(m),
+            engine::EngineError::Directory(reason) => Self::App {
+                reason,
+                recommended_action: "Check the source's URL, bind DN and password, and that the directory is up."
+                    .into(),
+            },
         }
     }
 }

@@ -3,9 +3,12 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::todo, clippy::unimplemented))]
 
 pub mod api;
+pub mod api_sources;
 pub mod console;
 pub mod error;
 pub mod extract;
+pub mod saml;
+pub mod scim_server;
 pub mod service;
 pub mod tokens;
 
@@ -33,14 +36,18 @@ pub struct AppState {
     pub service: Arc<Service>,
     /// The admin console's settings and sign-in rate limit.
     pub console: Arc<console::ConsoleState>,
+    /// The SAML identity provider's settings, password check and sign-in rate limit.
+    pub idp: Arc<saml::IdpState>,
 }
 
 impl AppState {
     /// The service and its engine (not started: see [`engine::Engine::start`]).
     pub fn new(store: Arc<dyn Store>, keyring: Arc<Keyring>, config: engine::EngineConfig) -> Self {
         let engine = engine::Engine::new(store.clone(), keyring.clone(), config);
+        let service = Arc::new(Service::new(store.clone(), keyring, engine));
         Self {
-            service: Arc::new(Service::new(store, keyring, engine)),
+            idp: Arc::new(saml::IdpState::new(store, Some(service.sources().clone()))),
+            service,
             console: Arc::new(console::ConsoleState::new(console::ConsoleConfig::default())),
         }
     }
@@ -53,7 +60,7 @@ impl AppState {
         naming the fields at fault. Writes accept `If-Match` with the ETag of the version read."),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    tags((name = "users"), (name = "roles"), (name = "apps"), (name = "attributes"), (name = "audit"), (name = "provisioning"), (name = "mapping"), (name = "meta"))
+    tags((name = "users"), (name = "roles"), (name = "apps"), (name = "attributes"), (name = "audit"), (name = "provisioning"), (name = "mapping"), (name = "sources"), (name = "saml"), (name = "meta"))
 )]
 struct ApiDoc;
 
@@ -71,8 +78,9 @@ impl Modify for BearerAuth {
 
 /// The OpenAPI document of the whole API, generated from the routes.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let (_, doc) =
-        OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi()).nest("/api/v1", api::router()).split_for_parts();
+    let (_, doc) = OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
+        .nest("/api/v1", api::router().merge(saml::api::router()))
+        .split_for_parts();
     doc
 }
 
@@ -108,12 +116,16 @@ pub fn health_router(state: AppState) -> Router {
 
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
-    let (api, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", api::router()).split_for_parts();
+    let (api, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .nest("/api/v1", api::router().merge(saml::api::router()))
+        .split_for_parts();
     let doc_json = doc.to_pretty_json().unwrap_or_else(|_| "{}".to_owned());
     api.route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(Extension(api::OpenApiJson(Arc::new(doc_json))))
         .route("/healthz", get(healthz))
         .merge(console::router(&state))
+        .merge(saml::router())
+        .nest_service("/scim/v2", scim_server::router(state.clone()))
         .fallback(|| async { Error::NotFound("route") })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed.into_response() })
         .layer(DefaultBodyLimit::max(extract::MAX_BODY))

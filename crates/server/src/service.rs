@@ -22,6 +22,8 @@ use crate::error::{Error, Result};
 use crate::extract::from_value;
 use crate::tokens;
 
+mod sources;
+
 /// How many times a write without `If-Match` is retried when another write got in between.
 const WRITE_ATTEMPTS: usize = 3;
 
@@ -30,6 +32,7 @@ pub struct Service {
     keyring: Arc<Keyring>,
     engine: Arc<Engine>,
     verified: tokens::VerifiedCache,
+    sources: Arc<engine::SourceSyncer>,
 }
 
 /// Applies a JSON merge patch (RFC 7396) to `doc`, refusing read-only fields.
@@ -56,7 +59,8 @@ fn check_if_match(current: i64, if_match: Option<i64>) -> Result<()> {
 
 impl Service {
     pub fn new(store: Arc<dyn Store>, keyring: Arc<Keyring>, engine: Arc<Engine>) -> Self {
-        Self { store, keyring, engine, verified: tokens::VerifiedCache::new(Duration::from_secs(60)) }
+        let sources = engine::SourceSyncer::new(store.clone(), keyring.clone(), engine.clone());
+        Self { store, keyring, engine, verified: tokens::VerifiedCache::new(Duration::from_secs(60)), sources }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -65,6 +69,11 @@ impl Service {
 
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
+    }
+
+    /// The keys secrets are encrypted with (SAML signing keys, app credentials).
+    pub fn keyring(&self) -> &Arc<Keyring> {
+        &self.keyring
     }
 
     /// After a directory write: the engine plans at once instead of at its next poll.
@@ -221,6 +230,7 @@ impl Service {
         for attempt in 1..=WRITE_ATTEMPTS {
             let current = self.get_user(id).await?;
             check_if_match(current.version, if_match)?;
+            self.check_sourced_patch(&current, patch).await?;
             let doc = merge(to_doc(&UserInput::from_user(&current))?, patch, directory::user::READ_ONLY_USER_FIELDS)?;
             let mut input: UserInput = from_value(doc)?;
             self.validate_user(&mut input, Some(id)).await?;

@@ -13,7 +13,10 @@ pub mod cursor;
 pub mod entitlements;
 pub mod postgres;
 pub mod provisioning;
+pub mod saml;
+pub mod scim;
 pub mod secrets;
+pub mod sources;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -28,6 +31,9 @@ pub use postgres::{PostgresOptions, PostgresStore};
 pub use provisioning::{
     AccountQuery, AccountWrite, EventQuery, Outcome, PairState, PlanItem, PlanWrite, ProvisioningStore,
 };
+pub use saml::{InvitationRecord, KeyState, SamlKeyRecord, SamlSettingsRecord, SamlStore, UserSessionRecord};
+pub use scim::ScimStore;
+pub use sources::{LinkedUser, SkippedWrite, SourceBatch, SourceCursor, SourceStore, SourceUpdate};
 pub use sqlite::SqliteStore;
 
 /// What can go wrong in a store. Callers map these to responses in one place.
@@ -129,7 +135,9 @@ pub enum Wakeup {
 /// and change-feed row, and must never store a plaintext secret. The provisioning half
 /// (accounts, operations, events) is [`ProvisioningStore`].
 #[async_trait]
-pub trait Store: ProvisioningStore + EntitlementStore + AdminStore + Send + Sync + 'static {
+pub trait Store:
+    ProvisioningStore + EntitlementStore + AdminStore + SamlStore + ScimStore + SourceStore + Send + Sync + 'static
+{
     /// Answers when the database is reachable.
     async fn health(&self) -> Result<()>;
 

@@ -19,7 +19,9 @@ pub struct PairState {
     pub app_id: Uuid,
     /// `None` when the user does not exist at all. Shared by the pairs of the same user.
     pub user: Option<Arc<User>>,
-    /// `None` when the app was deleted. Shared by the pairs of the same app.
+    /// `None` when the app was deleted. Shared by the pairs of the same app. For an app that
+    /// is "SAML JIT only" (it creates its accounts at sign-in), `provisioning.enabled` reads
+    /// `false`: nothing is pushed to it.
     pub app: Option<Arc<App>>,
     /// Whether the user belongs to a role that grants the app.
     pub granted: bool,

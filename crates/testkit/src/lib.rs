@@ -2,6 +2,10 @@
 //! software on 127.0.0.1 and stops it when dropped; nothing here is used by shipped code.
 
 pub mod postgres;
+pub mod samba;
 mod scim2_server;
+pub mod slapd;
 
+pub use samba::Samba;
 pub use scim2_server::{unique, Scim2Server};
+pub use slapd::Slapd;

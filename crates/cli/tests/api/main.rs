@@ -32,5 +32,8 @@ mod binary;
 mod console;
 mod engine;
 mod engine_faults;
+mod ldap;
 mod mapping;
 mod openapi;
+mod saml;
+mod scim_server;

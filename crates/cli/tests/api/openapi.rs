@@ -47,6 +47,22 @@ async fn openapi_document_covers_every_route() {
         ("/api/v1/apps/{id}/entitlements", &["get"]),
         ("/api/v1/apps/{id}/entitlements/refresh", &["post"]),
         ("/api/v1/apps/{id}/remote-accounts", &["get"]),
+        ("/api/v1/apps/{id}/saml", &["get", "put"]),
+        ("/api/v1/users/{id}/password", &["put"]),
+        ("/api/v1/users/{id}/invitations", &["post"]),
+        ("/api/v1/saml/certificates", &["get"]),
+        ("/api/v1/saml/certificates/rotate", &["post"]),
+        ("/api/v1/saml/certificates/activate", &["post"]),
+        ("/api/v1/scim-clients", &["get", "post"]),
+        ("/api/v1/scim-clients/{id}", &["delete"]),
+        ("/api/v1/sources", &["get", "post"]),
+        ("/api/v1/sources/{id}", &["get", "patch", "delete"]),
+        ("/api/v1/sources/{id}/test", &["post"]),
+        ("/api/v1/sources/{id}/sync", &["post"]),
+        ("/api/v1/sources/{id}/syncs", &["get"]),
+        ("/api/v1/sources/{id}/syncs/{sync_id}", &["get"]),
+        ("/api/v1/sources/{id}/syncs/{sync_id}/confirm", &["post"]),
+        ("/api/v1/users/{id}/source", &["get"]),
     ];
     let paths = doc["paths"].as_object().unwrap();
     for (path, methods) in expected {
@@ -59,7 +75,8 @@ async fn openapi_document_covers_every_route() {
         let concrete = path
             .replace("{id}", &uuid::Uuid::now_v7().to_string())
             .replace("{user_id}", &uuid::Uuid::now_v7().to_string())
-            .replace("{app_id}", &uuid::Uuid::now_v7().to_string());
+            .replace("{app_id}", &uuid::Uuid::now_v7().to_string())
+            .replace("{sync_id}", &uuid::Uuid::now_v7().to_string());
         for method in
             item.as_object().unwrap().keys().filter(|k| ["get", "post", "put", "patch", "delete"].contains(&k.as_str()))
         {

@@ -256,6 +256,8 @@ struct AppPage {
     // users
     accounts: Vec<AccountView>,
     next: Option<String>,
+    /// "SAML JIT only": the app creates accounts at sign-in; the engine pushes none.
+    saml_jit_only: bool,
 }
 
 #[derive(Template)]
@@ -283,7 +285,9 @@ fn deprovision_choices(current: DeprovisionAction) -> Vec<Choice> {
 async fn app_page(state: &AppState, layout: Layout, tab: &'static str, app: App) -> Result<AppPage> {
     let form = ConfigForm::of(&app);
     let tested = state.service.store().get_app_capabilities(app.id).await?.is_some();
+    let saml_jit_only = state.service.store().get_saml_settings(app.id).await?.is_some_and(|s| s.settings.jit_only);
     Ok(AppPage {
+        saml_jit_only,
         layout,
         tab,
         editing: true,

@@ -10,6 +10,7 @@ mod auth;
 mod events;
 mod mapping;
 mod roles;
+mod sources;
 mod users;
 mod view;
 
@@ -23,6 +24,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 
+pub(crate) use auth::{cookie, over_tls, random_token, same, ClientIp};
 pub use auth::{ConsoleConfig, ConsoleState, Session, CSRF_HEADER, SESSION_COOKIE};
 
 use crate::{AppState, Error};
@@ -79,10 +81,11 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "public, max-age=3600")], body).into_response()
 }
 
-/// The console's routes: everything under `/console`, and `/` leads there.
+/// The console's routes: everything under `/console`.
 pub fn router(state: &AppState) -> Router<AppState> {
     let home = || async { view::see_other("/console/users") };
-    Router::new().nest("/console", pages(state)).route("/console/", get(home)).route("/", get(home))
+    // `/` is the end users' app portal (see `crate::saml`).
+    Router::new().nest("/console", pages(state)).route("/console/", get(home))
 }
 
 fn pages(state: &AppState) -> Router<AppState> {
@@ -94,6 +97,7 @@ fn pages(state: &AppState) -> Router<AppState> {
         .merge(apps::routes())
         .merge(mapping::routes())
         .merge(events::routes())
+        .merge(sources::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_session));
     Router::new()
         .merge(signed_in)

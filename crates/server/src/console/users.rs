@@ -53,6 +53,8 @@ pub struct FieldView {
     pub error: Option<String>,
     pub kind: &'static str,
     pub required: bool,
+    /// Filled by a directory source: shown read-only, with the source's name.
+    pub source: Option<String>,
 }
 
 fn profile_fields(values: &dyn Fn(&str) -> String, errors: &Errors) -> Vec<FieldView> {
@@ -69,8 +71,20 @@ fn profile_fields(values: &dyn Fn(&str) -> String, errors: &Errors) -> Vec<Field
                 _ => "text",
             },
             required: *name == "username",
+            source: None,
         })
         .collect()
+}
+
+/// Marks the fields a directory source fills as read-only.
+async fn mark_sourced(state: &AppState, user: &User, fields: &mut [FieldView]) -> Result<()> {
+    let (sourced, source) = state.service.sourced_fields(user).await?;
+    if let Some(source) = source {
+        for f in fields.iter_mut().filter(|f| sourced.iter().any(|s| s == f.name)) {
+            f.source = Some(source.clone());
+        }
+    }
+    Ok(())
 }
 
 fn user_value(u: &User, field: &str) -> String {
@@ -313,6 +327,7 @@ async fn profile(
     let layout = Layout::new(&session, &headers, "users", user.username.clone());
     let mut page = UserPage::new(layout, "profile", &user);
     page.fields = profile_fields(&|f| user_value(&user, f), &Errors::default());
+    mark_sourced(&state, &user, &mut page.fields).await?;
     view::page(&page, StatusCode::OK)
 }
 
@@ -339,6 +354,7 @@ async fn update(
             let layout = Layout::new(&session, &headers, "users", user.username.clone());
             let mut page = UserPage::new(layout, "profile", &user);
             page.fields = profile_fields(&|f| form.text(f), &errors);
+            mark_sourced(&state, &user, &mut page.fields).await?;
             page.other_errors = errors.other(&PROFILE_FIELDS.map(|(n, _)| n));
             view::page(&page, StatusCode::UNPROCESSABLE_ENTITY)
         }

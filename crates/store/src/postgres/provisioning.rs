@@ -20,7 +20,8 @@ use directory::{Account, Action, Event, EventStatus, OpState, Operation, Ownersh
 use super::*;
 use crate::provisioning::*;
 
-const OP_COLUMNS: &str = "seq, id, app_id, app_name, user_id, username, action, desired, state, status, reason, \
+pub(super) const OP_COLUMNS: &str =
+    "seq, id, app_id, app_name, user_id, username, action, desired, state, status, reason, \
     recommended_action, attempts, next_run_at, lease_owner, lease_expires_at, created_at, updated_at";
 
 /// The account columns, with the user's username (empty when the user row is gone).
@@ -62,7 +63,7 @@ fn parse_state(s: &str) -> Result<OpState> {
     OpState::parse(s).ok_or_else(|| StoreError::Backend(format!("bad operation state {s}")))
 }
 
-fn event_from_row(row: &PgRow) -> Result<Event> {
+pub(super) fn event_from_row(row: &PgRow) -> Result<Event> {
     let action: String = get(row, "action")?;
     let status: String = get(row, "status")?;
     Ok(Event {
@@ -472,8 +473,20 @@ impl ProvisioningStore for PostgresStore {
         let all_apps = distinct(pairs.iter().map(|p| p.1));
         let sql = format!("SELECT {APP_COLUMNS} FROM apps WHERE id = ANY($1)");
         let rows = sqlx::query(&sql).bind(&all_apps).fetch_all(&mut *tx).await.map_err(backend)?;
-        let apps =
-            rows.iter().map(|r| app_from_row(r).map(|a| (a.id, Arc::new(a)))).collect::<Result<HashMap<_, _>>>()?;
+        let mut apps = rows.iter().map(|r| app_from_row(r).map(|a| (a.id, a))).collect::<Result<HashMap<_, _>>>()?;
+        // "SAML JIT only" apps create their accounts at sign-in: the planner sees
+        // provisioning off for them, so it pushes nothing (see `PairState::app`).
+        let rows = sqlx::query("SELECT app_id FROM app_saml WHERE jit_only AND app_id = ANY($1)")
+            .bind(&all_apps)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?;
+        for r in &rows {
+            if let Some(app) = apps.get_mut(&get::<Uuid>(r, "app_id")?) {
+                app.provisioning.enabled = false;
+            }
+        }
+        let apps: HashMap<Uuid, Arc<App>> = apps.into_iter().map(|(id, a)| (id, Arc::new(a))).collect();
         for chunk in pairs.chunks(PAIR_CHUNK) {
             let user_ids = distinct(chunk.iter().map(|p| p.0));
             let app_ids = distinct(chunk.iter().map(|p| p.1));

@@ -24,6 +24,9 @@ mod admins;
 mod bulk;
 mod entitlements;
 mod provisioning;
+mod saml;
+mod scim;
+mod sources;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 

@@ -14,7 +14,8 @@ use directory::{Account, Action, Event, EventStatus, OpState, Operation, Ownersh
 use super::*;
 use crate::provisioning::*;
 
-const OP_COLUMNS: &str = "seq, id, app_id, app_name, user_id, username, action, desired, state, status, reason, \
+pub(super) const OP_COLUMNS: &str =
+    "seq, id, app_id, app_name, user_id, username, action, desired, state, status, reason, \
     recommended_action, attempts, next_run_at, lease_owner, lease_expires_at, created_at, updated_at";
 
 /// The account columns, with the user's username (empty when the user row is gone).
@@ -48,7 +49,7 @@ fn parse_opt_json(text: Option<String>, col: &str) -> Result<Option<Value>> {
         .transpose()
 }
 
-fn event_from_row(row: &SqliteRow) -> Result<Event> {
+pub(super) fn event_from_row(row: &SqliteRow) -> Result<Event> {
     let action: String = get(row, "action")?;
     let status: String = get(row, "status")?;
     Ok(Event {
@@ -162,7 +163,7 @@ async fn op_pair(tx: &mut Tx<'_>, id: Uuid) -> Result<Option<(Uuid, Uuid, OpStat
 /// the record when missing): the newest open operation, else the newest finished one that was
 /// not cancelled or rejected, else the newest one. Leaves the record alone when the pair has
 /// no operation.
-async fn refresh_account(tx: &mut Tx<'_>, app: Uuid, user: Uuid, now: &str) -> Result<()> {
+pub(super) async fn refresh_account(tx: &mut Tx<'_>, app: Uuid, user: Uuid, now: &str) -> Result<()> {
     let row = sqlx::query(
         "SELECT id, status FROM operations WHERE app_id = ? AND user_id = ? ORDER BY \
          CASE WHEN state IN ('queued', 'awaiting_approval', 'running') THEN 0 \
@@ -492,9 +493,19 @@ impl ProvisioningStore for SqliteStore {
             push_ids(&mut qb, ids);
             for r in qb.build().fetch_all(&mut *tx).await.map_err(backend)? {
                 let a = app_from_row(&r)?;
-                apps.insert(a.id, Arc::new(a));
+                apps.insert(a.id, a);
+            }
+            // "SAML JIT only" apps create their accounts at sign-in: the planner sees
+            // provisioning off for them, so it pushes nothing (see `PairState::app`).
+            let mut qb = QueryBuilder::new("SELECT app_id FROM app_saml WHERE jit_only = 1 AND app_id IN ");
+            push_ids(&mut qb, ids);
+            for r in qb.build().fetch_all(&mut *tx).await.map_err(backend)? {
+                if let Some(app) = apps.get_mut(&get_uuid(&r, "app_id")?) {
+                    app.provisioning.enabled = false;
+                }
             }
         }
+        let apps: HashMap<Uuid, Arc<App>> = apps.into_iter().map(|(id, a)| (id, Arc::new(a))).collect();
         for chunk in pairs.chunks(PAIR_CHUNK) {
             let user_ids = distinct(chunk.iter().map(|p| p.0));
             let app_ids = distinct(chunk.iter().map(|p| p.1));

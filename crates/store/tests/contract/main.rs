@@ -13,6 +13,9 @@ mod admins;
 mod directory;
 mod postgres_only;
 mod provisioning;
+mod saml;
+mod scim;
+mod sources;
 
 /// Lists a module's contract tests once: generates `mod sqlite_backend` and
 /// `mod postgres_backend`, each with one `#[tokio::test]` per test, on a fresh store.

@@ -1,0 +1,449 @@
+//! Running directory-source syncs: as background jobs (started by hand or by each source's
+//! schedule), one page of entries per transaction, with the mass-suspension guard, and at
+//! most one open sync per source across every process sharing the store (the open sync's
+//! heartbeat is its lease).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use connectors::ldap;
+use directory::{Actor, DirectorySource, SourceSync, SyncCounts, SyncMode, SyncState, UserInput};
+use store::sources::{decrypt_password, dn_key};
+use store::{SourceBatch, SourceCursor, SourceUpdate, Store, StoreError};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::runner::{Engine, EngineError};
+use crate::source_sync::{guard_trips, missing, plan_page, suspensions, PlanState};
+
+/// A running sync whose heartbeat is older than this was left by a process that stopped.
+pub const STALE_AFTER: Duration = Duration::from_secs(300);
+/// A scheduled sync is a full one when the last full sync is older than this.
+pub const FULL_SYNC_EVERY: Duration = Duration::from_secs(3600);
+/// At most this many problems are kept on a sync.
+const MAX_ERRORS: usize = 50;
+/// Entries are planned and written this many at a time, one transaction each.
+const BATCH: usize = ldap::PAGE_SIZE as usize;
+
+/// Why a sync stopped before the end.
+enum Stop {
+    /// The guard held the suspensions back.
+    Guarded,
+}
+
+pub struct SourceSyncer {
+    store: Arc<dyn Store>,
+    keyring: Arc<store::secrets::Keyring>,
+    engine: Arc<Engine>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The actor a source's writes are recorded under.
+pub fn source_actor(source: &DirectorySource) -> Actor {
+    Actor { kind: "source".into(), name: source.name.clone() }
+}
+
+impl SourceSyncer {
+    pub fn new(store: Arc<dyn Store>, keyring: Arc<store::secrets::Keyring>, engine: Arc<Engine>) -> Arc<Self> {
+        Arc::new(Self { store, keyring, engine, tasks: Mutex::new(Vec::new()) })
+    }
+
+    /// The source's bind password, decrypted.
+    pub async fn password(&self, source: Uuid) -> Result<String, EngineError> {
+        let ct = self.store.get_source_password(source).await?.ok_or(EngineError::NotFound("source"))?;
+        decrypt_password(&self.keyring, source, &ct).map_err(|e| EngineError::Credential(e.to_string()))
+    }
+
+    /// Checks a person's password by a bind against their source as their entry's DN (for
+    /// SAML sign-in). `Ok(false)` for a wrong password or a person disabled or gone there;
+    /// an error when the directory cannot be asked.
+    pub async fn verify_password(&self, source: Uuid, dn: &str, password: &str) -> Result<bool, EngineError> {
+        let src = self.store.get_source(source).await?.ok_or(EngineError::NotFound("source"))?;
+        let bind_password = self.password(source).await?;
+        ldap::verify_password(&src, &bind_password, dn, password).await.map_err(directory_error)
+    }
+
+    /// Connects, binds as the service account and reads one page: the people it held.
+    pub async fn test_connection(&self, source: Uuid) -> Result<usize, EngineError> {
+        let src = self.store.get_source(source).await?.ok_or(EngineError::NotFound("source"))?;
+        let password = self.password(source).await?;
+        ldap::test_connection(&src, &password).await.map_err(directory_error)
+    }
+
+    /// Records a new sync of `source` and starts it in the background. `mode` `None` picks
+    /// incremental when a full sync ran within [`FULL_SYNC_EVERY`], else full.
+    pub async fn start_sync(
+        self: &Arc<Self>,
+        source: Uuid,
+        mode: Option<SyncMode>,
+        trigger: &str,
+        actor: &Actor,
+    ) -> Result<SourceSync, EngineError> {
+        let sync = self.begin(source, mode, trigger, actor).await?;
+        let me = self.clone();
+        let job = sync.clone();
+        let handle = tokio::spawn(async move {
+            me.run(job).await;
+        });
+        let mut tasks = lock(&self.tasks);
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(handle);
+        Ok(sync)
+    }
+
+    /// Runs a sync of `source` to its end here (the CLI), returning its record.
+    pub async fn sync_now(
+        &self,
+        source: Uuid,
+        mode: Option<SyncMode>,
+        actor: &Actor,
+    ) -> Result<SourceSync, EngineError> {
+        let sync = self.begin(source, mode, "cli", actor).await?;
+        Ok(self.run(sync).await)
+    }
+
+    async fn begin(
+        &self,
+        source: Uuid,
+        mode: Option<SyncMode>,
+        trigger: &str,
+        actor: &Actor,
+    ) -> Result<SourceSync, EngineError> {
+        let src = self.store.get_source(source).await?.ok_or(EngineError::NotFound("source"))?;
+        if !src.enabled {
+            return Err(
+                StoreError::InvalidState(format!("source {:?} is disabled; enable it to sync", src.name)).into()
+            );
+        }
+        let cursor = self.store.source_cursor(source).await?;
+        let recent_full = cursor.last_full_sync_at.is_some_and(|t| {
+            Utc::now().signed_duration_since(t).to_std().map(|age| age < FULL_SYNC_EVERY).unwrap_or(true)
+        });
+        let mode = match mode {
+            Some(SyncMode::Incremental) if cursor.watermark.is_some() => SyncMode::Incremental,
+            Some(_) => SyncMode::Full,
+            None if recent_full && cursor.watermark.is_some() => SyncMode::Incremental,
+            None => SyncMode::Full,
+        };
+        let now = directory::now();
+        let sync = SourceSync {
+            id: Uuid::now_v7(),
+            source_id: source,
+            mode,
+            state: SyncState::Running,
+            trigger: trigger.to_owned(),
+            counts: SyncCounts::default(),
+            pending_suspensions: 0,
+            message: None,
+            errors: Vec::new(),
+            started_at: now,
+            finished_at: None,
+            heartbeat_at: now,
+        };
+        match self.store.begin_source_sync(&sync, STALE_AFTER, actor).await {
+            Ok(()) => Ok(sync),
+            // Another process opened one at the same moment.
+            Err(StoreError::Duplicate { .. }) => {
+                Err(StoreError::InvalidState("a sync of this source is already running".into()).into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Lets a sync stopped by the guard go on: its suspensions are made in the background.
+    pub async fn confirm(self: &Arc<Self>, source: Uuid, sync: Uuid, actor: &Actor) -> Result<SourceSync, EngineError> {
+        let record = self.store.get_source_sync(source, sync).await?.ok_or(EngineError::NotFound("sync"))?;
+        if !self.store.confirm_source_sync(source, sync, actor).await? {
+            return Err(StoreError::InvalidState(format!(
+                "sync {sync} is {}, not awaiting confirmation",
+                record.state.as_str()
+            ))
+            .into());
+        }
+        let mut job = self.store.get_source_sync(source, sync).await?.ok_or(EngineError::NotFound("sync"))?;
+        job.state = SyncState::Running;
+        let me = self.clone();
+        let running = job.clone();
+        let handle = tokio::spawn(async move {
+            me.finish_confirmed(job).await;
+        });
+        lock(&self.tasks).push(handle);
+        Ok(running)
+    }
+
+    async fn finish_confirmed(&self, mut sync: SourceSync) {
+        let result = async {
+            let source = self.store.get_source(sync.source_id).await?.ok_or(EngineError::NotFound("source"))?;
+            let pending = self.store.source_sync_pending(sync.id).await?;
+            self.suspend(&source, &pending, &mut sync).await
+        }
+        .await;
+        self.close(&mut sync, result.map(|()| None)).await;
+    }
+
+    /// Runs a sync and records how it ended; never fails (a failure is the sync's state).
+    async fn run(&self, mut sync: SourceSync) -> SourceSync {
+        let result = self.execute(&mut sync).await;
+        self.close(&mut sync, result).await;
+        sync
+    }
+
+    async fn close(&self, sync: &mut SourceSync, result: Result<Option<Stop>, EngineError>) {
+        let now = directory::now();
+        sync.heartbeat_at = now;
+        match result {
+            Ok(None) => {
+                sync.state = SyncState::Succeeded;
+                sync.finished_at = Some(now);
+                sync.pending_suspensions = 0;
+            }
+            Ok(Some(Stop::Guarded)) => {
+                sync.state = SyncState::AwaitingConfirmation;
+            }
+            Err(e) => {
+                tracing::warn!(source = %sync.source_id, sync = %sync.id, error = %e, "directory sync failed");
+                sync.state = SyncState::Failed;
+                sync.finished_at = Some(now);
+                sync.message = Some(format!("{e}; nobody was suspended by this sync"));
+                if sync.counts.suspended > 0 {
+                    sync.message = Some(e.to_string());
+                }
+            }
+        }
+        if let Err(e) = self.store.save_source_sync(sync, None).await {
+            tracing::warn!(sync = %sync.id, error = %e, "cannot record the end of a directory sync");
+        }
+    }
+
+    async fn heartbeat(&self, sync: &mut SourceSync) -> Result<(), EngineError> {
+        sync.heartbeat_at = directory::now();
+        self.store.save_source_sync(sync, None).await?;
+        Ok(())
+    }
+
+    fn note(sync: &mut SourceSync, errors: impl IntoIterator<Item = String>) {
+        for e in errors {
+            if sync.errors.len() < MAX_ERRORS {
+                sync.errors.push(e);
+            }
+        }
+    }
+
+    async fn apply(
+        &self,
+        source: &DirectorySource,
+        batch: &SourceBatch,
+        sync: &mut SourceSync,
+    ) -> Result<u64, EngineError> {
+        if batch.creates.is_empty()
+            && batch.updates.is_empty()
+            && batch.role_adds.is_empty()
+            && batch.role_removes.is_empty()
+        {
+            return Ok(0);
+        }
+        let skipped = self.store.apply_source_batch(source.id, batch, &source_actor(source)).await?;
+        self.engine.changed();
+        let n = skipped.len() as u64;
+        sync.counts.failed += n;
+        Self::note(sync, skipped.into_iter().map(|s| format!("entry {}: {}", s.stable_id, s.reason)));
+        Ok(n)
+    }
+
+    async fn execute(&self, sync: &mut SourceSync) -> Result<Option<Stop>, EngineError> {
+        let source = self.store.get_source(sync.source_id).await?.ok_or(EngineError::NotFound("source"))?;
+        let password = self.password(source.id).await?;
+        let cursor = self.store.source_cursor(source.id).await?;
+        let full = sync.mode == SyncMode::Full;
+        let defs = self.store.list_attribute_defs().await?;
+        let roles: Vec<Uuid> = source.groups.iter().map(|g| g.role_id).collect();
+        let mut state =
+            PlanState { members: self.store.role_members(&roles).await?.into_iter().collect(), ..PlanState::default() };
+        let links = self.store.source_links(source.id).await?;
+        let mut stable_of: HashMap<Uuid, String> = HashMap::with_capacity(links.len());
+        for l in &links {
+            state.by_dn.insert(dn_key(&l.dn), l.user_id);
+            stable_of.insert(l.user_id, l.stable_id.clone());
+        }
+
+        // Read everything first from the directory's point of view: any failure here ends
+        // the sync before a single suspension.
+        let mut conn = ldap::connect(&source, &password).await.map_err(directory_error)?;
+        let watermark = if full { None } else { cursor.watermark.clone() };
+        let mut reader =
+            ldap::search_people(&mut conn, &source, watermark.as_deref()).await.map_err(directory_error)?;
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut to_suspend: Vec<String> = Vec::new();
+        let mut unresolved: Vec<(Uuid, String)> = Vec::new();
+        let mut mark = cursor.watermark.clone();
+        loop {
+            let page = reader.next_page(BATCH).await.map_err(directory_error)?;
+            if page.is_empty() {
+                break;
+            }
+            sync.counts.entries_read += page.len() as u64;
+            let ids: Vec<String> = page.iter().map(|e| e.stable_id.clone()).collect();
+            state.linked = self
+                .store
+                .linked_users(source.id, &ids)
+                .await?
+                .into_iter()
+                .map(|l| (l.link.stable_id.clone(), l))
+                .collect();
+            let plan = plan_page(&source, &defs, &page, &mut state, directory::now());
+            for (user, link) in &plan.batch.creates {
+                stable_of.insert(user.id, link.stable_id.clone());
+            }
+            self.apply(&source, &plan.batch, sync).await?;
+            let c = &mut sync.counts;
+            c.created += plan.created;
+            c.updated += plan.updated;
+            c.reactivated += plan.reactivated;
+            c.unchanged += plan.unchanged;
+            c.failed += plan.failed;
+            c.memberships_changed += (plan.batch.role_adds.len() + plan.batch.role_removes.len()) as u64;
+            Self::note(sync, plan.errors);
+            to_suspend.extend(plan.to_suspend);
+            unresolved.extend(plan.unresolved_managers);
+            for e in &page {
+                mark = ldap::later_mark(source.flavor, mark, e.change_mark.as_deref());
+                seen.insert(e.stable_id.clone());
+            }
+            self.heartbeat(sync).await?;
+        }
+        let _ = conn.unbind().await;
+
+        // Managers that came after the people they manage.
+        let fixes: Vec<(String, Uuid)> = unresolved
+            .iter()
+            .filter_map(|(user, dn)| {
+                let manager = state.by_dn.get(&dn_key(dn)).copied()?;
+                Some((stable_of.get(user)?.clone(), manager))
+            })
+            .collect();
+        for chunk in fixes.chunks(BATCH) {
+            let ids: Vec<String> = chunk.iter().map(|(s, _)| s.clone()).collect();
+            let managers: HashMap<&str, Uuid> = chunk.iter().map(|(s, m)| (s.as_str(), *m)).collect();
+            let mut batch = SourceBatch::default();
+            for l in self.store.linked_users(source.id, &ids).await? {
+                let Some(manager) = managers.get(l.link.stable_id.as_str()) else { continue };
+                if l.user.manager_id == Some(*manager) || l.user.id == *manager {
+                    continue;
+                }
+                let mut input = UserInput::from_user(&l.user);
+                input.manager_id = Some(*manager);
+                batch.updates.push(SourceUpdate {
+                    user: l.user.updated(input, directory::now()),
+                    expected_version: l.user.version,
+                    link: l.link.clone(),
+                });
+            }
+            self.apply(&source, &batch, sync).await?;
+        }
+
+        // Suspensions: disabled there, or (full sync) gone from the source's scope.
+        let mut suspend = to_suspend;
+        if full {
+            suspend.extend(missing(&links, &seen));
+        }
+        let mut uniq = HashSet::new();
+        suspend.retain(|s| uniq.insert(s.clone()));
+        let mut active = Vec::new();
+        for chunk in suspend.chunks(BATCH) {
+            let linked = self.store.linked_users(source.id, chunk).await?;
+            active.extend(suspensions(&linked, directory::now()).into_iter().map(|u| u.link.stable_id));
+        }
+        let new_cursor = SourceCursor {
+            watermark: mark,
+            last_full_sync_at: if full { Some(directory::now()) } else { cursor.last_full_sync_at },
+        };
+        self.store.set_source_cursor(source.id, &new_cursor).await?;
+        let users = (stable_of.len() as u64).max(1);
+        if guard_trips(users, active.len() as u64, source.guard_percent) {
+            sync.pending_suspensions = active.len() as u64;
+            sync.message = Some(format!(
+                "this sync would suspend {} of the source's {} users, more than the guard of {}%; \
+                 nobody was suspended: confirm the sync to suspend them",
+                active.len(),
+                users,
+                source.guard_percent
+            ));
+            sync.heartbeat_at = directory::now();
+            sync.state = SyncState::AwaitingConfirmation;
+            self.store.save_source_sync(sync, Some(active.as_slice())).await?;
+            tracing::warn!(source = %source.name, suspensions = active.len(), users, "directory sync stopped by the mass-suspension guard");
+            return Ok(Some(Stop::Guarded));
+        }
+        self.suspend(&source, &active, sync).await?;
+        Ok(None)
+    }
+
+    /// Suspends the (still active) users of these entries, a page at a time.
+    async fn suspend(
+        &self,
+        source: &DirectorySource,
+        stable_ids: &[String],
+        sync: &mut SourceSync,
+    ) -> Result<(), EngineError> {
+        for chunk in stable_ids.chunks(BATCH) {
+            let linked = self.store.linked_users(source.id, chunk).await?;
+            let updates = suspensions(&linked, directory::now());
+            let n = updates.len() as u64;
+            let batch = SourceBatch { updates, ..SourceBatch::default() };
+            let skipped = self.apply(source, &batch, sync).await?;
+            sync.counts.suspended += n.saturating_sub(skipped);
+            sync.pending_suspensions = sync.pending_suspensions.saturating_sub(n);
+            self.heartbeat(sync).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts the schedule: every source with a schedule is synced once per period (by one
+    /// of the processes sharing the store).
+    pub fn start(self: &Arc<Self>) {
+        let me = self.clone();
+        lock(&self.tasks).push(tokio::spawn(async move { me.schedule_loop().await }));
+    }
+
+    pub fn stop(&self) {
+        for t in lock(&self.tasks).drain(..) {
+            t.abort();
+        }
+    }
+
+    async fn schedule_loop(self: Arc<Self>) {
+        loop {
+            match self.store.list_sources().await {
+                Ok(sources) => {
+                    for s in sources.into_iter().filter(|s| s.enabled && s.schedule > 0) {
+                        let every = Duration::from_secs(u64::from(s.schedule) * 60);
+                        match self.store.try_run_schedule(&format!("source-sync:{}", s.id), every).await {
+                            Ok(true) => match self.start_sync(s.id, None, "schedule", &Actor::system()).await {
+                                Ok(sync) => {
+                                    tracing::info!(source = %s.name, sync = %sync.id, mode = sync.mode.as_str(), "scheduled directory sync started")
+                                }
+                                Err(e) => {
+                                    tracing::info!(source = %s.name, error = %e, "scheduled directory sync not started")
+                                }
+                            },
+                            Ok(false) => {}
+                            Err(e) => tracing::warn!(error = %e, "directory sync schedule: will retry"),
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "directory sync schedule: cannot list sources"),
+            }
+            tokio::time::sleep(Duration::from_secs(20)).await;
+        }
+    }
+}
+
+fn directory_error(e: ldap::LdapSourceError) -> EngineError {
+    EngineError::Directory(e.to_string())
+}

@@ -1,0 +1,187 @@
+//! Directory sources (LDAP / Active Directory): their settings, syncs, and the rule that a
+//! sourced user's sourced fields are changed in the directory, not here.
+
+use std::sync::Arc;
+
+use directory::{Actor, DirectorySource, SourceInput, SourceLink, SourceSync, SyncMode, User, ValidationErrors};
+use serde_json::{Map, Value};
+use store::sources::encrypt_password;
+use store::StoreError;
+use uuid::Uuid;
+
+use super::{check_if_match, merge, to_doc, Service, WRITE_ATTEMPTS};
+use crate::error::{Error, Result};
+use crate::extract::from_value;
+
+/// At most this many sources.
+const MAX_SOURCES: usize = 100;
+
+impl Service {
+    /// The runner of directory syncs (started with the engine by `serve`).
+    pub fn sources(&self) -> &Arc<engine::SourceSyncer> {
+        &self.sources
+    }
+
+    async fn validate_source(&self, input: &mut SourceInput, creating: bool) -> Result<()> {
+        let defs = self.store.list_attribute_defs().await?;
+        let mut errors = match input.normalize_and_validate(&defs, creating) {
+            Ok(()) => ValidationErrors::default(),
+            Err(e) => e,
+        };
+        for (i, g) in input.groups.iter().enumerate() {
+            if self.store.get_role(g.role_id).await?.is_none() {
+                errors.push(format!("groups[{i}].role_id"), "refers to no role");
+            }
+        }
+        Ok(errors.into_result()?)
+    }
+
+    fn duplicate_name(e: StoreError) -> Error {
+        match e {
+            StoreError::Duplicate { .. } => {
+                Error::Conflict { field: "name".into(), reason: "is already the name of another source".into() }
+            }
+            other => other.into(),
+        }
+    }
+
+    pub async fn create_source(&self, actor: &Actor, mut input: SourceInput) -> Result<DirectorySource> {
+        self.validate_source(&mut input, true).await?;
+        if self.store.list_sources().await?.len() >= MAX_SOURCES {
+            return Err(Error::InvalidState(format!("at most {MAX_SOURCES} sources can be configured")));
+        }
+        let password = input.bind_password.take().unwrap_or_default();
+        let now = directory::now();
+        let source = input.into_source(Uuid::now_v7(), now, now, 1);
+        let ct = encrypt_password(&self.keyring, source.id, &password).map_err(Error::internal)?;
+        self.store.create_source(&source, &ct, actor).await.map_err(Self::duplicate_name)?;
+        Ok(source)
+    }
+
+    pub async fn get_source(&self, id: Uuid) -> Result<DirectorySource> {
+        self.store.get_source(id).await?.ok_or(Error::NotFound("source"))
+    }
+
+    pub async fn list_sources(&self) -> Result<Vec<DirectorySource>> {
+        Ok(self.store.list_sources().await?)
+    }
+
+    pub async fn patch_source(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        patch: &Map<String, Value>,
+        if_match: Option<i64>,
+    ) -> Result<DirectorySource> {
+        for attempt in 1..=WRITE_ATTEMPTS {
+            let current = self.get_source(id).await?;
+            check_if_match(current.version, if_match)?;
+            let doc =
+                merge(to_doc(&SourceInput::from_source(&current))?, patch, directory::source::READ_ONLY_SOURCE_FIELDS)?;
+            let mut input: SourceInput = from_value(doc)?;
+            self.validate_source(&mut input, false).await?;
+            let password = match input.bind_password.take() {
+                Some(p) => Some(encrypt_password(&self.keyring, id, &p).map_err(Error::internal)?),
+                None => None,
+            };
+            let updated = input.into_source(id, current.created_at, directory::now(), current.version + 1);
+            match self.store.update_source(&updated, password.as_deref(), current.version, actor).await {
+                Ok(()) => return Ok(updated),
+                Err(StoreError::VersionConflict { .. }) if if_match.is_none() && attempt < WRITE_ATTEMPTS => continue,
+                Err(e) => return Err(Self::duplicate_name(e)),
+            }
+        }
+        Err(Error::internal("unreachable: write attempts exhausted"))
+    }
+
+    pub async fn delete_source(&self, actor: &Actor, id: Uuid, if_match: Option<i64>) -> Result<()> {
+        self.get_source(id).await?;
+        Ok(self.store.delete_source(id, if_match, actor).await?)
+    }
+
+    /// Connects, binds and reads one page: checks a source's settings.
+    pub async fn test_source(&self, actor: &Actor, id: Uuid) -> Result<usize> {
+        self.get_source(id).await?;
+        let result = self.sources.test_connection(id).await;
+        let details = match &result {
+            Ok(n) => serde_json::json!({"ok": true, "entries": n}),
+            Err(e) => serde_json::json!({"ok": false, "error": e.to_string()}),
+        };
+        self.store.append_audit(actor, "source.test_connection", "source", &id.to_string(), Some(details)).await?;
+        Ok(result?)
+    }
+
+    /// Starts a sync in the background (`mode` `None`: full).
+    pub async fn start_source_sync(&self, actor: &Actor, id: Uuid, mode: Option<SyncMode>) -> Result<SourceSync> {
+        self.get_source(id).await?;
+        Ok(self.sources.start_sync(id, Some(mode.unwrap_or(SyncMode::Full)), "manual", actor).await?)
+    }
+
+    pub async fn get_source_sync(&self, source: Uuid, sync: Uuid) -> Result<SourceSync> {
+        self.get_source(source).await?;
+        self.store.get_source_sync(source, sync).await?.ok_or(Error::NotFound("sync"))
+    }
+
+    pub async fn list_source_syncs(&self, source: Uuid, limit: u32) -> Result<Vec<SourceSync>> {
+        self.get_source(source).await?;
+        Ok(self.store.list_source_syncs(source, limit).await?)
+    }
+
+    pub async fn confirm_source_sync(&self, actor: &Actor, source: Uuid, sync: Uuid) -> Result<SourceSync> {
+        self.get_source_sync(source, sync).await?;
+        Ok(self.sources.confirm(source, sync, actor).await?)
+    }
+
+    /// The source entry a user was imported from (for sign-in against the directory).
+    pub async fn source_link_of_user(&self, user: Uuid) -> Result<Option<(DirectorySource, SourceLink)>> {
+        let Some(link) = self.store.source_link_of_user(user).await? else { return Ok(None) };
+        Ok(self.store.get_source(link.source_id).await?.map(|s| (s, link)))
+    }
+
+    /// The fields of a user that come from a directory source (read-only here), and the
+    /// source's name; empty for other users.
+    pub async fn sourced_fields(&self, user: &User) -> Result<(Vec<String>, Option<String>)> {
+        if user.source != directory::UserSource::Ldap {
+            return Ok((Vec::new(), None));
+        }
+        match self.source_link_of_user(user.id).await? {
+            Some((source, _)) => Ok((source.sourced_fields(), Some(source.name))),
+            None => Ok((Vec::new(), None)),
+        }
+    }
+
+    /// Refuses a patch of a field that a directory source fills.
+    pub(super) async fn check_sourced_patch(&self, user: &User, patch: &Map<String, Value>) -> Result<()> {
+        let (fields, source) = self.sourced_fields(user).await?;
+        let Some(source) = source else { return Ok(()) };
+        let current = to_doc(&directory::UserInput::from_user(user))?;
+        for (key, value) in patch {
+            let touched: Vec<String> = if key == "attributes" {
+                match value {
+                    Value::Object(map) => map.keys().map(|k| format!("attributes.{k}")).collect(),
+                    _ => vec!["attributes".into()],
+                }
+            } else {
+                vec![key.clone()]
+            };
+            for field in touched {
+                let sourced = fields.contains(&field)
+                    || (field == "attributes" && fields.iter().any(|f| f.starts_with("attributes.")));
+                // Sending the value the user already has is harmless.
+                let same = match field.strip_prefix("attributes.") {
+                    Some(name) => value.get(name) == current.get("attributes").and_then(|a| a.get(name)),
+                    None => current.get(&field) == Some(value) || (value.is_null() && current.get(&field).is_none()),
+                };
+                if sourced && !same {
+                    return Err(Error::Conflict {
+                        field,
+                        reason: format!(
+                            "comes from the directory source {source:?} and is read-only here; change it in the directory"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
