@@ -291,7 +291,7 @@ async fn provision_bench() {
     let user_ids: Vec<Uuid>;
     {
         let (st, bulk) = db.open().await;
-        let keyring = store::secrets::Keyring::from_base64(&[key.clone()]).expect("key");
+        let keyring = store::secrets::Keyring::from_base64(std::slice::from_ref(&key)).expect("key");
         let config = engine::EngineConfig { reconcile_interval: None, run_work: false, ..Default::default() };
         let state = AppState::new(st.clone(), Arc::new(keyring), config);
         let svc = &state.service;
@@ -310,7 +310,7 @@ async fn provision_bench() {
         // The planner reads the import's changes (nothing to do while provisioning is off).
         let engine = engine::Engine::new(
             st.clone(),
-            Arc::new(store::secrets::Keyring::from_base64(&[key.clone()]).expect("key")),
+            Arc::new(store::secrets::Keyring::from_base64(std::slice::from_ref(&key)).expect("key")),
             engine::EngineConfig { reconcile_interval: None, ..Default::default() },
         );
         let start = Instant::now();

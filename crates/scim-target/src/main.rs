@@ -315,10 +315,11 @@ fn record(t: &Target, kind: Kind, v: &Value) {
     }
 }
 
-fn parse_body(body: &Bytes) -> Result<Value, Response> {
+/// The body as a JSON object, or the 400 answer to send (boxed: a response is large).
+fn parse_body(body: &Bytes) -> Result<Value, Box<Response>> {
     match serde_json::from_slice::<Value>(body) {
         Ok(v) if v.is_object() => Ok(v),
-        _ => Err(error(StatusCode::BAD_REQUEST, Some("invalidSyntax"), "the body is not a JSON object")),
+        _ => Err(Box::new(error(StatusCode::BAD_REQUEST, Some("invalidSyntax"), "the body is not a JSON object"))),
     }
 }
 
@@ -330,7 +331,7 @@ async fn create(State(t): State<Shared>, Path(kind): Path<String>, headers: Head
     let Some(kind) = Kind::parse(&kind) else { return error(StatusCode::NOT_FOUND, None, "no such endpoint") };
     let mut v = match parse_body(&body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(key) = get_ci(&v, kind.key_attr()).and_then(Value::as_str).map(str::to_lowercase) else {
         return error(StatusCode::BAD_REQUEST, Some("invalidValue"), &format!("{} is required", kind.key_attr()));
@@ -385,7 +386,7 @@ async fn one(
         Method::PUT | Method::PATCH => {
             let body = match parse_body(&body) {
                 Ok(v) => v,
-                Err(resp) => return resp,
+                Err(resp) => return *resp,
             };
             let Some(current) = r.items[pos].clone() else {
                 return error(StatusCode::NOT_FOUND, None, "gone");
