@@ -902,30 +902,7 @@ impl Store for PostgresStore {
             return Err(StoreError::NotFound);
         }
         check_version(before.version, Some(expected_version))?;
-        sqlx::query(
-            "UPDATE users SET username = $1, username_key = $2, email = $3, first_name = $4, last_name = $5, \
-             display_name = $6, title = $7, department = $8, manager_id = $9, phone = $10, employee_number = $11, \
-             attributes = $12, status = $13, updated_at = $14, version = $15 WHERE id = $16",
-        )
-        .bind(&user.username)
-        .bind(User::username_key(&user.username))
-        .bind(&user.email)
-        .bind(&user.first_name)
-        .bind(&user.last_name)
-        .bind(&user.display_name)
-        .bind(&user.title)
-        .bind(&user.department)
-        .bind(user.manager_id)
-        .bind(&user.phone)
-        .bind(&user.employee_number)
-        .bind(to_json(&user.attributes)?)
-        .bind(user.status.as_str())
-        .bind(user.updated_at)
-        .bind(user.version)
-        .bind(user.id)
-        .execute(tx.c())
-        .await
-        .map_err(backend)?;
+        write_user_row(tx.c(), user).await?;
         tx.change(NewChange::user(user.id));
         let action = if before.status != user.status {
             match user.status {
@@ -1393,4 +1370,33 @@ impl Store for PostgresStore {
             })
             .collect()
     }
+}
+
+/// Writes every field of a user row (the one statement for a user update).
+pub(crate) async fn write_user_row(conn: &mut PgConnection, user: &User) -> Result<()> {
+    sqlx::query(
+        "UPDATE users SET username = $1, username_key = $2, email = $3, first_name = $4, last_name = $5, \
+         display_name = $6, title = $7, department = $8, manager_id = $9, phone = $10, employee_number = $11, \
+         attributes = $12, status = $13, updated_at = $14, version = $15 WHERE id = $16",
+    )
+    .bind(&user.username)
+    .bind(User::username_key(&user.username))
+    .bind(&user.email)
+    .bind(&user.first_name)
+    .bind(&user.last_name)
+    .bind(&user.display_name)
+    .bind(&user.title)
+    .bind(&user.department)
+    .bind(user.manager_id)
+    .bind(&user.phone)
+    .bind(&user.employee_number)
+    .bind(to_json(&user.attributes)?)
+    .bind(user.status.as_str())
+    .bind(user.updated_at)
+    .bind(user.version)
+    .bind(user.id)
+    .execute(conn)
+    .await
+    .map_err(backend)?;
+    Ok(())
 }

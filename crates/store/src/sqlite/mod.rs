@@ -593,30 +593,7 @@ impl Store for SqliteStore {
             return Err(StoreError::NotFound);
         }
         check_version(before.version, Some(expected_version))?;
-        sqlx::query(
-            "UPDATE users SET username = ?, username_key = ?, email = ?, first_name = ?, last_name = ?, \
-             display_name = ?, title = ?, department = ?, manager_id = ?, phone = ?, employee_number = ?, \
-             attributes = ?, status = ?, updated_at = ?, version = ? WHERE id = ?",
-        )
-        .bind(&user.username)
-        .bind(User::username_key(&user.username))
-        .bind(&user.email)
-        .bind(&user.first_name)
-        .bind(&user.last_name)
-        .bind(&user.display_name)
-        .bind(&user.title)
-        .bind(&user.department)
-        .bind(user.manager_id.map(|m| m.to_string()))
-        .bind(&user.phone)
-        .bind(&user.employee_number)
-        .bind(to_json(&user.attributes)?)
-        .bind(user.status.as_str())
-        .bind(ts(&user.updated_at))
-        .bind(user.version)
-        .bind(user.id.to_string())
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
+        write_user_row(&mut tx, user).await?;
         record_change(&mut tx, NewChange::user(user.id)).await?;
         let action = if before.status != user.status {
             match user.status {
@@ -1095,4 +1072,33 @@ async fn list_named(pool: &SqlitePool, table: &str, columns: &str, query: &NameQ
     }
     qb.push(" ORDER BY name_key, id LIMIT ").push_bind(limit_of(&query.page) + 1);
     qb.build().fetch_all(pool).await.map_err(backend)
+}
+
+/// Writes every field of a user row (the one statement for a user update).
+pub(crate) async fn write_user_row(conn: &mut sqlx::SqliteConnection, user: &User) -> Result<()> {
+    sqlx::query(
+        "UPDATE users SET username = ?, username_key = ?, email = ?, first_name = ?, last_name = ?, \
+         display_name = ?, title = ?, department = ?, manager_id = ?, phone = ?, employee_number = ?, \
+         attributes = ?, status = ?, updated_at = ?, version = ? WHERE id = ?",
+    )
+    .bind(&user.username)
+    .bind(User::username_key(&user.username))
+    .bind(&user.email)
+    .bind(&user.first_name)
+    .bind(&user.last_name)
+    .bind(&user.display_name)
+    .bind(&user.title)
+    .bind(&user.department)
+    .bind(user.manager_id.map(|m| m.to_string()))
+    .bind(&user.phone)
+    .bind(&user.employee_number)
+    .bind(to_json(&user.attributes)?)
+    .bind(user.status.as_str())
+    .bind(ts(&user.updated_at))
+    .bind(user.version)
+    .bind(user.id.to_string())
+    .execute(conn)
+    .await
+    .map_err(backend)?;
+    Ok(())
 }

@@ -558,30 +558,7 @@ impl SourceStore for SqliteStore {
                     continue;
                 }
             }
-            sqlx::query(
-                "UPDATE users SET username = ?, username_key = ?, email = ?, first_name = ?, last_name = ?, \
-                 display_name = ?, title = ?, department = ?, manager_id = ?, phone = ?, employee_number = ?, \
-                 attributes = ?, status = ?, updated_at = ?, version = ? WHERE id = ?",
-            )
-            .bind(&user.username)
-            .bind(User::username_key(&user.username))
-            .bind(&user.email)
-            .bind(&user.first_name)
-            .bind(&user.last_name)
-            .bind(&user.display_name)
-            .bind(&user.title)
-            .bind(&user.department)
-            .bind(user.manager_id.map(|m| m.to_string()))
-            .bind(&user.phone)
-            .bind(&user.employee_number)
-            .bind(to_json(&user.attributes)?)
-            .bind(user.status.as_str())
-            .bind(ts(&user.updated_at))
-            .bind(user.version)
-            .bind(user.id.to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+            super::write_user_row(&mut tx, user).await?;
             upsert_link(&mut tx, &update.link).await?;
             record_change(&mut tx, NewChange::user(user.id)).await?;
             record_audit(
