@@ -46,6 +46,24 @@ fn bin_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
 }
 
+/// CPU seconds (user + system, all threads) a process has used so far; 0 when unknown.
+fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let Some(stat) = pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok()) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) end with ')'; utime and stime are
+    // the 14th and 15th fields, in clock ticks (USER_HZ, 100 on Linux).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU seconds this process (the benchmark, including its load generator) has used so far.
+fn own_cpu_seconds() -> f64 {
+    cpu_seconds(Some(std::process::id()))
+}
+
 fn micros_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
@@ -69,6 +87,10 @@ impl Target {
         let first = lines.next_line().await.expect("read").expect("scim-target printed nothing");
         let base_url = first.trim_start_matches("listening on ").to_owned();
         Self { _child: child, base_url, http: reqwest::Client::new() }
+    }
+
+    fn cpu(&self) -> f64 {
+        cpu_seconds(self._child.id())
     }
 
     async fn stats(&self) -> Value {
@@ -233,8 +255,8 @@ async fn serve(db: &Db, key: &str, role: &str) -> Serve {
         .env("PROVISIONER_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("PROVISIONER_RECONCILE_SECONDS", "0")
         .env("PROVISIONER_LEASE_SECONDS", "30")
-        .env("PROVISIONER_LOG", "warn")
-        .env("RUST_LOG", "warn")
+        .env("PROVISIONER_LOG", std::env::var("BENCH_SERVE_LOG").unwrap_or_else(|_| "warn".into()))
+        .env("RUST_LOG", std::env::var("BENCH_SERVE_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(Stdio::null())
         .kill_on_drop(true);
     let mut child = c.spawn().expect("provisioner (build it: cargo build --release -p provisioner-cli)");
@@ -278,7 +300,15 @@ async fn provision_bench() {
     // 1. The target's ceiling.
     let ceiling = {
         let t = Target::spawn().await;
-        plain_load(&t.base_url, n, concurrency).await
+        let (target0, own0) = (t.cpu(), own_cpu_seconds());
+        let rate = plain_load(&t.base_url, n, concurrency).await;
+        let per = |cpu: f64| cpu * 1e6 / n as f64;
+        println!(
+            "  CPU per account: target {:.0} us, load generator {:.0} us",
+            per(t.cpu() - target0),
+            per(own_cpu_seconds() - own0)
+        );
+        rate
     };
     println!("plain load generator into scim-target: {ceiling:.0} accounts/s");
     result("ceiling_per_s", format!("{ceiling:.0}"));
@@ -350,6 +380,8 @@ async fn provision_bench() {
     let http = reqwest::Client::new();
 
     // 2. Initial provisioning.
+    let engine_cpu = |procs: &[Serve]| procs.iter().map(|p| cpu_seconds(p.child.id())).sum::<f64>();
+    let (engine0, target0) = (engine_cpu(&procs), target.cpu());
     let start = Instant::now();
     let r = http
         .patch(format!("{api}/api/v1/apps/{app_id}"))
@@ -409,6 +441,12 @@ async fn provision_bench() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     println!("  every account recorded after {:.1} s", start.elapsed().as_secs_f64());
+    println!(
+        "  CPU per account: engine {:.0} us (all processes), target {:.0} us; {} cores",
+        (engine_cpu(&procs) - engine0) * 1e6 / n as f64,
+        (target.cpu() - target0) * 1e6 / n as f64,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // 3. Quiet reconciliation.
@@ -510,6 +548,22 @@ async fn provision_bench() {
         percentile(&lat, 0.99) as f64 / 1000.0,
         lat.last().copied().unwrap_or(0) as f64 / 1000.0
     );
+    // The tail over time: the p99 of the changes sent in each 5-second window.
+    let first = sent.values().min().copied().unwrap_or(0);
+    let mut windows: std::collections::BTreeMap<u64, Vec<u64>> = std::collections::BTreeMap::new();
+    for (v, at) in &rx {
+        if let Some(s) = sent.get(v) {
+            windows.entry((s - first) / 5_000_000).or_default().push(at.saturating_sub(*s));
+        }
+    }
+    let by_window: Vec<String> = windows
+        .values_mut()
+        .map(|l| {
+            l.sort_unstable();
+            format!("{:.0}", percentile(l, 0.99) as f64 / 1000.0)
+        })
+        .collect();
+    println!("  p99 per 5 s of sending (ms): {}", by_window.join(" "));
     result("latency_rate", format!("{offered:.0}"));
     result("latency_p50_ms", format!("{:.0}", percentile(&lat, 0.5) as f64 / 1000.0));
     result("latency_p99_ms", format!("{:.0}", percentile(&lat, 0.99) as f64 / 1000.0));

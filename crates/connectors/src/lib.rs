@@ -105,6 +105,18 @@ pub trait Connector: Send + Sync {
         Ok(found)
     }
 
+    /// The accounts whose `match_attr` equals any of `values` (e.g. the userNames of a batch
+    /// of new accounts), in as few requests as the target allows. `None` when the target cannot
+    /// answer completely that way (no `or` filters, a truncated answer, an error): the caller
+    /// then looks each value up with [`Self::find_account`].
+    async fn find_accounts_batch(
+        &self,
+        _match_attr: &str,
+        _values: &[&str],
+    ) -> Result<Option<Vec<RemoteAccount>>, ConnectorError> {
+        Ok(None)
+    }
+
     /// Bring the account to `desired`. `previous` is what the engine last
     /// pushed (or read), used to send only the differences. Returns the
     /// updated account when the target answers with it.

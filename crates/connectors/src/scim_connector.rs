@@ -1,5 +1,6 @@
 //! [`Connector`] for SCIM 2.0 targets.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 
 use async_trait::async_trait;
@@ -7,7 +8,7 @@ use scim::{Capabilities, Client, PatchOp, GROUPS, USERS, USER_SCHEMA};
 use serde_json::Value;
 
 use crate::diff::patch_from_diff;
-use crate::{Connector, ConnectorError, Page, PageRequest, RemoteAccount};
+use crate::{Connector, ConnectorError, ErrorKind, Page, PageRequest, RemoteAccount};
 
 /// Default maximum number of members per group PATCH request.
 pub const DEFAULT_MEMBER_CHUNK_SIZE: usize = 100;
@@ -22,12 +23,22 @@ pub struct ScimConnector {
     client: Client,
     capabilities: RwLock<Option<Capabilities>>,
     member_chunk_size: usize,
+    /// The app refused a filter of several values: look accounts up one at a time.
+    batch_lookup_refused: AtomicBool,
 }
+
+/// The most values looked up in one filtered request.
+const BATCH_LOOKUP: u32 = 50;
 
 impl ScimConnector {
     /// `capabilities`: what the app stored from its last connection test.
     pub fn new(client: Client, capabilities: Option<Capabilities>) -> Self {
-        Self { client, capabilities: RwLock::new(capabilities), member_chunk_size: DEFAULT_MEMBER_CHUNK_SIZE }
+        Self {
+            client,
+            capabilities: RwLock::new(capabilities),
+            member_chunk_size: DEFAULT_MEMBER_CHUNK_SIZE,
+            batch_lookup_refused: AtomicBool::new(false),
+        }
     }
 
     /// Members per group PATCH (at least 1; default 100).
@@ -186,6 +197,45 @@ impl Connector for ScimConnector {
             return Ok(found);
         }
         self.client.find_users_any(matches).await?.into_iter().map(RemoteAccount::from_resource).collect()
+    }
+
+    async fn find_accounts_batch(
+        &self,
+        match_attr: &str,
+        values: &[&str],
+    ) -> Result<Option<Vec<RemoteAccount>>, ConnectorError> {
+        let caps = self.capabilities().await?;
+        if !caps.filter || self.batch_lookup_refused.load(Ordering::Relaxed) || values.is_empty() {
+            return Ok(None);
+        }
+        // Values per request: short enough for any URL limit, and within the page the app
+        // promises; one more than that per page shows whether the answer was cut short.
+        let per_request = caps.filter_max_results.unwrap_or(BATCH_LOOKUP).clamp(1, BATCH_LOOKUP) as usize;
+        let mut found = Vec::new();
+        for chunk in values.chunks(per_request.saturating_sub(1).max(1)) {
+            let matches: Vec<(&str, &str)> = chunk.iter().map(|v| (match_attr, *v)).collect();
+            let page = match self.client.find_users_any_page(&matches, per_request as u32).await {
+                Ok(p) => p,
+                Err(e) => {
+                    let e = ConnectorError::from(e);
+                    if matches!(e.kind, ErrorKind::InvalidRequest | ErrorKind::Unsupported) {
+                        // e.g. 400 invalidFilter / tooMany: this app wants one value per filter.
+                        self.batch_lookup_refused.store(true, Ordering::Relaxed);
+                    }
+                    tracing::debug!(error = %e.reason, "batch lookup not answered; looking up one by one");
+                    return Ok(None);
+                }
+            };
+            let complete = page.total_results.is_none_or(|t| t as usize <= page.resources.len())
+                && page.resources.len() < per_request;
+            if !complete {
+                return Ok(None);
+            }
+            for r in page.resources {
+                found.push(RemoteAccount::from_resource(r)?);
+            }
+        }
+        Ok(Some(found))
     }
 
     async fn update_account(

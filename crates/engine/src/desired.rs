@@ -4,7 +4,7 @@
 //! roles, grants and account records ([`store::ProvisioningStore::load_pairs`]), so memory
 //! stays bounded by the batch, not by the directory.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 
 use serde::Serialize;
 use store::PairState;
@@ -15,6 +15,9 @@ use crate::runner::{Engine, EngineError};
 
 /// Users loaded per batch (each with all the apps asked about).
 const USER_BATCH: usize = 1000;
+
+/// Batches read at once (on as many store connections) while one is evaluated.
+const READ_AHEAD: usize = 2;
 
 /// What [`Engine::desired_states`] found.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -59,31 +62,38 @@ fn evaluate_batch(states: &[PairState]) -> DesiredSummary {
 
 impl Engine {
     /// Computes the desired account of every user of `apps` in each of them; answers counts.
-    /// Reading the next batch from the store overlaps with evaluating the current one.
+    /// Reading the next batches from the store (two at a time) overlaps with evaluating the
+    /// current one.
     pub async fn desired_states(&self, apps: &[Uuid]) -> Result<DesiredSummary, EngineError> {
         let mut users = BTreeSet::new();
         for app in apps {
             users.extend(self.store().users_of_app(*app).await?);
         }
         let users: Vec<Uuid> = users.into_iter().collect();
+        let failed = |e: tokio::task::JoinError| {
+            EngineError::Store(store::StoreError::Backend(format!("planning task failed: {e}")))
+        };
         let mut total = DesiredSummary::default();
-        let mut running: Option<tokio::task::JoinHandle<DesiredSummary>> = None;
-        for chunk in users.chunks(USER_BATCH) {
-            let pairs: Vec<(Uuid, Uuid)> = chunk.iter().flat_map(|u| apps.iter().map(move |a| (*u, *a))).collect();
-            let states = self.store().load_pairs(&pairs).await?;
-            if let Some(r) = running.take() {
-                total.add(&r.await.map_err(|e| {
-                    EngineError::Store(store::StoreError::Backend(format!("planning task failed: {e}")))
-                })?);
+        let mut chunks = users.chunks(USER_BATCH);
+        // Batches being read (each on its own store connection), oldest first.
+        let mut reading = VecDeque::new();
+        let mut evaluating: Option<tokio::task::JoinHandle<DesiredSummary>> = None;
+        loop {
+            while reading.len() < READ_AHEAD {
+                let Some(chunk) = chunks.next() else { break };
+                let pairs: Vec<(Uuid, Uuid)> = chunk.iter().flat_map(|u| apps.iter().map(move |a| (*u, *a))).collect();
+                let store = self.store().clone();
+                reading.push_back(tokio::spawn(async move { store.load_pairs(&pairs).await }));
             }
-            running = Some(tokio::task::spawn_blocking(move || evaluate_batch(&states)));
+            let Some(next) = reading.pop_front() else { break };
+            let states = next.await.map_err(failed)??;
+            if let Some(r) = evaluating.take() {
+                total.add(&r.await.map_err(failed)?);
+            }
+            evaluating = Some(tokio::task::spawn_blocking(move || evaluate_batch(&states)));
         }
-        if let Some(r) = running {
-            total.add(
-                &r.await.map_err(|e| {
-                    EngineError::Store(store::StoreError::Backend(format!("planning task failed: {e}")))
-                })?,
-            );
+        if let Some(r) = evaluating {
+            total.add(&r.await.map_err(failed)?);
         }
         Ok(total)
     }

@@ -3,6 +3,7 @@
 //! admin actions that need an app (test connection, provision now).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -117,7 +118,70 @@ pub struct Engine {
     /// Connectors by app, with the app version they were built for.
     connectors: Mutex<HashMap<Uuid, CachedConnector>>,
     inflight: Mutex<HashMap<Uuid, u32>>,
+    recorder: Recorder,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Finished operations waiting for their outcome to be written.
+#[derive(Default)]
+struct Recorder {
+    pending: Mutex<Vec<(Uuid, Outcome)>>,
+    /// A worker is writing outcomes now.
+    writing: AtomicBool,
+}
+
+/// What the operations claimed together share.
+struct Shared {
+    /// `None` when the app is gone or disabled; `Err` with the reason when it cannot be built.
+    connector: Option<Result<Arc<dyn Connector>, String>>,
+    /// The pairs' account records by user; `None` when they could not be read.
+    accounts: Option<HashMap<Uuid, directory::Account>>,
+    /// What one lookup of the batch's new accounts found in the app (`None`: not looked up).
+    looked_up: Option<LookedUp>,
+}
+
+/// The userNames looked up together, and the accounts the app has with them.
+struct LookedUp {
+    names: HashSet<String>,
+    found: Vec<connectors::RemoteAccount>,
+}
+
+impl Shared {
+    /// For a create whose userName was part of the batch lookup: the accounts found with it.
+    fn looked_up_for(&self, op: &directory::Operation) -> Option<Vec<connectors::RemoteAccount>> {
+        let l = self.looked_up.as_ref()?;
+        let name = batch_lookup_name(op)?;
+        l.names
+            .contains(&name.to_lowercase())
+            .then(|| l.found.iter().filter(|a| worker::same_name(a, name)).cloned().collect())
+    }
+}
+
+/// The userName a first attempt at a create looks up, if `op` is one.
+fn batch_lookup_name(op: &directory::Operation) -> Option<&str> {
+    if op.event.action != directory::Action::Create || op.event.attempts != 1 {
+        return None;
+    }
+    let desired = op.desired.as_ref()?;
+    Some(desired.get("userName").and_then(serde_json::Value::as_str).unwrap_or(&op.event.username))
+}
+
+/// Looks up, in as few requests as the app allows, the userNames of the batch's new accounts
+/// (first attempts at a create). `None` when there are fewer than two, or the app cannot
+/// answer that way: each create then looks its own up.
+async fn look_up_new_accounts(connector: &dyn Connector, ops: &[directory::Operation]) -> Option<LookedUp> {
+    let names: Vec<&str> = ops.iter().filter_map(batch_lookup_name).collect();
+    if names.len() < 2 {
+        return None;
+    }
+    match connector.find_accounts_batch("userName", &names).await {
+        Ok(Some(found)) => Some(LookedUp { names: names.iter().map(|n| n.to_lowercase()).collect(), found }),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::debug!(error = %e.reason, "batch lookup failed; each create looks its account up");
+            None
+        }
+    }
 }
 
 type CachedConnector = (i64, Arc<dyn Connector>);
@@ -126,6 +190,10 @@ type CachedConnector = (i64, Arc<dyn Connector>);
 const CHANGE_BATCH: u32 = 2000;
 /// Pairs are loaded and planned this many at a time.
 const PAIR_BATCH: usize = 1000;
+/// A plan of at least this many pairs is a bulk write (see `refresh_statistics`).
+const BULK_PLAN: usize = 5000;
+/// The most outcomes written in one transaction.
+const OUTCOME_BATCH: usize = 500;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -141,6 +209,7 @@ impl Engine {
             worker_wake: Notify::new(),
             connectors: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
+            recorder: Recorder::default(),
             tasks: Mutex::new(Vec::new()),
         })
     }
@@ -207,11 +276,20 @@ impl Engine {
     }
 
     async fn planner_loop(self: Arc<Self>) {
+        // Until when this process holds the planner lease without renewing it: a third of the
+        // lease after each renewal (so that waking the planner often writes nothing).
+        let mut held_until: Option<tokio::time::Instant> = None;
         loop {
             // With several processes, one plans at a time: the holder of the planner lease.
             let leader = match self.config.planner_lease {
                 None => Ok(true),
-                Some(ttl) => self.store.try_hold_lease("planner", &self.config.owner, ttl).await,
+                Some(_) if held_until.is_some_and(|t| tokio::time::Instant::now() < t) => Ok(true),
+                Some(ttl) => {
+                    let renewed_at = tokio::time::Instant::now();
+                    let held = self.store.try_hold_lease("planner", &self.config.owner, ttl).await;
+                    held_until = matches!(held, Ok(true)).then(|| renewed_at + ttl / 3);
+                    held
+                }
             };
             match leader {
                 Ok(true) => match self.plan_once().await {
@@ -306,21 +384,43 @@ impl Engine {
         // Every app of the users concerned, in one query per batch (not one per user).
         pairs.extend(self.store.apps_of_users(&users).await?);
         let pairs: Vec<_> = pairs.into_iter().collect();
+        let started = std::time::Instant::now();
+        let (mut loading, mut planning, mut writing) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
         let mut chunks = pairs.chunks(PAIR_BATCH).peekable();
         if chunks.peek().is_none() {
             self.store.apply_plan(&PlanWrite { cursor: Some(last), items: vec![] }).await?;
         }
         while let Some(chunk) = chunks.next() {
+            let t = std::time::Instant::now();
             let states = self.store.load_pairs(chunk).await?;
+            loading += t.elapsed();
+            let t = std::time::Instant::now();
             let items: Vec<PlanItem> = states.iter().filter_map(plan_pair).collect();
+            planning += t.elapsed();
             // The cursor moves with the last chunk: a crash before it replays the batch,
             // which plans nothing new for the chunks already written.
             let cursor = chunks.peek().is_none().then_some(last);
+            let t = std::time::Instant::now();
             self.store.apply_plan(&PlanWrite { cursor, items }).await?;
+            writing += t.elapsed();
             // Workers start on the first chunk's operations while the next ones are planned.
             self.worker_wake.notify_one();
         }
         self.worker_wake.notify_one();
+        if pairs.len() >= BULK_PLAN {
+            if let Err(e) = self.store.refresh_statistics().await {
+                tracing::warn!(error = %e, "cannot refresh the store's statistics after a large plan");
+            }
+        }
+        tracing::debug!(
+            changes = changes.len(),
+            pairs = pairs.len(),
+            ms = started.elapsed().as_millis() as u64,
+            load_ms = loading.as_millis() as u64,
+            plan_ms = planning.as_millis() as u64,
+            write_ms = writing.as_millis() as u64,
+            "planned"
+        );
         Ok(changes.len())
     }
 
@@ -335,24 +435,57 @@ impl Engine {
                 continue;
             }
             let ops = self.store.claim_operations(app_id, &self.config.owner, limit - busy, self.config.lease).await?;
-            for op in ops {
-                *lock(&self.inflight).entry(app_id).or_insert(0) += 1;
-                started += 1;
-                let me = self.clone();
-                let app = app.clone();
-                tokio::spawn(async move {
-                    me.run_operation(app, op).await;
-                    if let Some(n) = lock(&me.inflight).get_mut(&app_id) {
-                        *n = n.saturating_sub(1);
-                    }
-                    me.worker_wake.notify_one();
-                });
+            if ops.is_empty() {
+                continue;
             }
+            *lock(&self.inflight).entry(app_id).or_insert(0) += ops.len() as u32;
+            started += ops.len();
+            let me = self.clone();
+            tokio::spawn(async move { me.run_batch(app_id, app, ops).await });
         }
         Ok(started)
     }
 
-    async fn run_operation(&self, app: Option<App>, op: directory::Operation) {
+    /// Runs the operations claimed together for one app: what they share is read once (the
+    /// connector, their account records, and one lookup in the app of the accounts to create),
+    /// then each runs on its own.
+    async fn run_batch(self: Arc<Self>, app_id: Uuid, app: Option<App>, ops: Vec<directory::Operation>) {
+        let mut shared = Shared { connector: None, accounts: Some(HashMap::new()), looked_up: None };
+        if let Some(app) = app.as_ref().filter(|a| a.provisioning.enabled) {
+            let users: Vec<Uuid> = ops.iter().map(|o| o.event.user_id).collect();
+            shared.accounts = match self.store.get_accounts(app.id, &users).await {
+                Ok(list) => Some(list.into_iter().map(|a| (a.user_id, a)).collect()),
+                Err(e) => {
+                    tracing::warn!(app = %app.id, error = %e, "cannot read the account records; the operations will be retried");
+                    None
+                }
+            };
+            let connector = self.connector(app).await.map_err(|e| e.to_string());
+            if let (Ok(c), true) = (&connector, app.provisioning.lookup_before_create) {
+                shared.looked_up = look_up_new_accounts(c.as_ref(), &ops).await;
+            }
+            shared.connector = Some(connector);
+        }
+        let shared = Arc::new(shared);
+        for op in ops {
+            let (me, app, shared) = (self.clone(), app.clone(), shared.clone());
+            tokio::spawn(async move {
+                let recorder_wakes = me.run_operation(app, op, &shared).await;
+                if let Some(n) = lock(&me.inflight).get_mut(&app_id) {
+                    *n = n.saturating_sub(1);
+                }
+                // The slot is free. A finished operation's outcome is written with others, and
+                // the workers are woken once for the group (so the next claim takes several).
+                if !recorder_wakes {
+                    me.worker_wake.notify_one();
+                }
+            });
+        }
+    }
+
+    /// Runs one operation and records what happened; `true` when its outcome went to the
+    /// recorder (which wakes the workers once written).
+    async fn run_operation(&self, app: Option<App>, op: directory::Operation, shared: &Shared) -> bool {
         let id = op.event.id;
         let execution = match &app {
             None => Execution::Finished(Outcome {
@@ -369,37 +502,102 @@ impl Engine {
                 account: AccountWrite::Keep,
                 replan: false,
             }),
-            Some(app) => match (self.connector(app).await, self.store.get_account(app.id, op.event.user_id).await) {
-                (Ok(c), Ok(account)) => match self.group_ids(app, &op, account.as_ref(), c.as_ref()).await {
-                    Ok(ids) => worker::execute(&op, app, account.as_ref(), c.as_ref(), &ids).await,
-                    Err(stop) => stop,
-                },
-                (Err(e), _) => Execution::Finished(Outcome {
+            Some(app) => match (&shared.connector, &shared.accounts) {
+                (_, None) => return false,
+                (Some(Ok(c)), Some(accounts)) => {
+                    let account = accounts.get(&op.event.user_id);
+                    let looked_up = shared.looked_up_for(&op);
+                    match self.group_ids(app, &op, account, c.as_ref()).await {
+                        Ok(ids) => worker::execute(&op, app, account, c.as_ref(), &ids, looked_up).await,
+                        Err(stop) => stop,
+                    }
+                }
+                (Some(Err(reason)), _) => Execution::Finished(Outcome {
                     status: EventStatus::Failed,
-                    reason: Some(e.to_string()),
+                    reason: Some(reason.clone()),
                     recommended_action: Some("Re-enter the app's credentials and test the connection.".into()),
                     account: AccountWrite::Keep,
                     replan: false,
                 }),
-                (_, Err(e)) => {
-                    tracing::warn!(op = %id, error = %e, "cannot read the account record; the operation will be retried");
-                    return;
-                }
+                (None, _) => return false,
             },
         };
-        let recorded = match &execution {
-            Execution::Finished(outcome) => self.store.finish_operation(id, &self.config.owner, outcome).await,
+        match execution {
+            Execution::Finished(outcome) => {
+                self.record(id, outcome).await;
+                true
+            }
             Execution::RetryAt { at, reason } => {
-                self.store.retry_operation_later(id, &self.config.owner, *at, reason).await
+                match self.store.retry_operation_later(id, &self.config.owner, at, &reason).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(op = %id, "lease lost before the retry was recorded; another worker owns it")
+                    }
+                    Err(e) => tracing::warn!(op = %id, error = %e, "retry not recorded; the operation will be retried"),
+                }
+                false
+            }
+        }
+    }
+
+    /// Records a finished operation. Outcomes are written in groups, one transaction (one
+    /// commit) per group: the worker that finds nobody writing writes everything waiting,
+    /// until nothing is; the others leave theirs to it. An outcome lost to a crash before
+    /// its commit leaves its operation running until the lease ends; it is then run again,
+    /// and the retry's lookup finds the account the first attempt made.
+    async fn record(&self, id: Uuid, outcome: Outcome) {
+        lock(&self.recorder.pending).push((id, outcome));
+        loop {
+            if self.recorder.writing.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            loop {
+                let batch: Vec<(Uuid, Outcome)> = {
+                    let mut pending = lock(&self.recorder.pending);
+                    let n = pending.len().min(OUTCOME_BATCH);
+                    pending.drain(..n).collect()
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                self.write_outcomes(&batch).await;
+                // A finished operation may have asked for re-planning (an account change), and
+                // the next operation of each pair may run now.
+                self.planner_wake.notify_one();
+                self.worker_wake.notify_one();
+            }
+            self.recorder.writing.store(false, Ordering::Release);
+            if lock(&self.recorder.pending).is_empty() {
+                return;
+            }
+        }
+    }
+
+    async fn write_outcomes(&self, batch: &[(Uuid, Outcome)]) {
+        let owner = &self.config.owner;
+        let recorded = match self.store.finish_operations(owner, batch).await {
+            Ok(r) => r,
+            Err(e) => {
+                // One bad outcome must not cost the others theirs: record them one by one.
+                tracing::warn!(error = %e, outcomes = batch.len(), "outcomes not recorded together; recording them one by one");
+                let mut r = Vec::with_capacity(batch.len());
+                for (id, outcome) in batch {
+                    r.push(match self.store.finish_operation(*id, owner, outcome).await {
+                        Ok(done) => done,
+                        Err(e) => {
+                            tracing::warn!(op = %id, error = %e, "outcome not recorded; the operation will be retried");
+                            true
+                        }
+                    });
+                }
+                r
             }
         };
-        match recorded {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!(op = %id, "lease lost before the outcome was recorded; another worker owns it"),
-            Err(e) => tracing::warn!(op = %id, error = %e, "outcome not recorded; the operation will be retried"),
+        for ((id, _), done) in batch.iter().zip(recorded) {
+            if !done {
+                tracing::warn!(op = %id, "lease lost before the outcome was recorded; another worker owns it");
+            }
         }
-        // A finished operation may have asked for re-planning (an account change).
-        self.planner_wake.notify_one();
     }
 
     /// The ids in the app of the groups an operation involves (lower-cased name -> id). A

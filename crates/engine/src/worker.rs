@@ -101,13 +101,21 @@ async fn lookup(
     } else {
         connector.find_account("userName", username).await?
     };
+    Ok(pick(found, user_id, username))
+}
+
+/// Of the accounts found for a user, ours (its externalId is our user id, `true`) or else one
+/// with the same userName (someone else's, `false`).
+fn pick(found: Vec<RemoteAccount>, user_id: &str, username: &str) -> Option<(RemoteAccount, bool)> {
     if let Some(i) = found.iter().position(|a| external_id_of(&a.resource) == Some(user_id)) {
-        return Ok(found.into_iter().nth(i).map(|a| (a, true)));
+        return found.into_iter().nth(i).map(|a| (a, true));
     }
-    let same_name = |a: &RemoteAccount| {
-        a.resource.get("userName").and_then(Value::as_str).is_some_and(|n| n.eq_ignore_ascii_case(username))
-    };
-    Ok(found.into_iter().find(same_name).map(|a| (a, false)))
+    found.into_iter().find(|a| same_name(a, username)).map(|a| (a, false))
+}
+
+/// Whether the account's userName is `username` (ignoring case, as SCIM compares userNames).
+pub(crate) fn same_name(account: &RemoteAccount, username: &str) -> bool {
+    account.resource.get("userName").and_then(Value::as_str).is_some_and(|n| n.eq_ignore_ascii_case(username))
 }
 
 fn unknown(app_name: &str, username: &str, found: RemoteAccount) -> Outcome {
@@ -141,14 +149,20 @@ async fn create(
     desired: &Value,
     connector: &dyn Connector,
     lookup_first: bool,
+    looked_up: Option<Vec<RemoteAccount>>,
 ) -> Result<Outcome, ConnectorError> {
     let user_id = op.event.user_id.to_string();
     let username = desired.get("userName").and_then(Value::as_str).unwrap_or(&op.event.username).to_owned();
     let retry = op.event.attempts > 1;
     // A retry may follow an attempt that reached the app: it always looks up first. A first
-    // attempt may skip it when the app refuses taken userNames (then the 409 below looks up).
+    // attempt may skip it when the app refuses taken userNames (then the 409 below looks up),
+    // or use what a lookup of its whole batch found just now.
     if retry || lookup_first {
-        match lookup(connector, &user_id, &username, retry).await? {
+        let found = match looked_up {
+            Some(found) if !retry => pick(found, &user_id, &username),
+            _ => lookup(connector, &user_id, &username, retry).await?,
+        };
+        match found {
             Some((found, true)) => return adopt(connector, found, desired).await,
             Some((found, false)) => return Ok(unknown(app_name, &username, found)),
             None => {}
@@ -229,13 +243,16 @@ async fn sync_groups(
 }
 
 /// Runs `op` against the app. `account` is the pair's account record; `group_ids` maps the
-/// (lower-cased) names of the groups involved to their ids in the app.
+/// (lower-cased) names of the groups involved to their ids in the app; `looked_up`, for a
+/// create, the accounts with the user's userName that a lookup of the whole batch found just
+/// before (`None`: look up here).
 pub async fn execute(
     op: &Operation,
     app: &directory::App,
     account: Option<&Account>,
     connector: &dyn Connector,
     group_ids: &HashMap<String, String>,
+    looked_up: Option<Vec<RemoteAccount>>,
 ) -> Execution {
     let app_name = app.name.as_str();
     let managed_remote = account
@@ -244,7 +261,7 @@ pub async fn execute(
     let previous = managed_remote.and_then(|(a, _)| a.last_applied.as_ref());
     let result = match (op.event.action, &op.desired, managed_remote) {
         (Action::Create, Some(desired), _) => {
-            create(op, app_name, desired, connector, app.provisioning.lookup_before_create).await
+            create(op, app_name, desired, connector, app.provisioning.lookup_before_create, looked_up).await
         }
         (Action::Update | Action::Suspend, Some(desired), Some((acc, remote))) => {
             update(op, app_name, desired, acc, remote, connector).await

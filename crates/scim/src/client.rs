@@ -481,6 +481,26 @@ impl Client {
         Ok(list.resources)
     }
 
+    /// One page (up to `count`) of the resources matching any of the `(attribute, value)`
+    /// pairs, in one request, with the server's `totalResults` (which tells whether the page
+    /// holds them all).
+    pub async fn find_resources_any_page(
+        &self,
+        endpoint: &str,
+        matches: &[(&str, &str)],
+        count: u32,
+    ) -> Result<ListResponse<Value>, ScimError> {
+        if let Some((attr, _)) = matches.iter().find(|(a, _)| !filter::is_valid_attr_path(a)) {
+            return Err(ScimError::InvalidInput(format!("not a SCIM attribute path: {attr:?}")));
+        }
+        if matches.is_empty() {
+            return Ok(ListResponse::default());
+        }
+        let count = count.to_string();
+        let url = self.url(&[endpoint], &[("filter", filter::any_eq(matches)), ("count", count)])?;
+        self.execute(Method::GET, url, None, None).await?.parse()
+    }
+
     /// `PATCH /{endpoint}/{id}`; `Some` when the server answers with the
     /// resource (200), `None` when it answers 204 No Content.
     pub async fn patch_resource(
@@ -622,6 +642,14 @@ impl Client {
 
     pub async fn find_users_any(&self, matches: &[(&str, &str)]) -> Result<Vec<Value>, ScimError> {
         self.find_resources_any(USERS, matches).await
+    }
+
+    pub async fn find_users_any_page(
+        &self,
+        matches: &[(&str, &str)],
+        count: u32,
+    ) -> Result<ListResponse<Value>, ScimError> {
+        self.find_resources_any_page(USERS, matches, count).await
     }
 
     pub async fn patch_user(&self, id: &str, op: PatchOp) -> Result<Option<Value>, ScimError> {

@@ -126,6 +126,13 @@ pub trait ProvisioningStore: Send + Sync + 'static {
     /// Writes a plan and moves the cursor, in one transaction.
     async fn apply_plan(&self, plan: &PlanWrite) -> Result<()>;
 
+    /// Tells the store that a bulk write just changed much of the queue (e.g. an app's first
+    /// plan): PostgreSQL re-reads its statistics now, instead of planning the workers' queries
+    /// for nearly empty tables until autovacuum gets to them.
+    async fn refresh_statistics(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Claims up to `limit` runnable operations of one app for `owner` with a lease:
     /// queued ones due now, or running ones whose lease expired. Only the oldest open
     /// operation of a pair is runnable, and never while another of the pair runs.
@@ -135,6 +142,15 @@ pub trait ProvisioningStore: Send + Sync + 'static {
     /// Records a finished operation, its event and the account record in one transaction,
     /// only if `owner` still holds the lease. `false` when the lease was lost.
     async fn finish_operation(&self, op: Uuid, owner: &str, outcome: &Outcome) -> Result<bool>;
+    /// [`Self::finish_operation`] for many operations in one transaction (one commit), each
+    /// recorded only if `owner` still holds its lease; answers, in order, which were recorded.
+    async fn finish_operations(&self, owner: &str, done: &[(Uuid, Outcome)]) -> Result<Vec<bool>> {
+        let mut recorded = Vec::with_capacity(done.len());
+        for (op, outcome) in done {
+            recorded.push(self.finish_operation(*op, owner, outcome).await?);
+        }
+        Ok(recorded)
+    }
     /// Puts a claimed operation back in the queue until `at` (a retryable failure).
     async fn retry_operation_later(&self, op: Uuid, owner: &str, at: DateTime<Utc>, reason: &str) -> Result<bool>;
     /// Gives up every lease (start-up of the only engine process of an embedded store).
@@ -150,6 +166,14 @@ pub trait ProvisioningStore: Send + Sync + 'static {
     async fn retry_operation(&self, id: Uuid, actor: &directory::Actor) -> Result<Event>;
 
     async fn get_account(&self, app: Uuid, user: Uuid) -> Result<Option<Account>>;
+    /// The account records of these users in one app (those that exist, in any order).
+    async fn get_accounts(&self, app: Uuid, users: &[Uuid]) -> Result<Vec<Account>> {
+        let mut out = Vec::new();
+        for u in users {
+            out.extend(self.get_account(app, *u).await?);
+        }
+        Ok(out)
+    }
     async fn list_accounts(&self, query: &AccountQuery) -> Result<Page<Account>>;
     /// Links an existing app account to a user (Rematch login): the engine manages it from
     /// now on, and the pair is planned again.

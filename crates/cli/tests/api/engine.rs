@@ -249,6 +249,52 @@ async fn an_account_made_in_the_app_is_never_touched_until_rematched(backend: Ba
     assert_eq!((now[0]["title"].as_str(), now[0]["externalId"].as_str()), (Some("VP"), Some(u.as_str())));
 }
 
+/// Many new accounts at once (an app's first provisioning): the engine looks their userNames up
+/// together, and still leaves the accounts someone else made alone while it creates the rest.
+async fn a_batch_of_new_accounts_creates_ours_and_leaves_theirs(backend: Backend) {
+    let w = World::new_on(backend, json!({"enabled": false, "max_concurrency": 8})).await;
+    let mut theirs = Vec::new();
+    for name in ["alma", "bruno"] {
+        let made = w
+            .app_call(
+                reqwest::Method::POST,
+                "/Users",
+                Some(json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                "userName": name, "title": "Made by hand"})),
+            )
+            .await;
+        theirs.push(made);
+    }
+    let names = ["alma", "bruno", "carla", "dario", "elena", "fabio", "gina", "hugo"];
+    let mut users = Vec::new();
+    for name in names {
+        let u = w.user(name, "Engineer").await;
+        w.grant(&u).await;
+        users.push(u);
+    }
+    // Provisioning on: every account is planned at once and claimed together.
+    let on = w.s.patch(&format!("/api/v1/apps/{}", w.app), json!({"provisioning": {"enabled": true}})).await;
+    assert_eq!(on.status, StatusCode::OK, "{on:#?}");
+    for (name, u) in names.iter().zip(&users) {
+        if ["alma", "bruno"].contains(name) {
+            let e = w.settled(u, "unknown").await;
+            assert!(e["reason"].as_str().unwrap().contains("did not create"), "{e:#}");
+            assert_eq!(w.account(u).await["ownership"], "foreign");
+        } else {
+            w.settled(u, "provisioned").await;
+            assert_eq!(w.account(u).await["ownership"], "created");
+        }
+        let in_app = w.in_app(name).await;
+        assert_eq!(in_app.len(), 1, "one account each: {in_app:#?}");
+    }
+    for made in &theirs {
+        let now = w.app_call(reqwest::Method::GET, &format!("/Users/{}", made["id"].as_str().unwrap()), None).await;
+        assert_eq!((now["title"].as_str(), &now["meta"]["version"]), (Some("Made by hand"), &made["meta"]["version"]));
+    }
+    let ours = w.in_app("carla").await;
+    assert_eq!(ours[0]["externalId"].as_str(), Some(users[2].as_str()));
+}
+
 async fn approval_holds_events_until_approved_or_rejected(backend: Backend) {
     let w = World::new_on(backend, json!({"enabled": true, "approval": {"create": true}})).await;
     let yes = w.user("approved", "x").await;
@@ -400,6 +446,7 @@ crate::on_both_backends!(
     suspension_follows_on_suspend_and_reactivation_restores,
     losing_the_role_follows_on_delete,
     an_account_made_in_the_app_is_never_touched_until_rematched,
+    a_batch_of_new_accounts_creates_ours_and_leaves_theirs,
     approval_holds_events_until_approved_or_rejected,
     a_wrong_token_fails_with_invalid_authentication_and_retry_recovers,
     reconciliation_is_quiet_when_in_sync_and_repairs_drift,

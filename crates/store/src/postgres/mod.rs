@@ -549,6 +549,21 @@ impl PostgresStore {
         Ok(Tx { tx, changes: Vec::new(), pairs: BTreeMap::new(), wake_operations: false })
     }
 
+    /// A transaction of the engine's own queue (plans, claims, outcomes), whose commit does not
+    /// wait for the WAL to reach the disk (`synchronous_commit = off` for it alone). What such
+    /// a commit could lose, and only if PostgreSQL itself crashes within a fraction of a second,
+    /// is recovered by the engine: a lost plan is planned again from the change feed (its cursor
+    /// moves in the same transaction) or at the next reconciliation, a lost claim leaves the operation queued, and a lost
+    /// outcome leaves it running until its lease ends; either way it runs again, and the
+    /// lookup a create does first (by our externalId on a retry) finds the account the lost
+    /// attempt made instead of making a second one. Writes from people and the API (the
+    /// directory, settings, approvals) keep waiting for the disk.
+    pub(crate) async fn begin_engine(&self) -> Result<Tx> {
+        let mut tx = self.begin().await?;
+        sqlx::query("SET LOCAL synchronous_commit = off").execute(tx.c()).await.map_err(backend)?;
+        Ok(tx)
+    }
+
     /// One row by id, locked for the rest of the transaction; `NotFound` when missing.
     async fn row_in<T>(tx: &mut Tx, table: &str, columns: &str, id: Uuid, map: fn(&PgRow) -> Result<T>) -> Result<T> {
         let sql = format!("SELECT {columns} FROM {table} WHERE id = $1 FOR UPDATE");

@@ -35,18 +35,24 @@ const ACCOUNT_KEY: &str = "COALESCE(u.username_key, '')";
 /// An operation `o` a worker may claim now (`$1` is now): queued and due, or running with an
 /// expired lease; the oldest open one of its pair; and no other one of the pair is running
 /// under a live lease.
+///
+/// One anti-join on the pair (both conditions in one subquery): with two, PostgreSQL may answer
+/// "another running operation of the pair?" from the app's open-operations index, reading every
+/// open operation of the app for each candidate.
 const RUNNABLE: &str = "((o.state = 'queued' AND o.next_run_at <= $1) \
       OR (o.state = 'running' AND o.lease_expires_at < $1)) \
-    AND NOT EXISTS (SELECT 1 FROM operations p WHERE p.app_id = o.app_id AND p.user_id = o.user_id \
-      AND p.state IN ('queued', 'awaiting_approval', 'running') AND p.seq < o.seq) \
-    AND NOT EXISTS (SELECT 1 FROM operations r WHERE r.app_id = o.app_id AND r.user_id = o.user_id \
-      AND r.seq <> o.seq AND r.state = 'running' AND r.lease_expires_at >= $1)";
+    AND NOT EXISTS (SELECT 1 FROM operations p WHERE p.user_id = o.user_id AND p.app_id = o.app_id \
+      AND p.seq <> o.seq AND ((p.state IN ('queued', 'awaiting_approval', 'running') AND p.seq < o.seq) \
+        OR (p.state = 'running' AND p.lease_expires_at >= $1)))";
 
 /// How many pairs [`ProvisioningStore::load_pairs`] loads per batch of queries.
 const PAIR_CHUNK: usize = 1000;
 
 /// The most operations one claim may take.
 const MAX_CLAIM: u32 = 1000;
+
+/// New operations per insert statement.
+const ENQUEUE_CHUNK: usize = 1000;
 
 /// An app's concurrency limit when its settings name none.
 const DEFAULT_MAX_RUNNING: i64 = 4;
@@ -160,12 +166,12 @@ async fn op_pair(tx: &mut Tx, id: Uuid) -> Result<Option<(Uuid, Uuid, OpState)>>
 pub(super) async fn refresh_accounts(tx: &mut Tx, apps: &[Uuid], users: &[Uuid]) -> Result<()> {
     sqlx::query(
         "INSERT INTO accounts (app_id, user_id, status, last_event_id, updated_at) \
-         SELECT DISTINCT ON (o.app_id, o.user_id) o.app_id, o.user_id, o.status, o.id, $3 \
+         SELECT p.app_id, p.user_id, o.status, o.id, $3 \
          FROM unnest($1::uuid[], $2::uuid[]) AS p(app_id, user_id) \
-         JOIN operations o ON o.app_id = p.app_id AND o.user_id = p.user_id \
-         ORDER BY o.app_id, o.user_id, \
-           CASE WHEN o.state IN ('queued', 'awaiting_approval', 'running') THEN 0 \
-                WHEN o.status IN ('cancelled', 'rejected') THEN 2 ELSE 1 END, o.seq DESC \
+         CROSS JOIN LATERAL (SELECT o.status, o.id FROM operations o \
+           WHERE o.user_id = p.user_id AND o.app_id = p.app_id \
+           ORDER BY CASE WHEN o.state IN ('queued', 'awaiting_approval', 'running') THEN 0 \
+                WHEN o.status IN ('cancelled', 'rejected') THEN 2 ELSE 1 END, o.seq DESC LIMIT 1) o \
          ON CONFLICT (app_id, user_id) DO UPDATE SET status = excluded.status, \
          last_event_id = excluded.last_event_id, updated_at = excluded.updated_at",
     )
@@ -217,6 +223,60 @@ async fn enqueue(
         tx.wake_operations();
     }
     Ok(Some(id))
+}
+
+/// A new operation of a plan: (user, app, action, desired, needs approval).
+type NewOp<'a> = (Uuid, Uuid, Action, Option<&'a Value>, bool);
+
+/// Queues many new operations (the plan's `Enqueue` items) in queue order, one statement per
+/// thousand; pairs whose app or user row is gone are skipped, as [`enqueue`] does.
+async fn enqueue_many(tx: &mut Tx, ops: &[NewOp<'_>], now: DateTime<Utc>) -> Result<()> {
+    for chunk in ops.chunks(ENQUEUE_CHUNK) {
+        let mut ids = Vec::with_capacity(chunk.len());
+        let (mut apps, mut users, mut actions, mut desired) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut states, mut statuses) = (Vec::new(), Vec::new());
+        for (user, app, action, d, needs_approval) in chunk {
+            let (state, status) = initial_state(*action, *needs_approval);
+            ids.push(Uuid::now_v7());
+            apps.push(*app);
+            users.push(*user);
+            actions.push(action.as_str());
+            desired.push(d.cloned());
+            states.push(state.as_str());
+            statuses.push(status.as_str());
+        }
+        let rows = sqlx::query(
+            "INSERT INTO operations (id, app_id, app_name, user_id, username, username_key, action, desired, state, \
+             status, attempts, next_run_at, replan, created_at, updated_at) \
+             SELECT v.id, a.id, a.name, u.id, u.username, u.username_key, v.action, v.desired, v.state, v.status, \
+             0, $8, false, $8, $8 \
+             FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::jsonb[], $6::text[], $7::text[]) \
+               WITH ORDINALITY AS v(id, app_id, user_id, action, desired, state, status, ord) \
+             JOIN apps a ON a.id = v.app_id JOIN users u ON u.id = v.user_id ORDER BY v.ord \
+             RETURNING app_id, user_id, state",
+        )
+        .bind(&ids)
+        .bind(&apps)
+        .bind(&users)
+        .bind(&actions)
+        .bind(&desired)
+        .bind(&states)
+        .bind(&statuses)
+        .bind(now)
+        .fetch_all(tx.c())
+        .await
+        .map_err(backend)?;
+        if rows.len() < chunk.len() {
+            tracing::debug!(skipped = chunk.len() - rows.len(), "not queueing operations: their app or user is gone");
+        }
+        for r in &rows {
+            tx.refresh(get(r, "app_id")?, get(r, "user_id")?);
+            if get::<String>(r, "state")? == OpState::Queued.as_str() {
+                tx.wake_operations();
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn apply_item(tx: &mut Tx, item: &PlanItem, now: DateTime<Utc>) -> Result<()> {
@@ -574,7 +634,7 @@ impl ProvisioningStore for PostgresStore {
 
     async fn apply_plan(&self, plan: &PlanWrite) -> Result<()> {
         let now = directory::now();
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_engine().await?;
         if let Some(c) = plan.cursor {
             sqlx::query(
                 "INSERT INTO engine_state (name, value) VALUES ('change_cursor', $1) \
@@ -585,10 +645,26 @@ impl ProvisioningStore for PostgresStore {
             .await
             .map_err(backend)?;
         }
+        // New operations, the bulk of a plan, together; the rest one by one.
+        let mut new_ops: Vec<NewOp<'_>> = Vec::new();
         for item in &plan.items {
-            apply_item(&mut tx, item, now).await?;
+            match item {
+                PlanItem::Enqueue { user_id, app_id, action, desired, needs_approval } => {
+                    new_ops.push((*user_id, *app_id, *action, desired.as_ref(), *needs_approval));
+                }
+                _ => apply_item(&mut tx, item, now).await?,
+            }
         }
+        enqueue_many(&mut tx, &new_ops, now).await?;
         tx.commit().await
+    }
+
+    async fn refresh_statistics(&self) -> Result<()> {
+        sqlx::query("ANALYZE operations, accounts, users, role_users, role_apps")
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
     }
 
     /// Claims are serialised per app (`pg_advisory_xact_lock(CLAIM_LOCK, hashtext(app))`),
@@ -602,7 +678,7 @@ impl ProvisioningStore for PostgresStore {
         }
         let now = directory::now();
         let expires = lease_end(now, lease)?;
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_engine().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2::text))")
             .bind(CLAIM_LOCK)
             .bind(app)
@@ -629,31 +705,37 @@ impl ProvisioningStore for PostgresStore {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT o.seq, o.action FROM operations o WHERE o.app_id = $2 AND {RUNNABLE} \
+            "SELECT o.seq FROM operations o WHERE o.app_id = $2 AND {RUNNABLE} \
              ORDER BY o.seq LIMIT $3 FOR UPDATE OF o SKIP LOCKED"
         );
         let rows = sqlx::query(&sql).bind(now).bind(app).bind(room).fetch_all(tx.c()).await.map_err(backend)?;
+        let seqs = rows.iter().map(|r| get::<i64>(r, "seq")).collect::<Result<Vec<i64>>>()?;
+        // One statement for the whole claim; the working status follows each one's action.
+        let working: String = [Action::Create, Action::Update, Action::Suspend, Action::Delete]
+            .iter()
+            .map(|a| format!("WHEN '{}' THEN '{}' ", a.as_str(), a.working_status().as_str()))
+            .collect();
         let update = format!(
             "UPDATE operations SET state = 'running', lease_owner = $1, lease_expires_at = $2, \
-             attempts = attempts + 1, status = $3, updated_at = $4 WHERE seq = $5 RETURNING {OP_COLUMNS}"
+             attempts = attempts + 1, status = CASE action {working}ELSE status END, updated_at = $3 \
+             WHERE seq = ANY($4) RETURNING {OP_COLUMNS}"
         );
-        let mut claimed = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let seq: i64 = get(row, "seq")?;
-            let action: String = get(row, "action")?;
-            let action = parse_action(&action)?;
-            let row = sqlx::query(&update)
-                .bind(owner)
-                .bind(expires)
-                .bind(action.working_status().as_str())
-                .bind(now)
-                .bind(seq)
-                .fetch_one(tx.c())
-                .await
-                .map_err(backend)?;
-            let op = op_from_row(&row)?;
+        let updated = sqlx::query(&update)
+            .bind(owner)
+            .bind(expires)
+            .bind(now)
+            .bind(&seqs)
+            .fetch_all(tx.c())
+            .await
+            .map_err(backend)?;
+        let mut claimed = updated
+            .iter()
+            .map(|r| Ok((get::<i64>(r, "seq")?, op_from_row(r)?)))
+            .collect::<Result<Vec<(i64, Operation)>>>()?;
+        claimed.sort_by_key(|(seq, _)| *seq);
+        let claimed: Vec<Operation> = claimed.into_iter().map(|(_, o)| o).collect();
+        for op in &claimed {
             tx.refresh(op.event.app_id, op.event.user_id);
-            claimed.push(op);
         }
         tx.commit().await?;
         Ok(claimed)
@@ -678,7 +760,7 @@ impl ProvisioningStore for PostgresStore {
     }
 
     async fn finish_operation(&self, op: Uuid, owner: &str, outcome: &Outcome) -> Result<bool> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_engine().await?;
         let row = sqlx::query(
             "UPDATE operations SET state = 'done', status = $1, reason = $2, recommended_action = $3, \
              lease_owner = NULL, lease_expires_at = NULL, updated_at = $4 \
@@ -718,6 +800,68 @@ impl ProvisioningStore for PostgresStore {
         tx.wake_operations();
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn finish_operations(&self, owner: &str, done: &[(Uuid, Outcome)]) -> Result<Vec<bool>> {
+        if done.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin_engine().await?;
+        // One statement for the whole batch, each operation fenced on its own lease.
+        let ids: Vec<Uuid> = done.iter().map(|(id, _)| *id).collect();
+        let statuses: Vec<&str> = done.iter().map(|(_, o)| o.status.as_str()).collect();
+        let reasons: Vec<Option<&str>> = done.iter().map(|(_, o)| o.reason.as_deref()).collect();
+        let actions: Vec<Option<&str>> = done.iter().map(|(_, o)| o.recommended_action.as_deref()).collect();
+        let rows = sqlx::query(
+            "UPDATE operations o SET state = 'done', status = d.status, reason = d.reason, \
+             recommended_action = d.recommended_action, lease_owner = NULL, lease_expires_at = NULL, updated_at = $5 \
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) AS d(id, status, reason, recommended_action) \
+             WHERE o.id = d.id AND o.state = 'running' AND o.lease_owner = $6 \
+             RETURNING o.id, o.app_id, o.user_id, o.replan",
+        )
+        .bind(&ids)
+        .bind(&statuses)
+        .bind(&reasons)
+        .bind(&actions)
+        .bind(directory::now())
+        .bind(owner)
+        .fetch_all(tx.c())
+        .await
+        .map_err(backend)?;
+        let by_id: HashMap<Uuid, &Outcome> = done.iter().map(|(id, o)| (*id, o)).collect();
+        let mut recorded = HashSet::new();
+        for row in &rows {
+            let op: Uuid = get(row, "id")?;
+            let app: Uuid = get(row, "app_id")?;
+            let user: Uuid = get(row, "user_id")?;
+            let marked: bool = get(row, "replan")?;
+            let Some(outcome) = by_id.get(&op) else { continue };
+            if let AccountWrite::Set { remote_id, ownership, last_applied } = &outcome.account {
+                tx.set_account(
+                    app,
+                    user,
+                    AccountSet {
+                        remote_id: remote_id.clone(),
+                        ownership: ownership.map(Ownership::as_str),
+                        last_applied: last_applied.clone(),
+                        status: outcome.status.as_str().to_owned(),
+                        last_event_id: Some(op),
+                    },
+                );
+            }
+            tx.refresh(app, user);
+            if outcome.replan || marked {
+                tx.change(NewChange::account(user, app));
+            }
+            recorded.insert(op);
+        }
+        if recorded.is_empty() {
+            tx.rollback().await?;
+        } else {
+            tx.wake_operations();
+            tx.commit().await?;
+        }
+        Ok(done.iter().map(|(id, _)| recorded.contains(id)).collect())
     }
 
     async fn retry_operation_later(&self, op: Uuid, owner: &str, at: DateTime<Utc>, reason: &str) -> Result<bool> {
@@ -833,6 +977,17 @@ impl ProvisioningStore for PostgresStore {
         let sql = format!("{ACCOUNT_SELECT} WHERE a.app_id = $1 AND a.user_id = $2");
         let row = sqlx::query(&sql).bind(app).bind(user).fetch_optional(&self.pool).await.map_err(backend)?;
         row.as_ref().map(account_from_row).transpose()
+    }
+
+    async fn get_accounts(&self, app: Uuid, users: &[Uuid]) -> Result<Vec<Account>> {
+        // Each user looked up on the primary key (a plain `user_id = ANY($2)` may be answered by
+        // reading every account of the app).
+        let sql = "SELECT a.app_id, a.user_id, COALESCE(u.username, '') AS username, a.remote_id, \
+            a.ownership, a.status, a.last_applied, a.last_event_id, a.updated_at \
+            FROM unnest($2::uuid[]) AS x(user_id) JOIN accounts a ON a.app_id = $1 AND a.user_id = x.user_id \
+            LEFT JOIN users u ON u.id = a.user_id";
+        let rows = sqlx::query(sql).bind(app).bind(users).fetch_all(&self.pool).await.map_err(backend)?;
+        rows.iter().map(account_from_row).collect()
     }
 
     async fn list_accounts(&self, query: &AccountQuery) -> Result<Page<Account>> {

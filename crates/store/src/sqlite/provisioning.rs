@@ -40,6 +40,15 @@ const PAIR_CHUNK: usize = 1000;
 /// The most operations one claim may take.
 const MAX_CLAIM: u32 = 1000;
 
+/// Pairs per account-refresh statement (two bound values each).
+const REFRESH_CHUNK: usize = 400;
+
+/// New operations per insert statement (eight bound values each).
+const ENQUEUE_CHUNK: usize = 100;
+
+/// Finished operations per statement (eight bound values each for their account records).
+const FINISH_CHUNK: usize = 100;
+
 fn parse_status(s: &str) -> Result<EventStatus> {
     EventStatus::parse(s).ok_or_else(|| StoreError::Backend(format!("bad event status {s}")))
 }
@@ -164,38 +173,44 @@ async fn op_pair(tx: &mut Tx<'_>, id: Uuid) -> Result<Option<(Uuid, Uuid, OpStat
 /// not cancelled or rejected, else the newest one. Leaves the record alone when the pair has
 /// no operation.
 pub(super) async fn refresh_account(tx: &mut Tx<'_>, app: Uuid, user: Uuid, now: &str) -> Result<()> {
-    let row = sqlx::query(
-        "SELECT id, status FROM operations WHERE app_id = ? AND user_id = ? ORDER BY \
-         CASE WHEN state IN ('queued', 'awaiting_approval', 'running') THEN 0 \
-              WHEN status IN ('cancelled', 'rejected') THEN 2 ELSE 1 END, seq DESC LIMIT 1",
-    )
-    .bind(app.to_string())
-    .bind(user.to_string())
-    .fetch_optional(&mut **tx)
-    .await
-    .map_err(backend)?;
-    let Some(row) = row else { return Ok(()) };
-    let id: String = get(&row, "id")?;
-    let status: String = get(&row, "status")?;
-    sqlx::query(
-        "INSERT INTO accounts (app_id, user_id, remote_id, ownership, status, last_applied, last_event_id, updated_at) \
-         VALUES (?, ?, NULL, NULL, ?, NULL, ?, ?) \
-         ON CONFLICT (app_id, user_id) DO UPDATE SET status = excluded.status, \
-         last_event_id = excluded.last_event_id, updated_at = excluded.updated_at",
-    )
-    .bind(app.to_string())
-    .bind(user.to_string())
-    .bind(status)
-    .bind(id)
-    .bind(now)
-    .execute(&mut **tx)
-    .await
-    .map_err(backend)?;
+    refresh_pairs(tx, &[(app, user)], now).await
+}
+
+/// [`refresh_account`] for many pairs `(app, user)`, in one statement per few hundred pairs.
+pub(super) async fn refresh_pairs(tx: &mut Tx<'_>, pairs: &[(Uuid, Uuid)], now: &str) -> Result<()> {
+    let mut seen = HashSet::new();
+    let pairs: Vec<&(Uuid, Uuid)> = pairs.iter().filter(|p| seen.insert(**p)).collect();
+    for chunk in pairs.chunks(REFRESH_CHUNK) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("WITH p(app_id, user_id) AS (VALUES ");
+        let mut list = qb.separated(", ");
+        for (app, user) in chunk {
+            list.push("(");
+            list.push_bind_unseparated(app.to_string());
+            list.push_unseparated(", ");
+            list.push_bind_unseparated(user.to_string());
+            list.push_unseparated(")");
+        }
+        qb.push(
+            ") INSERT INTO accounts (app_id, user_id, remote_id, ownership, status, last_applied, last_event_id, \
+             updated_at) SELECT o.app_id, o.user_id, NULL, NULL, o.status, NULL, o.id, ",
+        );
+        qb.push_bind(now);
+        qb.push(
+            " FROM p JOIN operations o ON o.seq = (SELECT q.seq FROM operations q \
+               WHERE q.app_id = p.app_id AND q.user_id = p.user_id ORDER BY \
+               CASE WHEN q.state IN ('queued', 'awaiting_approval', 'running') THEN 0 \
+                    WHEN q.status IN ('cancelled', 'rejected') THEN 2 ELSE 1 END, q.seq DESC LIMIT 1) \
+             WHERE true ON CONFLICT (app_id, user_id) DO UPDATE SET status = excluded.status, \
+             last_event_id = excluded.last_event_id, updated_at = excluded.updated_at",
+        );
+        qb.build().execute(&mut **tx).await.map_err(backend)?;
+    }
     Ok(())
 }
 
-/// Queues a new operation for a pair and updates its account record. `None` (nothing written)
-/// when the app or the user row does not exist.
+/// Queues a new operation for a pair; its account record is to be refreshed (`refresh`).
+/// `None` (nothing written) when the app or the user row does not exist.
+#[allow(clippy::too_many_arguments)]
 async fn enqueue(
     tx: &mut Tx<'_>,
     user_id: Uuid,
@@ -204,52 +219,91 @@ async fn enqueue(
     desired: Option<&Value>,
     needs_approval: bool,
     now: &str,
+    refresh: &mut Vec<(Uuid, Uuid)>,
 ) -> Result<Option<Uuid>> {
-    let app = sqlx::query("SELECT name FROM apps WHERE id = ?")
-        .bind(app_id.to_string())
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(backend)?;
-    let user = sqlx::query("SELECT username, username_key FROM users WHERE id = ?")
-        .bind(user_id.to_string())
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(backend)?;
-    let (Some(app), Some(user)) = (app, user) else {
-        tracing::debug!(%user_id, %app_id, "not queueing an operation: the app or the user is gone");
-        return Ok(None);
-    };
     let id = Uuid::now_v7();
     let (state, status) = initial_state(action, needs_approval);
-    sqlx::query(
+    let done = sqlx::query(
         "INSERT INTO operations (id, app_id, app_name, user_id, username, username_key, action, desired, state, \
          status, attempts, next_run_at, replan, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, 0, ?, ?)",
+         SELECT ?1, a.id, a.name, u.id, u.username, u.username_key, ?2, ?3, ?4, ?5, 0, ?6, 0, ?6, ?6 \
+         FROM apps a, users u WHERE a.id = ?7 AND u.id = ?8",
     )
     .bind(id.to_string())
-    .bind(app_id.to_string())
-    .bind(get::<String>(&app, "name")?)
-    .bind(user_id.to_string())
-    .bind(get::<String>(&user, "username")?)
-    .bind(get::<String>(&user, "username_key")?)
     .bind(action.as_str())
     .bind(opt_json(desired))
     .bind(state.as_str())
     .bind(status.as_str())
     .bind(now)
-    .bind(now)
-    .bind(now)
+    .bind(app_id.to_string())
+    .bind(user_id.to_string())
     .execute(&mut **tx)
     .await
     .map_err(backend)?;
-    refresh_account(tx, app_id, user_id, now).await?;
+    if done.rows_affected() == 0 {
+        tracing::debug!(%user_id, %app_id, "not queueing an operation: the app or the user is gone");
+        return Ok(None);
+    }
+    refresh.push((app_id, user_id));
     Ok(Some(id))
 }
 
-async fn apply_item(tx: &mut Tx<'_>, item: &PlanItem, now: &str) -> Result<()> {
+/// A new operation of a plan: (user, app, action, desired, needs approval).
+type NewOp<'a> = (Uuid, Uuid, Action, Option<&'a Value>, bool);
+
+/// Queues many new operations (the plan's `Enqueue` items), in queue order, with a few
+/// statements per hundred; pairs whose app or user row is gone are skipped, as [`enqueue`]
+/// does. Their account records are to be refreshed (`refresh`).
+async fn enqueue_many(tx: &mut Tx<'_>, ops: &[NewOp<'_>], now: &str, refresh: &mut Vec<(Uuid, Uuid)>) -> Result<()> {
+    for chunk in ops.chunks(ENQUEUE_CHUNK) {
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("WITH v(ord, id, app_id, user_id, action, desired, state, status) AS (VALUES ");
+        let mut list = qb.separated(", ");
+        for (i, (user, app, action, desired, needs_approval)) in chunk.iter().enumerate() {
+            let (state, status) = initial_state(*action, *needs_approval);
+            list.push("(");
+            list.push_bind_unseparated(i as i64);
+            for v in [Uuid::now_v7().to_string(), app.to_string(), user.to_string()] {
+                list.push_unseparated(", ");
+                list.push_bind_unseparated(v);
+            }
+            list.push_unseparated(", ");
+            list.push_bind_unseparated(action.as_str());
+            list.push_unseparated(", ");
+            list.push_bind_unseparated(opt_json(*desired));
+            list.push_unseparated(", ");
+            list.push_bind_unseparated(state.as_str());
+            list.push_unseparated(", ");
+            list.push_bind_unseparated(status.as_str());
+            list.push_unseparated(")");
+        }
+        qb.push(
+            ") INSERT INTO operations (id, app_id, app_name, user_id, username, username_key, action, desired, \
+             state, status, attempts, next_run_at, replan, created_at, updated_at) \
+             SELECT v.id, a.id, a.name, u.id, u.username, u.username_key, v.action, v.desired, v.state, v.status, \
+             0, ",
+        );
+        qb.push_bind(now).push(", 0, ").push_bind(now).push(", ").push_bind(now);
+        qb.push(
+            " FROM v JOIN apps a ON a.id = v.app_id JOIN users u ON u.id = v.user_id ORDER BY v.ord \
+             RETURNING app_id, user_id",
+        );
+        let rows = qb.build().fetch_all(&mut **tx).await.map_err(backend)?;
+        if rows.len() < chunk.len() {
+            tracing::debug!(skipped = chunk.len() - rows.len(), "not queueing operations: their app or user is gone");
+        }
+        for r in &rows {
+            refresh.push((get_uuid(r, "app_id")?, get_uuid(r, "user_id")?));
+        }
+    }
+    Ok(())
+}
+
+/// Writes one plan item; the account records of the pairs it touched are to be refreshed.
+async fn apply_item(tx: &mut Tx<'_>, item: &PlanItem, now: &str, refresh: &mut Vec<(Uuid, Uuid)>) -> Result<()> {
     match item {
         PlanItem::Enqueue { user_id, app_id, action, desired, needs_approval } => {
-            enqueue(tx, *user_id, *app_id, *action, desired.as_ref(), *needs_approval, now).await?;
+            enqueue(tx, *user_id, *app_id, *action, desired.as_ref(), *needs_approval, now, refresh).await?;
         }
         PlanItem::Replace { op, action, desired, needs_approval } => {
             let (state, status) = initial_state(*action, *needs_approval);
@@ -273,11 +327,11 @@ async fn apply_item(tx: &mut Tx<'_>, item: &PlanItem, now: &str) -> Result<()> {
             .await
             .map_err(backend)?;
             match replaced {
-                Some(row) => refresh_account(tx, get_uuid(&row, "app_id")?, get_uuid(&row, "user_id")?, now).await?,
+                Some(row) => refresh.push((get_uuid(&row, "app_id")?, get_uuid(&row, "user_id")?)),
                 // Claimed or finished meanwhile: what it will do (or did) is stale.
                 None => match op_pair(tx, *op).await? {
                     Some((app, user, _)) => {
-                        enqueue(tx, user, app, *action, desired.as_ref(), *needs_approval, now).await?;
+                        enqueue(tx, user, app, *action, desired.as_ref(), *needs_approval, now, refresh).await?;
                     }
                     None => tracing::debug!(%op, "not replacing an operation that does not exist"),
                 },
@@ -295,7 +349,7 @@ async fn apply_item(tx: &mut Tx<'_>, item: &PlanItem, now: &str) -> Result<()> {
             .await
             .map_err(backend)?;
             match cancelled {
-                Some(row) => refresh_account(tx, get_uuid(&row, "app_id")?, get_uuid(&row, "user_id")?, now).await?,
+                Some(row) => refresh.push((get_uuid(&row, "app_id")?, get_uuid(&row, "user_id")?)),
                 None => replan(tx, *op, now).await?,
             }
         }
@@ -319,7 +373,7 @@ async fn apply_item(tx: &mut Tx<'_>, item: &PlanItem, now: &str) -> Result<()> {
         }
         PlanItem::Observe { account: AccountWrite::Keep, .. } => {}
         PlanItem::Fail { user_id, app_id, action, reason } => {
-            if let Some(id) = enqueue(tx, *user_id, *app_id, *action, None, false, now).await? {
+            if let Some(id) = enqueue(tx, *user_id, *app_id, *action, None, false, now, refresh).await? {
                 sqlx::query(
                     "UPDATE operations SET state = 'done', status = 'failed', reason = ?, recommended_action = ? \
                      WHERE id = ?",
@@ -330,7 +384,6 @@ async fn apply_item(tx: &mut Tx<'_>, item: &PlanItem, now: &str) -> Result<()> {
                 .execute(&mut **tx)
                 .await
                 .map_err(backend)?;
-                refresh_account(tx, *app_id, *user_id, now).await?;
             }
         }
     }
@@ -353,6 +406,60 @@ async fn replan(tx: &mut Tx<'_>, op: Uuid, now: &str) -> Result<()> {
         }
         None => Ok(()),
     }
+}
+
+/// Records a finished operation, its event and its account record inside `tx`, only if
+/// `owner` still holds the lease (`false`, and nothing written, when it was lost).
+async fn finish_in(
+    tx: &mut Tx<'_>,
+    op: Uuid,
+    owner: &str,
+    outcome: &Outcome,
+    now: &str,
+    refresh: &mut Vec<(Uuid, Uuid)>,
+) -> Result<bool> {
+    let row = sqlx::query(
+        "UPDATE operations SET state = 'done', status = ?, reason = ?, recommended_action = ?, \
+         lease_owner = NULL, lease_expires_at = NULL, updated_at = ? \
+         WHERE id = ? AND state = 'running' AND lease_owner = ? RETURNING app_id, user_id, replan",
+    )
+    .bind(outcome.status.as_str())
+    .bind(outcome.reason.as_deref())
+    .bind(outcome.recommended_action.as_deref())
+    .bind(now)
+    .bind(op.to_string())
+    .bind(owner)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(backend)?;
+    let Some(row) = row else { return Ok(false) };
+    let app = get_uuid(&row, "app_id")?;
+    let user = get_uuid(&row, "user_id")?;
+    let marked: i64 = get(&row, "replan")?;
+    if let AccountWrite::Set { remote_id, ownership, last_applied } = &outcome.account {
+        sqlx::query(
+            "INSERT INTO accounts (app_id, user_id, remote_id, ownership, status, last_applied, last_event_id, \
+             updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (app_id, user_id) DO UPDATE SET remote_id = excluded.remote_id, \
+             ownership = excluded.ownership, last_applied = excluded.last_applied, updated_at = excluded.updated_at",
+        )
+        .bind(app.to_string())
+        .bind(user.to_string())
+        .bind(remote_id.as_deref())
+        .bind(ownership.map(Ownership::as_str))
+        .bind(outcome.status.as_str())
+        .bind(opt_json(last_applied.as_ref()))
+        .bind(op.to_string())
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    }
+    refresh.push((app, user));
+    if outcome.replan || marked != 0 {
+        record_change(tx, NewChange::account(user, app)).await?;
+    }
+    Ok(true)
 }
 
 fn lease_end(now: DateTime<Utc>, lease: Duration) -> Result<DateTime<Utc>> {
@@ -609,9 +716,19 @@ impl ProvisioningStore for SqliteStore {
             .await
             .map_err(backend)?;
         }
+        let mut refresh = Vec::new();
+        // New operations, the bulk of a plan, together; the rest one by one.
+        let mut new_ops: Vec<NewOp<'_>> = Vec::new();
         for item in &plan.items {
-            apply_item(&mut tx, item, &now).await?;
+            match item {
+                PlanItem::Enqueue { user_id, app_id, action, desired, needs_approval } => {
+                    new_ops.push((*user_id, *app_id, *action, desired.as_ref(), *needs_approval));
+                }
+                _ => apply_item(&mut tx, item, &now, &mut refresh).await?,
+            }
         }
+        enqueue_many(&mut tx, &new_ops, &now, &mut refresh).await?;
+        refresh_pairs(&mut tx, &refresh, &now).await?;
         tx.commit().await.map_err(backend)
     }
 
@@ -627,9 +744,9 @@ impl ProvisioningStore for SqliteStore {
         // (app_id, state, seq) index (named: left to itself SQLite walks every queued operation
         // and sorts), stopping at the limit, then merged.
         let sql = format!(
-            "SELECT seq, action FROM (SELECT o.seq, o.action FROM operations o INDEXED BY operations_claim WHERE o.app_id = ?2 \
+            "SELECT seq FROM (SELECT o.seq FROM operations o INDEXED BY operations_claim WHERE o.app_id = ?2 \
                AND o.state = 'queued' AND o.next_run_at <= ?1 AND {RUNNABLE} ORDER BY o.seq LIMIT ?3) \
-             UNION ALL SELECT seq, action FROM (SELECT o.seq, o.action FROM operations o INDEXED BY operations_claim WHERE o.app_id = ?2 \
+             UNION ALL SELECT seq FROM (SELECT o.seq FROM operations o INDEXED BY operations_claim WHERE o.app_id = ?2 \
                AND o.state = 'running' AND o.lease_expires_at < ?1 AND {RUNNABLE} ORDER BY o.seq LIMIT ?3) \
              ORDER BY seq LIMIT ?3"
         );
@@ -640,28 +757,36 @@ impl ProvisioningStore for SqliteStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(backend)?;
-        let update = format!(
-            "UPDATE operations SET state = 'running', lease_owner = ?, lease_expires_at = ?, \
-             attempts = attempts + 1, status = ?, updated_at = ? WHERE seq = ? RETURNING {OP_COLUMNS}"
-        );
-        let mut claimed = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let seq: i64 = get(row, "seq")?;
-            let action: String = get(row, "action")?;
-            let action = Action::parse(&action).ok_or_else(|| StoreError::Backend(format!("bad action {action}")))?;
-            let row = sqlx::query(&update)
-                .bind(owner)
-                .bind(&expires)
-                .bind(action.working_status().as_str())
-                .bind(&now)
-                .bind(seq)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(backend)?;
-            let op = op_from_row(&row)?;
-            refresh_account(&mut tx, op.event.app_id, op.event.user_id, &now).await?;
-            claimed.push(op);
+        if rows.is_empty() {
+            tx.rollback().await.map_err(backend)?;
+            return Ok(Vec::new());
         }
+        // One statement for the whole claim; the working status follows each one's action.
+        let working: String = [Action::Create, Action::Update, Action::Suspend, Action::Delete]
+            .iter()
+            .map(|a| format!("WHEN '{}' THEN '{}' ", a.as_str(), a.working_status().as_str()))
+            .collect();
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("UPDATE operations SET state = 'running', lease_owner = ");
+        qb.push_bind(owner)
+            .push(", lease_expires_at = ")
+            .push_bind(&expires)
+            .push(format!(", attempts = attempts + 1, status = CASE action {working}ELSE status END, updated_at = "))
+            .push_bind(&now)
+            .push(" WHERE seq IN (");
+        let mut list = qb.separated(", ");
+        for row in &rows {
+            list.push_bind(get::<i64>(row, "seq")?);
+        }
+        qb.push(format!(") RETURNING {OP_COLUMNS}"));
+        let updated = qb.build().fetch_all(&mut *tx).await.map_err(backend)?;
+        let mut claimed = updated
+            .iter()
+            .map(|r| Ok((get::<i64>(r, "seq")?, op_from_row(r)?)))
+            .collect::<Result<Vec<(i64, Operation)>>>()?;
+        claimed.sort_by_key(|(seq, _)| *seq);
+        let claimed: Vec<Operation> = claimed.into_iter().map(|(_, o)| o).collect();
+        let pairs: Vec<(Uuid, Uuid)> = claimed.iter().map(|o| (o.event.app_id, o.event.user_id)).collect();
+        refresh_pairs(&mut tx, &pairs, &now).await?;
         tx.commit().await.map_err(backend)?;
         Ok(claimed)
     }
@@ -686,49 +811,105 @@ impl ProvisioningStore for SqliteStore {
     async fn finish_operation(&self, op: Uuid, owner: &str, outcome: &Outcome) -> Result<bool> {
         let now = ts(&directory::now());
         let mut tx = self.begin().await?;
-        let row = sqlx::query(
-            "UPDATE operations SET state = 'done', status = ?, reason = ?, recommended_action = ?, \
-             lease_owner = NULL, lease_expires_at = NULL, updated_at = ? \
-             WHERE id = ? AND state = 'running' AND lease_owner = ? RETURNING app_id, user_id, replan",
-        )
-        .bind(outcome.status.as_str())
-        .bind(outcome.reason.as_deref())
-        .bind(outcome.recommended_action.as_deref())
-        .bind(&now)
-        .bind(op.to_string())
-        .bind(owner)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(backend)?;
-        let Some(row) = row else { return Ok(false) };
-        let app = get_uuid(&row, "app_id")?;
-        let user = get_uuid(&row, "user_id")?;
-        let marked: i64 = get(&row, "replan")?;
-        if let AccountWrite::Set { remote_id, ownership, last_applied } = &outcome.account {
-            sqlx::query(
-                "INSERT INTO accounts (app_id, user_id, remote_id, ownership, status, last_applied, last_event_id, \
-                 updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
-                 ON CONFLICT (app_id, user_id) DO UPDATE SET remote_id = excluded.remote_id, \
-                 ownership = excluded.ownership, last_applied = excluded.last_applied, updated_at = excluded.updated_at",
-            )
-            .bind(app.to_string())
-            .bind(user.to_string())
-            .bind(remote_id.as_deref())
-            .bind(ownership.map(Ownership::as_str))
-            .bind(outcome.status.as_str())
-            .bind(opt_json(last_applied.as_ref()))
-            .bind(op.to_string())
-            .bind(&now)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+        let mut refresh = Vec::new();
+        let recorded = finish_in(&mut tx, op, owner, outcome, &now, &mut refresh).await?;
+        if recorded {
+            refresh_pairs(&mut tx, &refresh, &now).await?;
+            tx.commit().await.map_err(backend)?;
         }
-        refresh_account(&mut tx, app, user, &now).await?;
-        if outcome.replan || marked != 0 {
-            record_change(&mut tx, NewChange::account(user, app)).await?;
+        Ok(recorded)
+    }
+
+    async fn finish_operations(&self, owner: &str, done: &[(Uuid, Outcome)]) -> Result<Vec<bool>> {
+        if done.is_empty() {
+            return Ok(Vec::new());
         }
-        tx.commit().await.map_err(backend)?;
-        Ok(true)
+        let now = ts(&directory::now());
+        let mut tx = self.begin().await?;
+        let by_id: HashMap<Uuid, &Outcome> = done.iter().map(|(id, o)| (*id, o)).collect();
+        let mut recorded: HashMap<Uuid, (Uuid, Uuid)> = HashMap::new();
+        let mut refresh = Vec::new();
+        for chunk in done.chunks(FINISH_CHUNK) {
+            // The operations, each fenced on its own lease, in one statement.
+            let mut qb: QueryBuilder<Sqlite> =
+                QueryBuilder::new("WITH d(op_id, op_status, op_reason, op_action) AS (VALUES ");
+            let mut list = qb.separated(", ");
+            for (id, o) in chunk {
+                list.push("(");
+                list.push_bind_unseparated(id.to_string());
+                list.push_unseparated(", ");
+                list.push_bind_unseparated(o.status.as_str());
+                list.push_unseparated(", ");
+                list.push_bind_unseparated(o.reason.clone());
+                list.push_unseparated(", ");
+                list.push_bind_unseparated(o.recommended_action.clone());
+                list.push_unseparated(")");
+            }
+            qb.push(
+                ") UPDATE operations SET state = 'done', status = d.op_status, reason = d.op_reason, \
+                 recommended_action = d.op_action, lease_owner = NULL, lease_expires_at = NULL, updated_at = ",
+            );
+            qb.push_bind(&now).push(
+                " FROM d WHERE operations.id = d.op_id AND operations.state = 'running' \
+                 AND operations.lease_owner = ",
+            );
+            qb.push_bind(owner).push(" RETURNING id, app_id, user_id, replan");
+            let rows = qb.build().fetch_all(&mut *tx).await.map_err(backend)?;
+            let mut sets = Vec::new();
+            for r in &rows {
+                let (op, app, user) = (get_uuid(r, "id")?, get_uuid(r, "app_id")?, get_uuid(r, "user_id")?);
+                let marked: i64 = get(r, "replan")?;
+                let Some(outcome) = by_id.get(&op) else { continue };
+                if let AccountWrite::Set { remote_id, ownership, last_applied } = &outcome.account {
+                    sets.push((op, app, user, remote_id, ownership, last_applied, outcome.status));
+                }
+                if outcome.replan || marked != 0 {
+                    record_change(&mut tx, NewChange::account(user, app)).await?;
+                }
+                recorded.insert(op, (app, user));
+                refresh.push((app, user));
+            }
+            // Their account records' remote ids, ownership and values, in one statement.
+            if !sets.is_empty() {
+                let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                    "INSERT INTO accounts (app_id, user_id, remote_id, ownership, status, last_applied, \
+                     last_event_id, updated_at) VALUES ",
+                );
+                let mut list = qb.separated(", ");
+                for (op, app, user, remote_id, ownership, last_applied, status) in sets {
+                    list.push("(");
+                    list.push_bind_unseparated(app.to_string());
+                    list.push_unseparated(", ");
+                    list.push_bind_unseparated(user.to_string());
+                    list.push_unseparated(", ");
+                    list.push_bind_unseparated(remote_id.clone());
+                    list.push_unseparated(", ");
+                    list.push_bind_unseparated(ownership.map(Ownership::as_str));
+                    list.push_unseparated(", ");
+                    list.push_bind_unseparated(status.as_str());
+                    list.push_unseparated(", ");
+                    list.push_bind_unseparated(opt_json(last_applied.as_ref()));
+                    list.push_unseparated(", ");
+                    list.push_bind_unseparated(op.to_string());
+                    list.push_unseparated(", ");
+                    list.push_bind_unseparated(now.clone());
+                    list.push_unseparated(")");
+                }
+                qb.push(
+                    " ON CONFLICT (app_id, user_id) DO UPDATE SET remote_id = excluded.remote_id, \
+                     ownership = excluded.ownership, last_applied = excluded.last_applied, \
+                     updated_at = excluded.updated_at",
+                );
+                qb.build().execute(&mut *tx).await.map_err(backend)?;
+            }
+        }
+        if recorded.is_empty() {
+            tx.rollback().await.map_err(backend)?;
+        } else {
+            refresh_pairs(&mut tx, &refresh, &now).await?;
+            tx.commit().await.map_err(backend)?;
+        }
+        Ok(done.iter().map(|(id, _)| recorded.contains_key(id)).collect())
     }
 
     async fn retry_operation_later(&self, op: Uuid, owner: &str, at: DateTime<Utc>, reason: &str) -> Result<bool> {
@@ -837,6 +1018,20 @@ impl ProvisioningStore for SqliteStore {
             .await
             .map_err(backend)?;
         row.as_ref().map(account_from_row).transpose()
+    }
+
+    async fn get_accounts(&self, app: Uuid, users: &[Uuid]) -> Result<Vec<Account>> {
+        let mut out = Vec::with_capacity(users.len());
+        for chunk in users.chunks(PAIR_CHUNK) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!("{ACCOUNT_SELECT} WHERE a.app_id = "));
+            qb.push_bind(app.to_string()).push(" AND a.user_id IN ");
+            push_ids(&mut qb, &distinct(chunk.iter().copied()));
+            let rows = qb.build().fetch_all(&self.reader).await.map_err(backend)?;
+            for row in &rows {
+                out.push(account_from_row(row)?);
+            }
+        }
+        Ok(out)
     }
 
     async fn list_accounts(&self, query: &AccountQuery) -> Result<Page<Account>> {

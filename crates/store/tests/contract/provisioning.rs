@@ -412,6 +412,94 @@ pub async fn finish_is_fenced_and_writes_the_account(s: Arc<dyn Store>) {
     assert!(matches!(&err, StoreError::InvalidState(m) if m.contains("newer")), "{err:?}");
 }
 
+pub async fn outcomes_are_recorded_together_each_fenced(s: Arc<dyn Store>) {
+    let a = new_app(&*s, "Slack").await;
+    let mut users = Vec::new();
+    for name in ["ada", "bob", "cyd", "dee"] {
+        users.push(new_user(&*s, name).await);
+    }
+    // Queued in one plan, in order; claimed in one claim, in queue order.
+    plan(&*s, users.iter().map(|u| enqueue(*u, a, Action::Create, false)).collect()).await;
+    let claimed = s.claim_operations(a, "w1", 10, LEASE).await.unwrap();
+    assert_eq!(claimed.iter().map(|o| o.event.user_id).collect::<Vec<_>>(), users);
+    assert!(claimed.iter().all(|o| o.event.status == EventStatus::Provisioning && o.event.attempts == 1));
+    for u in &users {
+        assert_eq!(s.get_account(a, *u).await.unwrap().unwrap().status, EventStatus::Provisioning);
+    }
+    // The last one's lease passes to another worker: its outcome from w1 is refused.
+    let created = |i: usize| Outcome {
+        status: EventStatus::Provisioned,
+        reason: None,
+        recommended_action: None,
+        account: AccountWrite::Set {
+            remote_id: Some(format!("r-{i}")),
+            ownership: Some(Ownership::Created),
+            last_applied: desired(&format!("u{i}")),
+        },
+        replan: i == 1,
+    };
+    let failed = Outcome {
+        status: EventStatus::Failed,
+        reason: Some("HTTP 400".into()),
+        recommended_action: Some("Fix the mapping".into()),
+        account: AccountWrite::Keep,
+        replan: false,
+    };
+    let seq = last_seq(&*s).await;
+    let batch = vec![
+        (claimed[0].event.id, created(0)),
+        (claimed[1].event.id, created(1)),
+        (claimed[2].event.id, failed.clone()),
+        (claimed[3].event.id, created(3)),
+    ];
+    let recorded = s.finish_operations("w1", &batch[..3]).await.unwrap();
+    assert_eq!(recorded, [true, true, true]);
+    assert_eq!(s.finish_operations("intruder", &batch[3..]).await.unwrap(), [false]);
+    assert_eq!(
+        s.get_operation(claimed[3].event.id).await.unwrap().unwrap(),
+        claimed[3],
+        "a lost lease changes nothing"
+    );
+    assert_eq!(s.finish_operations("w1", &batch).await.unwrap(), [false, false, false, true], "each once");
+    assert!(s.finish_operations("w1", &[]).await.unwrap().is_empty());
+
+    for (i, u) in users.iter().enumerate() {
+        let acc = s.get_account(a, *u).await.unwrap().unwrap();
+        let op = s.get_operation(claimed[i].event.id).await.unwrap().unwrap();
+        assert_eq!(op.state, OpState::Done);
+        if i == 2 {
+            assert_eq!((op.event.status, op.event.reason.as_deref()), (EventStatus::Failed, Some("HTTP 400")));
+            assert_eq!((acc.status, acc.remote_id), (EventStatus::Failed, None));
+        } else {
+            assert_eq!(op.event.status, EventStatus::Provisioned);
+            assert_eq!(
+                (acc.status, acc.remote_id, acc.ownership, acc.last_applied, acc.last_event_id),
+                (
+                    EventStatus::Provisioned,
+                    Some(format!("r-{i}")),
+                    Some(Ownership::Created),
+                    desired(&format!("u{i}")),
+                    Some(op.event.id)
+                )
+            );
+        }
+    }
+    assert_eq!(account_changes_after(&*s, seq).await, [(Some(users[1]), Some(a))], "replan asked once");
+
+    // The account records of many users at once; users without one are left out.
+    let stranger = new_user(&*s, "eve").await;
+    let mut asked = users.clone();
+    asked.push(stranger);
+    let mut found: Vec<(Uuid, Option<String>)> =
+        s.get_accounts(a, &asked).await.unwrap().into_iter().map(|acc| (acc.user_id, acc.remote_id)).collect();
+    found.sort();
+    let mut expected: Vec<(Uuid, Option<String>)> =
+        users.iter().enumerate().map(|(i, u)| (*u, (i != 2).then(|| format!("r-{i}")))).collect();
+    expected.sort();
+    assert_eq!(found, expected);
+    assert!(s.get_accounts(a, &[]).await.unwrap().is_empty());
+}
+
 pub async fn retry_later_waits_until_due(s: Arc<dyn Store>) {
     let u = new_user(&*s, "ada").await;
     let a = new_app(&*s, "Slack").await;
@@ -651,6 +739,7 @@ crate::contract!(
     cancel_and_replan,
     claim_order_limit_and_leases,
     finish_is_fenced_and_writes_the_account,
+    outcomes_are_recorded_together_each_fenced,
     retry_later_waits_until_due,
     release_all_leases_requeues_running,
     events_filter_and_page_newest_first,
