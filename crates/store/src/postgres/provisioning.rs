@@ -32,16 +32,14 @@ const ACCOUNT_SELECT: &str = "SELECT a.app_id, a.user_id, COALESCE(u.username, '
 /// The sort key of account listings.
 const ACCOUNT_KEY: &str = "COALESCE(u.username_key, '')";
 
-/// An operation `o` a worker may claim now (`$1` is now): queued and due, or running with an
-/// expired lease; the oldest open one of its pair; and no other one of the pair is running
-/// under a live lease.
+/// An operation `o` (queued and due, or running with an expired lease: the claim's two
+/// queries) may be claimed now (`$1` is now) when it is the oldest open one of its pair and no
+/// other one of the pair is running under a live lease.
 ///
 /// One anti-join on the pair (both conditions in one subquery): with two, PostgreSQL may answer
 /// "another running operation of the pair?" from the app's open-operations index, reading every
 /// open operation of the app for each candidate.
-const RUNNABLE: &str = "((o.state = 'queued' AND o.next_run_at <= $1) \
-      OR (o.state = 'running' AND o.lease_expires_at < $1)) \
-    AND NOT EXISTS (SELECT 1 FROM operations p WHERE p.user_id = o.user_id AND p.app_id = o.app_id \
+const PAIR_FREE: &str = "NOT EXISTS (SELECT 1 FROM operations p WHERE p.user_id = o.user_id AND p.app_id = o.app_id \
       AND p.seq <> o.seq AND ((p.state IN ('queued', 'awaiting_approval', 'running') AND p.seq < o.seq) \
         OR (p.state = 'running' AND p.lease_expires_at >= $1)))";
 
@@ -704,11 +702,25 @@ impl ProvisioningStore for PostgresStore {
         if room == 0 {
             return Ok(Vec::new());
         }
-        let sql = format!(
-            "SELECT o.seq FROM operations o WHERE o.app_id = $2 AND {RUNNABLE} \
-             ORDER BY o.seq LIMIT $3 FOR UPDATE OF o SKIP LOCKED"
+        // Two walks, each on an index in the order it wants, stopping at the room: the expired
+        // leases (rare), then the queued operations in queue order. The queue order is written
+        // `seq + 0`, the key of the index of queued operations (migration 0011): ordered by the
+        // bare seq, PostgreSQL may walk the primary key through every finished operation.
+        let expired = format!(
+            "SELECT o.seq FROM operations o WHERE o.app_id = $2 AND o.state = 'running' \
+             AND o.lease_expires_at < $1 AND {PAIR_FREE} \
+             ORDER BY o.lease_expires_at, o.seq LIMIT $3 FOR UPDATE OF o SKIP LOCKED"
         );
-        let rows = sqlx::query(&sql).bind(now).bind(app).bind(room).fetch_all(tx.c()).await.map_err(backend)?;
+        let mut rows = sqlx::query(&expired).bind(now).bind(app).bind(room).fetch_all(tx.c()).await.map_err(backend)?;
+        let left = room - rows.len() as i64;
+        if left > 0 {
+            let queued = format!(
+                "SELECT o.seq FROM operations o WHERE o.app_id = $2 AND o.state = 'queued' \
+                 AND o.next_run_at <= $1 AND {PAIR_FREE} \
+                 ORDER BY o.seq + 0 LIMIT $3 FOR UPDATE OF o SKIP LOCKED"
+            );
+            rows.extend(sqlx::query(&queued).bind(now).bind(app).bind(left).fetch_all(tx.c()).await.map_err(backend)?);
+        }
         let seqs = rows.iter().map(|r| get::<i64>(r, "seq")).collect::<Result<Vec<i64>>>()?;
         // One statement for the whole claim; the working status follows each one's action.
         let working: String = [Action::Create, Action::Update, Action::Suspend, Action::Delete]
@@ -745,16 +757,16 @@ impl ProvisioningStore for PostgresStore {
         // Due or orphaned work, without the per-pair order (which the claim applies): cheap
         // enough to ask on every dispatch, at the price of an occasional claim of nothing.
         // The apps that have open operations (a loose index scan: one probe per app, however
-        // long the queue), then whether each has due or orphaned work.
+        // long the queue), then whether each has due or orphaned work: the earliest due time and
+        // lease end, each the first entry of its index.
         let sql = "WITH RECURSIVE a(id) AS (\
                      (SELECT app_id FROM operations WHERE state IN ('queued', 'running') ORDER BY app_id, seq LIMIT 1) \
                      UNION ALL SELECT (SELECT o.app_id FROM operations o WHERE o.state IN ('queued', 'running') \
                        AND o.app_id > a.id ORDER BY o.app_id, o.seq LIMIT 1) FROM a WHERE a.id IS NOT NULL) \
                    SELECT id FROM a WHERE id IS NOT NULL AND (\
-                     EXISTS (SELECT 1 FROM operations o WHERE o.app_id = a.id AND o.state = 'queued' \
-                       AND o.next_run_at <= $1) \
-                     OR EXISTS (SELECT 1 FROM operations o WHERE o.app_id = a.id AND o.state = 'running' \
-                       AND o.lease_expires_at < $1))";
+                     (SELECT min(o.next_run_at) FROM operations o WHERE o.app_id = a.id AND o.state = 'queued') <= $1 \
+                     OR (SELECT min(o.lease_expires_at) FROM operations o WHERE o.app_id = a.id \
+                       AND o.state = 'running') < $1)";
         let rows = sqlx::query(sql).bind(directory::now()).fetch_all(&self.pool).await.map_err(backend)?;
         rows.iter().map(|r| get(r, "id")).collect()
     }
@@ -980,11 +992,12 @@ impl ProvisioningStore for PostgresStore {
     }
 
     async fn get_accounts(&self, app: Uuid, users: &[Uuid]) -> Result<Vec<Account>> {
-        // Each user looked up on the primary key (a plain `user_id = ANY($2)` may be answered by
-        // reading every account of the app).
+        // Each user looked up on the primary key, one at a time (a join, or `user_id = ANY($2)`,
+        // may be answered by reading every account of the app).
         let sql = "SELECT a.app_id, a.user_id, COALESCE(u.username, '') AS username, a.remote_id, \
             a.ownership, a.status, a.last_applied, a.last_event_id, a.updated_at \
-            FROM unnest($2::uuid[]) AS x(user_id) JOIN accounts a ON a.app_id = $1 AND a.user_id = x.user_id \
+            FROM unnest($2::uuid[]) AS x(user_id) \
+            CROSS JOIN LATERAL (SELECT * FROM accounts a WHERE a.app_id = $1 AND a.user_id = x.user_id LIMIT 1) a \
             LEFT JOIN users u ON u.id = a.user_id";
         let rows = sqlx::query(sql).bind(app).bind(users).fetch_all(&self.pool).await.map_err(backend)?;
         rows.iter().map(account_from_row).collect()
