@@ -39,10 +39,21 @@ pub fn verify(secret: &str, phc: &str) -> bool {
     PasswordHash::new(phc).is_ok_and(|h| Argon2::default().verify_password(secret.as_bytes(), &h).is_ok())
 }
 
-/// Recently verified tokens: SHA-256 of the token -> the token's name.
+/// Verified tokens: SHA-256 of the token -> the token's name, the stored hash it was verified
+/// against, and when. A fresh entry (within the time-to-live) lets a request through without
+/// reading the store. An older one still proves that the token matches that stored hash: the
+/// store is read again (so that revocation shows), but argon2 is not run again while the hash
+/// is unchanged. Without that proof, every request in flight when an entry expired would run
+/// argon2 at once (a busy client stalled the service for seconds every time-to-live).
 pub struct VerifiedCache {
     ttl: Duration,
-    entries: Mutex<HashMap<[u8; 32], (String, Instant)>>,
+    entries: Mutex<HashMap<[u8; 32], Verified>>,
+}
+
+struct Verified {
+    name: String,
+    phc: String,
+    at: Instant,
 }
 
 impl VerifiedCache {
@@ -54,20 +65,26 @@ impl VerifiedCache {
         Sha256::digest(token.as_bytes()).into()
     }
 
+    /// The token's name, if it was verified within the time-to-live.
     pub fn get(&self, token: &str) -> Option<String> {
         let map = self.entries.lock().ok()?;
-        map.get(&Self::key(token)).filter(|(_, at)| at.elapsed() < self.ttl).map(|(name, _)| name.clone())
+        map.get(&Self::key(token)).filter(|v| v.at.elapsed() < self.ttl).map(|v| v.name.clone())
     }
 
-    pub fn put(&self, token: &str, name: String) {
+    /// Whether the token was verified against the stored hash `phc` (at any time).
+    pub fn proven(&self, token: &str, phc: &str) -> bool {
+        self.entries.lock().is_ok_and(|map| map.get(&Self::key(token)).is_some_and(|v| v.phc == phc))
+    }
+
+    pub fn put(&self, token: &str, name: String, phc: &str) {
         if let Ok(mut map) = self.entries.lock() {
             if map.len() >= 10_000 {
-                map.retain(|_, (_, at)| at.elapsed() < self.ttl);
+                map.retain(|_, v| v.at.elapsed() < self.ttl);
                 if map.len() >= 10_000 {
                     map.clear();
                 }
             }
-            map.insert(Self::key(token), (name, Instant::now()));
+            map.insert(Self::key(token), Verified { name, phc: phc.to_owned(), at: Instant::now() });
         }
     }
 }
@@ -91,12 +108,15 @@ mod tests {
     }
 
     #[test]
-    fn cache_expires() {
+    fn cache_expires_but_keeps_the_proof() {
         let c = VerifiedCache::new(Duration::from_millis(0));
-        c.put("a", "n".into());
-        assert_eq!(c.get("a"), None);
+        c.put("a", "n".into(), "$argon2id$h1");
+        assert_eq!(c.get("a"), None, "expired: read the store again");
+        assert!(c.proven("a", "$argon2id$h1"), "but no argon2 for the same stored hash");
+        assert!(!c.proven("a", "$argon2id$h2"), "a new hash is verified again");
+        assert!(!c.proven("b", "$argon2id$h1"));
         let c = VerifiedCache::new(Duration::from_secs(60));
-        c.put("a", "n".into());
+        c.put("a", "n".into(), "$argon2id$h1");
         assert_eq!(c.get("a").as_deref(), Some("n"));
         assert_eq!(c.get("b"), None);
     }

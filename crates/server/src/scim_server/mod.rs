@@ -338,7 +338,7 @@ impl ScimState {
             return Ok(None);
         }
         let key = format!("{} {}", record.id, record.name);
-        if self.verified.get(token).as_deref() == Some(key.as_str()) {
+        if self.verified.proven(token, &record.hash) {
             return Ok(Some(key));
         }
         let owned = token.to_owned();
@@ -349,7 +349,7 @@ impl ScimState {
         if !ok {
             return Ok(None);
         }
-        self.verified.put(token, key.clone());
+        self.verified.put(token, key.clone(), &record.hash);
         Ok(Some(key))
     }
 }
