@@ -772,46 +772,7 @@ impl ProvisioningStore for PostgresStore {
     }
 
     async fn finish_operation(&self, op: Uuid, owner: &str, outcome: &Outcome) -> Result<bool> {
-        let mut tx = self.begin_engine().await?;
-        let row = sqlx::query(
-            "UPDATE operations SET state = 'done', status = $1, reason = $2, recommended_action = $3, \
-             lease_owner = NULL, lease_expires_at = NULL, updated_at = $4 \
-             WHERE id = $5 AND state = 'running' AND lease_owner = $6 RETURNING app_id, user_id, replan",
-        )
-        .bind(outcome.status.as_str())
-        .bind(outcome.reason.as_deref())
-        .bind(outcome.recommended_action.as_deref())
-        .bind(directory::now())
-        .bind(op)
-        .bind(owner)
-        .fetch_optional(tx.c())
-        .await
-        .map_err(backend)?;
-        let Some(row) = row else { return Ok(false) };
-        let app: Uuid = get(&row, "app_id")?;
-        let user: Uuid = get(&row, "user_id")?;
-        let marked: bool = get(&row, "replan")?;
-        if let AccountWrite::Set { remote_id, ownership, last_applied } = &outcome.account {
-            tx.set_account(
-                app,
-                user,
-                AccountSet {
-                    remote_id: remote_id.clone(),
-                    ownership: ownership.map(Ownership::as_str),
-                    last_applied: last_applied.clone(),
-                    status: outcome.status.as_str().to_owned(),
-                    last_event_id: Some(op),
-                },
-            );
-        }
-        tx.refresh(app, user);
-        if outcome.replan || marked {
-            tx.change(NewChange::account(user, app));
-        }
-        // The next operation of the pair, if any, may run now; and a slot of the app is free.
-        tx.wake_operations();
-        tx.commit().await?;
-        Ok(true)
+        Ok(self.finish_operations(owner, &[(op, outcome.clone())]).await?.first().copied().unwrap_or(false))
     }
 
     async fn finish_operations(&self, owner: &str, done: &[(Uuid, Outcome)]) -> Result<Vec<bool>> {

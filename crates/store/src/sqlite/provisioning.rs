@@ -408,60 +408,6 @@ async fn replan(tx: &mut Tx<'_>, op: Uuid, now: &str) -> Result<()> {
     }
 }
 
-/// Records a finished operation, its event and its account record inside `tx`, only if
-/// `owner` still holds the lease (`false`, and nothing written, when it was lost).
-async fn finish_in(
-    tx: &mut Tx<'_>,
-    op: Uuid,
-    owner: &str,
-    outcome: &Outcome,
-    now: &str,
-    refresh: &mut Vec<(Uuid, Uuid)>,
-) -> Result<bool> {
-    let row = sqlx::query(
-        "UPDATE operations SET state = 'done', status = ?, reason = ?, recommended_action = ?, \
-         lease_owner = NULL, lease_expires_at = NULL, updated_at = ? \
-         WHERE id = ? AND state = 'running' AND lease_owner = ? RETURNING app_id, user_id, replan",
-    )
-    .bind(outcome.status.as_str())
-    .bind(outcome.reason.as_deref())
-    .bind(outcome.recommended_action.as_deref())
-    .bind(now)
-    .bind(op.to_string())
-    .bind(owner)
-    .fetch_optional(&mut **tx)
-    .await
-    .map_err(backend)?;
-    let Some(row) = row else { return Ok(false) };
-    let app = get_uuid(&row, "app_id")?;
-    let user = get_uuid(&row, "user_id")?;
-    let marked: i64 = get(&row, "replan")?;
-    if let AccountWrite::Set { remote_id, ownership, last_applied } = &outcome.account {
-        sqlx::query(
-            "INSERT INTO accounts (app_id, user_id, remote_id, ownership, status, last_applied, last_event_id, \
-             updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (app_id, user_id) DO UPDATE SET remote_id = excluded.remote_id, \
-             ownership = excluded.ownership, last_applied = excluded.last_applied, updated_at = excluded.updated_at",
-        )
-        .bind(app.to_string())
-        .bind(user.to_string())
-        .bind(remote_id.as_deref())
-        .bind(ownership.map(Ownership::as_str))
-        .bind(outcome.status.as_str())
-        .bind(opt_json(last_applied.as_ref()))
-        .bind(op.to_string())
-        .bind(now)
-        .execute(&mut **tx)
-        .await
-        .map_err(backend)?;
-    }
-    refresh.push((app, user));
-    if outcome.replan || marked != 0 {
-        record_change(tx, NewChange::account(user, app)).await?;
-    }
-    Ok(true)
-}
-
 fn lease_end(now: DateTime<Utc>, lease: Duration) -> Result<DateTime<Utc>> {
     chrono::Duration::from_std(lease)
         .ok()
@@ -809,15 +755,7 @@ impl ProvisioningStore for SqliteStore {
     }
 
     async fn finish_operation(&self, op: Uuid, owner: &str, outcome: &Outcome) -> Result<bool> {
-        let now = ts(&directory::now());
-        let mut tx = self.begin().await?;
-        let mut refresh = Vec::new();
-        let recorded = finish_in(&mut tx, op, owner, outcome, &now, &mut refresh).await?;
-        if recorded {
-            refresh_pairs(&mut tx, &refresh, &now).await?;
-            tx.commit().await.map_err(backend)?;
-        }
-        Ok(recorded)
+        Ok(self.finish_operations(owner, &[(op, outcome.clone())]).await?.first().copied().unwrap_or(false))
     }
 
     async fn finish_operations(&self, owner: &str, done: &[(Uuid, Outcome)]) -> Result<Vec<bool>> {
