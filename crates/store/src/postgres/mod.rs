@@ -826,32 +826,7 @@ impl Store for PostgresStore {
 
     async fn create_user(&self, user: &User, actor: &Actor) -> Result<()> {
         let mut tx = self.begin().await?;
-        let sql = format!(
-            "INSERT INTO users (username_key, {USER_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
-        );
-        sqlx::query(&sql)
-            .bind(User::username_key(&user.username))
-            .bind(user.id)
-            .bind(&user.username)
-            .bind(&user.email)
-            .bind(&user.first_name)
-            .bind(&user.last_name)
-            .bind(&user.display_name)
-            .bind(&user.title)
-            .bind(&user.department)
-            .bind(user.manager_id)
-            .bind(&user.phone)
-            .bind(&user.employee_number)
-            .bind(to_json(&user.attributes)?)
-            .bind(user.status.as_str())
-            .bind(user.source.as_str())
-            .bind(user.created_at)
-            .bind(user.updated_at)
-            .bind(user.version)
-            .execute(tx.c())
-            .await
-            .map_err(backend)?;
+        insert_user_row(tx.c(), user, None, false).await?;
         tx.change(NewChange::user(user.id));
         record_audit(
             &mut tx,
@@ -1388,6 +1363,46 @@ impl Store for PostgresStore {
 }
 
 /// Writes every field of a user row (the one statement for a user update).
+/// Inserts a user row (with the SCIM `externalId` an inbound SCIM client gave, if any). With
+/// `skip_taken`, a row whose id or username is taken is not inserted (`false`) instead of
+/// failing as a conflict.
+pub(crate) async fn insert_user_row(
+    conn: &mut PgConnection,
+    user: &User,
+    scim_external_id: Option<&str>,
+    skip_taken: bool,
+) -> Result<bool> {
+    let sql = format!(
+        "INSERT INTO users (username_key, scim_external_id, {USER_COLUMNS}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19){}",
+        if skip_taken { " ON CONFLICT DO NOTHING" } else { "" }
+    );
+    let done = sqlx::query(&sql)
+        .bind(User::username_key(&user.username))
+        .bind(scim_external_id)
+        .bind(user.id)
+        .bind(&user.username)
+        .bind(&user.email)
+        .bind(&user.first_name)
+        .bind(&user.last_name)
+        .bind(&user.display_name)
+        .bind(&user.title)
+        .bind(&user.department)
+        .bind(user.manager_id)
+        .bind(&user.phone)
+        .bind(&user.employee_number)
+        .bind(to_json(&user.attributes)?)
+        .bind(user.status.as_str())
+        .bind(user.source.as_str())
+        .bind(user.created_at)
+        .bind(user.updated_at)
+        .bind(user.version)
+        .execute(conn)
+        .await
+        .map_err(backend)?;
+    Ok(done.rows_affected() > 0)
+}
+
 pub(crate) async fn write_user_row(conn: &mut PgConnection, user: &User) -> Result<()> {
     sqlx::query(
         "UPDATE users SET username = $1, username_key = $2, email = $3, first_name = $4, last_name = $5, \

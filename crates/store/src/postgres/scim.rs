@@ -177,33 +177,7 @@ impl ScimStore for PostgresStore {
         let mut tx = self.begin().await?;
         let before = match expected_version {
             None => {
-                let sql = format!(
-                    "INSERT INTO users (username_key, scim_external_id, {USER_COLUMNS}) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
-                );
-                sqlx::query(&sql)
-                    .bind(User::username_key(&user.username))
-                    .bind(&su.external_id)
-                    .bind(user.id)
-                    .bind(&user.username)
-                    .bind(&user.email)
-                    .bind(&user.first_name)
-                    .bind(&user.last_name)
-                    .bind(&user.display_name)
-                    .bind(&user.title)
-                    .bind(&user.department)
-                    .bind(user.manager_id)
-                    .bind(&user.phone)
-                    .bind(&user.employee_number)
-                    .bind(to_json(&user.attributes)?)
-                    .bind(user.status.as_str())
-                    .bind(user.source.as_str())
-                    .bind(user.created_at)
-                    .bind(user.updated_at)
-                    .bind(user.version)
-                    .execute(tx.c())
-                    .await
-                    .map_err(backend)?;
+                insert_user_row(tx.c(), user, su.external_id.as_deref(), false).await?;
                 None
             }
             Some(expected) => {

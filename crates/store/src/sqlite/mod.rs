@@ -507,31 +507,7 @@ impl Store for SqliteStore {
 
     async fn create_user(&self, user: &User, actor: &Actor) -> Result<()> {
         let mut tx = self.begin().await?;
-        let sql = format!(
-            "INSERT INTO users (username_key, {USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        );
-        sqlx::query(&sql)
-            .bind(User::username_key(&user.username))
-            .bind(user.id.to_string())
-            .bind(&user.username)
-            .bind(&user.email)
-            .bind(&user.first_name)
-            .bind(&user.last_name)
-            .bind(&user.display_name)
-            .bind(&user.title)
-            .bind(&user.department)
-            .bind(user.manager_id.map(|m| m.to_string()))
-            .bind(&user.phone)
-            .bind(&user.employee_number)
-            .bind(to_json(&user.attributes)?)
-            .bind(user.status.as_str())
-            .bind(user.source.as_str())
-            .bind(ts(&user.created_at))
-            .bind(ts(&user.updated_at))
-            .bind(user.version)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+        insert_user_row(&mut tx, user, None, false).await?;
         record_change(&mut tx, NewChange::user(user.id)).await?;
         record_audit(
             &mut tx,
@@ -1079,6 +1055,46 @@ async fn list_named(pool: &SqlitePool, table: &str, columns: &str, query: &NameQ
 }
 
 /// Writes every field of a user row (the one statement for a user update).
+/// Inserts a user row (with the SCIM `externalId` an inbound SCIM client gave, if any). With
+/// `skip_taken`, a row whose id or username is taken is not inserted (`false`) instead of
+/// failing as a conflict.
+pub(crate) async fn insert_user_row(
+    conn: &mut sqlx::SqliteConnection,
+    user: &User,
+    scim_external_id: Option<&str>,
+    skip_taken: bool,
+) -> Result<bool> {
+    let sql = format!(
+        "INSERT INTO users (username_key, scim_external_id, {USER_COLUMNS}) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?){}",
+        if skip_taken { " ON CONFLICT DO NOTHING" } else { "" }
+    );
+    let done = sqlx::query(&sql)
+        .bind(User::username_key(&user.username))
+        .bind(scim_external_id)
+        .bind(user.id.to_string())
+        .bind(&user.username)
+        .bind(&user.email)
+        .bind(&user.first_name)
+        .bind(&user.last_name)
+        .bind(&user.display_name)
+        .bind(&user.title)
+        .bind(&user.department)
+        .bind(user.manager_id.map(|m| m.to_string()))
+        .bind(&user.phone)
+        .bind(&user.employee_number)
+        .bind(to_json(&user.attributes)?)
+        .bind(user.status.as_str())
+        .bind(user.source.as_str())
+        .bind(ts(&user.created_at))
+        .bind(ts(&user.updated_at))
+        .bind(user.version)
+        .execute(conn)
+        .await
+        .map_err(backend)?;
+    Ok(done.rows_affected() > 0)
+}
+
 pub(crate) async fn write_user_row(conn: &mut sqlx::SqliteConnection, user: &User) -> Result<()> {
     sqlx::query(
         "UPDATE users SET username = ?, username_key = ?, email = ?, first_name = ?, last_name = ?, \

@@ -174,33 +174,7 @@ impl ScimStore for SqliteStore {
         let mut tx = self.begin().await?;
         let before = match expected_version {
             None => {
-                let sql = format!(
-                    "INSERT INTO users (username_key, scim_external_id, {USER_COLUMNS}) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                );
-                sqlx::query(&sql)
-                    .bind(User::username_key(&user.username))
-                    .bind(&su.external_id)
-                    .bind(user.id.to_string())
-                    .bind(&user.username)
-                    .bind(&user.email)
-                    .bind(&user.first_name)
-                    .bind(&user.last_name)
-                    .bind(&user.display_name)
-                    .bind(&user.title)
-                    .bind(&user.department)
-                    .bind(user.manager_id.map(|m| m.to_string()))
-                    .bind(&user.phone)
-                    .bind(&user.employee_number)
-                    .bind(to_json(&user.attributes)?)
-                    .bind(user.status.as_str())
-                    .bind(user.source.as_str())
-                    .bind(ts(&user.created_at))
-                    .bind(ts(&user.updated_at))
-                    .bind(user.version)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(backend)?;
+                insert_user_row(&mut tx, user, su.external_id.as_deref(), false).await?;
                 None
             }
             Some(expected) => {

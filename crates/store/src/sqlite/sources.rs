@@ -468,35 +468,8 @@ impl SourceStore for SqliteStore {
         let mut skipped = Vec::new();
         let mut tx = self.begin().await?;
         source_in(&mut tx, source).await?;
-        let insert_sql = format!(
-            "INSERT INTO users (username_key, {USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT DO NOTHING"
-        );
         for (user, link) in &batch.creates {
-            let inserted = sqlx::query(&insert_sql)
-                .bind(User::username_key(&user.username))
-                .bind(user.id.to_string())
-                .bind(&user.username)
-                .bind(&user.email)
-                .bind(&user.first_name)
-                .bind(&user.last_name)
-                .bind(&user.display_name)
-                .bind(&user.title)
-                .bind(&user.department)
-                .bind(user.manager_id.map(|m| m.to_string()))
-                .bind(&user.phone)
-                .bind(&user.employee_number)
-                .bind(to_json(&user.attributes)?)
-                .bind(user.status.as_str())
-                .bind(user.source.as_str())
-                .bind(ts(&user.created_at))
-                .bind(ts(&user.updated_at))
-                .bind(user.version)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?
-                .rows_affected()
-                > 0;
+            let inserted = super::insert_user_row(&mut tx, user, None, true).await?;
             if !inserted {
                 skipped.push(SkippedWrite {
                     user_id: user.id,
