@@ -119,6 +119,8 @@ pub struct Engine {
     connectors: Mutex<HashMap<Uuid, CachedConnector>>,
     inflight: Mutex<HashMap<Uuid, u32>>,
     recorder: Recorder,
+    /// When the store's statistics were last refreshed after a bulk plan.
+    statistics_refreshed: Mutex<Option<std::time::Instant>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -192,6 +194,8 @@ const CHANGE_BATCH: u32 = 2000;
 const PAIR_BATCH: usize = 1000;
 /// A plan of at least this many pairs is a bulk write (see `refresh_statistics`).
 const BULK_PLAN: usize = 5000;
+/// The store's statistics are refreshed at most this often.
+const STATISTICS_EVERY: Duration = Duration::from_secs(60);
 /// The most outcomes written in one transaction.
 const OUTCOME_BATCH: usize = 500;
 
@@ -210,6 +214,7 @@ impl Engine {
             connectors: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
             recorder: Recorder::default(),
+            statistics_refreshed: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
         })
     }
@@ -407,7 +412,16 @@ impl Engine {
             self.worker_wake.notify_one();
         }
         self.worker_wake.notify_one();
-        if pairs.len() >= BULK_PLAN {
+        // After a bulk write, at most once a minute (a large sync plans many bulk batches).
+        let refresh = pairs.len() >= BULK_PLAN && {
+            let mut last = lock(&self.statistics_refreshed);
+            let due = last.is_none_or(|t| t.elapsed() >= STATISTICS_EVERY);
+            if due {
+                *last = Some(std::time::Instant::now());
+            }
+            due
+        };
+        if refresh {
             if let Err(e) = self.store.refresh_statistics().await {
                 tracing::warn!(error = %e, "cannot refresh the store's statistics after a large plan");
             }
