@@ -55,6 +55,41 @@ pub struct ProvisioningSettings {
     /// answers 409 (a SCIM app must refuse a taken userName, RFC 7644 section 3.3); choose it
     /// only for apps that do. Retries always look up first.
     pub lookup_before_create: bool,
+    /// The deprovisioning guard: one change that would take the app's suspensions and
+    /// deletions within the window over either limit is held, all of it, for an admin to
+    /// allow or reject. On by default; `null` turns it off.
+    #[serde(default = "default_guard")]
+    pub deprovision_guard: Option<DeprovisionGuard>,
+}
+
+/// Limits of the deprovisioning guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeprovisionGuard {
+    /// The most suspensions and deletions within the window (default 50).
+    pub max_count: i64,
+    /// The most, in percent of the app's managed accounts, once at least 10 are queued (default 10).
+    pub max_percent: i64,
+    /// The window the limits count over, in minutes (default 60).
+    pub window_minutes: i64,
+}
+
+impl Default for DeprovisionGuard {
+    fn default() -> Self {
+        Self { max_count: 50, max_percent: 10, window_minutes: 60 }
+    }
+}
+
+impl DeprovisionGuard {
+    /// Whether `count` suspensions and deletions (this change's and the window's) are over the
+    /// limits for an app with `managed` accounts.
+    pub fn exceeded(&self, count: i64, managed: i64) -> bool {
+        count > self.max_count || (count >= 10 && count.saturating_mul(100) > managed.saturating_mul(self.max_percent))
+    }
+}
+
+fn default_guard() -> Option<DeprovisionGuard> {
+    Some(DeprovisionGuard::default())
 }
 
 impl Default for ProvisioningSettings {
@@ -68,6 +103,7 @@ impl Default for ProvisioningSettings {
             create_missing_groups: false,
             group_chunk_size: 100,
             lookup_before_create: true,
+            deprovision_guard: default_guard(),
         }
     }
 }
@@ -309,6 +345,17 @@ impl AppInput {
         }
         if !(1..=1000).contains(&self.provisioning.group_chunk_size) {
             errors.push("provisioning.group_chunk_size", "must be between 1 and 1000");
+        }
+        if let Some(g) = &self.provisioning.deprovision_guard {
+            if g.max_count < 0 {
+                errors.push("provisioning.deprovision_guard.max_count", "must be 0 or more");
+            }
+            if !(0..=100).contains(&g.max_percent) {
+                errors.push("provisioning.deprovision_guard.max_percent", "must be between 0 and 100");
+            }
+            if !(1..=10080).contains(&g.window_minutes) {
+                errors.push("provisioning.deprovision_guard.window_minutes", "must be between 1 and 10080");
+            }
         }
         let split = self.connection.auth.split(existing, &mut errors);
         match split {

@@ -57,6 +57,9 @@ pub struct Change {
     pub user_id: Option<Uuid>,
     pub role_id: Option<Uuid>,
     pub app_id: Option<Uuid>,
+    /// The audit entry of the write that made the change, when there is one.
+    #[serde(default)]
+    pub audit_id: Option<i64>,
 }
 
 /// A change about to be recorded (the store assigns `seq` and `at`).

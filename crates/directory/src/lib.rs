@@ -17,14 +17,15 @@ pub mod validation;
 
 pub use app::{
     App, AppInput, Approval, AuthConfig, AuthInput, ConnectionConfig, ConnectionInput, ConnectorKind,
-    DeprovisionAction, ProvisioningSettings, Secret, ValidatedApp,
+    DeprovisionAction, DeprovisionGuard, ProvisioningSettings, Secret, ValidatedApp,
 };
 pub use attribute::{AttributeDef, AttributeDefInput, AttributeType};
 pub use audit::{Actor, AuditEntry};
 pub use change::{Change, ChangeKind, NewChange};
 pub use mapping::{Condition, EntitlementRef, Match, Op, Parameter, Rule, RuleAction, SetAttribute, Source, Transform};
 pub use provisioning::{
-    Account, Action, Entitlement, EntitlementRefresh, Event, EventStatus, OpState, Operation, Ownership,
+    Account, Action, Cause, Entitlement, EntitlementRefresh, Event, EventStatus, OpState, Operation, Ownership,
+    CAUSE_KINDS,
 };
 pub use role::{Role, RoleInput, RoleRef};
 pub use saml::SamlSettings;

@@ -112,10 +112,12 @@ pub enum EventStatus {
     Rejected,
     /// A newer change made the operation unnecessary.
     Cancelled,
+    /// Held by the app's deprovisioning guard for an admin to allow or reject; nothing sent.
+    Held,
 }
 
 impl EventStatus {
-    pub const ALL: [EventStatus; 11] = [
+    pub const ALL: [EventStatus; 12] = [
         Self::Pending,
         Self::Provisioning,
         Self::Modifying,
@@ -127,6 +129,7 @@ impl EventStatus {
         Self::Deleted,
         Self::Rejected,
         Self::Cancelled,
+        Self::Held,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -142,6 +145,7 @@ impl EventStatus {
             Self::Deleted => "deleted",
             Self::Rejected => "rejected",
             Self::Cancelled => "cancelled",
+            Self::Held => "held",
         }
     }
 
@@ -151,9 +155,50 @@ impl EventStatus {
 
     /// Whether nothing more will happen to the event by itself.
     pub fn is_final(self) -> bool {
-        !matches!(self, Self::Pending | Self::Provisioning | Self::Modifying | Self::Deleting)
+        !matches!(self, Self::Pending | Self::Provisioning | Self::Modifying | Self::Deleting | Self::Held)
+    }
+
+    /// In the words the console shows.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Held => "Held for review",
+            other => other.as_str(),
+        }
     }
 }
+
+/// Why an operation exists: the change, rule, role or admin behind it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Cause {
+    /// One of [`CAUSE_KINDS`] (an open list).
+    pub kind: String,
+    /// Who made the change, e.g. `admin alice`, `SCIM client Entra ID`.
+    pub actor: Option<String>,
+    /// The audit entry of the change.
+    pub audit_id: Option<i64>,
+    /// In words, e.g. "deleted because on_delete changed to delete by admin alice".
+    pub summary: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameter: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_id: Option<Uuid>,
+}
+
+/// The kinds of cause this version records.
+pub const CAUSE_KINDS: [&str; 10] = [
+    "user_change",
+    "membership",
+    "role_grant",
+    "app_settings",
+    "mapping",
+    "source_sync",
+    "scim_push",
+    "reconcile",
+    "admin",
+    "replan",
+];
 
 /// Where an operation is in the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -204,6 +249,9 @@ pub struct Event {
     pub attempts: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Why the operation exists.
+    #[serde(default)]
+    pub cause: Option<Cause>,
 }
 
 /// An operation: the event plus what the queue needs.
@@ -234,6 +282,15 @@ pub struct Account {
     pub last_applied: Option<Value>,
     pub last_event_id: Option<Uuid>,
     pub updated_at: DateTime<Utc>,
+    /// How the user left, when they did, and what the app's settings said then
+    /// (`suspended:suspend`, `left:none`...): settings apply forward, so a later change of
+    /// `on_suspend` / `on_delete` does not reach this account unless applied to existing ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub departure: Option<String>,
+    /// The operation an admin rejected last (`{"action", "desired"}`): not queued again
+    /// until the desired account changes or an admin requeues it.
+    #[serde(skip)]
+    pub rejected: Option<Value>,
 }
 
 /// A value imported from an app by "Refresh" (a group), or created by provisioning.

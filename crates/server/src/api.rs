@@ -420,6 +420,7 @@ async fn list_audit(State(s): State<AppState>, ApiQuery(p): ApiQuery<AuditParams
         target_type: p.target_type,
         target_id: p.target_id,
         actor: p.actor,
+        ids: None,
         page: page(p.limit, p.cursor)?,
     };
     Ok(Json(s.service.list_audit(&query).await?))

@@ -89,6 +89,8 @@ pub struct AuditQuery {
     pub target_type: Option<String>,
     pub target_id: Option<String>,
     pub actor: Option<String>,
+    /// Only these entries (by id), when given.
+    pub ids: Option<Vec<i64>>,
     pub page: PageRequest,
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use directory::{Account, Action, App, Event, EventStatus, Operation, Ownership, Page, User};
+use directory::{Account, Action, App, Cause, Event, EventStatus, Operation, Ownership, Page, User};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -37,11 +37,20 @@ pub struct PairState {
 /// One decision of the planner.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PlanItem {
-    /// Queue a new operation (and its event).
-    Enqueue { user_id: Uuid, app_id: Uuid, action: Action, desired: Option<Value>, needs_approval: bool },
+    /// Queue a new operation (and its event); `held`: held by the deprovisioning guard.
+    Enqueue {
+        user_id: Uuid,
+        app_id: Uuid,
+        action: Action,
+        desired: Option<Value>,
+        needs_approval: bool,
+        held: bool,
+        cause: Option<Cause>,
+    },
     /// Replace what a waiting operation will do (collapse). If the operation has been
-    /// claimed meanwhile, a new operation is queued instead.
-    Replace { op: Uuid, action: Action, desired: Option<Value>, needs_approval: bool },
+    /// claimed meanwhile, a new operation is queued instead. A `None` cause keeps the
+    /// operation's.
+    Replace { op: Uuid, action: Action, desired: Option<Value>, needs_approval: bool, held: bool, cause: Option<Cause> },
     /// A waiting operation is no longer needed: its event becomes `cancelled`. If it has been
     /// claimed meanwhile, it is marked for re-planning instead.
     Cancel { op: Uuid, reason: String },
@@ -53,6 +62,35 @@ pub enum PlanItem {
     /// What reconciliation saw in the app: correct the account record (no event). An
     /// `AccountWrite::Keep` changes nothing.
     Observe { user_id: Uuid, app_id: Uuid, account: AccountWrite },
+    /// Records how the user left the app and what its settings said then (`None`: they are
+    /// back), on an existing account record.
+    Depart { user_id: Uuid, app_id: Uuid, departure: Option<String> },
+}
+
+impl PlanItem {
+    /// The action a new or replaced operation takes, if the item is one.
+    pub fn action(&self) -> Option<Action> {
+        match self {
+            Self::Enqueue { action, .. } | Self::Replace { action, .. } => Some(*action),
+            _ => None,
+        }
+    }
+
+    /// Whether the item queues a suspension or a deletion.
+    pub fn is_deprovision(&self) -> bool {
+        matches!(self.action(), Some(Action::Suspend | Action::Delete))
+    }
+
+    /// The app of the item, when it names it.
+    pub fn app_id(&self) -> Option<Uuid> {
+        match self {
+            Self::Enqueue { app_id, .. }
+            | Self::Fail { app_id, .. }
+            | Self::Observe { app_id, .. }
+            | Self::Depart { app_id, .. } => Some(*app_id),
+            _ => None,
+        }
+    }
 }
 
 /// What the planner writes in one transaction.
@@ -92,6 +130,8 @@ pub struct EventQuery {
     pub status: Option<EventStatus>,
     /// Case-insensitive substring of the username.
     pub q: Option<String>,
+    /// The kind of the events' cause.
+    pub cause: Option<String>,
     pub page: PageRequest,
 }
 
@@ -164,6 +204,21 @@ pub trait ProvisioningStore: Send + Sync + 'static {
     async fn reject_operation(&self, id: Uuid, actor: &directory::Actor) -> Result<Event>;
     /// Queues a failed operation again, to run now.
     async fn retry_operation(&self, id: Uuid, actor: &directory::Actor) -> Result<Event>;
+    /// Lets an operation held by the deprovisioning guard go on: pending when the app wants
+    /// approval for it, else queued to run now.
+    async fn allow_held_operation(&self, id: Uuid, needs_approval: bool, actor: &directory::Actor) -> Result<Event>;
+    /// "Requeue" a rejected operation: the pair's rejection is forgotten and the pair planned
+    /// again (a new operation, approved or held as the app's settings say).
+    async fn requeue_operation(&self, id: Uuid, actor: &directory::Actor) -> Result<Event>;
+    /// Suspensions and deletions of the app queued since `since`, not counting those held,
+    /// rejected or cancelled (the deprovisioning guard's window).
+    async fn count_recent_deprovisions(&self, app: Uuid, since: DateTime<Utc>) -> Result<i64>;
+    /// Accounts the engine manages in the app (created or linked, with an id in the app).
+    async fn count_managed_accounts(&self, app: Uuid) -> Result<i64>;
+    /// Applies the app's `on_suspend` / `on_delete` to accounts already left or suspended: their
+    /// recorded departures are forgotten, and every user of the app is planned again.
+    /// Answers how many accounts it concerns.
+    async fn apply_settings_to_existing(&self, app: Uuid, actor: &directory::Actor) -> Result<u64>;
 
     async fn get_account(&self, app: Uuid, user: Uuid) -> Result<Option<Account>>;
     /// The account records of these users in one app (those that exist, in any order).

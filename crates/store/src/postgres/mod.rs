@@ -299,7 +299,8 @@ struct PairWork {
 /// cannot deadlock (see the module documentation).
 pub(crate) struct Tx {
     tx: sqlx::Transaction<'static, Postgres>,
-    changes: Vec<NewChange>,
+    /// Changes to write at commit, each with the audit entry it is attributed to.
+    changes: Vec<(NewChange, Option<i64>)>,
     pairs: BTreeMap<(i64, Uuid, Uuid), PairWork>,
     wake_operations: bool,
 }
@@ -323,7 +324,17 @@ impl Tx {
 
     /// Records a change-feed row, written at commit.
     pub(crate) fn change(&mut self, change: NewChange) {
-        self.changes.push(change);
+        self.changes.push((change, None));
+    }
+
+    /// Attributes the changes recorded so far and not yet attributed to the audit entry `id`
+    /// (account changes have none).
+    pub(crate) fn attribute_changes(&mut self, id: i64) {
+        for (c, audit) in &mut self.changes {
+            if audit.is_none() && c.kind != directory::ChangeKind::Account {
+                *audit = Some(id);
+            }
+        }
     }
 
     /// Has the account record of a pair derived again from its operations at commit.
@@ -394,20 +405,22 @@ impl Tx {
                 .map_err(backend)?;
             let at = directory::now();
             // One statement for all of them, in order (the feed's seq follows the array order).
-            let kinds: Vec<&str> = changes.iter().map(|c| c.kind.as_str()).collect();
-            let users: Vec<Option<Uuid>> = changes.iter().map(|c| c.user_id).collect();
-            let roles: Vec<Option<Uuid>> = changes.iter().map(|c| c.role_id).collect();
-            let apps: Vec<Option<Uuid>> = changes.iter().map(|c| c.app_id).collect();
+            let kinds: Vec<&str> = changes.iter().map(|c| c.0.kind.as_str()).collect();
+            let users: Vec<Option<Uuid>> = changes.iter().map(|c| c.0.user_id).collect();
+            let roles: Vec<Option<Uuid>> = changes.iter().map(|c| c.0.role_id).collect();
+            let apps: Vec<Option<Uuid>> = changes.iter().map(|c| c.0.app_id).collect();
+            let audits: Vec<i64> = changes.iter().map(|c| c.1.unwrap_or(0)).collect();
             sqlx::query(
-                "INSERT INTO changes (at, kind, user_id, role_id, app_id) \
-                 SELECT $1, k, u, r, a FROM unnest($2::text[], $3::uuid[], $4::uuid[], $5::uuid[]) \
-                 WITH ORDINALITY AS t(k, u, r, a, n) ORDER BY n",
+                "INSERT INTO changes (at, kind, user_id, role_id, app_id, audit_id) \
+                 SELECT $1, k, u, r, a, au FROM unnest($2::text[], $3::uuid[], $4::uuid[], $5::uuid[], $6::bigint[]) \
+                 WITH ORDINALITY AS t(k, u, r, a, au, n) ORDER BY n",
             )
             .bind(at)
             .bind(&kinds)
             .bind(&users)
             .bind(&roles)
             .bind(&apps)
+            .bind(&audits)
             .execute(self.c())
             .await
             .map_err(backend)?;
@@ -454,10 +467,11 @@ pub(crate) struct AuditRecord<'a> {
     pub after: Option<Value>,
 }
 
+/// Records an audit entry; the changes this transaction recorded before it are attributed to it.
 pub(crate) async fn record_audit(tx: &mut Tx, actor: &Actor, rec: AuditRecord<'_>) -> Result<()> {
-    sqlx::query(
+    let id: i64 = sqlx::query_scalar(
         "INSERT INTO audit_log (at, actor_kind, actor_name, action, target_type, target_id, before, after) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
     )
     .bind(directory::now())
     .bind(&actor.kind)
@@ -467,9 +481,10 @@ pub(crate) async fn record_audit(tx: &mut Tx, actor: &Actor, rec: AuditRecord<'_
     .bind(rec.target_id)
     .bind(rec.before)
     .bind(rec.after)
-    .execute(tx.c())
+    .fetch_one(tx.c())
     .await
     .map_err(backend)?;
+    tx.attribute_changes(id);
     Ok(())
 }
 
@@ -1311,6 +1326,15 @@ impl Store for PostgresStore {
         if let Some(a) = &query.actor {
             qb.push(" AND actor_name = ").push_bind(a.clone());
         }
+        if let Some(ids) = &query.ids {
+            qb.push(" AND id IN (");
+            let mut list = qb.separated(", ");
+            list.push_bind(-1i64);
+            for id in ids {
+                list.push_bind(*id);
+            }
+            list.push_unseparated(")");
+        }
         if let Some(c) = &query.page.cursor {
             let key = cursor::decode(c, 1)?;
             let id: i64 = key[0].parse().map_err(|_| StoreError::InvalidCursor)?;
@@ -1338,7 +1362,7 @@ impl Store for PostgresStore {
 
     async fn changes_after(&self, after: i64, limit: u32) -> Result<Vec<Change>> {
         let rows = sqlx::query(
-            "SELECT seq, at, kind, user_id, role_id, app_id FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2",
+            "SELECT seq, at, kind, user_id, role_id, app_id, audit_id FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2",
         )
         .bind(after)
         .bind(i64::from(limit.clamp(1, 10_000)))
@@ -1356,6 +1380,7 @@ impl Store for PostgresStore {
                     user_id: get(r, "user_id")?,
                     role_id: get(r, "role_id")?,
                     app_id: get(r, "app_id")?,
+                    audit_id: get::<Option<i64>>(r, "audit_id")?.filter(|id| *id > 0),
                 })
             })
             .collect()

@@ -22,11 +22,11 @@ use crate::provisioning::*;
 
 pub(super) const OP_COLUMNS: &str =
     "seq, id, app_id, app_name, user_id, username, action, desired, state, status, reason, \
-    recommended_action, attempts, next_run_at, lease_owner, lease_expires_at, created_at, updated_at";
+    recommended_action, attempts, next_run_at, lease_owner, lease_expires_at, created_at, updated_at, cause";
 
 /// The account columns, with the user's username (empty when the user row is gone).
 const ACCOUNT_SELECT: &str = "SELECT a.app_id, a.user_id, COALESCE(u.username, '') AS username, a.remote_id, \
-    a.ownership, a.status, a.last_applied, a.last_event_id, a.updated_at \
+    a.ownership, a.status, a.last_applied, a.last_event_id, a.updated_at, a.departure, a.rejected \
     FROM accounts a LEFT JOIN users u ON u.id = a.user_id";
 
 /// The sort key of account listings.
@@ -83,6 +83,7 @@ pub(super) fn event_from_row(row: &PgRow) -> Result<Event> {
         attempts: get(row, "attempts")?,
         created_at: get(row, "created_at")?,
         updated_at: get(row, "updated_at")?,
+        cause: get::<Option<Value>>(row, "cause")?.and_then(|v| serde_json::from_value(v).ok()),
     })
 }
 
@@ -113,12 +114,17 @@ fn account_from_row(row: &PgRow) -> Result<Account> {
         last_applied: get(row, "last_applied")?,
         last_event_id: get(row, "last_event_id")?,
         updated_at: get(row, "updated_at")?,
+        departure: get(row, "departure")?,
+        rejected: get(row, "rejected")?,
     })
 }
 
 /// The state and event status of a new or replaced operation.
-fn initial_state(action: Action, needs_approval: bool) -> (OpState, EventStatus) {
-    if needs_approval {
+fn initial_state(action: Action, needs_approval: bool, held: bool) -> (OpState, EventStatus) {
+    if held {
+        // Held by the deprovisioning guard: waits, like a pending one, for an admin.
+        (OpState::AwaitingApproval, EventStatus::Held)
+    } else if needs_approval {
         (OpState::AwaitingApproval, EventStatus::Pending)
     } else {
         (OpState::Queued, action.working_status())
@@ -171,7 +177,9 @@ pub(super) async fn refresh_accounts(tx: &mut Tx, apps: &[Uuid], users: &[Uuid])
            ORDER BY CASE WHEN o.state IN ('queued', 'awaiting_approval', 'running') THEN 0 \
                 WHEN o.status IN ('cancelled', 'rejected') THEN 2 ELSE 1 END, o.seq DESC LIMIT 1) o \
          ON CONFLICT (app_id, user_id) DO UPDATE SET status = excluded.status, \
-         last_event_id = excluded.last_event_id, updated_at = excluded.updated_at",
+         last_event_id = excluded.last_event_id, updated_at = excluded.updated_at, \
+         rejected = CASE WHEN excluded.status IN ('pending', 'provisioning', 'modifying', 'deleting', 'held') \
+           THEN NULL ELSE accounts.rejected END",
     )
     .bind(apps)
     .bind(users)
@@ -190,15 +198,15 @@ async fn enqueue(
     app_id: Uuid,
     action: Action,
     desired: Option<&Value>,
-    needs_approval: bool,
+    start: Start<'_>,
     now: DateTime<Utc>,
 ) -> Result<Option<Uuid>> {
     let id = Uuid::now_v7();
-    let (state, status) = initial_state(action, needs_approval);
+    let (state, status) = initial_state(action, start.needs_approval, start.held);
     let row = sqlx::query(
         "INSERT INTO operations (id, app_id, app_name, user_id, username, username_key, action, desired, state, \
-         status, attempts, next_run_at, replan, created_at, updated_at) \
-         SELECT $1, a.id, a.name, u.id, u.username, u.username_key, $4, $5, $6, $7, 0, $8, false, $8, $8 \
+         status, attempts, next_run_at, replan, created_at, updated_at, cause) \
+         SELECT $1, a.id, a.name, u.id, u.username, u.username_key, $4, $5, $6, $7, 0, $8, false, $8, $8, $9 \
          FROM apps a, users u WHERE a.id = $2 AND u.id = $3 RETURNING seq",
     )
     .bind(id)
@@ -209,6 +217,7 @@ async fn enqueue(
     .bind(state.as_str())
     .bind(status.as_str())
     .bind(now)
+    .bind(cause_json(start.cause))
     .fetch_optional(tx.c())
     .await
     .map_err(backend)?;
@@ -223,8 +232,20 @@ async fn enqueue(
     Ok(Some(id))
 }
 
-/// A new operation of a plan: (user, app, action, desired, needs approval).
-type NewOp<'a> = (Uuid, Uuid, Action, Option<&'a Value>, bool);
+/// How a new or replaced operation starts.
+#[derive(Clone, Copy)]
+struct Start<'a> {
+    needs_approval: bool,
+    held: bool,
+    cause: Option<&'a directory::Cause>,
+}
+
+fn cause_json(cause: Option<&directory::Cause>) -> Option<Value> {
+    cause.and_then(|c| serde_json::to_value(c).ok())
+}
+
+/// A new operation of a plan: (user, app, action, desired, how it starts).
+type NewOp<'a> = (Uuid, Uuid, Action, Option<&'a Value>, Start<'a>);
 
 /// Queues many new operations (the plan's `Enqueue` items) in queue order, one statement per
 /// thousand; pairs whose app or user row is gone are skipped, as [`enqueue`] does.
@@ -232,9 +253,10 @@ async fn enqueue_many(tx: &mut Tx, ops: &[NewOp<'_>], now: DateTime<Utc>) -> Res
     for chunk in ops.chunks(ENQUEUE_CHUNK) {
         let mut ids = Vec::with_capacity(chunk.len());
         let (mut apps, mut users, mut actions, mut desired) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (mut states, mut statuses) = (Vec::new(), Vec::new());
-        for (user, app, action, d, needs_approval) in chunk {
-            let (state, status) = initial_state(*action, *needs_approval);
+        let (mut states, mut statuses, mut causes) = (Vec::new(), Vec::new(), Vec::new());
+        for (user, app, action, d, start) in chunk {
+            let (state, status) = initial_state(*action, start.needs_approval, start.held);
+            causes.push(cause_json(start.cause));
             ids.push(Uuid::now_v7());
             apps.push(*app);
             users.push(*user);
@@ -245,11 +267,11 @@ async fn enqueue_many(tx: &mut Tx, ops: &[NewOp<'_>], now: DateTime<Utc>) -> Res
         }
         let rows = sqlx::query(
             "INSERT INTO operations (id, app_id, app_name, user_id, username, username_key, action, desired, state, \
-             status, attempts, next_run_at, replan, created_at, updated_at) \
+             status, attempts, next_run_at, replan, created_at, updated_at, cause) \
              SELECT v.id, a.id, a.name, u.id, u.username, u.username_key, v.action, v.desired, v.state, v.status, \
-             0, $8, false, $8, $8 \
-             FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::jsonb[], $6::text[], $7::text[]) \
-               WITH ORDINALITY AS v(id, app_id, user_id, action, desired, state, status, ord) \
+             0, $8, false, $8, $8, v.cause \
+             FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::jsonb[], $6::text[], $7::text[], \
+               $9::jsonb[]) WITH ORDINALITY AS v(id, app_id, user_id, action, desired, state, status, cause, ord) \
              JOIN apps a ON a.id = v.app_id JOIN users u ON u.id = v.user_id ORDER BY v.ord \
              RETURNING app_id, user_id, state",
         )
@@ -261,6 +283,7 @@ async fn enqueue_many(tx: &mut Tx, ops: &[NewOp<'_>], now: DateTime<Utc>) -> Res
         .bind(&states)
         .bind(&statuses)
         .bind(now)
+        .bind(&causes)
         .fetch_all(tx.c())
         .await
         .map_err(backend)?;
@@ -279,13 +302,16 @@ async fn enqueue_many(tx: &mut Tx, ops: &[NewOp<'_>], now: DateTime<Utc>) -> Res
 
 async fn apply_item(tx: &mut Tx, item: &PlanItem, now: DateTime<Utc>) -> Result<()> {
     match item {
-        PlanItem::Enqueue { user_id, app_id, action, desired, needs_approval } => {
-            enqueue(tx, *user_id, *app_id, *action, desired.as_ref(), *needs_approval, now).await?;
+        PlanItem::Enqueue { user_id, app_id, action, desired, needs_approval, held, cause } => {
+            let start = Start { needs_approval: *needs_approval, held: *held, cause: cause.as_ref() };
+            enqueue(tx, *user_id, *app_id, *action, desired.as_ref(), start, now).await?;
         }
-        PlanItem::Replace { op, action, desired, needs_approval } => {
-            let (state, status) = initial_state(*action, *needs_approval);
+        PlanItem::Replace { op, action, desired, needs_approval, held, cause } => {
+            let start = Start { needs_approval: *needs_approval, held: *held, cause: cause.as_ref() };
+            let (state, status) = initial_state(*action, *needs_approval, *held);
             let replaced = sqlx::query(
                 "UPDATE operations SET action = $1, desired = $2, state = $3, status = $4, reason = NULL, \
+                 cause = COALESCE($7, cause), \
                  recommended_action = NULL, next_run_at = $5, updated_at = $5, \
                  app_name = COALESCE((SELECT name FROM apps WHERE apps.id = operations.app_id), app_name), \
                  username = COALESCE((SELECT username FROM users WHERE users.id = operations.user_id), username), \
@@ -299,6 +325,7 @@ async fn apply_item(tx: &mut Tx, item: &PlanItem, now: DateTime<Utc>) -> Result<
             .bind(status.as_str())
             .bind(now)
             .bind(op)
+            .bind(cause_json(cause.as_ref()))
             .fetch_optional(tx.c())
             .await
             .map_err(backend)?;
@@ -312,7 +339,7 @@ async fn apply_item(tx: &mut Tx, item: &PlanItem, now: DateTime<Utc>) -> Result<
                 // Claimed or finished meanwhile: what it will do (or did) is stale.
                 None => match op_pair(tx, *op).await? {
                     Some((app, user, _)) => {
-                        enqueue(tx, user, app, *action, desired.as_ref(), *needs_approval, now).await?;
+                        enqueue(tx, user, app, *action, desired.as_ref(), start, now).await?;
                     }
                     None => tracing::debug!(%op, "not replacing an operation that does not exist"),
                 },
@@ -349,8 +376,18 @@ async fn apply_item(tx: &mut Tx, item: &PlanItem, now: DateTime<Utc>) -> Result<
             );
         }
         PlanItem::Observe { account: AccountWrite::Keep, .. } => {}
+        PlanItem::Depart { user_id, app_id, departure } => {
+            sqlx::query("UPDATE accounts SET departure = $1 WHERE app_id = $2 AND user_id = $3")
+                .bind(departure.as_deref())
+                .bind(app_id)
+                .bind(user_id)
+                .execute(tx.c())
+                .await
+                .map_err(backend)?;
+        }
         PlanItem::Fail { user_id, app_id, action, reason } => {
-            if let Some(id) = enqueue(tx, *user_id, *app_id, *action, None, false, now).await? {
+            let start = Start { needs_approval: false, held: false, cause: None };
+            if let Some(id) = enqueue(tx, *user_id, *app_id, *action, None, start, now).await? {
                 sqlx::query(
                     "UPDATE operations SET state = 'done', status = 'failed', reason = $1, recommended_action = $2 \
                      WHERE id = $3",
@@ -444,6 +481,17 @@ impl PostgresStore {
             .map_err(backend)?;
         let after = op_from_row(&row)?.event;
         tx.refresh(after.app_id, after.user_id);
+        if after.status == EventStatus::Rejected {
+            // Rejections stick: the planner does not queue this again by itself.
+            let rejected = serde_json::json!({"action": after.action, "desired": before.desired});
+            sqlx::query("UPDATE accounts SET rejected = $1 WHERE app_id = $2 AND user_id = $3")
+                .bind(rejected)
+                .bind(after.app_id)
+                .bind(after.user_id)
+                .execute(tx.c())
+                .await
+                .map_err(backend)?;
+        }
         if state == OpState::Queued {
             tx.wake_operations();
         }
@@ -647,8 +695,9 @@ impl ProvisioningStore for PostgresStore {
         let mut new_ops: Vec<NewOp<'_>> = Vec::new();
         for item in &plan.items {
             match item {
-                PlanItem::Enqueue { user_id, app_id, action, desired, needs_approval } => {
-                    new_ops.push((*user_id, *app_id, *action, desired.as_ref(), *needs_approval));
+                PlanItem::Enqueue { user_id, app_id, action, desired, needs_approval, held, cause } => {
+                    let start = Start { needs_approval: *needs_approval, held: *held, cause: cause.as_ref() };
+                    new_ops.push((*user_id, *app_id, *action, desired.as_ref(), start));
                 }
                 _ => apply_item(&mut tx, item, now).await?,
             }
@@ -901,6 +950,9 @@ impl ProvisioningStore for PostgresStore {
         if let Some(s) = query.status {
             qb.push(" AND status = ").push_bind(s.as_str());
         }
+        if let Some(k) = &query.cause {
+            qb.push(" AND cause->>'kind' = ").push_bind(k.clone());
+        }
         if let Some(q) = query.q.as_deref().filter(|q| !q.is_empty()) {
             qb.push(" AND username_key LIKE ").push_bind(like_pattern(q)).push(" ESCAPE '\\'");
         }
@@ -918,6 +970,9 @@ impl ProvisioningStore for PostgresStore {
 
     async fn approve_operation(&self, id: Uuid, actor: &Actor) -> Result<Event> {
         self.admin_transition(id, actor, "event.approve", |op, _| match op.state {
+            OpState::AwaitingApproval if op.event.status == EventStatus::Held => {
+                Err(StoreError::InvalidState("event is held for review: allow it first".into()))
+            }
             OpState::AwaitingApproval => Ok((OpState::Queued, op.event.action.working_status(), None)),
             _ => Err(StoreError::InvalidState(format!("event is {}, not pending", op.event.status.as_str()))),
         })
@@ -944,6 +999,102 @@ impl ProvisioningStore for PostgresStore {
             (_, status) => Err(StoreError::InvalidState(format!("event is {}, not failed", status.as_str()))),
         })
         .await
+    }
+
+    async fn allow_held_operation(&self, id: Uuid, needs_approval: bool, actor: &Actor) -> Result<Event> {
+        self.admin_transition(id, actor, "event.allow", |op, _| match (op.state, op.event.status) {
+            (OpState::AwaitingApproval, EventStatus::Held) if needs_approval => {
+                Ok((OpState::AwaitingApproval, EventStatus::Pending, None))
+            }
+            (OpState::AwaitingApproval, EventStatus::Held) => {
+                Ok((OpState::Queued, op.event.action.working_status(), None))
+            }
+            (_, status) => Err(StoreError::InvalidState(format!("event {id} is {}, not held", status.as_str()))),
+        })
+        .await
+    }
+
+    async fn requeue_operation(&self, id: Uuid, actor: &Actor) -> Result<Event> {
+        let mut tx = self.begin().await?;
+        let Some(op) = op_in(&mut tx, id).await? else {
+            tx.rollback().await?;
+            return Err(StoreError::NotFound);
+        };
+        if op.event.status != EventStatus::Rejected {
+            tx.rollback().await?;
+            return Err(StoreError::InvalidState(format!("event {id} is {}, not rejected", op.event.status.as_str())));
+        }
+        sqlx::query("UPDATE accounts SET rejected = NULL WHERE app_id = $1 AND user_id = $2")
+            .bind(op.event.app_id)
+            .bind(op.event.user_id)
+            .execute(tx.c())
+            .await
+            .map_err(backend)?;
+        tx.change(NewChange::account(op.event.user_id, op.event.app_id));
+        record_audit(
+            &mut tx,
+            actor,
+            AuditRecord {
+                action: "event.requeue",
+                target_type: "event",
+                target_id: id.to_string(),
+                before: to_value(&op.event),
+                after: None,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(op.event)
+    }
+
+    async fn count_recent_deprovisions(&self, app: Uuid, since: DateTime<Utc>) -> Result<i64> {
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM operations WHERE app_id = $1 AND action IN ('suspend', 'delete') \
+             AND created_at >= $2 AND status NOT IN ('held', 'rejected', 'cancelled')",
+        )
+        .bind(app)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)
+    }
+
+    async fn count_managed_accounts(&self, app: Uuid) -> Result<i64> {
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM accounts WHERE app_id = $1 AND remote_id IS NOT NULL \
+             AND ownership IN ('created', 'linked')",
+        )
+        .bind(app)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)
+    }
+
+    async fn apply_settings_to_existing(&self, app: Uuid, actor: &Actor) -> Result<u64> {
+        let mut tx = self.begin().await?;
+        let current = Self::app_in(&mut tx, app).await?;
+        let done = sqlx::query("UPDATE accounts SET departure = NULL WHERE app_id = $1 AND departure IS NOT NULL")
+            .bind(app)
+            .execute(tx.c())
+            .await
+            .map_err(backend)?;
+        tx.change(NewChange::app(app));
+        let p = &current.provisioning;
+        record_audit(
+            &mut tx,
+            actor,
+            AuditRecord {
+                action: "app.apply_to_existing",
+                target_type: "app",
+                target_id: app.to_string(),
+                before: None,
+                after: Some(serde_json::json!({"on_suspend": p.on_suspend, "on_delete": p.on_delete,
+                    "accounts": done.rows_affected()})),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
     }
 
     async fn get_account(&self, app: Uuid, user: Uuid) -> Result<Option<Account>> {

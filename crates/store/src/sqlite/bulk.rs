@@ -61,13 +61,15 @@ impl BulkStore for SqliteStore {
                 changes.push(NewChange::user(u.id));
                 changes.extend(roles.iter().map(|r| NewChange::membership(*r, u.id)));
             }
-            let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO changes (at, kind, user_id, role_id, app_id) ");
+            let mut qb =
+                QueryBuilder::<Sqlite>::new("INSERT INTO changes (at, kind, user_id, role_id, app_id, audit_id) ");
             qb.push_values(&changes, |mut b, c| {
                 b.push_bind(now.clone())
                     .push_bind(c.kind.as_str())
                     .push_bind(c.user_id.map(|u| u.to_string()))
                     .push_bind(c.role_id.map(|u| u.to_string()))
-                    .push_bind(c.app_id.map(|u| u.to_string()));
+                    .push_bind(c.app_id.map(|u| u.to_string()))
+                    .push_bind(0i64);
             });
             qb.build().execute(&mut *tx).await.map_err(backend)?;
 

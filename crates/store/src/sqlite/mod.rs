@@ -213,8 +213,13 @@ fn app_from_row(row: &SqliteRow) -> Result<App> {
 type Tx<'a> = Transaction<'a, Sqlite>;
 
 async fn record_change(tx: &mut Tx<'_>, change: NewChange) -> Result<()> {
-    sqlx::query("INSERT INTO changes (at, kind, user_id, role_id, app_id) VALUES (?, ?, ?, ?, ?)")
-        .bind(ts(&directory::now()))
+    // Attributed to the write's audit entry when it is recorded (see `record_audit`); an
+    // account change has none.
+    sqlx::query(
+        "INSERT INTO changes (at, kind, user_id, role_id, app_id, audit_id) \
+         VALUES (?, ?, ?, ?, ?, CASE WHEN ?2 = 'account' THEN 0 END)",
+    )
+    .bind(ts(&directory::now()))
         .bind(change.kind.as_str())
         .bind(change.user_id.map(|u| u.to_string()))
         .bind(change.role_id.map(|u| u.to_string()))
@@ -233,10 +238,11 @@ struct AuditRecord<'a> {
     after: Option<Value>,
 }
 
+/// Records an audit entry; the changes this transaction recorded before it are attributed to it.
 async fn record_audit(tx: &mut Tx<'_>, actor: &Actor, rec: AuditRecord<'_>) -> Result<()> {
-    sqlx::query(
+    let row = sqlx::query(
         "INSERT INTO audit_log (at, actor_kind, actor_name, action, target_type, target_id, before, after) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
     )
     .bind(ts(&directory::now()))
     .bind(&actor.kind)
@@ -246,9 +252,19 @@ async fn record_audit(tx: &mut Tx<'_>, actor: &Actor, rec: AuditRecord<'_>) -> R
     .bind(rec.target_id)
     .bind(rec.before.map(|v| v.to_string()))
     .bind(rec.after.map(|v| v.to_string()))
-    .execute(&mut **tx)
+    .fetch_one(&mut **tx)
     .await
     .map_err(backend)?;
+    attribute_changes(tx, get::<i64>(&row, "id")?).await
+}
+
+/// Attributes the changes of this transaction not yet attributed to the audit entry `id`.
+pub(crate) async fn attribute_changes(tx: &mut Tx<'_>, id: i64) -> Result<()> {
+    sqlx::query("UPDATE changes SET audit_id = ? WHERE audit_id IS NULL")
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
     Ok(())
 }
 
@@ -981,6 +997,15 @@ impl Store for SqliteStore {
         if let Some(a) = &query.actor {
             qb.push(" AND actor_name = ").push_bind(a.clone());
         }
+        if let Some(ids) = &query.ids {
+            qb.push(" AND id IN (");
+            let mut list = qb.separated(", ");
+            list.push_bind(-1i64);
+            for id in ids {
+                list.push_bind(*id);
+            }
+            list.push_unseparated(")");
+        }
         if let Some(c) = &query.page.cursor {
             let key = cursor::decode(c, 1)?;
             let id: i64 = key[0].parse().map_err(|_| StoreError::InvalidCursor)?;
@@ -1009,7 +1034,7 @@ impl Store for SqliteStore {
 
     async fn changes_after(&self, after: i64, limit: u32) -> Result<Vec<Change>> {
         let rows = sqlx::query(
-            "SELECT seq, at, kind, user_id, role_id, app_id FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, at, kind, user_id, role_id, app_id, audit_id FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
         )
         .bind(after)
         .bind(i64::from(limit.clamp(1, 10_000)))
@@ -1027,6 +1052,7 @@ impl Store for SqliteStore {
                     user_id: get_opt_uuid(r, "user_id")?,
                     role_id: get_opt_uuid(r, "role_id")?,
                     app_id: get_opt_uuid(r, "app_id")?,
+                    audit_id: get::<Option<i64>>(r, "audit_id")?.filter(|id| *id > 0),
                 })
             })
             .collect()

@@ -16,11 +16,11 @@ use crate::provisioning::*;
 
 pub(super) const OP_COLUMNS: &str =
     "seq, id, app_id, app_name, user_id, username, action, desired, state, status, reason, \
-    recommended_action, attempts, next_run_at, lease_owner, lease_expires_at, created_at, updated_at";
+    recommended_action, attempts, next_run_at, lease_owner, lease_expires_at, created_at, updated_at, cause";
 
 /// The account columns, with the user's username (empty when the user row is gone).
 const ACCOUNT_SELECT: &str = "SELECT a.app_id, a.user_id, COALESCE(u.username, '') AS username, a.remote_id, \
-    a.ownership, a.status, a.last_applied, a.last_event_id, a.updated_at \
+    a.ownership, a.status, a.last_applied, a.last_event_id, a.updated_at, a.departure, a.rejected \
     FROM accounts a LEFT JOIN users u ON u.id = a.user_id";
 
 /// The sort key of account listings.
@@ -74,6 +74,7 @@ pub(super) fn event_from_row(row: &SqliteRow) -> Result<Event> {
         attempts: get(row, "attempts")?,
         created_at: get_ts(row, "created_at")?,
         updated_at: get_ts(row, "updated_at")?,
+        cause: parse_opt_json(get(row, "cause")?, "cause")?.and_then(|v| serde_json::from_value(v).ok()),
     })
 }
 
@@ -104,6 +105,8 @@ fn account_from_row(row: &SqliteRow) -> Result<Account> {
         last_applied: parse_opt_json(get(row, "last_applied")?, "last_applied")?,
         last_event_id: get_opt_uuid(row, "last_event_id")?,
         updated_at: get_ts(row, "updated_at")?,
+        departure: get(row, "departure")?,
+        rejected: parse_opt_json(get(row, "rejected")?, "rejected")?,
     })
 }
 
@@ -112,8 +115,11 @@ fn opt_json(v: Option<&Value>) -> Option<String> {
 }
 
 /// The state and event status of a new or replaced operation.
-fn initial_state(action: Action, needs_approval: bool) -> (OpState, EventStatus) {
-    if needs_approval {
+fn initial_state(action: Action, needs_approval: bool, held: bool) -> (OpState, EventStatus) {
+    if held {
+        // Held by the deprovisioning guard: waits, like a pending one, for an admin.
+        (OpState::AwaitingApproval, EventStatus::Held)
+    } else if needs_approval {
         (OpState::AwaitingApproval, EventStatus::Pending)
     } else {
         (OpState::Queued, action.working_status())
@@ -201,7 +207,9 @@ pub(super) async fn refresh_pairs(tx: &mut Tx<'_>, pairs: &[(Uuid, Uuid)], now: 
                CASE WHEN q.state IN ('queued', 'awaiting_approval', 'running') THEN 0 \
                     WHEN q.status IN ('cancelled', 'rejected') THEN 2 ELSE 1 END, q.seq DESC LIMIT 1) \
              WHERE true ON CONFLICT (app_id, user_id) DO UPDATE SET status = excluded.status, \
-             last_event_id = excluded.last_event_id, updated_at = excluded.updated_at",
+             last_event_id = excluded.last_event_id, updated_at = excluded.updated_at, \
+             rejected = CASE WHEN excluded.status IN ('pending', 'provisioning', 'modifying', 'deleting', 'held') \
+               THEN NULL ELSE accounts.rejected END",
         );
         qb.build().execute(&mut **tx).await.map_err(backend)?;
     }
@@ -217,16 +225,16 @@ async fn enqueue(
     app_id: Uuid,
     action: Action,
     desired: Option<&Value>,
-    needs_approval: bool,
+    start: Start<'_>,
     now: &str,
     refresh: &mut Vec<(Uuid, Uuid)>,
 ) -> Result<Option<Uuid>> {
     let id = Uuid::now_v7();
-    let (state, status) = initial_state(action, needs_approval);
+    let (state, status) = initial_state(action, start.needs_approval, start.held);
     let done = sqlx::query(
         "INSERT INTO operations (id, app_id, app_name, user_id, username, username_key, action, desired, state, \
-         status, attempts, next_run_at, replan, created_at, updated_at) \
-         SELECT ?1, a.id, a.name, u.id, u.username, u.username_key, ?2, ?3, ?4, ?5, 0, ?6, 0, ?6, ?6 \
+         status, attempts, next_run_at, replan, created_at, updated_at, cause) \
+         SELECT ?1, a.id, a.name, u.id, u.username, u.username_key, ?2, ?3, ?4, ?5, 0, ?6, 0, ?6, ?6, ?9 \
          FROM apps a, users u WHERE a.id = ?7 AND u.id = ?8",
     )
     .bind(id.to_string())
@@ -237,6 +245,7 @@ async fn enqueue(
     .bind(now)
     .bind(app_id.to_string())
     .bind(user_id.to_string())
+    .bind(cause_json(start.cause))
     .execute(&mut **tx)
     .await
     .map_err(backend)?;
@@ -248,8 +257,20 @@ async fn enqueue(
     Ok(Some(id))
 }
 
-/// A new operation of a plan: (user, app, action, desired, needs approval).
-type NewOp<'a> = (Uuid, Uuid, Action, Option<&'a Value>, bool);
+/// How a new or replaced operation starts.
+#[derive(Clone, Copy)]
+struct Start<'a> {
+    needs_approval: bool,
+    held: bool,
+    cause: Option<&'a directory::Cause>,
+}
+
+fn cause_json(cause: Option<&directory::Cause>) -> Option<String> {
+    cause.and_then(|c| serde_json::to_string(c).ok())
+}
+
+/// A new operation of a plan: (user, app, action, desired, how it starts).
+type NewOp<'a> = (Uuid, Uuid, Action, Option<&'a Value>, Start<'a>);
 
 /// Queues many new operations (the plan's `Enqueue` items), in queue order, with a few
 /// statements per hundred; pairs whose app or user row is gone are skipped, as [`enqueue`]
@@ -257,10 +278,10 @@ type NewOp<'a> = (Uuid, Uuid, Action, Option<&'a Value>, bool);
 async fn enqueue_many(tx: &mut Tx<'_>, ops: &[NewOp<'_>], now: &str, refresh: &mut Vec<(Uuid, Uuid)>) -> Result<()> {
     for chunk in ops.chunks(ENQUEUE_CHUNK) {
         let mut qb: QueryBuilder<Sqlite> =
-            QueryBuilder::new("WITH v(ord, id, app_id, user_id, action, desired, state, status) AS (VALUES ");
+            QueryBuilder::new("WITH v(ord, id, app_id, user_id, action, desired, state, status, cause) AS (VALUES ");
         let mut list = qb.separated(", ");
-        for (i, (user, app, action, desired, needs_approval)) in chunk.iter().enumerate() {
-            let (state, status) = initial_state(*action, *needs_approval);
+        for (i, (user, app, action, desired, start)) in chunk.iter().enumerate() {
+            let (state, status) = initial_state(*action, start.needs_approval, start.held);
             list.push("(");
             list.push_bind_unseparated(i as i64);
             for v in [Uuid::now_v7().to_string(), app.to_string(), user.to_string()] {
@@ -275,15 +296,17 @@ async fn enqueue_many(tx: &mut Tx<'_>, ops: &[NewOp<'_>], now: &str, refresh: &m
             list.push_bind_unseparated(state.as_str());
             list.push_unseparated(", ");
             list.push_bind_unseparated(status.as_str());
+            list.push_unseparated(", ");
+            list.push_bind_unseparated(cause_json(start.cause));
             list.push_unseparated(")");
         }
         qb.push(
             ") INSERT INTO operations (id, app_id, app_name, user_id, username, username_key, action, desired, \
-             state, status, attempts, next_run_at, replan, created_at, updated_at) \
+             state, status, attempts, next_run_at, replan, created_at, updated_at, cause) \
              SELECT v.id, a.id, a.name, u.id, u.username, u.username_key, v.action, v.desired, v.state, v.status, \
              0, ",
         );
-        qb.push_bind(now).push(", 0, ").push_bind(now).push(", ").push_bind(now);
+        qb.push_bind(now).push(", 0, ").push_bind(now).push(", ").push_bind(now).push(", v.cause");
         qb.push(
             " FROM v JOIN apps a ON a.id = v.app_id JOIN users u ON u.id = v.user_id ORDER BY v.ord \
              RETURNING app_id, user_id",
@@ -302,13 +325,16 @@ async fn enqueue_many(tx: &mut Tx<'_>, ops: &[NewOp<'_>], now: &str, refresh: &m
 /// Writes one plan item; the account records of the pairs it touched are to be refreshed.
 async fn apply_item(tx: &mut Tx<'_>, item: &PlanItem, now: &str, refresh: &mut Vec<(Uuid, Uuid)>) -> Result<()> {
     match item {
-        PlanItem::Enqueue { user_id, app_id, action, desired, needs_approval } => {
-            enqueue(tx, *user_id, *app_id, *action, desired.as_ref(), *needs_approval, now, refresh).await?;
+        PlanItem::Enqueue { user_id, app_id, action, desired, needs_approval, held, cause } => {
+            let start = Start { needs_approval: *needs_approval, held: *held, cause: cause.as_ref() };
+            enqueue(tx, *user_id, *app_id, *action, desired.as_ref(), start, now, refresh).await?;
         }
-        PlanItem::Replace { op, action, desired, needs_approval } => {
-            let (state, status) = initial_state(*action, *needs_approval);
+        PlanItem::Replace { op, action, desired, needs_approval, held, cause } => {
+            let start = Start { needs_approval: *needs_approval, held: *held, cause: cause.as_ref() };
+            let (state, status) = initial_state(*action, *needs_approval, *held);
             let replaced = sqlx::query(
                 "UPDATE operations SET action = ?, desired = ?, state = ?, status = ?, reason = NULL, \
+                 cause = COALESCE(?, cause), \
                  recommended_action = NULL, next_run_at = ?, updated_at = ?, \
                  app_name = COALESCE((SELECT name FROM apps WHERE apps.id = operations.app_id), app_name), \
                  username = COALESCE((SELECT username FROM users WHERE users.id = operations.user_id), username), \
@@ -320,6 +346,7 @@ async fn apply_item(tx: &mut Tx<'_>, item: &PlanItem, now: &str, refresh: &mut V
             .bind(opt_json(desired.as_ref()))
             .bind(state.as_str())
             .bind(status.as_str())
+            .bind(cause_json(cause.as_ref()))
             .bind(now)
             .bind(now)
             .bind(op.to_string())
@@ -331,7 +358,7 @@ async fn apply_item(tx: &mut Tx<'_>, item: &PlanItem, now: &str, refresh: &mut V
                 // Claimed or finished meanwhile: what it will do (or did) is stale.
                 None => match op_pair(tx, *op).await? {
                     Some((app, user, _)) => {
-                        enqueue(tx, user, app, *action, desired.as_ref(), *needs_approval, now, refresh).await?;
+                        enqueue(tx, user, app, *action, desired.as_ref(), start, now, refresh).await?;
                     }
                     None => tracing::debug!(%op, "not replacing an operation that does not exist"),
                 },
@@ -372,8 +399,18 @@ async fn apply_item(tx: &mut Tx<'_>, item: &PlanItem, now: &str, refresh: &mut V
             .map_err(backend)?;
         }
         PlanItem::Observe { account: AccountWrite::Keep, .. } => {}
+        PlanItem::Depart { user_id, app_id, departure } => {
+            sqlx::query("UPDATE accounts SET departure = ? WHERE app_id = ? AND user_id = ?")
+                .bind(departure.as_deref())
+                .bind(app_id.to_string())
+                .bind(user_id.to_string())
+                .execute(&mut **tx)
+                .await
+                .map_err(backend)?;
+        }
         PlanItem::Fail { user_id, app_id, action, reason } => {
-            if let Some(id) = enqueue(tx, *user_id, *app_id, *action, None, false, now, refresh).await? {
+            let start = Start { needs_approval: false, held: false, cause: None };
+            if let Some(id) = enqueue(tx, *user_id, *app_id, *action, None, start, now, refresh).await? {
                 sqlx::query(
                     "UPDATE operations SET state = 'done', status = 'failed', reason = ?, recommended_action = ? \
                      WHERE id = ?",
@@ -463,6 +500,17 @@ impl SqliteStore {
             .map_err(backend)?;
         let after = op_from_row(&row)?.event;
         refresh_account(&mut tx, after.app_id, after.user_id, &now).await?;
+        if after.status == EventStatus::Rejected {
+            // Rejections stick: the planner does not queue this again by itself.
+            let rejected = serde_json::json!({"action": after.action, "desired": before.desired});
+            sqlx::query("UPDATE accounts SET rejected = ? WHERE app_id = ? AND user_id = ?")
+                .bind(rejected.to_string())
+                .bind(after.app_id.to_string())
+                .bind(after.user_id.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
         record_audit(
             &mut tx,
             actor,
@@ -667,8 +715,9 @@ impl ProvisioningStore for SqliteStore {
         let mut new_ops: Vec<NewOp<'_>> = Vec::new();
         for item in &plan.items {
             match item {
-                PlanItem::Enqueue { user_id, app_id, action, desired, needs_approval } => {
-                    new_ops.push((*user_id, *app_id, *action, desired.as_ref(), *needs_approval));
+                PlanItem::Enqueue { user_id, app_id, action, desired, needs_approval, held, cause } => {
+                    let start = Start { needs_approval: *needs_approval, held: *held, cause: cause.as_ref() };
+                    new_ops.push((*user_id, *app_id, *action, desired.as_ref(), start));
                 }
                 _ => apply_item(&mut tx, item, &now, &mut refresh).await?,
             }
@@ -902,6 +951,9 @@ impl ProvisioningStore for SqliteStore {
         if let Some(s) = query.status {
             qb.push(" AND status = ").push_bind(s.as_str());
         }
+        if let Some(k) = &query.cause {
+            qb.push(" AND json_extract(cause, '$.kind') = ").push_bind(k.clone());
+        }
         if let Some(q) = query.q.as_deref().filter(|q| !q.is_empty()) {
             qb.push(" AND username_key LIKE ").push_bind(like_pattern(q)).push(" ESCAPE '\\'");
         }
@@ -919,6 +971,9 @@ impl ProvisioningStore for SqliteStore {
 
     async fn approve_operation(&self, id: Uuid, actor: &Actor) -> Result<Event> {
         self.admin_transition(id, actor, "event.approve", |op, _| match op.state {
+            OpState::AwaitingApproval if op.event.status == EventStatus::Held => {
+                Err(StoreError::InvalidState("event is held for review: allow it first".into()))
+            }
             OpState::AwaitingApproval => Ok((OpState::Queued, op.event.action.working_status(), None)),
             _ => Err(StoreError::InvalidState(format!("event is {}, not pending", op.event.status.as_str()))),
         })
@@ -945,6 +1000,101 @@ impl ProvisioningStore for SqliteStore {
             (_, status) => Err(StoreError::InvalidState(format!("event is {}, not failed", status.as_str()))),
         })
         .await
+    }
+
+    async fn allow_held_operation(&self, id: Uuid, needs_approval: bool, actor: &Actor) -> Result<Event> {
+        self.admin_transition(id, actor, "event.allow", |op, _| match (op.state, op.event.status) {
+            (OpState::AwaitingApproval, EventStatus::Held) if needs_approval => {
+                Ok((OpState::AwaitingApproval, EventStatus::Pending, None))
+            }
+            (OpState::AwaitingApproval, EventStatus::Held) => {
+                Ok((OpState::Queued, op.event.action.working_status(), None))
+            }
+            (_, status) => Err(StoreError::InvalidState(format!("event {id} is {}, not held", status.as_str()))),
+        })
+        .await
+    }
+
+    async fn requeue_operation(&self, id: Uuid, actor: &Actor) -> Result<Event> {
+        let mut tx = self.begin().await?;
+        let op = op_in(&mut tx, id).await?.ok_or(StoreError::NotFound)?;
+        if op.event.status != EventStatus::Rejected {
+            return Err(StoreError::InvalidState(format!("event {id} is {}, not rejected", op.event.status.as_str())));
+        }
+        sqlx::query("UPDATE accounts SET rejected = NULL WHERE app_id = ? AND user_id = ?")
+            .bind(op.event.app_id.to_string())
+            .bind(op.event.user_id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        record_change(&mut tx, NewChange::account(op.event.user_id, op.event.app_id)).await?;
+        record_audit(
+            &mut tx,
+            actor,
+            AuditRecord {
+                action: "event.requeue",
+                target_type: "event",
+                target_id: id.to_string(),
+                before: to_value(&op.event),
+                after: None,
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(op.event)
+    }
+
+    async fn count_recent_deprovisions(&self, app: Uuid, since: DateTime<Utc>) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM operations INDEXED BY operations_deprovisions WHERE app_id = ? \
+             AND action IN ('suspend', 'delete') AND created_at >= ? \
+             AND status NOT IN ('held', 'rejected', 'cancelled')",
+        )
+        .bind(app.to_string())
+        .bind(ts(&since))
+        .fetch_one(&self.writer)
+        .await
+        .map_err(backend)?;
+        get(&row, "n")
+    }
+
+    async fn count_managed_accounts(&self, app: Uuid) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM accounts WHERE app_id = ? AND remote_id IS NOT NULL \
+             AND ownership IN ('created', 'linked')",
+        )
+        .bind(app.to_string())
+        .fetch_one(&self.reader)
+        .await
+        .map_err(backend)?;
+        get(&row, "n")
+    }
+
+    async fn apply_settings_to_existing(&self, app: Uuid, actor: &Actor) -> Result<u64> {
+        let mut tx = self.begin().await?;
+        let current = Self::app_in(&mut tx, app).await?;
+        let done = sqlx::query("UPDATE accounts SET departure = NULL WHERE app_id = ? AND departure IS NOT NULL")
+            .bind(app.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        record_change(&mut tx, NewChange::app(app)).await?;
+        let p = &current.provisioning;
+        record_audit(
+            &mut tx,
+            actor,
+            AuditRecord {
+                action: "app.apply_to_existing",
+                target_type: "app",
+                target_id: app.to_string(),
+                before: None,
+                after: Some(serde_json::json!({"on_suspend": p.on_suspend, "on_delete": p.on_delete,
+                    "accounts": done.rows_affected()})),
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(done.rows_affected())
     }
 
     async fn get_account(&self, app: Uuid, user: Uuid) -> Result<Option<Account>> {

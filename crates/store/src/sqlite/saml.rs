@@ -110,6 +110,8 @@ impl SamlStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
+        record_change(&mut tx, NewChange { kind: ChangeKind::App, user_id: None, role_id: None, app_id: Some(app) })
+            .await?;
         record_audit(
             &mut tx,
             actor,
@@ -122,8 +124,6 @@ impl SamlStore for SqliteStore {
             },
         )
         .await?;
-        record_change(&mut tx, NewChange { kind: ChangeKind::App, user_id: None, role_id: None, app_id: Some(app) })
-            .await?;
         tx.commit().await.map_err(backend)?;
         Ok(record)
     }
