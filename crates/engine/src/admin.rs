@@ -13,8 +13,8 @@ use serde_json::Value;
 use store::PageRequest as StorePage;
 use uuid::Uuid;
 
+use crate::dry_run::WhatIf;
 use crate::mapping::{app_view, evaluate, groups_of};
-use crate::plan::{decide, intent, Intent};
 use crate::runner::{Engine, EngineError};
 
 /// What a change of parameters and rules would do.
@@ -24,6 +24,10 @@ pub struct PlanPreview {
     pub update: u64,
     /// Accounts that would be suspended or deleted.
     pub deprovision: u64,
+    pub suspend: u64,
+    pub delete: u64,
+    /// Suspensions and deletions the deprovisioning guard would hold.
+    pub held: u64,
     pub group_add: u64,
     pub group_remove: u64,
     /// Users whose account could not be computed (e.g. a required value is empty).
@@ -54,7 +58,6 @@ pub struct Explanation {
     pub groups: Vec<String>,
 }
 
-const SAMPLE: usize = 20;
 /// A refresh that has not finished after this long is considered dead and may be restarted.
 const REFRESH_STALE: Duration = Duration::from_secs(3600);
 
@@ -116,13 +119,15 @@ impl Engine {
         Ok(true)
     }
 
-    /// What saving `parameters` and/or `rules` (the current ones where `None`) would do to
-    /// the accounts of every user the app concerns. Nothing is written.
+    /// What saving `parameters`, `rules` and/or `provisioning` (the current ones where `None`)
+    /// would do to the accounts of every user the app concerns: a dry run ([`Engine::dry_run`]).
+    /// Nothing is written.
     pub async fn preview(
         &self,
         app_id: Uuid,
         parameters: Option<Vec<Parameter>>,
         rules: Option<Vec<Rule>>,
+        provisioning: Option<directory::ProvisioningSettings>,
     ) -> Result<PlanPreview, EngineError> {
         let store = self.store();
         let mut app = store.get_app(app_id).await?.ok_or(EngineError::NotFound("app"))?;
@@ -132,50 +137,34 @@ impl Engine {
         if let Some(r) = rules {
             app.rules = r;
         }
-        let mut preview = PlanPreview::default();
-        let pairs: Vec<(Uuid, Uuid)> = store.users_of_app(app_id).await?.into_iter().map(|u| (u, app_id)).collect();
-        for chunk in pairs.chunks(500) {
-            for s in store.load_pairs(chunk).await? {
-                let want = intent(s.user.as_deref(), &s.roles, &app, s.granted);
-                let username = s.user.as_ref().map_or_else(String::new, |u| u.username.clone());
-                let before = s.account.as_ref().and_then(|a| a.last_applied.clone());
-                if let Intent::Invalid(reason) = &want {
-                    preview.invalid += 1;
-                    if preview.sample.len() < SAMPLE {
-                        preview.sample.push(PreviewSample {
-                            user_id: s.user_id,
-                            username,
-                            action: None,
-                            before: before.as_ref().map(app_view),
-                            after: None,
-                            reason: Some(reason.clone()),
-                        });
-                    }
-                    continue;
-                }
-                let Some((action, desired)) = decide(&want, s.account.as_ref()) else { continue };
-                match action {
-                    Action::Create => preview.create += 1,
-                    Action::Update => preview.update += 1,
-                    Action::Suspend | Action::Delete => preview.deprovision += 1,
-                }
-                let had = before.as_ref().map(groups_of).unwrap_or_default();
-                let will = desired.as_ref().map(groups_of).unwrap_or_default();
-                preview.group_add += will.difference(&had).count() as u64;
-                preview.group_remove += had.difference(&will).count() as u64;
-                if preview.sample.len() < SAMPLE {
-                    preview.sample.push(PreviewSample {
-                        user_id: s.user_id,
-                        username,
-                        action: Some(action),
-                        before,
-                        after: desired,
-                        reason: None,
-                    });
-                }
-            }
+        if let Some(p) = provisioning {
+            app.provisioning = p;
         }
-        Ok(preview)
+        let run = self.dry_run(WhatIf::App { app: Box::new(app), apply_to_existing: false }).await?;
+        let e = run.effects.into_iter().find(|e| e.app_id == app_id).unwrap_or_default();
+        Ok(PlanPreview {
+            create: e.create,
+            update: e.update,
+            deprovision: e.suspend + e.delete,
+            suspend: e.suspend,
+            delete: e.delete,
+            held: e.held,
+            group_add: e.group_add,
+            group_remove: e.group_remove,
+            invalid: e.invalid,
+            sample: e
+                .sample
+                .into_iter()
+                .map(|s| PreviewSample {
+                    user_id: s.user_id,
+                    username: s.username,
+                    action: s.action,
+                    before: s.before,
+                    after: s.after,
+                    reason: s.reason,
+                })
+                .collect(),
+        })
     }
 
     /// The account `user` should have in `app`, and which parameter or rule produced each value.

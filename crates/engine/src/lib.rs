@@ -10,6 +10,8 @@
 
 pub mod admin;
 pub mod desired;
+pub mod dry_run;
+pub mod guard;
 pub mod mapping;
 pub mod plan;
 pub mod reconcile;

@@ -40,28 +40,74 @@ fn deprovision(action: DeprovisionAction, user: Option<&User>, roles: &[RoleRef]
 /// What `app` should have for `user` (`None`: no such user), given the user's roles and
 /// whether one of them grants the app.
 pub fn intent(user: Option<&User>, roles: &[RoleRef], app: &App, granted: bool) -> Intent {
+    intent_recorded(user, roles, app, granted, None).0
+}
+
+/// How a user left: `suspended` (suspended here) or `left` (deleted, lost the app, or scoped
+/// out by a rule).
+const SUSPENDED: &str = "suspended";
+const LEFT: &str = "left";
+
+fn parse_action(s: &str) -> Option<DeprovisionAction> {
+    match s {
+        "delete" => Some(DeprovisionAction::Delete),
+        "suspend" => Some(DeprovisionAction::Suspend),
+        "none" => Some(DeprovisionAction::None),
+        _ => None,
+    }
+}
+
+fn action_str(a: DeprovisionAction) -> &'static str {
+    match a {
+        DeprovisionAction::Delete => "delete",
+        DeprovisionAction::Suspend => "suspend",
+        DeprovisionAction::None => "none",
+    }
+}
+
+/// [`intent`] with settings applied forward: `recorded` is how the user left and what the
+/// settings said then (`left:none`...). A user who left the same way keeps what was decided
+/// then; one who leaves now (or another way) gets today's setting. Answers the departure to
+/// record (`None`: the user has not left; the recorded one when provisioning is off).
+pub fn intent_recorded(
+    user: Option<&User>,
+    roles: &[RoleRef],
+    app: &App,
+    granted: bool,
+    recorded: Option<&str>,
+) -> (Intent, Option<String>) {
     let settings = &app.provisioning;
     if !settings.enabled {
-        return Intent::Leave;
+        return (Intent::Leave, recorded.map(str::to_owned));
     }
+    let leave = |kind: &str, current: DeprovisionAction, u: Option<&User>| {
+        let action = recorded
+            .and_then(|r| r.strip_prefix(kind).and_then(|rest| rest.strip_prefix(':')))
+            .and_then(parse_action)
+            .unwrap_or(current);
+        (deprovision(action, u, roles, app), Some(format!("{kind}:{}", action_str(action))))
+    };
     match user {
-        None => deprovision(settings.on_delete, None, roles, app),
-        Some(u) if u.status == UserStatus::Deleted || !granted => deprovision(settings.on_delete, Some(u), roles, app),
-        Some(u) if u.status == UserStatus::Suspended => deprovision(settings.on_suspend, Some(u), roles, app),
+        None => leave(LEFT, settings.on_delete, None),
+        Some(u) if u.status == UserStatus::Deleted || !granted => leave(LEFT, settings.on_delete, Some(u)),
+        Some(u) if u.status == UserStatus::Suspended => leave(SUSPENDED, settings.on_suspend, Some(u)),
         Some(u) => {
             let e = evaluate_for_plan(u, roles, app, true);
             if !e.in_scope {
                 // Scoped out by a rule: as if the user had lost the app.
-                return deprovision(settings.on_delete, Some(u), roles, app);
+                return leave(LEFT, settings.on_delete, Some(u));
             }
             if !e.missing_required.is_empty() {
-                return Intent::Invalid(format!(
-                    "Required values are empty for {}: {}; nothing was sent to the app.",
-                    app.name,
-                    e.missing_required.join(", ")
-                ));
+                return (
+                    Intent::Invalid(format!(
+                        "Required values are empty for {}: {}; nothing was sent to the app.",
+                        app.name,
+                        e.missing_required.join(", ")
+                    )),
+                    None,
+                );
             }
-            Intent::Present { resource: e.resource, create_only: e.create_only }
+            (Intent::Present { resource: e.resource, create_only: e.create_only }, None)
         }
     }
 }
@@ -117,6 +163,37 @@ pub fn needs_approval(app: &App, action: Action) -> bool {
     }
 }
 
+/// Everything the planner writes for one pair: the departure to record, when it changed (on a
+/// managed account), and the operation decision ([`plan_pair`]).
+pub fn plan_items(s: &PairState) -> impl Iterator<Item = PlanItem> {
+    departure_item(s).into_iter().chain(plan_pair(s))
+}
+
+fn departure_item(s: &PairState) -> Option<PlanItem> {
+    let app = s.app.as_ref()?;
+    if s.running.is_some() {
+        return None;
+    }
+    let Some(account) = managed(s.account.as_ref()) else {
+        // No account left to protect: forget how the user left.
+        return s
+            .account
+            .as_ref()
+            .filter(|a| a.departure.is_some())
+            .map(|_| PlanItem::Depart { user_id: s.user_id, app_id: s.app_id, departure: None });
+    };
+    let (_, departure) = intent_recorded(s.user.as_deref(), &s.roles, app, s.granted, account.departure.as_deref());
+    (departure != account.departure).then(|| PlanItem::Depart { user_id: s.user_id, app_id: s.app_id, departure })
+}
+
+/// Whether an admin rejected exactly this operation for the account last.
+fn was_rejected(account: Option<&Account>, action: Action, desired: &Option<Value>) -> bool {
+    account.and_then(|a| a.rejected.as_ref()).is_some_and(|r| {
+        r.get("action").and_then(Value::as_str) == Some(action.as_str())
+            && r.get("desired").unwrap_or(&Value::Null) == desired.as_ref().unwrap_or(&Value::Null)
+    })
+}
+
 /// The planner's decision for one pair.
 pub fn plan_pair(s: &PairState) -> Option<PlanItem> {
     let Some(app) = &s.app else {
@@ -126,7 +203,8 @@ pub fn plan_pair(s: &PairState) -> Option<PlanItem> {
         // What the running operation leaves behind is not known yet: plan again after it.
         return Some(PlanItem::Replan { op: run.event.id });
     }
-    let want = intent(s.user.as_deref(), &s.roles, app, s.granted);
+    let recorded = managed(s.account.as_ref()).and_then(|a| a.departure.as_deref());
+    let (want, _) = intent_recorded(s.user.as_deref(), &s.roles, app, s.granted, recorded);
     if let Intent::Invalid(reason) = &want {
         if let Some(w) = &s.waiting {
             return Some(PlanItem::Cancel { op: w.event.id, reason: reason.clone() });
@@ -138,7 +216,9 @@ pub fn plan_pair(s: &PairState) -> Option<PlanItem> {
         let action = if managed(s.account.as_ref()).is_some() { Action::Update } else { Action::Create };
         return Some(PlanItem::Fail { user_id: s.user_id, app_id: s.app_id, action, reason: reason.clone() });
     }
-    let decision = decide(&want, s.account.as_ref());
+    // Rejections stick: what an admin rejected is not queued again until it changes.
+    let decision = decide(&want, s.account.as_ref())
+        .filter(|(action, desired)| !was_rejected(s.account.as_ref(), *action, desired));
     match (decision, &s.waiting) {
         (None, None) => None,
         (None, Some(w)) => {
@@ -146,10 +226,13 @@ pub fn plan_pair(s: &PairState) -> Option<PlanItem> {
         }
         (Some((action, desired)), Some(w)) => {
             let needs_approval = needs_approval(app, action);
+            let was_held = w.event.status == EventStatus::Held;
+            // A held deprovision stays held until an admin decides.
+            let held = was_held && matches!(action, Action::Suspend | Action::Delete);
             let same = w.event.action == action
                 && w.desired == desired
-                && (w.state == directory::OpState::AwaitingApproval) == needs_approval;
-            (!same).then_some(PlanItem::Replace { op: w.event.id, action, desired, needs_approval })
+                && (held || (!was_held && (w.state == directory::OpState::AwaitingApproval) == needs_approval));
+            (!same).then_some(PlanItem::Replace { op: w.event.id, action, desired, needs_approval, held, cause: None })
         }
         (Some((action, desired)), None) => Some(PlanItem::Enqueue {
             user_id: s.user_id,
@@ -157,6 +240,8 @@ pub fn plan_pair(s: &PairState) -> Option<PlanItem> {
             action,
             desired,
             needs_approval: needs_approval(app, action),
+            held: false,
+            cause: None,
         }),
     }
 }
@@ -202,6 +287,8 @@ mod tests {
             last_applied: last,
             last_event_id: None,
             updated_at: directory::now(),
+            departure: None,
+            rejected: None,
         }
     }
 
@@ -221,6 +308,7 @@ mod tests {
                 attempts: 0,
                 created_at: now,
                 updated_at: now,
+                cause: None,
             },
             state,
             desired,

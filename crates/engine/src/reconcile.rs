@@ -11,8 +11,9 @@ use store::{AccountWrite, PlanItem, PlanWrite};
 use uuid::Uuid;
 
 use crate::mapping::{app_view, set_path, GROUPS_KEY};
-use crate::plan::{intent, plan_pair, Intent};
-use crate::runner::{Engine, EngineError, ReconcileReport};
+use crate::guard::{Causes, Guard, Why};
+use crate::plan::{intent, Intent};
+use crate::runner::{plan_guarded, Engine, EngineError, ReconcileReport};
 
 /// Case-insensitive attribute lookup (SCIM attribute names are case-insensitive).
 fn get_ci<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
@@ -82,7 +83,21 @@ fn carry_groups(seen: &mut Value, last: Option<&Value>) {
 impl Engine {
     /// Reconciles one app in full; see the module documentation.
     pub async fn reconcile(&self, app_id: Uuid) -> Result<ReconcileReport, EngineError> {
+        self.reconcile_by(app_id, None).await
+    }
+
+    /// [`Self::reconcile`], started by `actor` (`None`: the schedule). What it queues goes
+    /// through the deprovisioning guard as one change.
+    pub async fn reconcile_by(
+        &self,
+        app_id: Uuid,
+        actor: Option<&directory::Actor>,
+    ) -> Result<ReconcileReport, EngineError> {
         let store = self.store();
+        let started_by = actor.map_or_else(|| "the hourly schedule".to_owned(), crate::guard::actor_words);
+        let causes =
+            Causes::fixed(Why::new("reconcile", Some(started_by), "a reconciliation found the app out of step"));
+        let mut guard = Guard::new(store.clone());
         let app = store.get_app(app_id).await?.ok_or(EngineError::NotFound("app"))?;
         let connector = self.connector(&app).await?;
         let mut report = ReconcileReport::default();
@@ -179,13 +194,18 @@ impl Engine {
                 store.apply_plan(&PlanWrite { cursor: None, items: observed }).await?;
             }
             let states = store.load_pairs(chunk).await?;
-            let items: Vec<PlanItem> = states.iter().filter_map(plan_pair).collect();
+            let items = plan_guarded(&states, &causes, &mut guard).await?;
             report.queued +=
                 items.iter().filter(|i| matches!(i, PlanItem::Enqueue { .. } | PlanItem::Replace { .. })).count()
                     as u64;
             if !items.is_empty() {
                 store.apply_plan(&PlanWrite { cursor: None, items }).await?;
             }
+        }
+        let rest = guard.finish();
+        report.queued += rest.len() as u64;
+        if !rest.is_empty() {
+            store.apply_plan(&PlanWrite { cursor: None, items: rest }).await?;
         }
         self.wake_workers();
         Ok(report)

@@ -16,8 +16,9 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use crate::guard::{Causes, Guard, Why};
 use crate::mapping::groups_of;
-use crate::plan::plan_pair;
+use crate::plan::plan_items;
 use crate::worker::{self, Execution};
 
 /// How the engine runs.
@@ -391,26 +392,27 @@ impl Engine {
         let pairs: Vec<_> = pairs.into_iter().collect();
         let started = std::time::Instant::now();
         let (mut loading, mut planning, mut writing) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
-        let mut chunks = pairs.chunks(PAIR_BATCH).peekable();
-        if chunks.peek().is_none() {
-            self.store.apply_plan(&PlanWrite { cursor: Some(last), items: vec![] }).await?;
-        }
-        while let Some(chunk) = chunks.next() {
+        let causes = Causes::load(self.store.as_ref(), &changes).await?;
+        let mut guard = Guard::new(self.store.clone());
+        for chunk in pairs.chunks(PAIR_BATCH) {
             let t = std::time::Instant::now();
             let states = self.store.load_pairs(chunk).await?;
             loading += t.elapsed();
             let t = std::time::Instant::now();
-            let items: Vec<PlanItem> = states.iter().filter_map(plan_pair).collect();
+            let items = plan_guarded(&states, &causes, &mut guard).await?;
             planning += t.elapsed();
-            // The cursor moves with the last chunk: a crash before it replays the batch,
-            // which plans nothing new for the chunks already written.
-            let cursor = chunks.peek().is_none().then_some(last);
             let t = std::time::Instant::now();
-            self.store.apply_plan(&PlanWrite { cursor, items }).await?;
+            if !items.is_empty() {
+                self.store.apply_plan(&PlanWrite { cursor: None, items }).await?;
+            }
             writing += t.elapsed();
             // Workers start on the first chunk's operations while the next ones are planned.
             self.worker_wake.notify_one();
         }
+        // The cursor moves with the change's suspensions and deletions that the guard let
+        // through: a crash before it replays the batch, which plans nothing new for the
+        // chunks already written.
+        self.store.apply_plan(&PlanWrite { cursor: Some(last), items: guard.finish() }).await?;
         self.worker_wake.notify_one();
         // After a bulk write, at most once a minute (a large sync plans many bulk batches).
         let refresh = pairs.len() >= BULK_PLAN && {
@@ -749,6 +751,7 @@ impl Engine {
         user: Uuid,
         app: Option<Uuid>,
         wait: Duration,
+        actor: Option<&directory::Actor>,
     ) -> Result<Vec<ProvisionStep>, EngineError> {
         let apps = match app {
             Some(a) => vec![a],
@@ -757,11 +760,20 @@ impl Engine {
         let pairs: Vec<(Uuid, Uuid)> = apps.iter().map(|a| (user, *a)).collect();
         let states = self.store.load_pairs(&pairs).await?;
         let started = directory::now();
-        let items: Vec<(usize, PlanItem)> =
-            states.iter().enumerate().filter_map(|(i, s)| plan_pair(s).map(|p| (i, p))).collect();
-        self.store
-            .apply_plan(&PlanWrite { cursor: None, items: items.iter().map(|(_, p)| p.clone()).collect() })
-            .await?;
+        let causes = Causes::fixed(Why::new("admin", actor.map(crate::guard::actor_words), "of Provision now"));
+        let mut guard = Guard::new(self.store.clone());
+        let mut items: Vec<(usize, PlanItem)> = Vec::new();
+        let mut write = Vec::new();
+        for (i, s) in states.iter().enumerate() {
+            let mut planned: Vec<PlanItem> = plan_items(s).collect();
+            causes.stamp(s, &mut planned);
+            items.extend(planned.iter().filter(|p| !matches!(p, PlanItem::Depart { .. })).map(|p| (i, p.clone())));
+            if let Some(app) = &s.app {
+                write.extend(guard.admit(app, planned).await?);
+            }
+        }
+        write.extend(guard.finish());
+        self.store.apply_plan(&PlanWrite { cursor: None, items: write }).await?;
         self.worker_wake.notify_one();
         let deadline = tokio::time::Instant::now() + wait;
         let mut steps = Vec::new();
@@ -769,7 +781,7 @@ impl Engine {
             let app_name = s.app.as_ref().map_or_else(String::new, |a| a.name.clone());
             let planned = items.iter().find(|(j, _)| *j == i).map(|(_, p)| p);
             let step = match planned {
-                None | Some(PlanItem::Observe { .. }) => "in sync: nothing to do".to_owned(),
+                None | Some(PlanItem::Observe { .. } | PlanItem::Depart { .. }) => "in sync: nothing to do".to_owned(),
                 Some(PlanItem::Enqueue { action, .. } | PlanItem::Replace { action, .. }) => {
                     format!("{} queued", action.as_str())
                 }
@@ -788,7 +800,8 @@ impl Engine {
                     };
                     let latest = self.store.list_events(&q).await?.items.into_iter().next();
                     let settled = latest.as_ref().is_some_and(|e| {
-                        e.updated_at >= started && (e.status.is_final() || e.status == EventStatus::Pending)
+                        e.updated_at >= started
+                            && (e.status.is_final() || matches!(e.status, EventStatus::Pending | EventStatus::Held))
                     });
                     if settled || tokio::time::Instant::now() >= deadline {
                         event = latest;
@@ -801,6 +814,29 @@ impl Engine {
         }
         Ok(steps)
     }
+}
+
+/// Plans a batch of pairs, each operation with its cause, through the deprovisioning guard:
+/// answers what to write now (the guard keeps back suspensions and deletions until the end of
+/// the change, see [`Guard`]).
+pub(crate) async fn plan_guarded(
+    states: &[store::PairState],
+    causes: &Causes,
+    guard: &mut Guard,
+) -> Result<Vec<PlanItem>, EngineError> {
+    let mut out = Vec::new();
+    for s in states {
+        let mut planned: Vec<PlanItem> = plan_items(s).collect();
+        if planned.is_empty() {
+            continue;
+        }
+        causes.stamp(s, &mut planned);
+        match &s.app {
+            Some(app) => out.extend(guard.admit(app, planned).await?),
+            None => out.extend(planned),
+        }
+    }
+    Ok(out)
 }
 
 /// Which pairs a change touches.

@@ -58,6 +58,10 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(approve_event))
         .routes(routes!(reject_event))
         .routes(routes!(retry_event))
+        .routes(routes!(requeue_event))
+        .routes(routes!(held_events))
+        .routes(routes!(allow_held))
+        .routes(routes!(reject_held))
         .routes(routes!(get_parameters, put_parameters, reset_parameters))
         .routes(routes!(get_rules, put_rules))
         .routes(routes!(plan_preview))
@@ -136,8 +140,12 @@ async fn patch_user(
     Extension(actor): Extension<Actor>,
     Path(id): Path<Uuid>,
     IfMatch(v): IfMatch,
+    ApiQuery(d): ApiQuery<DryRunParams>,
     MergePatch(patch): MergePatch,
 ) -> Result<Response> {
+    if d.dry_run {
+        return dry(s.service.dry_run_patch_user(id, &patch, v).await?);
+    }
     let user = s.service.patch_user(&actor, id, &patch, v).await?;
     Ok(tagged(StatusCode::OK, user.version, user))
 }
@@ -150,9 +158,13 @@ async fn delete_user(
     Extension(actor): Extension<Actor>,
     Path(id): Path<Uuid>,
     IfMatch(v): IfMatch,
-) -> Result<StatusCode> {
+    ApiQuery(d): ApiQuery<DryRunParams>,
+) -> Result<Response> {
+    if d.dry_run {
+        return dry(s.service.dry_run_delete_user(id, v).await?);
+    }
     s.service.delete_user(&actor, id, v).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// The roles a user belongs to.
@@ -231,9 +243,13 @@ async fn delete_role(
     Extension(actor): Extension<Actor>,
     Path(id): Path<Uuid>,
     IfMatch(v): IfMatch,
-) -> Result<StatusCode> {
+    ApiQuery(d): ApiQuery<DryRunParams>,
+) -> Result<Response> {
+    if d.dry_run {
+        return dry(s.service.dry_run_delete_role(id, v).await?);
+    }
     s.service.delete_role(&actor, id, v).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -266,9 +282,13 @@ async fn add_role_user(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
     Path((id, user)): Path<(Uuid, Uuid)>,
-) -> Result<StatusCode> {
+    ApiQuery(d): ApiQuery<DryRunParams>,
+) -> Result<Response> {
+    if d.dry_run {
+        return dry(s.service.dry_run_membership(id, user, true).await?);
+    }
     s.service.add_role_user(&actor, id, user).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// Remove a user from a role (idempotent).
@@ -278,9 +298,13 @@ async fn remove_role_user(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
     Path((id, user)): Path<(Uuid, Uuid)>,
-) -> Result<StatusCode> {
+    ApiQuery(d): ApiQuery<DryRunParams>,
+) -> Result<Response> {
+    if d.dry_run {
+        return dry(s.service.dry_run_membership(id, user, false).await?);
+    }
     s.service.remove_role_user(&actor, id, user).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// The apps a role grants.
@@ -297,9 +321,13 @@ async fn add_role_app(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
     Path((id, app)): Path<(Uuid, Uuid)>,
-) -> Result<StatusCode> {
+    ApiQuery(d): ApiQuery<DryRunParams>,
+) -> Result<Response> {
+    if d.dry_run {
+        return dry(s.service.dry_run_role_grant(id, app, true).await?);
+    }
     s.service.add_role_app(&actor, id, app).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// Stop granting an app to a role's members (idempotent).
@@ -309,9 +337,41 @@ async fn remove_role_app(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
     Path((id, app)): Path<(Uuid, Uuid)>,
-) -> Result<StatusCode> {
+    ApiQuery(d): ApiQuery<DryRunParams>,
+) -> Result<Response> {
+    if d.dry_run {
+        return dry(s.service.dry_run_role_grant(id, app, false).await?);
+    }
     s.service.remove_role_app(&actor, id, app).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `?dry_run=true`: validate, change nothing, answer what the change would do.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DryRunParams {
+    /// Validate as usual, change nothing, and answer `{"effects": [...], "roles": [...]}`.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AppWriteParams {
+    /// Validate as usual, change nothing, and answer `{"effects": [...], "roles": [...]}`.
+    #[serde(default)]
+    dry_run: bool,
+    /// Apply `on_suspend` / `on_delete` to accounts already left or suspended too (settings
+    /// otherwise govern future leavers only).
+    #[serde(default)]
+    apply_to_existing: bool,
+}
+
+/// The answer of a dry run.
+fn dry(run: engine::dry_run::DryRun) -> Result<Response> {
+    Ok(Json(run).into_response())
 }
 
 // ---- apps ----
@@ -353,9 +413,16 @@ async fn patch_app(
     Extension(actor): Extension<Actor>,
     Path(id): Path<Uuid>,
     IfMatch(v): IfMatch,
+    ApiQuery(d): ApiQuery<AppWriteParams>,
     MergePatch(patch): MergePatch,
 ) -> Result<Response> {
+    if d.dry_run {
+        return dry(s.service.dry_run_patch_app(id, &patch, v, d.apply_to_existing).await?);
+    }
     let app = s.service.patch_app(&actor, id, &patch, v).await?;
+    if d.apply_to_existing {
+        s.service.apply_to_existing(&actor, id).await?;
+    }
     Ok(tagged(StatusCode::OK, app.version, app))
 }
 
@@ -551,6 +618,9 @@ pub struct EventParams {
     status: Option<EventStatus>,
     /// Search by username.
     q: Option<String>,
+    /// Only events with a cause of this kind (`user_change`, `membership`, `role_grant`,
+    /// `app_settings`, `mapping`, `source_sync`, `scim_push`, `reconcile`, `admin`, `replan`).
+    cause: Option<String>,
     limit: Option<u32>,
     cursor: Option<String>,
 }
@@ -558,7 +628,14 @@ pub struct EventParams {
 /// Provisioning events, newest first.
 #[utoipa::path(get, path = "/events", tag = "provisioning", params(EventParams), responses((status = 200, body = Page<Event>)))]
 async fn list_events(State(s): State<AppState>, ApiQuery(p): ApiQuery<EventParams>) -> Result<Json<Page<Event>>> {
-    let q = EventQuery { user: p.user, app: p.app, status: p.status, q: p.q, page: page(p.limit, p.cursor)? };
+    let q = EventQuery {
+        user: p.user,
+        app: p.app,
+        status: p.status,
+        q: p.q,
+        cause: crate::service::guard::cause_filter(p.cause)?,
+        page: page(p.limit, p.cursor)?,
+    };
     Ok(Json(s.service.list_events(&q).await?))
 }
 
@@ -567,6 +644,58 @@ async fn list_events(State(s): State<AppState>, ApiQuery(p): ApiQuery<EventParam
     responses((status = 200, body = Event), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn get_event(State(s): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<Event>> {
     Ok(Json(s.service.get_event(id).await?))
+}
+
+/// Requeue a rejected event: the account is planned again as the app's settings say (a new
+/// event, pending or held when they say so). Rejections otherwise stick.
+#[utoipa::path(post, path = "/events/{id}/requeue", tag = "provisioning", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Event), (status = 409, body = Problem, content_type = "application/problem+json")))]
+async fn requeue_event(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Event>> {
+    Ok(Json(s.service.requeue_event(&actor, id).await?))
+}
+
+/// The app's suspensions and deletions held by its deprovisioning guard, oldest first, each
+/// with its cause.
+#[utoipa::path(get, path = "/apps/{id}/held", tag = "provisioning", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Page<Event>)))]
+async fn held_events(State(s): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<Page<Event>>> {
+    Ok(all(s.service.held_events(id).await?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeldDecision {
+    /// The held events to decide on; all of the app's when left out.
+    #[serde(default)]
+    event_ids: Option<Vec<Uuid>>,
+}
+
+/// Allow held events: each goes on (pending first when the app wants approval for it).
+#[utoipa::path(post, path = "/apps/{id}/held/allow", tag = "provisioning", params(("id" = Uuid, Path)), request_body = HeldDecision,
+    responses((status = 200, body = Page<Event>), (status = 409, body = Problem, content_type = "application/problem+json")))]
+async fn allow_held(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<Uuid>,
+    ApiJson(input): ApiJson<HeldDecision>,
+) -> Result<Json<Page<Event>>> {
+    Ok(all(s.service.decide_held(&actor, id, input.event_ids, true).await?))
+}
+
+/// Reject held events: nothing is sent, the accounts stay, and the rejection sticks.
+#[utoipa::path(post, path = "/apps/{id}/held/reject", tag = "provisioning", params(("id" = Uuid, Path)), request_body = HeldDecision,
+    responses((status = 200, body = Page<Event>), (status = 409, body = Problem, content_type = "application/problem+json")))]
+async fn reject_held(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<Uuid>,
+    ApiJson(input): ApiJson<HeldDecision>,
+) -> Result<Json<Page<Event>>> {
+    Ok(all(s.service.decide_held(&actor, id, input.event_ids, false).await?))
 }
 
 /// Approve a pending event: it runs now.
@@ -622,8 +751,12 @@ async fn put_parameters(
     Extension(actor): Extension<Actor>,
     Path(id): Path<Uuid>,
     IfMatch(v): IfMatch,
+    ApiQuery(d): ApiQuery<DryRunParams>,
     ApiJson(params): ApiJson<Vec<Parameter>>,
 ) -> Result<Response> {
+    if d.dry_run {
+        return dry(s.service.dry_run_mapping(id, Some(params), None, v).await?);
+    }
     let app = s.service.put_mapping(&actor, id, Some(params), None, v).await?;
     Ok(tagged(StatusCode::OK, app.version, app.effective_parameters().into_owned()))
 }
@@ -659,8 +792,12 @@ async fn put_rules(
     Extension(actor): Extension<Actor>,
     Path(id): Path<Uuid>,
     IfMatch(v): IfMatch,
+    ApiQuery(d): ApiQuery<DryRunParams>,
     ApiJson(rules): ApiJson<Vec<Rule>>,
 ) -> Result<Response> {
+    if d.dry_run {
+        return dry(s.service.dry_run_mapping(id, None, Some(rules), v).await?);
+    }
     let app = s.service.put_mapping(&actor, id, None, Some(rules), v).await?;
     Ok(tagged(StatusCode::OK, app.version, app.rules))
 }
@@ -674,6 +811,9 @@ pub struct PlanInput {
     /// Proposed rules (the current ones when left out).
     #[serde(default)]
     rules: Option<Vec<Rule>>,
+    /// Proposed provisioning settings (the current ones when left out).
+    #[serde(default)]
+    provisioning: Option<directory::ProvisioningSettings>,
 }
 
 /// What saving these parameters and rules would do: counts and a sample of affected users
@@ -686,7 +826,7 @@ async fn plan_preview(
     Path(id): Path<Uuid>,
     ApiJson(input): ApiJson<PlanInput>,
 ) -> Result<Json<engine::PlanPreview>> {
-    Ok(Json(s.service.plan_preview(id, input.parameters, input.rules).await?))
+    Ok(Json(s.service.plan_preview(id, input.parameters, input.rules, input.provisioning).await?))
 }
 
 /// The account the user should have in the app, and which parameter or rule produced each value.

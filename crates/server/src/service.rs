@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::extract::from_value;
 use crate::tokens;
 
+pub mod guard;
 mod sources;
 
 /// How many times a write without `If-Match` is retried when another write got in between.
@@ -232,13 +233,7 @@ impl Service {
         if_match: Option<i64>,
     ) -> Result<User> {
         for attempt in 1..=WRITE_ATTEMPTS {
-            let current = self.get_user(id).await?;
-            check_if_match(current.version, if_match)?;
-            self.check_sourced_patch(&current, patch).await?;
-            let doc = merge(to_doc(&UserInput::from_user(&current))?, patch, directory::user::READ_ONLY_USER_FIELDS)?;
-            let mut input: UserInput = from_value(doc)?;
-            self.validate_user(&mut input, Some(id)).await?;
-            let updated = current.updated(input, directory::now());
+            let (current, updated) = self.patched_user(id, patch, if_match).await?;
             match self.store.update_user(&updated, current.version, actor).await {
                 Ok(()) => return Ok(self.changed(updated)),
                 Err(StoreError::VersionConflict { .. }) if if_match.is_none() && attempt < WRITE_ATTEMPTS => continue,
@@ -246,6 +241,23 @@ impl Service {
             }
         }
         Err(Error::internal("unreachable: write attempts exhausted"))
+    }
+
+    /// The user as a patch would leave them, validated (nothing is written).
+    pub(crate) async fn patched_user(
+        &self,
+        id: Uuid,
+        patch: &Map<String, Value>,
+        if_match: Option<i64>,
+    ) -> Result<(User, User)> {
+        let current = self.get_user(id).await?;
+        check_if_match(current.version, if_match)?;
+        self.check_sourced_patch(&current, patch).await?;
+        let doc = merge(to_doc(&UserInput::from_user(&current))?, patch, directory::user::READ_ONLY_USER_FIELDS)?;
+        let mut input: UserInput = from_value(doc)?;
+        self.validate_user(&mut input, Some(id)).await?;
+        let updated = current.updated(input, directory::now());
+        Ok((current, updated))
     }
 
     pub async fn delete_user(&self, actor: &Actor, id: Uuid, if_match: Option<i64>) -> Result<User> {
@@ -377,28 +389,7 @@ impl Service {
         if_match: Option<i64>,
     ) -> Result<App> {
         for attempt in 1..=WRITE_ATTEMPTS {
-            let current = self.get_app(id).await?;
-            check_if_match(current.version, if_match)?;
-            let mut doc = to_doc(&AppInput::from_app(&current))?;
-            // A credential of another type replaces the old one instead of merging into it.
-            let new_type =
-                patch.get("connection").and_then(|c| c.get("auth")).and_then(|a| a.get("type")).and_then(Value::as_str);
-            if new_type.is_some_and(|t| doc["connection"]["auth"]["type"] != t) {
-                doc["connection"]["auth"] = Value::Object(Map::new());
-            }
-            let doc = merge(doc, patch, directory::app::READ_ONLY_APP_FIELDS)?;
-            let input: AppInput = from_value(doc)?;
-            let existing_ct = self.store.get_app_credential(id).await?.ok_or(Error::NotFound("app"))?;
-            let existing =
-                store::secrets::decrypt_credential(&self.keyring, id, &existing_ct).map_err(Error::internal)?;
-            let (validated, secret) = input.validate(Some(&existing))?;
-            // Re-encrypt when the secret changed, or when it was made with a retired key.
-            let credential = if secret != existing || self.keyring.is_stale(&existing_ct) {
-                Some(self.encrypt_secret(id, &secret)?)
-            } else {
-                None
-            };
-            let updated = current.updated(validated, directory::now());
+            let (current, updated, credential) = self.patched_app(id, patch, if_match).await?;
             match self.store.update_app(&updated, credential.as_deref(), current.version, actor).await {
                 Ok(()) => return Ok(self.changed(updated)),
                 Err(StoreError::VersionConflict { .. }) if if_match.is_none() && attempt < WRITE_ATTEMPTS => continue,
@@ -406,6 +397,43 @@ impl Service {
             }
         }
         Err(Error::internal("unreachable: write attempts exhausted"))
+    }
+
+    /// The app as a patch would leave it, validated, with its credential re-encrypted when it
+    /// changed (nothing is written).
+    pub(crate) async fn patched_app(
+        &self,
+        id: Uuid,
+        patch: &Map<String, Value>,
+        if_match: Option<i64>,
+    ) -> Result<(App, App, Option<String>)> {
+        let current = self.get_app(id).await?;
+        check_if_match(current.version, if_match)?;
+        let mut doc = to_doc(&AppInput::from_app(&current))?;
+        // A credential of another type replaces the old one instead of merging into it.
+        let new_type =
+            patch.get("connection").and_then(|c| c.get("auth")).and_then(|a| a.get("type")).and_then(Value::as_str);
+        if new_type.is_some_and(|t| doc["connection"]["auth"]["type"] != t) {
+            doc["connection"]["auth"] = Value::Object(Map::new());
+        }
+        let doc = merge(doc, patch, directory::app::READ_ONLY_APP_FIELDS)?;
+        let mut input: AppInput = from_value(doc)?;
+        // `"deprovision_guard": null` turns the guard off (a merge patch's null would only
+        // remove the member, which means the default).
+        if patch.get("provisioning").and_then(|p| p.get("deprovision_guard")).is_some_and(Value::is_null) {
+            input.provisioning.deprovision_guard = None;
+        }
+        let existing_ct = self.store.get_app_credential(id).await?.ok_or(Error::NotFound("app"))?;
+        let existing = store::secrets::decrypt_credential(&self.keyring, id, &existing_ct).map_err(Error::internal)?;
+        let (validated, secret) = input.validate(Some(&existing))?;
+        // Re-encrypt when the secret changed, or when it was made with a retired key.
+        let credential = if secret != existing || self.keyring.is_stale(&existing_ct) {
+            Some(self.encrypt_secret(id, &secret)?)
+        } else {
+            None
+        };
+        let updated = current.updated(validated, directory::now());
+        Ok((current, updated, credential))
     }
 
     pub async fn delete_app(&self, actor: &Actor, id: Uuid, if_match: Option<i64>) -> Result<()> {
@@ -486,7 +514,7 @@ impl Service {
 
     pub async fn reconcile(&self, actor: &Actor, app: Uuid) -> Result<ReconcileReport> {
         self.get_app(app).await?;
-        let report = self.engine.reconcile(app).await?;
+        let report = self.engine.reconcile_by(app, Some(actor)).await?;
         let details = serde_json::to_value(&report).ok();
         self.store.append_audit(actor, "app.reconcile", "app", &app.to_string(), details).await?;
         Ok(report)
@@ -499,7 +527,7 @@ impl Service {
         }
         let details = serde_json::json!({"app_id": app});
         self.store.append_audit(actor, "user.provision_now", "user", &user.to_string(), Some(details)).await?;
-        Ok(self.engine.provision_now(user, app, Duration::from_secs(30)).await?)
+        Ok(self.engine.provision_now(user, app, Duration::from_secs(30), Some(actor)).await?)
     }
 
     // ---- parameters, rules, entitlements ----
@@ -596,10 +624,11 @@ impl Service {
         app: Uuid,
         parameters: Option<Vec<Parameter>>,
         rules: Option<Vec<Rule>>,
+        provisioning: Option<directory::ProvisioningSettings>,
     ) -> Result<PlanPreview> {
         self.get_app(app).await?;
         self.validate_mapping(parameters.as_deref(), rules.as_deref()).await?;
-        Ok(self.engine.preview(app, parameters, rules).await?)
+        Ok(self.engine.preview(app, parameters, rules, provisioning).await?)
     }
 
     pub async fn explain(&self, user: Uuid, app: Uuid) -> Result<Explanation> {

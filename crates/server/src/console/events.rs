@@ -89,6 +89,7 @@ async fn list(
         app: Uuid::parse_str(&app_text).ok(),
         status: EventStatus::parse(&status_text),
         q: Some(q.trim().to_owned()).filter(|s| !s.is_empty()),
+        cause: None,
         page: PageRequest { limit: 50, cursor: cursor.clone() },
     };
     let page = state.service.list_events(&query).await?;

@@ -775,7 +775,7 @@ async fn post_parameters(
             Err(e) => Err(outcome(e)?),
         }
     } else {
-        match state.service.plan_preview(id, Some(params), None).await {
+        match state.service.plan_preview(id, Some(params), None, None).await {
             Ok(p) => Ok(preview_view(p)),
             Err(e) => Err(outcome(e)?),
         }
@@ -1244,7 +1244,7 @@ async fn post_rules(
             Err(e) => Err(outcome(e)?),
         }
     } else {
-        match state.service.plan_preview(id, None, Some(rules)).await {
+        match state.service.plan_preview(id, None, Some(rules), None).await {
             Ok(p) => Ok(preview_view(p)),
             Err(e) => Err(outcome(e)?),
         }

@@ -209,6 +209,7 @@ pub fn status_label(s: EventStatus) -> &'static str {
         EventStatus::Deleted => "Deleted",
         EventStatus::Rejected => "Rejected",
         EventStatus::Cancelled => "Cancelled",
+        EventStatus::Held => "Held for review",
     }
 }
 

@@ -88,6 +88,8 @@ async fn claims_across_processes_take_each_operation_once_within_the_apps_limit(
         action,
         desired: Some(json!({"userName": "x"})),
         needs_approval: false,
+        held: false,
+        cause: None,
     };
     let items = users.iter().map(|u| enqueue(*u, Action::Create)).collect();
     s.apply_plan(&PlanWrite { cursor: None, items }).await.unwrap();
@@ -208,6 +210,8 @@ async fn a_claim_never_exceeds_the_apps_limit() {
                 action: Action::Create,
                 desired: None,
                 needs_approval: false,
+                held: false,
+                cause: None,
             });
         }
     }
@@ -231,6 +235,8 @@ async fn a_claim_never_exceeds_the_apps_limit() {
         action: Action::Create,
         desired: None,
         needs_approval: false,
+        held: false,
+        cause: None,
     }];
     s.apply_plan(&PlanWrite { cursor: None, items }).await.unwrap();
     let op = s.claim_operations(other.id, "w1", 10, Duration::from_millis(1)).await.unwrap().remove(0);
@@ -330,6 +336,8 @@ async fn wakeups_arrive_by_listen_notify_from_another_process() {
         action: Action::Create,
         desired: None,
         needs_approval: false,
+        held: false,
+        cause: None,
     }];
     writer.apply_plan(&PlanWrite { cursor: None, items }).await.unwrap();
     assert!(

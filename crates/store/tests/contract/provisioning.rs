@@ -54,7 +54,7 @@ fn desired(username: &str) -> Option<Value> {
 }
 
 fn enqueue(user_id: Uuid, app_id: Uuid, action: Action, needs_approval: bool) -> PlanItem {
-    PlanItem::Enqueue { user_id, app_id, action, desired: desired("x"), needs_approval }
+    PlanItem::Enqueue { user_id, app_id, action, desired: desired("x"), needs_approval, held: false, cause: None }
 }
 
 async fn plan(s: &dyn Store, items: Vec<PlanItem>) {
@@ -192,6 +192,8 @@ pub async fn replace_collapses_a_waiting_operation(s: Arc<dyn Store>) {
         action: Action::Create,
         desired: desired(name),
         needs_approval,
+        held: false,
+        cause: None,
     };
     plan(&*s, vec![replace(false, "ada2")]).await;
     let ops = ops_of(&*s, u, a).await;
