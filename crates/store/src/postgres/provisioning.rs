@@ -1107,7 +1107,7 @@ impl ProvisioningStore for PostgresStore {
         // Each user looked up on the primary key, one at a time (a join, or `user_id = ANY($2)`,
         // may be answered by reading every account of the app).
         let sql = "SELECT a.app_id, a.user_id, COALESCE(u.username, '') AS username, a.remote_id, \
-            a.ownership, a.status, a.last_applied, a.last_event_id, a.updated_at \
+            a.ownership, a.status, a.last_applied, a.last_event_id, a.updated_at, a.departure, a.rejected \
             FROM unnest($2::uuid[]) AS x(user_id) \
             CROSS JOIN LATERAL (SELECT * FROM accounts a WHERE a.app_id = $1 AND a.user_id = x.user_id LIMIT 1) a \
             LEFT JOIN users u ON u.id = a.user_id";

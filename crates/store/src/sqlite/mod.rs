@@ -217,7 +217,7 @@ async fn record_change(tx: &mut Tx<'_>, change: NewChange) -> Result<()> {
     // account change has none.
     sqlx::query(
         "INSERT INTO changes (at, kind, user_id, role_id, app_id, audit_id) \
-         VALUES (?, ?, ?, ?, ?, CASE WHEN ?2 = 'account' THEN 0 END)",
+         VALUES (?1, ?2, ?3, ?4, ?5, CASE WHEN ?2 = 'account' THEN 0 END)",
     )
     .bind(ts(&directory::now()))
         .bind(change.kind.as_str())
