@@ -176,7 +176,7 @@ impl Engine {
             }
             for s in &states {
                 let Some(app) = s.app.clone() else { continue };
-                let items: Vec<PlanItem> = plan_items(s).filter(|i| !matches!(i, PlanItem::Depart { .. })).collect();
+                let items: Vec<PlanItem> = plan_items(s).filter(|i| !matches!(i, PlanItem::Depart { .. } | PlanItem::Forget { .. })).collect();
                 let username = s.user.as_ref().map_or_else(String::new, |u| u.username.clone());
                 let before = s.account.as_ref().and_then(|a| a.last_applied.clone());
                 let e = effects.entry(app.id).or_insert_with(|| Effect {
@@ -189,8 +189,8 @@ impl Engine {
                         user_id: s.user_id,
                         username: username.clone(),
                         action,
-                        before: before.as_ref().map(app_view),
-                        after: after.as_ref().map(app_view),
+                        before: if reason.is_some() { before.as_ref().map(app_view) } else { before.clone() },
+                        after,
                         reason,
                         held: false,
                     };

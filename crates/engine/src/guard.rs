@@ -358,6 +358,7 @@ fn describe(c: &Change, audit: Option<&AuditEntry>, role_names: &HashMap<Uuid, S
     let kind = match (audit.map(|a| a.actor.kind.as_str()), c.kind) {
         (Some("scim_client"), _) => "scim_push",
         (Some("source"), _) => "source_sync",
+        (_, _) if action == "role.delete" => "membership",
         (_, ChangeKind::User) => "user_change",
         (_, ChangeKind::RoleMembership | ChangeKind::Role) => "membership",
         (_, ChangeKind::RoleApp) => "role_grant",

@@ -43,9 +43,10 @@ pub fn intent(user: Option<&User>, roles: &[RoleRef], app: &App, granted: bool) 
     intent_recorded(user, roles, app, granted, None).0
 }
 
-/// How a user left: `suspended` (suspended here) or `left` (deleted, lost the app, or scoped
-/// out by a rule).
+/// How a user left: `suspended` (suspended here), `deleted` (deleted here), or `left` (lost
+/// the app, or scoped out by a rule).
 const SUSPENDED: &str = "suspended";
+const DELETED: &str = "deleted";
 const LEFT: &str = "left";
 
 fn parse_action(s: &str) -> Option<DeprovisionAction> {
@@ -88,8 +89,9 @@ pub fn intent_recorded(
         (deprovision(action, u, roles, app), Some(format!("{kind}:{}", action_str(action))))
     };
     match user {
-        None => leave(LEFT, settings.on_delete, None),
-        Some(u) if u.status == UserStatus::Deleted || !granted => leave(LEFT, settings.on_delete, Some(u)),
+        None => leave(DELETED, settings.on_delete, None),
+        Some(u) if u.status == UserStatus::Deleted => leave(DELETED, settings.on_delete, Some(u)),
+        Some(u) if !granted => leave(LEFT, settings.on_delete, Some(u)),
         Some(u) if u.status == UserStatus::Suspended => leave(SUSPENDED, settings.on_suspend, Some(u)),
         Some(u) => {
             let e = evaluate_for_plan(u, roles, app, true);
@@ -166,7 +168,24 @@ pub fn needs_approval(app: &App, action: Action) -> bool {
 /// Everything the planner writes for one pair: the departure to record, when it changed (on a
 /// managed account), and the operation decision ([`plan_pair`]).
 pub fn plan_items(s: &PairState) -> impl Iterator<Item = PlanItem> {
-    departure_item(s).into_iter().chain(plan_pair(s))
+    departure_item(s).into_iter().chain(forget_item(s)).chain(plan_pair(s))
+}
+
+/// When the account no longer wants what an admin rejected (the desired account changed),
+/// the rejection is forgotten: should it come back later, it is queued again.
+fn forget_item(s: &PairState) -> Option<PlanItem> {
+    let account = s.account.as_ref().filter(|a| a.rejected.is_some())?;
+    let app = s.app.as_ref()?;
+    if s.running.is_some() || !app.provisioning.enabled {
+        return None;
+    }
+    let recorded = managed(Some(account)).and_then(|a| a.departure.as_deref());
+    let (want, _) = intent_recorded(s.user.as_deref(), &s.roles, app, s.granted, recorded);
+    if matches!(want, Intent::Invalid(_)) {
+        return None;
+    }
+    let still = decide(&want, Some(account)).is_some_and(|(action, desired)| was_rejected(Some(account), action, &desired));
+    (!still).then_some(PlanItem::Forget { user_id: s.user_id, app_id: s.app_id })
 }
 
 fn departure_item(s: &PairState) -> Option<PlanItem> {

@@ -767,7 +767,12 @@ impl Engine {
         for (i, s) in states.iter().enumerate() {
             let mut planned: Vec<PlanItem> = plan_items(s).collect();
             causes.stamp(s, &mut planned);
-            items.extend(planned.iter().filter(|p| !matches!(p, PlanItem::Depart { .. })).map(|p| (i, p.clone())));
+            items.extend(
+                planned
+                    .iter()
+                    .filter(|p| !matches!(p, PlanItem::Depart { .. } | PlanItem::Forget { .. }))
+                    .map(|p| (i, p.clone())),
+            );
             if let Some(app) = &s.app {
                 write.extend(guard.admit(app, planned).await?);
             }
@@ -781,7 +786,9 @@ impl Engine {
             let app_name = s.app.as_ref().map_or_else(String::new, |a| a.name.clone());
             let planned = items.iter().find(|(j, _)| *j == i).map(|(_, p)| p);
             let step = match planned {
-                None | Some(PlanItem::Observe { .. } | PlanItem::Depart { .. }) => "in sync: nothing to do".to_owned(),
+                None | Some(PlanItem::Observe { .. } | PlanItem::Depart { .. } | PlanItem::Forget { .. }) => {
+                    "in sync: nothing to do".to_owned()
+                }
                 Some(PlanItem::Enqueue { action, .. } | PlanItem::Replace { action, .. }) => {
                     format!("{} queued", action.as_str())
                 }

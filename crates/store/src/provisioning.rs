@@ -65,6 +65,8 @@ pub enum PlanItem {
     /// Records how the user left the app and what its settings said then (`None`: they are
     /// back), on an existing account record.
     Depart { user_id: Uuid, app_id: Uuid, departure: Option<String> },
+    /// The account no longer wants what an admin rejected: forget the rejection.
+    Forget { user_id: Uuid, app_id: Uuid },
 }
 
 impl PlanItem {
@@ -87,7 +89,8 @@ impl PlanItem {
             Self::Enqueue { app_id, .. }
             | Self::Fail { app_id, .. }
             | Self::Observe { app_id, .. }
-            | Self::Depart { app_id, .. } => Some(*app_id),
+            | Self::Depart { app_id, .. }
+            | Self::Forget { app_id, .. } => Some(*app_id),
             _ => None,
         }
     }

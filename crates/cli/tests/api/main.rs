@@ -32,6 +32,7 @@ mod binary;
 mod console;
 mod engine;
 mod engine_faults;
+mod guard;
 mod ldap;
 mod mapping;
 mod openapi;

@@ -376,6 +376,14 @@ async fn apply_item(tx: &mut Tx, item: &PlanItem, now: DateTime<Utc>) -> Result<
             );
         }
         PlanItem::Observe { account: AccountWrite::Keep, .. } => {}
+        PlanItem::Forget { user_id, app_id } => {
+            sqlx::query("UPDATE accounts SET rejected = NULL WHERE app_id = $1 AND user_id = $2")
+                .bind(app_id)
+                .bind(user_id)
+                .execute(tx.c())
+                .await
+                .map_err(backend)?;
+        }
         PlanItem::Depart { user_id, app_id, departure } => {
             sqlx::query("UPDATE accounts SET departure = $1 WHERE app_id = $2 AND user_id = $3")
                 .bind(departure.as_deref())

@@ -399,6 +399,14 @@ async fn apply_item(tx: &mut Tx<'_>, item: &PlanItem, now: &str, refresh: &mut V
             .map_err(backend)?;
         }
         PlanItem::Observe { account: AccountWrite::Keep, .. } => {}
+        PlanItem::Forget { user_id, app_id } => {
+            sqlx::query("UPDATE accounts SET rejected = NULL WHERE app_id = ? AND user_id = ?")
+                .bind(app_id.to_string())
+                .bind(user_id.to_string())
+                .execute(&mut **tx)
+                .await
+                .map_err(backend)?;
+        }
         PlanItem::Depart { user_id, app_id, departure } => {
             sqlx::query("UPDATE accounts SET departure = ? WHERE app_id = ? AND user_id = ?")
                 .bind(departure.as_deref())
