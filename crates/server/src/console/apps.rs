@@ -63,6 +63,7 @@ struct AppRow {
     last_error_at: String,
     failure_rate: String,
     pending: usize,
+    held: usize,
 }
 
 #[derive(Template)]
@@ -109,6 +110,7 @@ async fn health(state: &AppState, app: &App) -> Result<AppRow> {
         last_error_at: last_failure.map(|e| view::when(&e.updated_at)).unwrap_or_default(),
         failure_rate,
         pending,
+        held: state.service.held_events(app.id).await?.len(),
     })
 }
 
@@ -258,6 +260,13 @@ struct AppPage {
     next: Option<String>,
     /// "SAML JIT only": the app creates accounts at sign-in; the engine pushes none.
     saml_jit_only: bool,
+    /// Operations held by the deprovisioning guard.
+    held: usize,
+    /// The save would suspend or delete this many accounts: asks for confirmation first.
+    confirm: u64,
+    /// Of which the guard would hold this many.
+    confirm_held: u64,
+    apply_to_existing: bool,
 }
 
 #[derive(Template)]
@@ -301,6 +310,10 @@ async fn app_page(state: &AppState, layout: Layout, tab: &'static str, app: App)
         on_delete: deprovision_choices(app.provisioning.on_delete),
         accounts: vec![],
         next: None,
+        held: state.service.held_events(app.id).await?.len(),
+        confirm: 0,
+        confirm_held: 0,
+        apply_to_existing: false,
         app,
     })
 }
@@ -474,7 +487,27 @@ async fn save_provisioning(
             "max_concurrency": concurrency,
         }),
     );
-    match state.service.patch_app(&session.actor(), id, &patch, None).await {
+    let apply_to_existing = form.checked("apply_to_existing");
+    // A save that would suspend or delete accounts asks first, with the count in the button.
+    if form.text("confirmed") != "1" {
+        match state.service.dry_run_patch_app(id, &patch, None, apply_to_existing).await {
+            Ok(run) if run.deprovisions() > 0 => {
+                let (_, proposed, _) = state.service.patched_app(id, &patch, None).await?;
+                let layout = Layout::new(&session, &headers, "apps", format!("{} · Provisioning", proposed.name));
+                let mut page = app_page(&state, layout, "provisioning", proposed).await?;
+                page.confirm = run.deprovisions();
+                page.confirm_held = run.effects.iter().map(|e| e.held).sum();
+                page.apply_to_existing = apply_to_existing;
+                return view::page(&page, StatusCode::OK);
+            }
+            _ => {}
+        }
+    }
+    let saved = match state.service.patch_app(&session.actor(), id, &patch, None).await {
+        Ok(app) if apply_to_existing => state.service.apply_to_existing(&session.actor(), id).await.map(|_| app),
+        other => other,
+    };
+    match saved {
         Ok(app) => {
             let text = if app.provisioning.enabled {
                 "Provisioning settings saved. Provisioning is on."

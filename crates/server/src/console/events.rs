@@ -26,6 +26,7 @@ pub fn routes() -> Router<AppState> {
         .route("/events/{id}", get(show))
         .route("/events/{id}/approve", post(approve))
         .route("/events/{id}/reject", post(reject))
+        .route("/events/{id}/allow", post(allow))
         .route("/events/{id}/retry", post(retry))
 }
 
@@ -166,6 +167,14 @@ async fn act(state: &AppState, session: &Session, id: Uuid, body: &Bytes, verb: 
     let result = match verb {
         "approve" => state.service.approve_event(&actor, id).await,
         "reject" => state.service.reject_event(&actor, id).await,
+        "allow" => match state.service.get_event(id).await {
+            Ok(e) => state
+                .service
+                .decide_held(&actor, e.app_id, Some(vec![id]), true)
+                .await
+                .and_then(|mut v| v.pop().ok_or(Error::NotFound("event"))),
+            Err(e) => Err(e),
+        },
         _ => state.service.retry_event(&actor, id).await,
     };
     match result {
@@ -195,6 +204,10 @@ async fn reject(
     body: Bytes,
 ) -> Result<Response> {
     act(&state, &session, id, &body, "reject", "Rejected").await
+}
+
+async fn allow(State(state): State<AppState>, session: Session, Path(id): Path<Uuid>, body: Bytes) -> Result<Response> {
+    act(&state, &session, id, &body, "allow", "Allowed").await
 }
 
 async fn retry(State(state): State<AppState>, session: Session, Path(id): Path<Uuid>, body: Bytes) -> Result<Response> {

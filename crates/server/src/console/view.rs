@@ -267,6 +267,10 @@ pub struct EventView {
     pub pending: bool,
     pub failed: bool,
     pub unknown: bool,
+    /// Held by the deprovisioning guard.
+    pub held: bool,
+    /// Why the operation exists, in words.
+    pub cause: String,
     pub reason: String,
     pub recommended_action: String,
     pub attempts: i64,
@@ -288,6 +292,8 @@ impl EventView {
             pending: e.status == EventStatus::Pending,
             failed: e.status == EventStatus::Failed,
             unknown: e.status == EventStatus::Unknown,
+            held: e.status == EventStatus::Held,
+            cause: e.cause.as_ref().map(|c| c.summary.clone()).unwrap_or_default(),
             reason: e.reason.clone().unwrap_or_default(),
             recommended_action: e.recommended_action.clone().unwrap_or_default(),
             attempts: e.attempts,
