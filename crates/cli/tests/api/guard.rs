@@ -329,4 +329,51 @@ async fn settings_apply_forward(backend: Backend) {
     assert_eq!(twice.status, StatusCode::OK, "the old event is still the rejected one");
 }
 
-on_both_backends!(the_guard_holds_every_cause, settings_apply_forward);
+/// The inbound SCIM server deleting 30% of 200 users: held, nothing sent; allow sends, reject
+/// leaves the accounts.
+async fn the_guard_holds_deletions_pushed_over_scim(backend: Backend) {
+    let w = World::new_on(backend, json!({"enabled": true, "on_suspend": "suspend", "on_delete": "delete"})).await;
+    let app = w.app.clone();
+    let mut users = Vec::new();
+    for i in 0..200 {
+        let u = w.user(&format!("p{i:03}"), "Staff").await;
+        w.grant(&u).await;
+        users.push(u);
+    }
+    app_until(&w, "200 accounts", |a| a.len() == 200).await;
+    quiet(&w).await;
+    let c = w.s.post("/api/v1/scim-clients", json!({"name": "Entra ID"})).await;
+    assert_eq!(c.status, StatusCode::CREATED, "{c:#?}");
+    let token = c.body["token"].as_str().unwrap().to_owned();
+    let http = reqwest::Client::new();
+    for u in &users[..60] {
+        let r = http.delete(w.s.url(&format!("/scim/v2/Users/{u}"))).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT, "{r:?}");
+    }
+    // Each SCIM request is a change of its own: the window lets through at most 10% of the
+    // 200 managed accounts (20); every later one is held.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (h, sent) = loop {
+        quiet(&w).await;
+        let h = events(&w, "held").await;
+        let sent = events(&w, "deleted").await.len();
+        if h.len() + sent == 60 {
+            break (h, sent);
+        }
+        assert!(Instant::now() < deadline, "{} held, {sent} deleted", h.len());
+    };
+    println!("cause scim_push (60 of 200 deleted over SCIM, one request each): sent {sent}, held {}", h.len());
+    assert!(sent <= 20 && h.len() >= 40, "sent {sent}, held {}", h.len());
+    assert!(h.iter().all(|e| e["action"] == "delete" && e["cause"]["kind"] == "scim_push"), "{:#}", h[0]);
+    assert!(h[0]["cause"]["summary"].as_str().unwrap().contains("SCIM client Entra ID"), "{:#}", h[0]);
+    assert_eq!(app_accounts(&w).await.len(), 200 - sent, "nothing sent for held deletions");
+    let ids: Vec<Value> = h[..20].iter().map(|e| e["id"].clone()).collect();
+    let r = w.s.post(&format!("/api/v1/apps/{app}/held/reject"), json!({"event_ids": ids})).await;
+    assert_eq!(r.status, StatusCode::OK, "{r:#?}");
+    let a = w.s.post(&format!("/api/v1/apps/{app}/held/allow"), json!({})).await;
+    assert_eq!(a.body["items"].as_array().unwrap().len(), h.len() - 20, "{a:#?}");
+    app_until(&w, "the allowed deletions", |a| a.len() == 160).await;
+    assert_eq!(events(&w, "rejected").await.len(), 20);
+}
+
+on_both_backends!(the_guard_holds_every_cause, settings_apply_forward, the_guard_holds_deletions_pushed_over_scim);
