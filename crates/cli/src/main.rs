@@ -85,6 +85,10 @@ enum Command {
         /// Seconds between full reconciliations of each app [default: 3600]; 0 turns them off.
         #[arg(long, env = "PROVISIONER_RECONCILE_SECONDS")]
         reconcile_seconds: Option<u64>,
+        /// Seconds before each connection test of a quarantined app, comma-separated; the last
+        /// repeats [default: 300,1800,7200,21600,86400].
+        #[arg(long, env = "PROVISIONER_QUARANTINE_BACKOFF")]
+        quarantine_backoff: Option<String>,
     },
     /// Create the database or bring it up to date, then exit.
     Migrate {
@@ -202,6 +206,7 @@ struct WorkArgs {
     role: Role,
     lease_seconds: Option<u64>,
     reconcile_seconds: Option<u64>,
+    quarantine_backoff: Option<String>,
 }
 
 async fn serve(
@@ -230,6 +235,10 @@ async fn serve(
     }
     if let Some(secs) = work.reconcile_seconds {
         engine_config.reconcile_interval = (secs > 0).then(|| Duration::from_secs(secs));
+    }
+    if let Some(text) = work.quarantine_backoff.as_deref().filter(|t| !t.trim().is_empty()) {
+        engine_config.quarantine.backoff = engine::QuarantinePolicy::parse_backoff(text)
+            .map_err(|e| anyhow::anyhow!("--quarantine-backoff: {e}"))?;
     }
     let mut state = AppState::new(store, Arc::new(keyring), engine_config);
     let mut console_config = server::console::ConsoleConfig::default();
@@ -316,8 +325,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             role,
             lease_seconds,
             reconcile_seconds,
+            quarantine_backoff,
         } => {
-            let work = WorkArgs { role, lease_seconds, reconcile_seconds };
+            let work = WorkArgs { role, lease_seconds, reconcile_seconds, quarantine_backoff };
             serve(&settings, listen, &store, ConsoleArgs { session_idle_minutes, secure_cookies, public_url }, work)
                 .await
         }

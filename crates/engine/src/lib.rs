@@ -12,6 +12,7 @@ pub mod admin;
 pub mod desired;
 pub mod mapping;
 pub mod plan;
+pub mod quarantine;
 pub mod reconcile;
 pub mod runner;
 pub mod source_runner;
@@ -20,5 +21,6 @@ pub mod worker;
 
 pub use admin::{Explanation, PlanPreview, PreviewSample};
 pub use desired::DesiredSummary;
+pub use quarantine::QuarantinePolicy;
 pub use runner::{Engine, EngineConfig, EngineError, ProvisionStep, ReconcileReport};
 pub use source_runner::SourceSyncer;

@@ -219,6 +219,7 @@ mod tests {
                 reason: None,
                 recommended_action: None,
                 attempts: 0,
+                resolved_by: None,
                 created_at: now,
                 updated_at: now,
             },

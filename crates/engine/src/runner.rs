@@ -42,6 +42,8 @@ pub struct EngineConfig {
     pub planner_lease: Option<Duration>,
     /// Run the planner and the workers here (`false` for an API-only process).
     pub run_work: bool,
+    /// When an app is quarantined, and how often a quarantined app is probed.
+    pub quarantine: crate::QuarantinePolicy,
 }
 
 impl Default for EngineConfig {
@@ -56,6 +58,7 @@ impl Default for EngineConfig {
             http_backoff_base: Duration::from_millis(200),
             planner_lease: None,
             run_work: true,
+            quarantine: crate::QuarantinePolicy::default(),
         }
     }
 }
@@ -127,7 +130,8 @@ pub struct Engine {
 /// Finished operations waiting for their outcome to be written.
 #[derive(Default)]
 struct Recorder {
-    pending: Mutex<Vec<(Uuid, Outcome)>>,
+    /// (operation, app, outcome).
+    pending: Mutex<Vec<(Uuid, Uuid, Outcome)>>,
     /// A worker is writing outcomes now.
     writing: AtomicBool,
 }
@@ -228,6 +232,10 @@ impl Engine {
         &self.store
     }
 
+    pub(crate) fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
     /// Tells the workers there may be work (approved or retried events).
     pub fn wake_workers(&self) {
         self.worker_wake.notify_one();
@@ -249,6 +257,8 @@ impl Engine {
         tasks.push(tokio::spawn(async move { me.planner_loop().await }));
         let me = self.clone();
         tasks.push(tokio::spawn(async move { me.dispatcher_loop().await }));
+        let me = self.clone();
+        tasks.push(tokio::spawn(async move { me.probe_loop().await }));
         if let Some(every) = self.config.reconcile_interval {
             let me = self.clone();
             tasks.push(tokio::spawn(async move { me.reconcile_loop(every).await }));
@@ -500,7 +510,7 @@ impl Engine {
     /// Runs one operation and records what happened; `true` when its outcome went to the
     /// recorder (which wakes the workers once written).
     async fn run_operation(&self, app: Option<App>, op: directory::Operation, shared: &Shared) -> bool {
-        let id = op.event.id;
+        let (id, app_id) = (op.event.id, op.event.app_id);
         let execution = match &app {
             None => Execution::Finished(Outcome {
                 status: EventStatus::Cancelled,
@@ -538,7 +548,7 @@ impl Engine {
         };
         match execution {
             Execution::Finished(outcome) => {
-                self.record(id, outcome).await;
+                self.record(id, app_id, outcome).await;
                 true
             }
             Execution::RetryAt { at, reason } => {
@@ -559,14 +569,14 @@ impl Engine {
     /// until nothing is; the others leave theirs to it. An outcome lost to a crash before
     /// its commit leaves its operation running until the lease ends; it is then run again,
     /// and the retry's lookup finds the account the first attempt made.
-    async fn record(&self, id: Uuid, outcome: Outcome) {
-        lock(&self.recorder.pending).push((id, outcome));
+    async fn record(&self, id: Uuid, app: Uuid, outcome: Outcome) {
+        lock(&self.recorder.pending).push((id, app, outcome));
         loop {
             if self.recorder.writing.swap(true, Ordering::AcqRel) {
                 return;
             }
             loop {
-                let batch: Vec<(Uuid, Outcome)> = {
+                let batch: Vec<(Uuid, Uuid, Outcome)> = {
                     let mut pending = lock(&self.recorder.pending);
                     let n = pending.len().min(OUTCOME_BATCH);
                     pending.drain(..n).collect()
@@ -574,7 +584,7 @@ impl Engine {
                 if batch.is_empty() {
                     break;
                 }
-                self.write_outcomes(&batch).await;
+                self.write_outcomes(batch).await;
                 // A finished operation may have asked for re-planning (an account change), and
                 // the next operation of each pair may run now.
                 self.planner_wake.notify_one();
@@ -587,8 +597,10 @@ impl Engine {
         }
     }
 
-    async fn write_outcomes(&self, batch: &[(Uuid, Outcome)]) {
+    async fn write_outcomes(&self, batch: Vec<(Uuid, Uuid, Outcome)>) {
         let owner = &self.config.owner;
+        let (apps, batch): (Vec<Uuid>, Vec<(Uuid, Outcome)>) = batch.into_iter().map(|(id, a, o)| (a, (id, o))).unzip();
+        let batch = &batch[..];
         let recorded = match self.store.finish_operations(owner, batch).await {
             Ok(r) => r,
             Err(e) => {
@@ -607,11 +619,19 @@ impl Engine {
                 r
             }
         };
-        for ((id, _), done) in batch.iter().zip(recorded) {
+        for ((id, _), done) in batch.iter().zip(&recorded) {
             if !done {
                 tracing::warn!(op = %id, "lease lost before the outcome was recorded; another worker owns it");
             }
         }
+        let mine: Vec<(Uuid, &Outcome)> = batch
+            .iter()
+            .zip(apps)
+            .zip(&recorded)
+            .filter(|(_, done)| **done)
+            .map(|(((_, o), app), _)| (app, o))
+            .collect();
+        self.watch_outcomes(&mine).await;
     }
 
     /// The ids in the app of the groups an operation involves (lower-cased name -> id). A
@@ -731,11 +751,24 @@ impl Engine {
 
     /// "Enable" / "Test connection": checks the credentials, learns what the app supports
     /// and keeps it for every later request.
+    /// Its result is kept as the app's last connection test (see [`Engine::health`]).
     pub async fn test_connection(&self, app_id: Uuid) -> Result<Capabilities, EngineError> {
         let app = self.store.get_app(app_id).await?.ok_or(EngineError::NotFound("app"))?;
         lock(&self.connectors).remove(&app_id);
-        let c = self.build(&app, None).await?;
-        let caps = c.test_connection().await.map_err(|e| EngineError::app(&app, e))?;
+        let tested = async {
+            let c = self.build(&app, None).await?;
+            c.test_connection().await.map_err(|e| EngineError::app(&app, e))
+        }
+        .await;
+        let test = directory::ConnectionTest {
+            ok: tested.is_ok(),
+            at: directory::now(),
+            message: tested.as_ref().err().map(ToString::to_string),
+        };
+        if let Err(e) = self.store.record_connection_test(app_id, &test).await {
+            tracing::warn!(app = %app_id, error = %e, "cannot record the connection test's result");
+        }
+        let caps = tested?;
         let value = serde_json::to_value(caps).map_err(|e| EngineError::Credential(e.to_string()))?;
         self.store.set_app_capabilities(app_id, &value).await?;
         lock(&self.connectors).remove(&app_id);

@@ -47,6 +47,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_attributes, create_attribute))
         .routes(routes!(list_audit))
         .routes(routes!(test_connection))
+        .routes(routes!(app_health))
+        .routes(routes!(resume_app))
         .routes(routes!(app_accounts))
         .routes(routes!(user_accounts))
         .routes(routes!(rematch))
@@ -439,6 +441,28 @@ async fn test_connection(
 ) -> Result<Json<serde_json::Value>> {
     let caps = s.service.test_connection(&actor, id).await?;
     Ok(Json(serde_json::json!({"ok": true, "capabilities": caps})))
+}
+
+/// The app's health: whether it is quarantined (why, since when, the next connection test),
+/// its held and queued operations, and its last connection test.
+#[utoipa::path(get, path = "/apps/{id}/health", tag = "provisioning", params(("id" = Uuid, Path)),
+    responses((status = 200, body = directory::AppHealth),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn app_health(State(s): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<directory::AppHealth>> {
+    Ok(Json(s.service.app_health(id).await?))
+}
+
+/// Resumes a quarantined app at once: its queue runs again and what failed is planned again.
+#[utoipa::path(post, path = "/apps/{id}/resume", tag = "provisioning", params(("id" = Uuid, Path)),
+    responses((status = 200, description = "The app's health after resuming", body = directory::AppHealth),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The app is not quarantined", body = Problem, content_type = "application/problem+json")))]
+async fn resume_app(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<directory::AppHealth>> {
+    Ok(Json(s.service.resume_app(&actor, id).await?))
 }
 
 /// The app's accounts: status, ownership, remote id.

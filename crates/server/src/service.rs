@@ -429,6 +429,21 @@ impl Service {
         Ok(result?)
     }
 
+    /// The app's health: quarantine, queue, rate and last connection test.
+    pub async fn app_health(&self, app: Uuid) -> Result<directory::AppHealth> {
+        self.get_app(app).await?;
+        Ok(self.engine.health(app).await?)
+    }
+
+    /// Resumes a quarantined app at once (audited); 409 when it is not quarantined.
+    pub async fn resume_app(&self, actor: &Actor, app: Uuid) -> Result<directory::AppHealth> {
+        self.get_app(app).await?;
+        if !self.engine.resume(app, actor, "resumed by an admin").await? {
+            return Err(Error::InvalidState("the app is not quarantined".into()));
+        }
+        Ok(self.engine.health(app).await?)
+    }
+
     pub async fn list_events(&self, query: &EventQuery) -> Result<Page<Event>> {
         Ok(self.store.list_events(query).await?)
     }

@@ -199,6 +199,7 @@ pub fn iso(t: &DateTime<Utc>) -> String {
 pub fn status_label(s: EventStatus) -> &'static str {
     match s {
         EventStatus::Pending => "Pending",
+        EventStatus::Held => "Held for review",
         EventStatus::Provisioning => "Provisioning",
         EventStatus::Modifying => "Modifying",
         EventStatus::Provisioned => "Provisioned",
@@ -249,7 +250,20 @@ pub struct Badge {
 
 impl Badge {
     pub fn of(s: EventStatus) -> Self {
-        Self { slug: s.as_str(), label: status_label(s), working: !s.is_final() && s != EventStatus::Pending }
+        Self {
+            slug: s.as_str(),
+            label: status_label(s),
+            working: !s.is_final() && !matches!(s, EventStatus::Pending | EventStatus::Held),
+        }
+    }
+
+    /// An event's badge: a failure resolved by a later success says so.
+    pub fn of_event(e: &Event) -> Self {
+        let mut b = Self::of(e.status);
+        if e.status == EventStatus::Failed && e.resolved_by.is_some() {
+            b.label = "Failed (resolved)";
+        }
+        b
     }
 }
 
@@ -283,9 +297,9 @@ impl EventView {
             app_id: e.app_id,
             app_name: e.app_name.clone(),
             action: action_label(e.action),
-            badge: Badge::of(e.status),
+            badge: Badge::of_event(e),
             pending: e.status == EventStatus::Pending,
-            failed: e.status == EventStatus::Failed,
+            failed: e.status == EventStatus::Failed && e.resolved_by.is_none(),
             unknown: e.status == EventStatus::Unknown,
             reason: e.reason.clone().unwrap_or_default(),
             recommended_action: e.recommended_action.clone().unwrap_or_default(),

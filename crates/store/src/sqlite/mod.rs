@@ -23,6 +23,7 @@ use crate::{cursor, AuditQuery, NameQuery, PageRequest, Result, Store, StoreErro
 mod admins;
 mod bulk;
 mod entitlements;
+mod health;
 mod provisioning;
 mod saml;
 mod scim;
