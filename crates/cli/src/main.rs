@@ -237,8 +237,8 @@ async fn serve(
         engine_config.reconcile_interval = (secs > 0).then(|| Duration::from_secs(secs));
     }
     if let Some(text) = work.quarantine_backoff.as_deref().filter(|t| !t.trim().is_empty()) {
-        engine_config.quarantine.backoff = engine::QuarantinePolicy::parse_backoff(text)
-            .map_err(|e| anyhow::anyhow!("--quarantine-backoff: {e}"))?;
+        engine_config.quarantine.backoff =
+            engine::QuarantinePolicy::parse_backoff(text).map_err(|e| anyhow::anyhow!("--quarantine-backoff: {e}"))?;
     }
     let mut state = AppState::new(store, Arc::new(keyring), engine_config);
     let mut console_config = server::console::ConsoleConfig::default();

@@ -24,8 +24,8 @@ pub use audit::{Actor, AuditEntry};
 pub use change::{Change, ChangeKind, NewChange};
 pub use mapping::{Condition, EntitlementRef, Match, Op, Parameter, Rule, RuleAction, SetAttribute, Source, Transform};
 pub use provisioning::{
-    AppHealth, ConnectionTest, HealthState,
-    Account, Action, Entitlement, EntitlementRefresh, Event, EventStatus, OpState, Operation, Ownership,
+    Account, Action, AppHealth, ConnectionTest, Entitlement, EntitlementRefresh, Event, EventStatus, HealthState,
+    OpState, Operation, Ownership,
 };
 pub use role::{Role, RoleInput, RoleRef};
 pub use saml::SamlSettings;

@@ -162,9 +162,13 @@ impl Engine {
                 match me.test_connection(app).await {
                     Ok(_) => match me.resume(app, &Actor::system(), "the connection test succeeded").await {
                         Ok(_) => tracing::info!(app = %app, "probe succeeded: app resumed"),
-                        Err(e) => tracing::warn!(app = %app, error = %e, "probe succeeded but the app cannot be resumed"),
+                        Err(e) => {
+                            tracing::warn!(app = %app, error = %e, "probe succeeded but the app cannot be resumed")
+                        }
                     },
-                    Err(e) => tracing::info!(app = %app, error = %e, next_probe = %next, "probe failed: app stays quarantined"),
+                    Err(e) => {
+                        tracing::info!(app = %app, error = %e, next_probe = %next, "probe failed: app stays quarantined")
+                    }
                 }
             });
         }

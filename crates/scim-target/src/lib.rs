@@ -112,6 +112,14 @@ pub struct Switches {
     /// `userName eq "..."` compares case-sensitively (userName stays unique ignoring case,
     /// as RFC 7643 section 4.1.1 wants).
     pub case_sensitive_user_name: bool,
+    /// This share of writes (POST, PUT, PATCH, DELETE; 0 to 100), spread evenly (3 of every 5
+    /// at 60), answer `400 invalidValue` and change nothing.
+    pub fail_writes_percent: u8,
+    /// This share of writes, spread evenly, answer `429 Too Many Requests` with
+    /// `Retry-After: 0` and change nothing.
+    pub throttle_writes_percent: u8,
+    /// `GET /ServiceProviderConfig` (what a connection test reads) answers `503`.
+    pub config_unavailable: bool,
 }
 
 /// How the app starts.
@@ -190,6 +198,8 @@ pub struct App {
     /// `[users, groups][GET..=DELETE]`.
     counts: [[AtomicU64; 7]; 2],
     received: Mutex<Vec<(String, u64)>>,
+    /// Writes seen by [`Switches::fail_writes_percent`] and [`Switches::throttle_writes_percent`].
+    faulted: [AtomicU64; 2],
 }
 
 type Target = App;
@@ -230,6 +240,28 @@ fn authorized(t: &Target, headers: &HeaderMap) -> bool {
             .and_then(|h| h.strip_prefix("Bearer "))
             .is_some_and(|h| h == token),
     }
+}
+
+/// Whether write number `n` is one of `percent` in a hundred, spread evenly.
+fn in_share(n: u64, percent: u8) -> bool {
+    let p = u64::from(percent.min(100));
+    (n + 1) * p / 100 > n * p / 100
+}
+
+/// The answer a write gets from the switched faults, if any (after authentication).
+fn write_fault(t: &Target) -> Option<Response> {
+    let sw = lock(&t.switches).clone();
+    if sw.fail_writes_percent > 0 && in_share(t.faulted[0].fetch_add(1, Ordering::Relaxed), sw.fail_writes_percent) {
+        return Some(error(StatusCode::BAD_REQUEST, Some("invalidValue"), "switched failure: fail_writes_percent"));
+    }
+    if sw.throttle_writes_percent > 0
+        && in_share(t.faulted[1].fetch_add(1, Ordering::Relaxed), sw.throttle_writes_percent)
+    {
+        let mut r = error(StatusCode::TOO_MANY_REQUESTS, None, "switched failure: throttle_writes_percent");
+        r.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("0"));
+        return Some(r);
+    }
+    None
 }
 
 fn count(t: &Target, kind: Kind, what: usize) {
@@ -496,6 +528,9 @@ async fn create(State(t): State<Shared>, Path(kind): Path<String>, headers: Head
     if !authorized(&t, &headers) {
         return error(StatusCode::UNAUTHORIZED, None, "invalid token");
     }
+    if let Some(r) = write_fault(&t) {
+        return r;
+    }
     let v = match parse_body(&body) {
         Ok(v) => v,
         Err(r) => return *r,
@@ -549,6 +584,11 @@ async fn one(
     count(&t, kind, method_slot(&method));
     if !authorized(&t, &headers) {
         return error(StatusCode::UNAUTHORIZED, None, "invalid token");
+    }
+    if method != Method::GET {
+        if let Some(r) = write_fault(&t) {
+            return r;
+        }
     }
     let sw = lock(&t.switches).clone();
     let mut r = lock(store(&t, kind));
@@ -761,6 +801,9 @@ fn apply_patch(mut resource: Value, body: &Value, duplicate: bool) -> Result<Val
 }
 
 async fn config(State(t): State<Shared>) -> Response {
+    if lock(&t.switches).config_unavailable {
+        return error(StatusCode::SERVICE_UNAVAILABLE, None, "switched failure: config_unavailable");
+    }
     scim(
         StatusCode::OK,
         json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
@@ -809,6 +852,7 @@ impl App {
             groups: Mutex::new(Resources::default()),
             counts: Default::default(),
             received: Mutex::new(Vec::new()),
+            faulted: Default::default(),
         })
     }
 
@@ -1016,6 +1060,15 @@ impl Drop for ScimApp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_share_of_writes_is_spread_evenly() {
+        let hits: Vec<bool> = (0..10).map(|n| in_share(n, 60)).collect();
+        assert_eq!(hits.iter().filter(|h| **h).count(), 6);
+        assert_eq!(&hits[..5], &[false, true, false, true, true]);
+        assert!((0..100).all(|n| !in_share(n, 0)));
+        assert!((0..100).all(|n| in_share(n, 100)));
+    }
 
     #[test]
     fn filters_parse() {

@@ -36,5 +36,6 @@ mod engine_faults;
 mod ldap;
 mod mapping;
 mod openapi;
+mod quarantine;
 mod saml;
 mod scim_server;

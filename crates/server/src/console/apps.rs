@@ -478,7 +478,12 @@ async fn test_connection(
 }
 
 /// "Resume now" on a quarantined app's banner.
-async fn resume(State(state): State<AppState>, session: Session, headers: HeaderMap, Path(id): Path<Uuid>) -> Result<Response> {
+async fn resume(
+    State(state): State<AppState>,
+    session: Session,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+) -> Result<Response> {
     let app = state.service.get_app(id).await?;
     // Back to the page the banner was on.
     let back = headers
@@ -489,7 +494,9 @@ async fn resume(State(state): State<AppState>, session: Session, headers: Header
         .unwrap_or_else(|| format!("/console/apps/{id}/provisioning"));
     match state.service.resume_app(&session.actor(), id).await {
         Ok(_) => Ok(view::see_other_with(&back, "ok", &format!("Resumed {}: its queue runs again.", app.name))),
-        Err(Error::InvalidState(_)) => Ok(view::see_other_with(&back, "ok", &format!("{} is not quarantined.", app.name))),
+        Err(Error::InvalidState(_)) => {
+            Ok(view::see_other_with(&back, "ok", &format!("{} is not quarantined.", app.name)))
+        }
         Err(e) => Err(e.into()),
     }
 }
