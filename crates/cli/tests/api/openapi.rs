@@ -30,6 +30,8 @@ async fn openapi_document_covers_every_route() {
         ("/api/v1/audit", &["get"]),
         ("/api/v1/openapi.json", &["get"]),
         ("/api/v1/apps/{id}/connection/test", &["post"]),
+        ("/api/v1/apps/{id}/health", &["get"]),
+        ("/api/v1/apps/{id}/resume", &["post"]),
         ("/api/v1/apps/{id}/accounts", &["get"]),
         ("/api/v1/users/{id}/accounts", &["get"]),
         ("/api/v1/apps/{id}/accounts/{user_id}/rematch", &["post"]),
