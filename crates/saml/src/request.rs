@@ -181,9 +181,8 @@ pub fn parse(xml: &str) -> Result<AuthnRequest, RequestError> {
         .attribute("ID")
         .filter(|v| !v.is_empty() && v.len() <= 256)
         .ok_or_else(|| RequestError::Invalid("ID is missing or longer than 256 characters".into()))?;
-    let issue_instant = root
-        .attribute("IssueInstant")
-        .ok_or_else(|| RequestError::Invalid("IssueInstant is missing".into()))?;
+    let issue_instant =
+        root.attribute("IssueInstant").ok_or_else(|| RequestError::Invalid("IssueInstant is missing".into()))?;
     let issue_instant = chrono::DateTime::parse_from_rfc3339(issue_instant)
         .map_err(|_| RequestError::Invalid(format!("IssueInstant {issue_instant:?} is not an xs:dateTime")))?
         .with_timezone(&chrono::Utc);
@@ -326,7 +325,10 @@ mod tests {
     fn nested(depth: usize) -> String {
         let open = "<a>".repeat(depth);
         let close = "</a>".repeat(depth);
-        REQ.replace("</samlp:AuthnRequest>", &format!("<samlp:Extensions>{open}{close}</samlp:Extensions></samlp:AuthnRequest>"))
+        REQ.replace(
+            "</samlp:AuthnRequest>",
+            &format!("<samlp:Extensions>{open}{close}</samlp:Extensions></samlp:AuthnRequest>"),
+        )
     }
 
     #[test]
@@ -350,7 +352,10 @@ mod tests {
         let r = parse(REQ).unwrap();
         let at = r.issue_instant;
         assert!(check_fresh(&r, at + chrono::Duration::seconds(MAX_AGE_SECONDS)).is_ok());
-        assert!(matches!(check_fresh(&r, at + chrono::Duration::seconds(MAX_AGE_SECONDS + 1)), Err(RequestError::Expired(_))));
+        assert!(matches!(
+            check_fresh(&r, at + chrono::Duration::seconds(MAX_AGE_SECONDS + 1)),
+            Err(RequestError::Expired(_))
+        ));
         assert!(check_fresh(&r, at - chrono::Duration::seconds(MAX_SKEW_SECONDS)).is_ok());
         assert!(matches!(
             check_fresh(&r, at - chrono::Duration::seconds(MAX_SKEW_SECONDS + 1)),

@@ -31,10 +31,24 @@ async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Er
     Bytes::from_request(req, state).await.map_err(|e: BytesRejection| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Error::PayloadTooLarge { limit: MAX_BODY }
+        } else if let Some(slow) = too_slow(&e) {
+            Error::RequestTimeout(slow.to_string())
         } else {
             Error::bad_request("body", e.body_text())
         }
     })
+}
+
+/// The [`crate::listener::BodyTooSlow`] behind a body error, if that is what it is.
+pub fn too_slow<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a crate::listener::BodyTooSlow> {
+    let mut cur: Option<&'a (dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(slow) = err.downcast_ref::<crate::listener::BodyTooSlow>() {
+            return Some(slow);
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// Parses `bytes` into `T`; a syntax error is `MalformedJson`, a shape error names its path.
