@@ -246,12 +246,12 @@ impl Engine {
         }
         let mut tasks = lock(&self.tasks);
         let me = self.clone();
-        tasks.push(tokio::spawn(async move { me.planner_loop().await }));
+        tasks.push(tokio::spawn(supervise("planner", move || me.clone().planner_loop())));
         let me = self.clone();
-        tasks.push(tokio::spawn(async move { me.dispatcher_loop().await }));
+        tasks.push(tokio::spawn(supervise("dispatcher", move || me.clone().dispatcher_loop())));
         if let Some(every) = self.config.reconcile_interval {
             let me = self.clone();
-            tasks.push(tokio::spawn(async move { me.reconcile_loop(every).await }));
+            tasks.push(tokio::spawn(supervise("reconciliation", move || me.clone().reconcile_loop(every))));
         }
         // Writes by other processes (PostgreSQL LISTEN/NOTIFY) wake this one's loops.
         if let Some(mut rx) = self.store.wakeups() {
@@ -271,6 +271,13 @@ impl Engine {
             }));
         }
         Ok(())
+    }
+
+    /// Uses `connector` for `app` at `version` instead of building one from its settings (for
+    /// tests and tools that stand in for an app).
+    #[doc(hidden)]
+    pub fn use_connector(&self, app: Uuid, version: i64, connector: Arc<dyn Connector>) {
+        lock(&self.connectors).insert(app, (version, connector));
     }
 
     /// Stops the loops. Operations in flight keep their lease and are retried later.
@@ -483,8 +490,36 @@ impl Engine {
         let shared = Arc::new(shared);
         for op in ops {
             let (me, app, shared) = (self.clone(), app.clone(), shared.clone());
+            let id = op.event.id;
+            // The operation runs in its own task, so that a panic in it ends only that task.
+            let running = tokio::spawn({
+                let me = me.clone();
+                async move { me.run_operation(app, op, &shared).await }
+            });
             tokio::spawn(async move {
-                let recorder_wakes = me.run_operation(app, op, &shared).await;
+                let recorder_wakes = match running.await {
+                    Ok(wakes) => wakes,
+                    Err(e) if e.is_panic() => {
+                        let what = panic_message(e.into_panic());
+                        tracing::error!(op = %id, panic = %what, "an operation panicked; it is recorded as failed");
+                        me.record(
+                            id,
+                            Outcome {
+                                status: EventStatus::Failed,
+                                reason: Some(format!("Internal error while running the operation: {what}")),
+                                recommended_action: Some(
+                                    "Retry the operation; if it fails again, report the error with the log.".into(),
+                                ),
+                                account: AccountWrite::Keep,
+                                replan: false,
+                            },
+                        )
+                        .await;
+                        true
+                    }
+                    // Cancelled at shutdown: its lease ends and another run takes it over.
+                    Err(_) => false,
+                };
                 if let Some(n) = lock(&me.inflight).get_mut(&app_id) {
                     *n = n.saturating_sub(1);
                 }
@@ -822,5 +857,42 @@ fn affects(kind: directory::ChangeKind) -> Affects {
         K::Account => Affects::Pair,
         // A role's deletion is recorded as membership and grant changes.
         K::Role => Affects::Nothing,
+    }
+}
+
+/// The text of a panic's payload.
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "(no message)".to_owned())
+}
+
+/// Runs the loop `make` builds, and builds and runs it again (after a second) if it panics:
+/// a panic in the planner, the dispatcher or the reconciliation ends that pass, never the
+/// engine's work.
+async fn supervise<F, Fut>(name: &'static str, make: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    /// Stopping the supervisor (an abort) stops the loop it runs.
+    struct AbortOnDrop(JoinHandle<()>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    loop {
+        let mut running = AbortOnDrop(tokio::spawn(make()));
+        match (&mut running.0).await {
+            Ok(()) => return,
+            Err(e) if e.is_panic() => {
+                tracing::error!(task = name, panic = %panic_message(e.into_panic()), "the task panicked; it starts again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(_) => return,
+        }
     }
 }

@@ -147,3 +147,27 @@ pub fn router(state: AppState) -> Router {
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_ends_its_request_with_a_500_problem() {
+        let app: Router = Router::new()
+            .route("/boom", get(|| async { panic!("handler bug") as &'static str }))
+            .route("/fine", get(|| async { "ok" }))
+            .layer(CatchPanicLayer::custom(panicked));
+        let resp = app.clone().oneshot(Request::get("/boom").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], error::PROBLEM_JSON);
+        let body = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap();
+        assert!(!String::from_utf8_lossy(&body).contains("handler bug"), "details are logged, not returned");
+        let resp = app.oneshot(Request::get("/fine").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+}

@@ -37,3 +37,4 @@ mod mapping;
 mod openapi;
 mod saml;
 mod scim_server;
+mod security;
