@@ -36,7 +36,12 @@ impl Connector for PanicsOnce {
     async fn find_account(&self, _: &str, _: &str) -> Result<Vec<RemoteAccount>, ConnectorError> {
         Ok(vec![])
     }
-    async fn update_account(&self, _: &str, _: &Value, _: Option<&Value>) -> Result<Option<RemoteAccount>, ConnectorError> {
+    async fn update_account(
+        &self,
+        _: &str,
+        _: &Value,
+        _: Option<&Value>,
+    ) -> Result<Option<RemoteAccount>, ConnectorError> {
         panic!("not used")
     }
     async fn deactivate_account(&self, _: &str) -> Result<(), ConnectorError> {
