@@ -65,7 +65,7 @@ pub(crate) const MAX_PAGES: u32 = 100_000;
 /// Checks page after page of one index-paged scan.
 #[derive(Debug, Default)]
 pub(crate) struct PageCheck {
-    seen: HashMap<String, u64>,
+    seen: HashMap<String, String>,
     total: Option<u64>,
     pub items: Vec<RemoteAccount>,
 }
@@ -78,6 +78,63 @@ pub(crate) enum Next {
 }
 
 impl PageCheck {
+    /// The checks every page passes, whatever the paging: `at` names the page.
+    fn absorb(
+        &mut self,
+        at: &str,
+        items_per_page: Option<u64>,
+        total: Option<u64>,
+        rows: Vec<RemoteAccount>,
+    ) -> Result<(), String> {
+        let n = rows.len() as u64;
+        if let Some(ipp) = items_per_page {
+            if ipp != n {
+                return Err(format!("at {at} the app said itemsPerPage={ipp} but sent {n} resources"));
+            }
+        }
+        if let Some(t) = total {
+            match self.total {
+                Some(before) if before != t => {
+                    return Err(format!("totalResults changed from {before} to {t} during the scan"));
+                }
+                _ => self.total = Some(t),
+            }
+        }
+        for r in rows {
+            if let Some(first) = self.seen.insert(r.id.clone(), at.to_owned()) {
+                return Err(format!("resource {} came again on the page at {at} after the page at {first}", r.id));
+            }
+            self.items.push(r);
+        }
+        let have = self.items.len() as u64;
+        if let Some(t) = self.total {
+            if have > t {
+                return Err(format!("the pages held more resources ({have}) than totalResults={t}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes a page of a cursor scan; `last` when it had no `nextCursor`.
+    pub fn take_cursor(
+        &mut self,
+        page: u32,
+        items_per_page: Option<u64>,
+        total: Option<u64>,
+        rows: Vec<RemoteAccount>,
+        last: bool,
+    ) -> Result<Next, String> {
+        self.absorb(&format!("cursor page {page}"), items_per_page, total, rows)?;
+        if !last {
+            return Ok(Next::Page(self.items.len() as u64 + 1));
+        }
+        let have = self.items.len() as u64;
+        match self.total {
+            Some(t) if have < t => Err(format!("the app said totalResults={t} but its pages held {have} resources")),
+            _ => Ok(Next::Done),
+        }
+    }
+
     /// Takes the page answered to `startIndex=start&count=count`; `Err` names a contradiction.
     pub fn take(
         &mut self,
@@ -94,34 +151,8 @@ impl PageCheck {
                 return Err(format!("asked for startIndex={start}, the app answered startIndex={echo}"));
             }
         }
-        if let Some(ipp) = items_per_page {
-            if ipp != n {
-                return Err(format!("at startIndex={start} the app said itemsPerPage={ipp} but sent {n} resources"));
-            }
-        }
-        if let Some(t) = total {
-            match self.total {
-                Some(before) if before != t => {
-                    return Err(format!("totalResults changed from {before} to {t} during the scan"));
-                }
-                _ => self.total = Some(t),
-            }
-        }
-        for r in rows {
-            if let Some(first) = self.seen.insert(r.id.clone(), start) {
-                return Err(format!(
-                    "resource {} came again on the page at startIndex={start} after the page at startIndex={first}",
-                    r.id
-                ));
-            }
-            self.items.push(r);
-        }
+        self.absorb(&format!("startIndex={start}"), items_per_page, total, rows)?;
         let have = self.items.len() as u64;
-        if let Some(t) = self.total {
-            if have > t {
-                return Err(format!("the pages held more resources ({have}) than totalResults={t}"));
-            }
-        }
         let next = start + n;
         let done = match self.total {
             _ if n == 0 => true,

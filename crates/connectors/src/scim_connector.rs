@@ -380,6 +380,53 @@ impl Connector for ScimConnector {
                 }
             }
         }
+        if self.capabilities().await?.cursor {
+            let name = "cursor pagination";
+            report.tried.push(name.into());
+            let mut check = PageCheck::default();
+            let mut cursor: Option<String> = None;
+            let mut used: Vec<String> = Vec::new();
+            let mut page = 0u32;
+            let outcome = loop {
+                if report.pages >= MAX_PAGES {
+                    break Err("the pages do not end".to_owned());
+                }
+                page += 1;
+                report.pages += 1;
+                let list = match self.client.list_resources_cursor(endpoint, cursor.as_deref(), count).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let e = ConnectorError::from(e);
+                        if !e.retryable && e.kind != ErrorKind::Authentication {
+                            break Err(format!("not offered by the app ({})", e.reason));
+                        }
+                        return Err(e);
+                    }
+                };
+                let next = list.next_cursor.filter(|c| !c.is_empty());
+                let rows =
+                    list.resources.into_iter().map(RemoteAccount::from_resource).collect::<Result<Vec<_>, _>>()?;
+                match check.take_cursor(page, list.items_per_page, list.total_results, rows, next.is_none()) {
+                    Ok(Next::Done) => break Ok(()),
+                    Ok(Next::Page(_)) => {}
+                    Err(contradiction) => break Err(contradiction),
+                }
+                if let Some(c) = &next {
+                    if used.contains(c) {
+                        break Err(format!("nextCursor {c} came twice"));
+                    }
+                    used.push(c.clone());
+                }
+                cursor = next;
+            };
+            match outcome {
+                Ok(()) => {
+                    report.strategy = Some(name.into());
+                    return Ok(Scan { items: check.items, report });
+                }
+                Err(c) => report.contradictions.push(format!("{name}: {c}")),
+            }
+        }
         Ok(Scan { items: Vec::new(), report })
     }
 

@@ -578,6 +578,19 @@ impl Client {
         self.execute(Method::POST, url, Some(&body), None).await?.parse()
     }
 
+    /// `GET /{endpoint}?cursor=..&count=..` (draft-ietf-scim-cursor-pagination): `None` asks
+    /// for the first page (an empty `cursor`), then each answer's `nextCursor`.
+    pub async fn list_resources_cursor(
+        &self,
+        endpoint: &str,
+        cursor: Option<&str>,
+        count: u32,
+    ) -> Result<ListResponse<Value>, ScimError> {
+        let url =
+            self.url(&[endpoint], &[("cursor", cursor.unwrap_or("").to_string()), ("count", count.to_string())])?;
+        self.execute(Method::GET, url, None, None).await?.parse()
+    }
+
     /// A pager walking every resource of `endpoint`, `page_size` at a time.
     pub fn pager(&self, endpoint: &str, page_size: u32) -> Pager {
         Pager {

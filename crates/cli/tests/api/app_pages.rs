@@ -117,9 +117,13 @@ struct Bench {
 
 impl Bench {
     async fn new(backend: Backend, switches: Switches) -> Self {
+        Self::with_pages_of(backend, switches, 100).await
+    }
+
+    async fn with_pages_of(backend: Backend, switches: Switches, max_results: usize) -> Self {
         let app = ScimApp::start(ScimAppOptions {
             token: Some(APP_TOKEN.into()),
-            max_results: 100,
+            max_results,
             switches,
             ..Default::default()
         })
@@ -459,6 +463,44 @@ async fn memberships_changed_in_the_app_are_repaired(backend: Backend) {
     assert!(b.app.counts().users.get >= 1, "the account was read by id before counting it gone");
     b.until("the account recreated", |app| app.user("u004").is_some_and(|u| u["id"] != json!(gone))).await;
     let _ = users;
+}
+
+/// An app whose index paging is broken both ways but which advertises cursor pagination is
+/// read through the cursor: reconcile and Refresh complete, naming the contradictions, and
+/// nothing is written.
+#[tokio::test]
+async fn cursor_pagination_is_used_where_advertised() {
+    let switches = Switches {
+        list_ignores_start_index: true,
+        search_ignores_start_index: true,
+        cursor_pagination: true,
+        ..Default::default()
+    };
+    let b = Bench::with_pages_of(Backend::Sqlite, switches, 2).await;
+    b.users(5).await;
+    b.until("five accounts", |app| app.users().len() == 5 && app.members("Sales").is_some_and(|m| m.len() == 3)).await;
+    for i in 0..3 {
+        b.app.create_group(json!({"displayName": format!("Team {i}")})).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.app.reset_counts();
+    let r = b.reconcile().await;
+    assert_eq!((r["status"].as_str(), r["strategy"].as_str()), (Some("completed"), Some("cursor pagination")), "{r:#}");
+    assert_eq!((r["accounts_read"].as_u64(), r["queued"].as_u64()), (Some(5), Some(0)), "{r:#}");
+    let named: Vec<&str> = r["contradictions"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert_eq!(
+        named,
+        [
+            "GET paging: asked for startIndex=3, the app answered startIndex=1",
+            "POST /.search paging: asked for startIndex=3, the app answered startIndex=1"
+        ]
+    );
+    let refreshed = b.refresh().await;
+    assert_eq!(refreshed["refresh"]["state"], "done", "{refreshed:#}");
+    assert_eq!(refreshed["items"].as_array().unwrap().len(), 5, "Sales, Engineering and three teams");
+    assert_eq!(refreshed["read"]["strategy"], "cursor pagination");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(b.app.counts().writes(), 0);
 }
 
 on_both_backends!(memberships_changed_in_the_app_are_repaired);
