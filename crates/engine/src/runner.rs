@@ -95,16 +95,39 @@ pub struct ProvisionStep {
 }
 
 /// What a full reconciliation found and did.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct ReconcileReport {
+    /// `completed`, or `failed` when the app's listing contradicted itself whichever way it
+    /// was read (then nothing was changed).
+    pub status: String,
+    /// How the accounts were read (`GET paging`, `POST /.search paging`); `None` when no
+    /// way was consistent.
+    pub strategy: Option<String>,
+    /// Each contradiction found in the app's answers, naming the way of reading.
+    pub contradictions: Vec<String>,
+    /// Why it failed, and what to do.
+    pub reason: Option<String>,
+    pub recommended_action: Option<String>,
+    /// List requests made.
+    pub pages_read: u32,
     pub accounts_read: u64,
     pub users_checked: u64,
     /// Accounts found in the app with our externalId but no record here.
     pub adopted: u64,
     /// Accounts whose values in the app differ from what they should be.
     pub drifted: u64,
-    /// Accounts recorded here that no longer exist in the app.
+    /// Accounts recorded here that no longer exist in the app (a read by id answered 404
+    /// and a lookup by externalId/userName found nothing).
     pub vanished: u64,
+    /// Accounts recorded here that the listing did not hold (then read by id).
+    pub missing_from_list: u64,
+    /// Groups the engine manages, read to check their members.
+    pub groups_read: u64,
+    /// Accounts whose group memberships in the app differ from what was last applied.
+    pub memberships_drifted: u64,
+    /// Member entries listed more than once in the groups read (the app's health).
+    pub duplicate_members: u64,
+    pub groups_with_duplicates: Vec<String>,
     /// Operations queued.
     pub queued: u64,
 }
@@ -682,7 +705,15 @@ impl Engine {
                 )));
             }
             let group = serde_json::json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": name, "members": []});
-            match connector.create_group(&group).await {
+            // Another operation may have created it a moment ago: then use that one.
+            let created = match connector.create_group(&group).await {
+                Err(e) if e.kind == connectors::ErrorKind::Conflict => match connector.find_group(name).await {
+                    Ok(Some(found)) => Ok(found),
+                    _ => Err(e),
+                },
+                other => other,
+            };
+            match created {
                 Ok(created) => {
                     if let Err(e) = self.store.add_entitlement(app.id, "group", &created.id, name).await {
                         tracing::warn!(error = %e, group = %name, "created a group but could not record it");

@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 pub use admins::{AdminRecord, AdminStore, SessionRecord};
 pub use bulk::BulkStore;
-pub use entitlements::EntitlementStore;
+pub use entitlements::{AppRead, EntitlementStore};
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use provisioning::{
     AccountQuery, AccountWrite, EventQuery, Outcome, PairState, PlanItem, PlanWrite, ProvisioningStore,

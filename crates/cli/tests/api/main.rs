@@ -28,6 +28,7 @@ macro_rules! on_both_backends {
 }
 
 mod admin_api;
+mod app_pages;
 mod binary;
 mod console;
 mod engine;
