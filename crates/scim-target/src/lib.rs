@@ -120,6 +120,10 @@ pub struct Switches {
     pub throttle_writes_percent: u8,
     /// `GET /ServiceProviderConfig` (what a connection test reads) answers `503`.
     pub config_unavailable: bool,
+    /// Offers cursor pagination on `GET` lists (draft-ietf-scim-cursor-pagination), announced
+    /// in `/ServiceProviderConfig` as `"pagination": {"cursor": true}`: `?cursor=&count=`
+    /// then each answer's `nextCursor`. Index paging is unaffected (and keeps its switches).
+    pub cursor_pagination: bool,
 }
 
 /// How the app starts.
@@ -421,7 +425,23 @@ async fn list(
         start: q.get("startIndex").and_then(|s| s.parse().ok()),
         count: q.get("count").and_then(|s| s.parse().ok()),
     };
-    let ignores = lock(&t.switches).list_ignores_start_index;
+    let sw = lock(&t.switches).clone();
+    if let (true, Some(cursor), None) = (sw.cursor_pagination, q.get("cursor"), &query.filter) {
+        let Ok(offset) = (if cursor.is_empty() { Ok(0) } else { cursor.parse::<usize>() }) else {
+            return error(StatusCode::BAD_REQUEST, Some("invalidCursor"), "unknown cursor");
+        };
+        let n = query.count.unwrap_or(t.max_results).min(t.max_results);
+        let mut r = lock(store(&t, kind));
+        let live = r.live().to_vec();
+        let items: Vec<Value> = live.iter().skip(offset).take(n).filter_map(|i| r.items[*i].clone()).collect();
+        let mut body = json!({"schemas": [LIST_SCHEMA], "totalResults": live.len(), "itemsPerPage": items.len(),
+            "Resources": items});
+        if offset + n < live.len() {
+            body["nextCursor"] = json!((offset + n).to_string());
+        }
+        return scim(StatusCode::OK, body);
+    }
+    let ignores = sw.list_ignores_start_index;
     list_answer(&t, kind, &query, ignores)
 }
 
@@ -804,14 +824,15 @@ async fn config(State(t): State<Shared>) -> Response {
     if lock(&t.switches).config_unavailable {
         return error(StatusCode::SERVICE_UNAVAILABLE, None, "switched failure: config_unavailable");
     }
-    scim(
-        StatusCode::OK,
-        json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
-            "patch": {"supported": true}, "bulk": {"supported": false, "maxOperations": 0, "maxPayloadSize": 0},
-            "filter": {"supported": true, "maxResults": t.max_results}, "changePassword": {"supported": false},
-            "sort": {"supported": false}, "etag": {"supported": false},
-            "authenticationSchemes": [{"type": "oauthbearertoken", "name": "Bearer", "description": "Bearer token"}]}),
-    )
+    let mut body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
+        "patch": {"supported": true}, "bulk": {"supported": false, "maxOperations": 0, "maxPayloadSize": 0},
+        "filter": {"supported": true, "maxResults": t.max_results}, "changePassword": {"supported": false},
+        "sort": {"supported": false}, "etag": {"supported": false},
+        "authenticationSchemes": [{"type": "oauthbearertoken", "name": "Bearer", "description": "Bearer token"}]});
+    if lock(&t.switches).cursor_pagination {
+        body["pagination"] = json!({"cursor": true, "index": true, "defaultPaginationMethod": "index"});
+    }
+    scim(StatusCode::OK, body)
 }
 
 async fn stats(State(t): State<Shared>) -> Response {

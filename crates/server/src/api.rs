@@ -66,6 +66,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(explain))
         .routes(routes!(list_entitlements))
         .routes(routes!(refresh_entitlements))
+        .routes(routes!(app_reads))
         .routes(routes!(openapi_json))
         .merge(crate::scim_server::clients::router())
         .merge(crate::api_sources::router())
@@ -728,7 +729,19 @@ async fn list_entitlements(
     ApiQuery(p): ApiQuery<PageParams>,
 ) -> Result<Json<serde_json::Value>> {
     let (refresh, page) = s.service.entitlements(id, &page(p.limit, p.cursor)?).await?;
-    Ok(Json(serde_json::json!({"refresh": refresh, "items": page.items, "next_cursor": page.next_cursor})))
+    let read = s.service.app_reads(id).await?.into_iter().find(|r| r.kind == "refresh").map(|r| r.result);
+    Ok(Json(
+        serde_json::json!({"refresh": refresh, "read": read, "items": page.items, "next_cursor": page.next_cursor}),
+    ))
+}
+
+/// How the latest reconcile and Refresh read the app: the strategy whose pages were
+/// consistent (`GET paging`, `POST /.search paging`), each contradiction found in the app's
+/// answers, and (reconcile) the duplicate member entries seen in its groups.
+#[utoipa::path(get, path = "/apps/{id}/reads", tag = "provisioning", params(("id" = Uuid, Path)),
+    responses((status = 200, description = "`{\"items\": [{kind, result, recorded_at}]}`", body = Object)))]
+async fn app_reads(State(s): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<serde_json::Value>> {
+    Ok(Json(serde_json::json!({"items": s.service.app_reads(id).await?})))
 }
 
 /// "Refresh": import the app's groups in the background (page by page); follow its progress

@@ -633,6 +633,12 @@ impl Service {
         }
     }
 
+    /// How the latest reconcile and Refresh read the app.
+    pub async fn app_reads(&self, app: Uuid) -> Result<Vec<store::AppRead>> {
+        self.get_app(app).await?;
+        Ok(self.store.app_reads(app).await?)
+    }
+
     pub async fn entitlements(
         &self,
         app: Uuid,

@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 pub use admins::{AdminRecord, AdminStore, SessionRecord};
 pub use bulk::BulkStore;
-pub use entitlements::EntitlementStore;
+pub use entitlements::{AppRead, EntitlementStore};
 pub use health::{AppHealthRecord, HealthStore, OutcomeWindow, QueueCounts};
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use provisioning::{

@@ -1103,3 +1103,47 @@ async fn console_quarantine_banner_and_resume_in_a_real_browser() {
     assert!(audit.iter().any(|e| e.action == "app.quarantine" && e.actor.kind == "system"));
     assert!(audit.iter().any(|e| e.action == "app.resume" && e.actor.kind == "admin" && e.actor.name == ADMIN));
 }
+
+/// The app's page shows how the latest reconcile read the app: the strategy, or the
+/// contradiction that made it fail (issue 16).
+#[tokio::test]
+async fn console_app_page_names_the_read_strategy_and_contradiction() {
+    let c = Console::start(Default::default()).await;
+    let (session, csrf) = c.login().await;
+    let scim = testkit::ScimApp::start(testkit::ScimAppOptions {
+        max_results: 2,
+        switches: testkit::Switches { list_ignores_start_index: true, ..Default::default() },
+        ..Default::default()
+    })
+    .unwrap();
+    for i in 0..5 {
+        scim.create_user(json!({"userName": format!("someone{i}")})).unwrap();
+    }
+    let input: directory::AppInput = serde_json::from_value(json!({
+        "name": "Pager", "connection": {"base_url": scim.base_url(), "auth": {"type": "bearer", "token": "t"}}
+    }))
+    .unwrap();
+    let actor = directory::Actor::admin(ADMIN);
+    let app = c.state.service.create_app(&actor, input).await.unwrap();
+    c.state.service.test_connection(&actor, app.id).await.unwrap();
+    let page = format!("/console/apps/{}/provisioning", app.id);
+    let r = c.post(&format!("/console/apps/{}/reconcile", app.id), &session, &[("csrf", &csrf)]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let html = c.get(&page, &session).await.text().await.unwrap();
+    assert!(html.contains("Last Reconcile"), "{html}");
+    assert!(html.contains("POST /.search paging"), "read through POST /.search: {html}");
+    assert!(html.contains("asked for startIndex=3, the app answered startIndex=1"), "{html}");
+
+    // When POST /.search does the same, the reconcile fails and the page says why.
+    scim.set_switches(testkit::Switches {
+        list_ignores_start_index: true,
+        search_ignores_start_index: true,
+        ..Default::default()
+    });
+    scim.reset_counts();
+    c.post(&format!("/console/apps/{}/reconcile", app.id), &session, &[("csrf", &csrf)]).await;
+    let html = c.get(&page, &session).await.text().await.unwrap();
+    assert!(html.contains("none was consistent"), "{html}");
+    assert!(html.contains("POST /.search paging: asked for startIndex=3"), "{html}");
+    assert_eq!(scim.counts().writes(), 0);
+}

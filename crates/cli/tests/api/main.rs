@@ -39,3 +39,4 @@ mod openapi;
 mod quarantine;
 mod saml;
 mod scim_server;
+mod security;

@@ -36,6 +36,7 @@ async fn openapi_document_covers_every_route() {
         ("/api/v1/users/{id}/accounts", &["get"]),
         ("/api/v1/apps/{id}/accounts/{user_id}/rematch", &["post"]),
         ("/api/v1/apps/{id}/reconcile", &["post"]),
+        ("/api/v1/apps/{id}/reads", &["get"]),
         ("/api/v1/users/{id}/provision", &["post"]),
         ("/api/v1/events", &["get"]),
         ("/api/v1/events/{id}", &["get"]),

@@ -303,6 +303,35 @@ struct AppPage {
     next: Option<String>,
     /// "SAML JIT only": the app creates accounts at sign-in; the engine pushes none.
     saml_jit_only: bool,
+    /// How the latest reconcile and Refresh read the app.
+    reads: Vec<ReadView>,
+}
+
+/// How one job (reconcile or Refresh) last read the app.
+struct ReadView {
+    job: &'static str,
+    status: String,
+    strategy: String,
+    contradictions: Vec<String>,
+    duplicate_members: u64,
+    recorded: String,
+}
+
+impl ReadView {
+    fn of(r: &store::AppRead) -> Self {
+        let v = &r.result;
+        Self {
+            job: if r.kind == "reconcile" { "Reconcile" } else { "Refresh" },
+            status: v["status"].as_str().unwrap_or("").to_owned(),
+            strategy: v["strategy"].as_str().unwrap_or("none was consistent").to_owned(),
+            contradictions: v["contradictions"]
+                .as_array()
+                .map(|c| c.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default(),
+            duplicate_members: v["duplicate_members"].as_u64().unwrap_or(0),
+            recorded: r.recorded_at.format("%Y-%m-%d %H:%M UTC").to_string(),
+        }
+    }
 }
 
 #[derive(Template)]
@@ -347,6 +376,7 @@ async fn app_page(state: &AppState, layout: Layout, tab: &'static str, app: App)
         on_delete: deprovision_choices(app.provisioning.on_delete),
         accounts: vec![],
         next: None,
+        reads: state.service.app_reads(app.id).await?.iter().map(ReadView::of).collect(),
         app,
     })
 }
@@ -568,12 +598,22 @@ async fn save_provisioning(
 async fn reconcile(State(state): State<AppState>, session: Session, Path(id): Path<Uuid>) -> Result<Response> {
     let location = format!("/console/apps/{id}/provisioning");
     match state.service.reconcile(&session.actor(), id).await {
+        Ok(r) if r.status == "failed" => Ok(view::see_other_with(
+            &location,
+            "error",
+            &format!("Reconcile failed: {} {}", r.reason.unwrap_or_default(), r.recommended_action.unwrap_or_default()),
+        )),
         Ok(r) => Ok(view::see_other_with(
             &location,
             "ok",
             &format!(
-                "Reconciled: read {} accounts, checked {} users, {} drifted, {} vanished, {} operations queued.",
-                r.accounts_read, r.users_checked, r.drifted, r.vanished, r.queued
+                "Reconciled: read {} accounts ({}), checked {} users, {} drifted, {} vanished, {} operations queued.",
+                r.accounts_read,
+                r.strategy.as_deref().unwrap_or("listing"),
+                r.users_checked,
+                r.drifted,
+                r.vanished,
+                r.queued
             ),
         )),
         Err(Error::App { reason, recommended_action }) => {
