@@ -16,6 +16,14 @@ pub struct FileConfig {
     pub database_url: Option<String>,
     pub admin_token: Option<String>,
     pub log: Option<String>,
+    /// Seconds a client has to send a request's headers [default: 10].
+    pub header_timeout_seconds: Option<u64>,
+    /// Each window of this many seconds must bring 1 KiB of a request body, or its end [default: 30].
+    pub body_timeout_seconds: Option<u64>,
+    /// Seconds an idle keep-alive connection stays open [default: 60].
+    pub keep_alive_seconds: Option<u64>,
+    /// The most connections open at once [default: min(10000, open-file limit - 256)].
+    pub max_connections: Option<usize>,
 }
 
 impl FileConfig {

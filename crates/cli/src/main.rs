@@ -46,6 +46,23 @@ struct StoreArgs {
     db_statement_timeout_seconds: Option<u64>,
 }
 
+/// Timeouts and limits of the HTTP connections.
+#[derive(Args, Clone, Default)]
+struct ConnectionArgs {
+    /// Seconds a client has to send a request's headers [default: 10].
+    #[arg(long, env = "PROVISIONER_HEADER_TIMEOUT_SECONDS")]
+    header_timeout_seconds: Option<u64>,
+    /// A request body must bring 1 KiB (or its end) in every window of this many seconds [default: 30].
+    #[arg(long, env = "PROVISIONER_BODY_TIMEOUT_SECONDS")]
+    body_timeout_seconds: Option<u64>,
+    /// Seconds an idle keep-alive connection stays open [default: 60].
+    #[arg(long, env = "PROVISIONER_KEEP_ALIVE_SECONDS")]
+    keep_alive_seconds: Option<u64>,
+    /// The most connections open at once [default: min(10000, open-file limit - 256)].
+    #[arg(long, env = "PROVISIONER_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+}
+
 /// What a `serve` process does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Role {
@@ -85,6 +102,12 @@ enum Command {
         /// Seconds between full reconciliations of each app [default: 3600]; 0 turns them off.
         #[arg(long, env = "PROVISIONER_RECONCILE_SECONDS")]
         reconcile_seconds: Option<u64>,
+        /// Seconds before each connection test of a quarantined app, comma-separated; the last
+        /// repeats [default: 300,1800,7200,21600,86400].
+        #[arg(long, env = "PROVISIONER_QUARANTINE_BACKOFF")]
+        quarantine_backoff: Option<String>,
+        #[command(flatten)]
+        connections: ConnectionArgs,
     },
     /// Create the database or bring it up to date, then exit.
     Migrate {
@@ -156,6 +179,32 @@ impl Settings {
         }
     }
 
+    fn connections(&self, args: &ConnectionArgs) -> anyhow::Result<server::listener::ConnectionLimits> {
+        let mut limits = server::listener::ConnectionLimits::default();
+        let secs = |flag: Option<u64>, file: Option<u64>, name: &str| -> anyhow::Result<Option<Duration>> {
+            match flag.or(file) {
+                Some(0) => anyhow::bail!("{name} must be at least 1 second"),
+                other => Ok(other.map(Duration::from_secs)),
+            }
+        };
+        let f = &self.file;
+        if let Some(d) = secs(args.header_timeout_seconds, f.header_timeout_seconds, "--header-timeout-seconds")? {
+            limits.header_timeout = d;
+        }
+        if let Some(d) = secs(args.body_timeout_seconds, f.body_timeout_seconds, "--body-timeout-seconds")? {
+            limits.body_timeout = d;
+        }
+        if let Some(d) = secs(args.keep_alive_seconds, f.keep_alive_seconds, "--keep-alive-seconds")? {
+            limits.keep_alive_timeout = d;
+        }
+        match args.max_connections.or(f.max_connections) {
+            Some(0) => anyhow::bail!("--max-connections must be at least 1"),
+            Some(n) => limits.max_connections = n,
+            None => {}
+        }
+        Ok(limits)
+    }
+
     fn listen(&self, flag: Option<SocketAddr>) -> SocketAddr {
         flag.or(self.file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)))
     }
@@ -202,6 +251,8 @@ struct WorkArgs {
     role: Role,
     lease_seconds: Option<u64>,
     reconcile_seconds: Option<u64>,
+    quarantine_backoff: Option<String>,
+    connections: ConnectionArgs,
 }
 
 async fn serve(
@@ -211,6 +262,7 @@ async fn serve(
     console: ConsoleArgs,
     work: WorkArgs,
 ) -> anyhow::Result<()> {
+    let limits = settings.connections(&work.connections)?;
     let store_settings = settings.store(store_args);
     // The embedded store has one engine: its process holds the data directory's lock.
     let _lock = store_settings.lock()?;
@@ -230,6 +282,10 @@ async fn serve(
     }
     if let Some(secs) = work.reconcile_seconds {
         engine_config.reconcile_interval = (secs > 0).then(|| Duration::from_secs(secs));
+    }
+    if let Some(text) = work.quarantine_backoff.as_deref().filter(|t| !t.trim().is_empty()) {
+        engine_config.quarantine.backoff =
+            engine::QuarantinePolicy::parse_backoff(text).map_err(|e| anyhow::anyhow!("--quarantine-backoff: {e}"))?;
     }
     let mut state = AppState::new(store, Arc::new(keyring), engine_config);
     let mut console_config = server::console::ConsoleConfig::default();
@@ -280,8 +336,14 @@ async fn serve(
         Role::All | Role::Api => server::router(state.clone()),
     };
     tracing::info!(role = ?work.role, "serving");
-    let app = router.into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    tracing::info!(
+        header_timeout = ?limits.header_timeout,
+        body_timeout = ?limits.body_timeout,
+        keep_alive = ?limits.keep_alive_timeout,
+        max_connections = limits.max_connections,
+        "connection limits"
+    );
+    server::listener::serve(listener, router, limits, shutdown_signal()).await?;
     state.service.engine().stop();
     state.service.sources().stop();
     Ok(())
@@ -316,8 +378,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             role,
             lease_seconds,
             reconcile_seconds,
+            quarantine_backoff,
+            connections,
         } => {
-            let work = WorkArgs { role, lease_seconds, reconcile_seconds };
+            let work = WorkArgs { role, lease_seconds, reconcile_seconds, quarantine_backoff, connections };
             serve(&settings, listen, &store, ConsoleArgs { session_idle_minutes, secure_cookies, public_url }, work)
                 .await
         }

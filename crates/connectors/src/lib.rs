@@ -12,6 +12,7 @@
 mod diff;
 mod error;
 pub mod ldap;
+mod scan;
 mod scim_connector;
 
 use async_trait::async_trait;
@@ -20,8 +21,9 @@ use serde_json::Value;
 
 pub use diff::patch_from_diff;
 pub use error::{ConnectorError, ErrorKind};
+pub use scan::{ReadReport, Scan};
 pub use scim::Capabilities;
-pub use scim_connector::{ScimConnector, DEFAULT_MEMBER_CHUNK_SIZE};
+pub use scim_connector::{member_values, ScimConnector, DEFAULT_MEMBER_CHUNK_SIZE};
 
 /// An account (or group) as stored in the target.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,9 +139,33 @@ pub trait Connector: Send + Sync {
 
     async fn list_groups(&self, page: PageRequest) -> Result<Page, ConnectorError>;
 
+    /// Every account (`groups` false) or group of the app, read and checked as described in
+    /// [`Scan`]'s module: when no way of reading is consistent, the scan holds no items and
+    /// names the contradictions. The default walks [`Self::list_accounts`] /
+    /// [`Self::list_groups`].
+    async fn scan(&self, groups: bool, page_size: u32) -> Result<Scan, ConnectorError> {
+        let mut report = ReadReport { tried: vec!["listing".into()], ..Default::default() };
+        let mut items = Vec::new();
+        let mut next = Some(PageRequest::first(page_size));
+        while let Some(p) = next {
+            let page = if groups { self.list_groups(p).await? } else { self.list_accounts(p).await? };
+            report.pages += 1;
+            items.extend(page.items);
+            next = page.next;
+        }
+        report.strategy = Some("listing".into());
+        Ok(Scan { items, report })
+    }
+
     async fn create_group(&self, resource: &Value) -> Result<RemoteAccount, ConnectorError>;
 
     async fn get_group(&self, id: &str) -> Result<Option<RemoteAccount>, ConnectorError>;
+
+    /// The group with this `displayName` (ignoring case), e.g. one another worker created
+    /// a moment ago. `None` when the target cannot say.
+    async fn find_group(&self, _display_name: &str) -> Result<Option<RemoteAccount>, ConnectorError> {
+        Ok(None)
+    }
 
     /// Delete the group; an already missing group is not an error.
     async fn delete_group(&self, id: &str) -> Result<(), ConnectorError>;

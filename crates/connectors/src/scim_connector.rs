@@ -8,7 +8,8 @@ use scim::{Capabilities, Client, PatchOp, GROUPS, USERS, USER_SCHEMA};
 use serde_json::Value;
 
 use crate::diff::patch_from_diff;
-use crate::{Connector, ConnectorError, ErrorKind, Page, PageRequest, RemoteAccount};
+use crate::scan::{Next, PageCheck, MAX_PAGES};
+use crate::{Connector, ConnectorError, ErrorKind, Page, PageRequest, ReadReport, RemoteAccount, Scan};
 
 /// Default maximum number of members per group PATCH request.
 pub const DEFAULT_MEMBER_CHUNK_SIZE: usize = 100;
@@ -108,6 +109,16 @@ impl ScimConnector {
         }
         Ok(found)
     }
+}
+
+/// The member ids a group lists, in order, duplicates included.
+pub fn member_values(group: &Value) -> Vec<String> {
+    group
+        .as_object()
+        .and_then(|o| o.iter().find(|(k, _)| k.eq_ignore_ascii_case("members")).map(|(_, v)| v))
+        .and_then(Value::as_array)
+        .map(|m| m.iter().filter_map(|e| e.get("value").and_then(Value::as_str).map(str::to_owned)).collect())
+        .unwrap_or_default()
 }
 
 /// The string values at `attr` (`userName`, `name.givenName`, `emails.value`).
@@ -231,8 +242,15 @@ impl Connector for ScimConnector {
             if !complete {
                 return Ok(None);
             }
+            let before = found.len();
             for r in page.resources {
-                found.push(RemoteAccount::from_resource(r)?);
+                let a = RemoteAccount::from_resource(r)?;
+                if found[before..].iter().any(|f: &RemoteAccount| f.id == a.id) {
+                    // The same resource twice in one answer: not an answer to trust.
+                    tracing::debug!(id = %a.id, "batch lookup answered a resource twice; looking up one by one");
+                    return Ok(None);
+                }
+                found.push(a);
             }
         }
         Ok(Some(found))
@@ -299,19 +317,146 @@ impl Connector for ScimConnector {
         self.client.get_group(id).await?.map(RemoteAccount::from_resource).transpose()
     }
 
+    async fn find_group(&self, display_name: &str) -> Result<Option<RemoteAccount>, ConnectorError> {
+        let found = self.client.find_groups("displayName", display_name).await?;
+        found
+            .into_iter()
+            .find(|g| {
+                g.get("displayName").and_then(Value::as_str).is_some_and(|n| n.eq_ignore_ascii_case(display_name))
+            })
+            .map(RemoteAccount::from_resource)
+            .transpose()
+    }
+
     async fn delete_group(&self, id: &str) -> Result<(), ConnectorError> {
         Ok(self.client.delete_group(id).await?)
     }
 
+    async fn scan(&self, groups: bool, page_size: u32) -> Result<Scan, ConnectorError> {
+        let endpoint = if groups { GROUPS } else { USERS };
+        let count = page_size.max(1);
+        let mut report = ReadReport::default();
+        for search in [false, true] {
+            let name = if search { "POST /.search paging" } else { "GET paging" };
+            report.tried.push(name.into());
+            let mut check = PageCheck::default();
+            let mut start = 1u64;
+            let outcome = loop {
+                if report.pages >= MAX_PAGES {
+                    break Err("the pages do not end".to_owned());
+                }
+                let list = if search {
+                    self.client.search_resources(endpoint, start, count).await
+                } else {
+                    self.client.list_resources(endpoint, start, count).await
+                };
+                report.pages += 1;
+                let list = match list {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let e = ConnectorError::from(e);
+                        if search && !e.retryable && e.kind != ErrorKind::Authentication {
+                            break Err(format!("not offered by the app ({})", e.reason));
+                        }
+                        return Err(e);
+                    }
+                };
+                let rows =
+                    list.resources.into_iter().map(RemoteAccount::from_resource).collect::<Result<Vec<_>, _>>()?;
+                match check.take(start, count, list.start_index, list.items_per_page, list.total_results, rows) {
+                    Ok(Next::Page(next)) => start = next,
+                    Ok(Next::Done) => break Ok(()),
+                    Err(contradiction) => break Err(contradiction),
+                }
+            };
+            match outcome {
+                Ok(()) => {
+                    report.strategy = Some(name.into());
+                    return Ok(Scan { items: check.items, report });
+                }
+                Err(c) => {
+                    tracing::warn!(endpoint, strategy = name, contradiction = %c, "an app's listing contradicts itself");
+                    report.contradictions.push(format!("{name}: {c}"));
+                }
+            }
+        }
+        if self.capabilities().await?.cursor {
+            let name = "cursor pagination";
+            report.tried.push(name.into());
+            let mut check = PageCheck::default();
+            let mut cursor: Option<String> = None;
+            let mut used: Vec<String> = Vec::new();
+            let mut page = 0u32;
+            let outcome = loop {
+                if report.pages >= MAX_PAGES {
+                    break Err("the pages do not end".to_owned());
+                }
+                page += 1;
+                report.pages += 1;
+                let list = match self.client.list_resources_cursor(endpoint, cursor.as_deref(), count).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let e = ConnectorError::from(e);
+                        if !e.retryable && e.kind != ErrorKind::Authentication {
+                            break Err(format!("not offered by the app ({})", e.reason));
+                        }
+                        return Err(e);
+                    }
+                };
+                let next = list.next_cursor.filter(|c| !c.is_empty());
+                let rows =
+                    list.resources.into_iter().map(RemoteAccount::from_resource).collect::<Result<Vec<_>, _>>()?;
+                match check.take_cursor(page, list.items_per_page, list.total_results, rows, next.is_none()) {
+                    Ok(Next::Done) => break Ok(()),
+                    Ok(Next::Page(_)) => {}
+                    Err(contradiction) => break Err(contradiction),
+                }
+                if let Some(c) = &next {
+                    if used.contains(c) {
+                        break Err(format!("nextCursor {c} came twice"));
+                    }
+                    used.push(c.clone());
+                }
+                cursor = next;
+            };
+            match outcome {
+                Ok(()) => {
+                    report.strategy = Some(name.into());
+                    return Ok(Scan { items: check.items, report });
+                }
+                Err(c) => report.contradictions.push(format!("{name}: {c}")),
+            }
+        }
+        Ok(Scan { items: Vec::new(), report })
+    }
+
+    /// Reads the group first and adds only the members it does not list (never the same
+    /// member twice), in chunks.
     async fn add_group_members(&self, group_id: &str, member_ids: &[String]) -> Result<(), ConnectorError> {
-        for chunk in member_ids.chunks(self.member_chunk_size) {
+        let group = self
+            .client
+            .get_group(group_id)
+            .await?
+            .ok_or_else(|| ConnectorError::not_found(format!("group {group_id} not found")))?;
+        let present = member_values(&group);
+        let mut missing: Vec<String> = Vec::new();
+        for m in member_ids {
+            if !present.contains(m) && !missing.contains(m) {
+                missing.push(m.clone());
+            }
+        }
+        for chunk in missing.chunks(self.member_chunk_size) {
             self.client.patch_group(group_id, PatchOp::new().add_members(chunk)).await?;
         }
         Ok(())
     }
 
+    /// Reads the group first and removes only the members it lists, in chunks.
     async fn remove_group_members(&self, group_id: &str, member_ids: &[String]) -> Result<(), ConnectorError> {
-        for chunk in member_ids.chunks(self.member_chunk_size) {
+        let Some(group) = self.client.get_group(group_id).await? else { return Ok(()) };
+        let present = member_values(&group);
+        let listed: Vec<String> = member_ids.iter().filter(|m| present.contains(m)).cloned().collect();
+        for chunk in listed.chunks(self.member_chunk_size) {
             self.client.patch_group(group_id, PatchOp::new().remove_members(chunk)).await?;
         }
         Ok(())

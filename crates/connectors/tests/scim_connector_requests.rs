@@ -16,11 +16,36 @@ type Seen = Arc<Mutex<Vec<(String, String, Value)>>>;
 
 const USER: &str = r#"{"id":"u1","userName":"bj","active":true,"title":"Dev"}"#;
 
+/// The members a group has after the PATCHes seen so far.
+fn members(seen: &[(String, String, Value)]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for (_, _, body) in seen.iter().filter(|(m, p, _)| m == "PATCH" && p.contains("/Groups/")) {
+        for op in body["Operations"].as_array().into_iter().flatten() {
+            match op["op"].as_str() {
+                Some("add") => out.extend(
+                    op["value"].as_array().into_iter().flatten().filter_map(|v| v["value"].as_str().map(str::to_owned)),
+                ),
+                Some("remove") => {
+                    let path = op["path"].as_str().unwrap_or("");
+                    out.retain(|m| path != format!("members[value eq \"{m}\"]"));
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
 async fn record(State(seen): State<Seen>, method: Method, uri: Uri, body: String) -> impl IntoResponse {
     let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-    seen.lock().expect("lock").push((method.to_string(), uri.path().to_string(), v));
+    let mut seen = seen.lock().expect("lock");
+    seen.push((method.to_string(), uri.path().to_string(), v));
     match method {
         Method::PATCH => (StatusCode::NO_CONTENT, String::new()),
+        Method::GET if uri.path().contains("/Groups/") => {
+            let members: Vec<Value> = members(&seen).into_iter().map(|m| json!({"value": m})).collect();
+            (StatusCode::OK, json!({"id": "g1", "displayName": "G", "members": members}).to_string())
+        }
         _ => (StatusCode::OK, USER.to_string()),
     }
 }
@@ -46,8 +71,13 @@ async fn members_are_patched_in_chunks_of_100() {
     let (seen, conn) = setup(patch_caps()).await;
     let ids: Vec<String> = (0..250).map(|i| format!("user-{i}")).collect();
     conn.add_group_members("g1", &ids).await.expect("add");
+    // Members already listed are not added again: the group is read first.
+    conn.add_group_members("g1", &ids[..10]).await.expect("add again");
     conn.remove_group_members("g1", &ids).await.expect("remove");
     let seen = seen.lock().expect("lock");
+    let gets = seen.iter().filter(|(m, _, _)| m == "GET").count();
+    assert_eq!(gets, 3, "the group is read before each change");
+    let seen: Vec<_> = seen.iter().filter(|(m, _, _)| m != "GET").cloned().collect();
     assert_eq!(seen.len(), 6, "3 PATCHes to add + 3 to remove");
     let mut added = Vec::new();
     let mut removed = Vec::new();

@@ -24,8 +24,8 @@ pub use audit::{Actor, AuditEntry};
 pub use change::{Change, ChangeKind, NewChange};
 pub use mapping::{Condition, EntitlementRef, Match, Op, Parameter, Rule, RuleAction, SetAttribute, Source, Transform};
 pub use provisioning::{
-    Account, Action, Cause, Entitlement, EntitlementRefresh, Event, EventStatus, OpState, Operation, Ownership,
-    CAUSE_KINDS,
+    Account, Action, AppHealth, Cause, ConnectionTest, Entitlement, EntitlementRefresh, Event, EventStatus,
+    HealthState, OpState, Operation, Ownership, CAUSE_KINDS,
 };
 pub use role::{Role, RoleInput, RoleRef};
 pub use saml::SamlSettings;

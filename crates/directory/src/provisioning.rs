@@ -92,6 +92,8 @@ impl Action {
 pub enum EventStatus {
     /// Waiting for an admin's approval.
     Pending,
+    /// Held for review by the deprovisioning guard.
+    Held,
     /// The account is being created.
     Provisioning,
     /// The account is being updated.
@@ -112,13 +114,12 @@ pub enum EventStatus {
     Rejected,
     /// A newer change made the operation unnecessary.
     Cancelled,
-    /// Held by the app's deprovisioning guard for an admin to allow or reject; nothing sent.
-    Held,
 }
 
 impl EventStatus {
     pub const ALL: [EventStatus; 12] = [
         Self::Pending,
+        Self::Held,
         Self::Provisioning,
         Self::Modifying,
         Self::Provisioned,
@@ -129,12 +130,12 @@ impl EventStatus {
         Self::Deleted,
         Self::Rejected,
         Self::Cancelled,
-        Self::Held,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
+            Self::Held => "held",
             Self::Provisioning => "provisioning",
             Self::Modifying => "modifying",
             Self::Provisioned => "provisioned",
@@ -145,7 +146,6 @@ impl EventStatus {
             Self::Deleted => "deleted",
             Self::Rejected => "rejected",
             Self::Cancelled => "cancelled",
-            Self::Held => "held",
         }
     }
 
@@ -155,7 +155,7 @@ impl EventStatus {
 
     /// Whether nothing more will happen to the event by itself.
     pub fn is_final(self) -> bool {
-        !matches!(self, Self::Pending | Self::Provisioning | Self::Modifying | Self::Deleting | Self::Held)
+        !matches!(self, Self::Pending | Self::Held | Self::Provisioning | Self::Modifying | Self::Deleting)
     }
 
     /// In the words the console shows.
@@ -247,6 +247,11 @@ pub struct Event {
     pub reason: Option<String>,
     pub recommended_action: Option<String>,
     pub attempts: i64,
+    /// For a `failed` event made unnecessary by a later success: the event that resolved it.
+    /// A resolved failure no longer counts as one (failure counts, the `failed` filter, the
+    /// app's health and its quarantine ratio).
+    #[serde(default)]
+    pub resolved_by: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// Why the operation exists.
@@ -318,4 +323,45 @@ pub struct EntitlementRefresh {
     pub error: Option<String>,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// Whether an app's queue runs (`active`) or is paused by quarantine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthState {
+    Active,
+    /// Too many of its operations failed, or it refused the credentials three times in a
+    /// row: its queue is paused (nothing is lost) until a connection test succeeds or an
+    /// admin resumes it.
+    Quarantined,
+}
+
+/// The result of the app's last connection test (by an admin or a quarantine probe).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ConnectionTest {
+    pub ok: bool,
+    pub at: DateTime<Utc>,
+    /// What the app answered (the reason of a failure; `null` when it succeeded).
+    pub message: Option<String>,
+}
+
+/// An app's health: `GET /api/v1/apps/{id}/health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AppHealth {
+    pub state: HealthState,
+    /// Why the app is quarantined (`null` when active).
+    pub reason: Option<String>,
+    /// Since when it is quarantined.
+    pub since: Option<DateTime<Utc>>,
+    /// When the next connection test runs (quarantined apps only).
+    pub next_probe: Option<DateTime<Utc>>,
+    /// Events held for review by the deprovisioning guard.
+    pub held: i64,
+    /// Operations waiting to run or running.
+    pub queued: i64,
+    /// Operations finished per minute, over the last five minutes (`null`: none).
+    pub rate_per_minute: Option<f64>,
+    /// At that rate, seconds until the queue is empty (`null`: unknown or paused).
+    pub eta_seconds: Option<i64>,
+    pub last_test: Option<ConnectionTest>,
 }

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use connectors::PageRequest;
 use directory::{Action, App, Parameter, Rule};
 use serde::Serialize;
 use serde_json::Value;
@@ -84,32 +83,52 @@ impl Engine {
                 .unwrap_or(100)
                 // Pages of at most 200, so that progress shows on large apps.
                 .clamp(1, 200);
-            let mut next = Some(PageRequest::first(page_size));
-            let mut fetched = 0i64;
+            // All or a failure: every group is read (and checked) before any is recorded.
             let mut error = None;
-            while let Some(p) = next {
-                match connector.list_groups(p).await {
-                    Ok(page) => {
-                        fetched += page.items.len() as i64;
-                        let items: Vec<(String, String)> = page
-                            .items
-                            .iter()
-                            .map(|g| {
-                                let name = g.resource.get("displayName").and_then(Value::as_str).unwrap_or(&g.id);
-                                (g.id.clone(), name.to_owned())
-                            })
-                            .collect();
-                        let total = page.total.and_then(|t| i64::try_from(t).ok());
-                        if let Err(e) = store.record_entitlements(app_id, "group", &items, fetched, total).await {
+            let mut read = None;
+            match connector.scan(true, page_size).await {
+                Ok(scan) if scan.consistent() => {
+                    let items: Vec<(String, String)> = scan
+                        .items
+                        .iter()
+                        .map(|g| {
+                            let name = g.resource.get("displayName").and_then(Value::as_str).unwrap_or(&g.id);
+                            (g.id.clone(), name.to_owned())
+                        })
+                        .collect();
+                    let n = items.len() as i64;
+                    // Progress in steps, never more fetched than there are.
+                    let mut fetched = 0i64;
+                    for chunk in items.chunks(200) {
+                        fetched += chunk.len() as i64;
+                        if let Err(e) = store.record_entitlements(app_id, "group", chunk, fetched, Some(n)).await {
                             error = Some(format!("cannot record the groups: {e}"));
                             break;
                         }
-                        next = page.next;
                     }
-                    Err(e) => {
-                        error = Some(EngineError::app(&app, e).to_string());
-                        break;
+                    if items.is_empty() {
+                        if let Err(e) = store.record_entitlements(app_id, "group", &[], 0, Some(0)).await {
+                            error = Some(format!("cannot record the groups: {e}"));
+                        }
                     }
+                    read = Some(scan.report);
+                }
+                Ok(scan) => {
+                    error = Some(format!(
+                        "{} {}",
+                        scan.report.failure_reason(&app.name, "groups"),
+                        scan.report.recommended_action()
+                    ));
+                    read = Some(scan.report);
+                }
+                Err(e) => error = Some(EngineError::app(&app, e).to_string()),
+            }
+            if let Some(read) = read {
+                let result = serde_json::json!({"status": if error.is_some() { "failed" } else { "done" },
+                    "strategy": read.strategy, "contradictions": read.contradictions, "pages_read": read.pages,
+                    "reason": error});
+                if let Err(e) = store.record_app_read(app_id, "refresh", &result).await {
+                    tracing::warn!(app = %app_id, error = %e, "cannot record how the refresh read the app");
                 }
             }
             if let Err(e) = store.finish_entitlement_refresh(app_id, "group", error.as_deref()).await {

@@ -143,11 +143,7 @@ impl Engine {
             WhatIf::Membership { role, user, add } => {
                 let member = store.roles_of_user(*user).await?.iter().any(|r| r.id == *role);
                 if member != *add {
-                    moves.push(RoleMoves {
-                        role_id: *role,
-                        joins: u64::from(*add),
-                        leaves: u64::from(!*add),
-                    });
+                    moves.push(RoleMoves { role_id: *role, joins: u64::from(*add), leaves: u64::from(!*add) });
                 }
                 let mut apps: Vec<Uuid> = store.apps_of_role(*role).await?.into_iter().map(|a| a.id).collect();
                 apps.extend(store.apps_of_user(*user).await?);
@@ -176,7 +172,8 @@ impl Engine {
             }
             for s in &states {
                 let Some(app) = s.app.clone() else { continue };
-                let items: Vec<PlanItem> = plan_items(s).filter(|i| !matches!(i, PlanItem::Depart { .. } | PlanItem::Forget { .. })).collect();
+                let items: Vec<PlanItem> =
+                    plan_items(s).filter(|i| !matches!(i, PlanItem::Depart { .. } | PlanItem::Forget { .. })).collect();
                 let username = s.user.as_ref().map_or_else(String::new, |u| u.username.clone());
                 let before = s.account.as_ref().and_then(|a| a.last_applied.clone());
                 let e = effects.entry(app.id).or_insert_with(|| Effect {

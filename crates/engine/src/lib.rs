@@ -14,6 +14,7 @@ pub mod dry_run;
 pub mod guard;
 pub mod mapping;
 pub mod plan;
+pub mod quarantine;
 pub mod reconcile;
 pub mod runner;
 pub mod source_runner;
@@ -22,5 +23,6 @@ pub mod worker;
 
 pub use admin::{Explanation, PlanPreview, PreviewSample};
 pub use desired::DesiredSummary;
+pub use quarantine::QuarantinePolicy;
 pub use runner::{Engine, EngineConfig, EngineError, ProvisionStep, ReconcileReport};
 pub use source_runner::SourceSyncer;

@@ -184,7 +184,8 @@ fn forget_item(s: &PairState) -> Option<PlanItem> {
     if matches!(want, Intent::Invalid(_)) {
         return None;
     }
-    let still = decide(&want, Some(account)).is_some_and(|(action, desired)| was_rejected(Some(account), action, &desired));
+    let still =
+        decide(&want, Some(account)).is_some_and(|(action, desired)| was_rejected(Some(account), action, &desired));
     (!still).then_some(PlanItem::Forget { user_id: s.user_id, app_id: s.app_id })
 }
 
@@ -195,11 +196,11 @@ fn departure_item(s: &PairState) -> Option<PlanItem> {
     }
     let Some(account) = managed(s.account.as_ref()) else {
         // No account left to protect: forget how the user left.
-        return s
-            .account
-            .as_ref()
-            .filter(|a| a.departure.is_some())
-            .map(|_| PlanItem::Depart { user_id: s.user_id, app_id: s.app_id, departure: None });
+        return s.account.as_ref().filter(|a| a.departure.is_some()).map(|_| PlanItem::Depart {
+            user_id: s.user_id,
+            app_id: s.app_id,
+            departure: None,
+        });
     };
     let (_, departure) = intent_recorded(s.user.as_deref(), &s.roles, app, s.granted, account.departure.as_deref());
     (departure != account.departure).then(|| PlanItem::Depart { user_id: s.user_id, app_id: s.app_id, departure })
@@ -325,6 +326,7 @@ mod tests {
                 reason: None,
                 recommended_action: None,
                 attempts: 0,
+                resolved_by: None,
                 created_at: now,
                 updated_at: now,
                 cause: None,

@@ -1,17 +1,23 @@
 //! Full reconciliation of one app: read every account the app has, page by page, compare
 //! with what each user should have, correct the records where the app drifted, and queue
 //! only the differences. Accounts in the app with no counterpart here are left alone.
+//!
+//! The listing is checked page by page (see `connectors::Scan`); when no way of reading it
+//! is consistent the reconciliation ends `failed`, naming the contradiction, and changes
+//! nothing. An account missing from the listing counts as vanished only once a read by id
+//! answers 404 and a lookup by externalId/userName finds nothing. The memberships of the
+//! groups the engine manages are read from the app, so that drift either way (a member
+//! added or removed in the app) is planned back.
 
 use std::collections::{BTreeSet, HashMap};
 
-use connectors::PageRequest;
 use directory::Ownership;
 use serde_json::{Map, Value};
 use store::{AccountWrite, PlanItem, PlanWrite};
 use uuid::Uuid;
 
-use crate::mapping::{app_view, set_path, GROUPS_KEY};
 use crate::guard::{Causes, Guard, Why};
+use crate::mapping::{app_view, groups_of, set_path, GROUPS_KEY};
 use crate::plan::{intent, Intent};
 use crate::runner::{plan_guarded, Engine, EngineError, ReconcileReport};
 
@@ -73,15 +79,42 @@ fn comparable(desired: &Value, create_only: &[String]) -> Value {
     out
 }
 
-/// Group memberships are not read back from the app: keep what was applied.
-fn carry_groups(seen: &mut Value, last: Option<&Value>) {
-    if let (Value::Object(m), Some(groups)) = (seen, last.and_then(|l| l.get(GROUPS_KEY))) {
-        m.insert(GROUPS_KEY.to_owned(), groups.clone());
+/// The groups the account is in, as read from the app: of the groups the engine manages
+/// (`read`: lower-cased name -> (name, members)), those that list it, plus the groups of
+/// `last` that were not read (kept as last applied).
+fn observed_groups(
+    remote: &str,
+    last: Option<&Value>,
+    want: Option<&Value>,
+    read: &HashMap<String, (String, BTreeSet<String>)>,
+) -> BTreeSet<String> {
+    let had = last.map(groups_of).unwrap_or_default();
+    let mut known = had.clone();
+    known.extend(want.map(groups_of).unwrap_or_default());
+    // A group is named as the rules name it (which may differ in case from the app).
+    let name_of = |name: &str| known.iter().find(|k| k.eq_ignore_ascii_case(name)).cloned();
+    let mut out: BTreeSet<String> = had.into_iter().filter(|n| !read.contains_key(&n.to_lowercase())).collect();
+    out.extend(
+        read.values()
+            .filter(|(_, members)| members.contains(remote))
+            .map(|(name, _)| name_of(name).unwrap_or_else(|| name.clone())),
+    );
+    out
+}
+
+fn set_groups(seen: &mut Value, groups: &BTreeSet<String>) {
+    if let Value::Object(m) = seen {
+        if groups.is_empty() {
+            m.remove(GROUPS_KEY);
+        } else {
+            m.insert(GROUPS_KEY.to_owned(), Value::Array(groups.iter().cloned().map(Value::String).collect()));
+        }
     }
 }
 
 impl Engine {
-    /// Reconciles one app in full; see the module documentation.
+    /// Reconciles one app in full; see the module documentation. The report (strategy,
+    /// contradictions, duplicate members) is also recorded as the app's latest read.
     pub async fn reconcile(&self, app_id: Uuid) -> Result<ReconcileReport, EngineError> {
         self.reconcile_by(app_id, None).await
     }
@@ -89,6 +122,23 @@ impl Engine {
     /// [`Self::reconcile`], started by `actor` (`None`: the schedule). What it queues goes
     /// through the deprovisioning guard as one change.
     pub async fn reconcile_by(
+        &self,
+        app_id: Uuid,
+        actor: Option<&directory::Actor>,
+    ) -> Result<ReconcileReport, EngineError> {
+        let report = self.reconcile_once(app_id, actor).await?;
+        match serde_json::to_value(&report) {
+            Ok(v) => {
+                if let Err(e) = self.store().record_app_read(app_id, "reconcile", &v).await {
+                    tracing::warn!(app = %app_id, error = %e, "cannot record how the reconciliation read the app");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot serialize a reconciliation report"),
+        }
+        Ok(report)
+    }
+
+    async fn reconcile_once(
         &self,
         app_id: Uuid,
         actor: Option<&directory::Actor>,
@@ -110,23 +160,63 @@ impl Engine {
             .and_then(|c| c.filter_max_results)
             .unwrap_or(100)
             .clamp(1, 1000);
+        let scan = connector.scan(false, page_size).await.map_err(|e| EngineError::app(&app, e))?;
+        report.pages_read = scan.report.pages;
+        report.strategy = scan.report.strategy.clone();
+        report.contradictions = scan.report.contradictions.clone();
+        if !scan.consistent() {
+            report.status = "failed".into();
+            report.reason = Some(scan.report.failure_reason(&app.name, "accounts"));
+            report.recommended_action = Some(scan.report.recommended_action());
+            return Ok(report);
+        }
         let mut by_id: HashMap<String, Value> = HashMap::new();
         let mut by_external: HashMap<String, String> = HashMap::new();
-        let mut next = Some(PageRequest::first(page_size));
-        while let Some(p) = next {
-            let page = connector.list_accounts(p).await.map_err(|e| EngineError::app(&app, e))?;
-            report.accounts_read += page.items.len() as u64;
-            for a in page.items {
-                if let Some(ext) = a.resource.get("externalId").and_then(Value::as_str) {
-                    by_external.insert(ext.to_owned(), a.id.clone());
-                }
-                by_id.insert(a.id, a.resource);
+        report.accounts_read = scan.items.len() as u64;
+        for a in scan.items {
+            if let Some(ext) = a.resource.get("externalId").and_then(Value::as_str) {
+                by_external.insert(ext.to_owned(), a.id.clone());
             }
-            next = page.next;
+            by_id.insert(a.id, a.resource);
+        }
+
+        // The groups the engine manages for this app (named by what its users should have or
+        // were last given), read from the app: who each lists, and duplicate entries.
+        let users_of_app = store.users_of_app(app_id).await?;
+        let mut group_names: BTreeSet<String> = BTreeSet::new();
+        for chunk in users_of_app.chunks(500) {
+            let pairs: Vec<(Uuid, Uuid)> = chunk.iter().map(|u| (*u, app_id)).collect();
+            for s in store.load_pairs(&pairs).await? {
+                if let Intent::Present { resource, .. } = intent(s.user.as_deref(), &s.roles, &app, s.granted) {
+                    group_names.extend(groups_of(&resource));
+                }
+                if let Some(last) = s.account.as_ref().and_then(|a| a.last_applied.as_ref()) {
+                    group_names.extend(groups_of(last));
+                }
+            }
+        }
+        let mut members_read: HashMap<String, (String, BTreeSet<String>)> = HashMap::new();
+        if !group_names.is_empty() {
+            let names: Vec<String> = group_names.into_iter().collect();
+            for e in store.find_entitlements(app_id, "group", &names).await? {
+                let Some(group) = connector.get_group(&e.remote_id).await.map_err(|e| EngineError::app(&app, e))?
+                else {
+                    continue;
+                };
+                report.groups_read += 1;
+                let listed = connectors::member_values(&group.resource);
+                let unique: BTreeSet<String> = listed.iter().cloned().collect();
+                let duplicates = (listed.len() - unique.len()) as u64;
+                if duplicates > 0 {
+                    report.duplicate_members += duplicates;
+                    report.groups_with_duplicates.push(e.display_name.clone());
+                }
+                members_read.insert(e.display_name.to_lowercase(), (e.display_name.clone(), unique));
+            }
         }
 
         // Everyone who has or should have an account, and the accounts that carry our ids.
-        let mut users: BTreeSet<Uuid> = store.users_of_app(app_id).await?.into_iter().collect();
+        let mut users: BTreeSet<Uuid> = users_of_app.into_iter().collect();
         users.extend(by_external.keys().filter_map(|k| Uuid::parse_str(k).ok()));
         let pairs: Vec<(Uuid, Uuid)> = users.into_iter().map(|u| (u, app_id)).collect();
         for chunk in pairs.chunks(500) {
@@ -143,35 +233,86 @@ impl Engine {
                     continue;
                 }
                 let managed = account.filter(|a| a.ownership.is_some_and(Ownership::is_managed));
+                let want_resource = match &want {
+                    Intent::Present { resource, .. } => Some(resource),
+                    _ => None,
+                };
                 let write = match managed.and_then(|a| a.remote_id.as_deref().map(|r| (a, r))) {
-                    Some((a, remote)) => match (by_id.get(remote), &want) {
-                        (None, _) => {
-                            report.vanished += 1;
-                            Some(AccountWrite::Set { remote_id: None, ownership: None, last_applied: None })
-                        }
-                        (Some(actual), Intent::Present { resource: d, create_only }) => {
-                            if !covers(&comparable(d, create_only), actual) {
-                                report.drifted += 1;
-                                let mut seen = project(actual, d, a.last_applied.as_ref());
-                                carry_groups(&mut seen, a.last_applied.as_ref());
-                                Some(AccountWrite::Set {
-                                    remote_id: Some(remote.to_owned()),
-                                    ownership: a.ownership,
-                                    last_applied: Some(seen),
-                                })
-                            } else if a.last_applied.is_none() {
-                                // Linked and already in step: record what it has.
-                                Some(AccountWrite::Set {
-                                    remote_id: Some(remote.to_owned()),
-                                    ownership: a.ownership,
-                                    last_applied: Some(project(actual, d, None)),
-                                })
+                    Some((a, remote)) => {
+                        // Absent from the listing: proven gone only by a read by id (404) and
+                        // a lookup by externalId/userName that finds nothing.
+                        let mut actual = by_id.get(remote).cloned();
+                        let mut relinked: Option<String> = None;
+                        if actual.is_none() {
+                            report.missing_from_list += 1;
+                            let err = |e| EngineError::app(&app, e);
+                            if let Some(found) = connector.get_account(remote).await.map_err(err)? {
+                                actual = Some(found.resource);
                             } else {
-                                None
+                                let user_id = s.user_id.to_string();
+                                let username = s.user.as_ref().map(|u| u.username.clone()).unwrap_or_default();
+                                let found = connector
+                                    .find_account_any(&[("externalId", &user_id), ("userName", &username)])
+                                    .await
+                                    .map_err(|e| EngineError::app(&app, e))?;
+                                let ours = found.iter().find(|f| {
+                                    f.resource.get("externalId").and_then(Value::as_str) == Some(user_id.as_str())
+                                });
+                                match ours {
+                                    Some(f) => {
+                                        relinked = Some(f.id.clone());
+                                        actual = Some(f.resource.clone());
+                                    }
+                                    // Someone else's account with that userName: not proof of
+                                    // absence either; leave the record as it is.
+                                    None if !found.is_empty() => continue,
+                                    None => {}
+                                }
                             }
                         }
-                        _ => None,
-                    },
+                        let remote = relinked.as_deref().unwrap_or(remote);
+                        match (actual, &want) {
+                            (None, _) => {
+                                report.vanished += 1;
+                                Some(AccountWrite::Set { remote_id: None, ownership: None, last_applied: None })
+                            }
+                            (Some(actual), Intent::Present { resource: d, create_only }) => {
+                                let last = a.last_applied.as_ref();
+                                let groups = observed_groups(remote, last, want_resource, &members_read);
+                                let groups_drifted = last.map(groups_of).unwrap_or_default() != groups;
+                                if groups_drifted {
+                                    report.memberships_drifted += 1;
+                                }
+                                let attrs_drifted = !covers(&comparable(d, create_only), &actual);
+                                if attrs_drifted || groups_drifted || relinked.is_some() {
+                                    if attrs_drifted {
+                                        report.drifted += 1;
+                                    }
+                                    let mut seen = if attrs_drifted || last.is_none() {
+                                        project(&actual, d, last)
+                                    } else {
+                                        last.cloned().unwrap_or(Value::Null)
+                                    };
+                                    set_groups(&mut seen, &groups);
+                                    Some(AccountWrite::Set {
+                                        remote_id: Some(remote.to_owned()),
+                                        ownership: a.ownership,
+                                        last_applied: Some(seen),
+                                    })
+                                } else if last.is_none() {
+                                    // Linked and already in step: record what it has.
+                                    Some(AccountWrite::Set {
+                                        remote_id: Some(remote.to_owned()),
+                                        ownership: a.ownership,
+                                        last_applied: Some(project(&actual, d, None)),
+                                    })
+                                } else {
+                                    None
+                                }
+                            }
+                            _ => None,
+                        }
+                    }
                     None => by_external.get(&s.user_id.to_string()).map(|remote| {
                         report.adopted += 1;
                         let actual = by_id.get(remote).cloned().unwrap_or(Value::Null);
@@ -208,6 +349,7 @@ impl Engine {
             store.apply_plan(&PlanWrite { cursor: None, items: rest }).await?;
         }
         self.wake_workers();
+        report.status = "completed".into();
         Ok(report)
     }
 }

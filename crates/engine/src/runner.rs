@@ -43,6 +43,8 @@ pub struct EngineConfig {
     pub planner_lease: Option<Duration>,
     /// Run the planner and the workers here (`false` for an API-only process).
     pub run_work: bool,
+    /// When an app is quarantined, and how often a quarantined app is probed.
+    pub quarantine: crate::QuarantinePolicy,
 }
 
 impl Default for EngineConfig {
@@ -57,6 +59,7 @@ impl Default for EngineConfig {
             http_backoff_base: Duration::from_millis(200),
             planner_lease: None,
             run_work: true,
+            quarantine: crate::QuarantinePolicy::default(),
         }
     }
 }
@@ -96,16 +99,39 @@ pub struct ProvisionStep {
 }
 
 /// What a full reconciliation found and did.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct ReconcileReport {
+    /// `completed`, or `failed` when the app's listing contradicted itself whichever way it
+    /// was read (then nothing was changed).
+    pub status: String,
+    /// How the accounts were read (`GET paging`, `POST /.search paging`); `None` when no
+    /// way was consistent.
+    pub strategy: Option<String>,
+    /// Each contradiction found in the app's answers, naming the way of reading.
+    pub contradictions: Vec<String>,
+    /// Why it failed, and what to do.
+    pub reason: Option<String>,
+    pub recommended_action: Option<String>,
+    /// List requests made.
+    pub pages_read: u32,
     pub accounts_read: u64,
     pub users_checked: u64,
     /// Accounts found in the app with our externalId but no record here.
     pub adopted: u64,
     /// Accounts whose values in the app differ from what they should be.
     pub drifted: u64,
-    /// Accounts recorded here that no longer exist in the app.
+    /// Accounts recorded here that no longer exist in the app (a read by id answered 404
+    /// and a lookup by externalId/userName found nothing).
     pub vanished: u64,
+    /// Accounts recorded here that the listing did not hold (then read by id).
+    pub missing_from_list: u64,
+    /// Groups the engine manages, read to check their members.
+    pub groups_read: u64,
+    /// Accounts whose group memberships in the app differ from what was last applied.
+    pub memberships_drifted: u64,
+    /// Member entries listed more than once in the groups read (the app's health).
+    pub duplicate_members: u64,
+    pub groups_with_duplicates: Vec<String>,
     /// Operations queued.
     pub queued: u64,
 }
@@ -128,7 +154,8 @@ pub struct Engine {
 /// Finished operations waiting for their outcome to be written.
 #[derive(Default)]
 struct Recorder {
-    pending: Mutex<Vec<(Uuid, Outcome)>>,
+    /// (operation, app, outcome).
+    pending: Mutex<Vec<(Uuid, Uuid, Outcome)>>,
     /// A worker is writing outcomes now.
     writing: AtomicBool,
 }
@@ -229,6 +256,10 @@ impl Engine {
         &self.store
     }
 
+    pub(crate) fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
     /// Tells the workers there may be work (approved or retried events).
     pub fn wake_workers(&self) {
         self.worker_wake.notify_one();
@@ -247,12 +278,14 @@ impl Engine {
         }
         let mut tasks = lock(&self.tasks);
         let me = self.clone();
-        tasks.push(tokio::spawn(async move { me.planner_loop().await }));
+        tasks.push(tokio::spawn(supervise("planner", move || me.clone().planner_loop())));
         let me = self.clone();
-        tasks.push(tokio::spawn(async move { me.dispatcher_loop().await }));
+        tasks.push(tokio::spawn(supervise("dispatcher", move || me.clone().dispatcher_loop())));
+        let me = self.clone();
+        tasks.push(tokio::spawn(supervise("quarantine probes", move || me.clone().probe_loop())));
         if let Some(every) = self.config.reconcile_interval {
             let me = self.clone();
-            tasks.push(tokio::spawn(async move { me.reconcile_loop(every).await }));
+            tasks.push(tokio::spawn(supervise("reconciliation", move || me.clone().reconcile_loop(every))));
         }
         // Writes by other processes (PostgreSQL LISTEN/NOTIFY) wake this one's loops.
         if let Some(mut rx) = self.store.wakeups() {
@@ -272,6 +305,13 @@ impl Engine {
             }));
         }
         Ok(())
+    }
+
+    /// Uses `connector` for `app` at `version` instead of building one from its settings (for
+    /// tests and tools that stand in for an app).
+    #[doc(hidden)]
+    pub fn use_connector(&self, app: Uuid, version: i64, connector: Arc<dyn Connector>) {
+        lock(&self.connectors).insert(app, (version, connector));
     }
 
     /// Stops the loops. Operations in flight keep their lease and are retried later.
@@ -485,8 +525,37 @@ impl Engine {
         let shared = Arc::new(shared);
         for op in ops {
             let (me, app, shared) = (self.clone(), app.clone(), shared.clone());
+            let id = op.event.id;
+            // The operation runs in its own task, so that a panic in it ends only that task.
+            let running = tokio::spawn({
+                let me = me.clone();
+                async move { me.run_operation(app, op, &shared).await }
+            });
             tokio::spawn(async move {
-                let recorder_wakes = me.run_operation(app, op, &shared).await;
+                let recorder_wakes = match running.await {
+                    Ok(wakes) => wakes,
+                    Err(e) if e.is_panic() => {
+                        let what = panic_message(e.into_panic());
+                        tracing::error!(op = %id, panic = %what, "an operation panicked; it is recorded as failed");
+                        me.record(
+                            id,
+                            app_id,
+                            Outcome {
+                                status: EventStatus::Failed,
+                                reason: Some(format!("Internal error while running the operation: {what}")),
+                                recommended_action: Some(
+                                    "Retry the operation; if it fails again, report the error with the log.".into(),
+                                ),
+                                account: AccountWrite::Keep,
+                                replan: false,
+                            },
+                        )
+                        .await;
+                        true
+                    }
+                    // Cancelled at shutdown: its lease ends and another run takes it over.
+                    Err(_) => false,
+                };
                 if let Some(n) = lock(&me.inflight).get_mut(&app_id) {
                     *n = n.saturating_sub(1);
                 }
@@ -502,7 +571,7 @@ impl Engine {
     /// Runs one operation and records what happened; `true` when its outcome went to the
     /// recorder (which wakes the workers once written).
     async fn run_operation(&self, app: Option<App>, op: directory::Operation, shared: &Shared) -> bool {
-        let id = op.event.id;
+        let (id, app_id) = (op.event.id, op.event.app_id);
         let execution = match &app {
             None => Execution::Finished(Outcome {
                 status: EventStatus::Cancelled,
@@ -540,7 +609,7 @@ impl Engine {
         };
         match execution {
             Execution::Finished(outcome) => {
-                self.record(id, outcome).await;
+                self.record(id, app_id, outcome).await;
                 true
             }
             Execution::RetryAt { at, reason } => {
@@ -561,14 +630,14 @@ impl Engine {
     /// until nothing is; the others leave theirs to it. An outcome lost to a crash before
     /// its commit leaves its operation running until the lease ends; it is then run again,
     /// and the retry's lookup finds the account the first attempt made.
-    async fn record(&self, id: Uuid, outcome: Outcome) {
-        lock(&self.recorder.pending).push((id, outcome));
+    async fn record(&self, id: Uuid, app: Uuid, outcome: Outcome) {
+        lock(&self.recorder.pending).push((id, app, outcome));
         loop {
             if self.recorder.writing.swap(true, Ordering::AcqRel) {
                 return;
             }
             loop {
-                let batch: Vec<(Uuid, Outcome)> = {
+                let batch: Vec<(Uuid, Uuid, Outcome)> = {
                     let mut pending = lock(&self.recorder.pending);
                     let n = pending.len().min(OUTCOME_BATCH);
                     pending.drain(..n).collect()
@@ -576,7 +645,7 @@ impl Engine {
                 if batch.is_empty() {
                     break;
                 }
-                self.write_outcomes(&batch).await;
+                self.write_outcomes(batch).await;
                 // A finished operation may have asked for re-planning (an account change), and
                 // the next operation of each pair may run now.
                 self.planner_wake.notify_one();
@@ -589,8 +658,10 @@ impl Engine {
         }
     }
 
-    async fn write_outcomes(&self, batch: &[(Uuid, Outcome)]) {
+    async fn write_outcomes(&self, batch: Vec<(Uuid, Uuid, Outcome)>) {
         let owner = &self.config.owner;
+        let (apps, batch): (Vec<Uuid>, Vec<(Uuid, Outcome)>) = batch.into_iter().map(|(id, a, o)| (a, (id, o))).unzip();
+        let batch = &batch[..];
         let recorded = match self.store.finish_operations(owner, batch).await {
             Ok(r) => r,
             Err(e) => {
@@ -609,11 +680,19 @@ impl Engine {
                 r
             }
         };
-        for ((id, _), done) in batch.iter().zip(recorded) {
+        for ((id, _), done) in batch.iter().zip(&recorded) {
             if !done {
                 tracing::warn!(op = %id, "lease lost before the outcome was recorded; another worker owns it");
             }
         }
+        let mine: Vec<(Uuid, &Outcome)> = batch
+            .iter()
+            .zip(apps)
+            .zip(&recorded)
+            .filter(|(_, done)| **done)
+            .map(|(((_, o), app), _)| (app, o))
+            .collect();
+        self.watch_outcomes(&mine).await;
     }
 
     /// The ids in the app of the groups an operation involves (lower-cased name -> id). A
@@ -649,7 +728,15 @@ impl Engine {
                 )));
             }
             let group = serde_json::json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": name, "members": []});
-            match connector.create_group(&group).await {
+            // Another operation may have created it a moment ago: then use that one.
+            let created = match connector.create_group(&group).await {
+                Err(e) if e.kind == connectors::ErrorKind::Conflict => match connector.find_group(name).await {
+                    Ok(Some(found)) => Ok(found),
+                    _ => Err(e),
+                },
+                other => other,
+            };
+            match created {
                 Ok(created) => {
                     if let Err(e) = self.store.add_entitlement(app.id, "group", &created.id, name).await {
                         tracing::warn!(error = %e, group = %name, "created a group but could not record it");
@@ -733,11 +820,24 @@ impl Engine {
 
     /// "Enable" / "Test connection": checks the credentials, learns what the app supports
     /// and keeps it for every later request.
+    /// Its result is kept as the app's last connection test (see [`Engine::health`]).
     pub async fn test_connection(&self, app_id: Uuid) -> Result<Capabilities, EngineError> {
         let app = self.store.get_app(app_id).await?.ok_or(EngineError::NotFound("app"))?;
         lock(&self.connectors).remove(&app_id);
-        let c = self.build(&app, None).await?;
-        let caps = c.test_connection().await.map_err(|e| EngineError::app(&app, e))?;
+        let tested = async {
+            let c = self.build(&app, None).await?;
+            c.test_connection().await.map_err(|e| EngineError::app(&app, e))
+        }
+        .await;
+        let test = directory::ConnectionTest {
+            ok: tested.is_ok(),
+            at: directory::now(),
+            message: tested.as_ref().err().map(ToString::to_string),
+        };
+        if let Err(e) = self.store.record_connection_test(app_id, &test).await {
+            tracing::warn!(app = %app_id, error = %e, "cannot record the connection test's result");
+        }
+        let caps = tested?;
         let value = serde_json::to_value(caps).map_err(|e| EngineError::Credential(e.to_string()))?;
         self.store.set_app_capabilities(app_id, &value).await?;
         lock(&self.connectors).remove(&app_id);
@@ -865,5 +965,42 @@ fn affects(kind: directory::ChangeKind) -> Affects {
         K::Account => Affects::Pair,
         // A role's deletion is recorded as membership and grant changes.
         K::Role => Affects::Nothing,
+    }
+}
+
+/// The text of a panic's payload.
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "(no message)".to_owned())
+}
+
+/// Runs the loop `make` builds, and builds and runs it again (after a second) if it panics:
+/// a panic in the planner, the dispatcher or the reconciliation ends that pass, never the
+/// engine's work.
+async fn supervise<F, Fut>(name: &'static str, make: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    /// Stopping the supervisor (an abort) stops the loop it runs.
+    struct AbortOnDrop(JoinHandle<()>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    loop {
+        let mut running = AbortOnDrop(tokio::spawn(make()));
+        match (&mut running.0).await {
+            Ok(()) => return,
+            Err(e) if e.is_panic() => {
+                tracing::error!(task = name, panic = %panic_message(e.into_panic()), "the task panicked; it starts again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(_) => return,
+        }
     }
 }

@@ -62,7 +62,7 @@ pub(crate) fn describe(app_name: &str, e: &ConnectorError) -> String {
         ErrorKind::Authentication => {
             let detail =
                 e.reason.strip_prefix("Invalid authentication").unwrap_or(&e.reason).trim_start_matches([' ', ':']);
-            format!("Invalid authentication: {app_name} refused the credentials {detail}").trim_end().to_owned()
+            format!("{}: {app_name} refused the credentials {detail}", crate::quarantine::REFUSED).trim_end().to_owned()
         }
         _ => format!("{app_name}: {}", e.reason),
     }
@@ -70,7 +70,9 @@ pub(crate) fn describe(app_name: &str, e: &ConnectorError) -> String {
 
 /// Turns a connector failure into a retry or a failure, with the admin-facing reason.
 pub(crate) fn on_error(op: &Operation, app_name: &str, e: ConnectorError) -> Execution {
-    if e.retryable && op.event.attempts < MAX_ATTEMPTS {
+    // A 429 slows the app down; it never fails the operation (nor counts toward quarantine).
+    let rate_limited = e.kind == ErrorKind::RateLimited;
+    if e.retryable && (op.event.attempts < MAX_ATTEMPTS || rate_limited) {
         let wait = backoff(op.event.attempts, e.retry_after);
         let at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_else(|_| chrono::Duration::seconds(60));
         return Execution::RetryAt {

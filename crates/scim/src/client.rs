@@ -20,6 +20,9 @@ use crate::types::{Capabilities, ListResponse, PatchOp, ScimErrorBody};
 pub const SCIM_MEDIA_TYPE: &str = "application/scim+json";
 const ACCEPT_VALUE: &str = "application/scim+json, application/json;q=0.9";
 
+/// Schema of a `POST /.search` body (RFC 7644 section 3.4.3).
+pub const SEARCH_REQUEST_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:SearchRequest";
+
 /// Endpoint of the User resource type.
 pub const USERS: &str = "Users";
 /// Endpoint of the Group resource type.
@@ -558,6 +561,33 @@ impl Client {
     ) -> Result<ListResponse<Value>, ScimError> {
         let url =
             self.url(&[endpoint], &[("startIndex", start_index.max(1).to_string()), ("count", count.to_string())])?;
+        self.execute(Method::GET, url, None, None).await?.parse()
+    }
+
+    /// `POST /{endpoint}/.search` with `startIndex`/`count` paging and no filter (RFC 7644
+    /// section 3.4.3): the same listing as [`Client::list_resources`], asked another way.
+    pub async fn search_resources(
+        &self,
+        endpoint: &str,
+        start_index: u64,
+        count: u32,
+    ) -> Result<ListResponse<Value>, ScimError> {
+        let url = self.url(&[endpoint, ".search"], &[])?;
+        let body = serde_json::json!({"schemas": [SEARCH_REQUEST_SCHEMA], "startIndex": start_index.max(1),
+            "count": count});
+        self.execute(Method::POST, url, Some(&body), None).await?.parse()
+    }
+
+    /// `GET /{endpoint}?cursor=..&count=..` (draft-ietf-scim-cursor-pagination): `None` asks
+    /// for the first page (an empty `cursor`), then each answer's `nextCursor`.
+    pub async fn list_resources_cursor(
+        &self,
+        endpoint: &str,
+        cursor: Option<&str>,
+        count: u32,
+    ) -> Result<ListResponse<Value>, ScimError> {
+        let url =
+            self.url(&[endpoint], &[("cursor", cursor.unwrap_or("").to_string()), ("count", count.to_string())])?;
         self.execute(Method::GET, url, None, None).await?.parse()
     }
 

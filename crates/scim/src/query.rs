@@ -157,16 +157,34 @@ peg::parser! {
 
         rule and() -> Filter
             = first:atom() rest:(sp() kw("and") sp() a:atom() { a })* {
-                rest.into_iter().fold(first, |l, r| Filter::And(Box::new(l), Box::new(r)))
+                super::balanced(first, rest, Filter::And)
             }
 
         rule or() -> Filter
             = first:and() rest:(sp() kw("or") sp() a:and() { a })* {
-                rest.into_iter().fold(first, |l, r| Filter::Or(Box::new(l), Box::new(r)))
+                super::balanced(first, rest, Filter::Or)
             }
 
         pub rule filter() -> Filter = osp() f:or() osp() { f }
     }
+}
+
+/// A flat chain `a or b or c ...` as a balanced tree: its depth grows with the logarithm of
+/// its length, so that a long flat chain is not mistaken for deep nesting (`and` and `or` are
+/// associative, so the meaning is the same).
+fn balanced(first: Filter, rest: Vec<Filter>, join: fn(Box<Filter>, Box<Filter>) -> Filter) -> Filter {
+    /// `first` joined with `rest`, halves built the same way.
+    fn build(first: Filter, mut rest: Vec<Filter>, join: fn(Box<Filter>, Box<Filter>) -> Filter) -> Filter {
+        if rest.is_empty() {
+            return first;
+        }
+        // `first` and rest[..half] on the left, the others on the right.
+        let half = rest.len().div_ceil(2) - 1;
+        let mut right = rest.split_off(half);
+        let right_first = right.remove(0);
+        join(Box::new(build(first, rest, join)), Box::new(build(right_first, right, join)))
+    }
+    build(first, rest, join)
 }
 
 /// Refuses inputs too long or too deeply nested before the recursive parser sees them.
@@ -449,5 +467,31 @@ mod tests {
         fn never_panics_on_filter_like_input(s in "[a-z ()\\[\\]\"\\.:]{0,80}( (eq|pr|and|or|not) [a-z\"0-9 ]{0,10}){0,6}") {
             let _ = parse(&s);
         }
+    }
+}
+
+#[cfg(test)]
+mod flat_chains {
+    use super::*;
+
+    #[test]
+    fn flat_or_and_chains_are_not_counted_as_nesting() {
+        // Issue 15: a flat `or` of 65 terms was refused as "nests deeper than 64 levels".
+        let terms: Vec<String> = (0..65).map(|i| format!("userName eq \"u{i}\"")).collect();
+        let f = parse(&terms.join(" or ")).unwrap();
+        assert!(f.depth() <= 8, "depth {}", f.depth());
+        for i in [0, 31, 64] {
+            assert!(f.matches(&serde_json::json!({"userName": format!("u{i}")}), &|_| false));
+        }
+        assert!(!f.matches(&serde_json::json!({"userName": "u65"}), &|_| false));
+        let f = parse(&terms.join(" and ")).unwrap();
+        assert!(f.depth() <= 8);
+        // and binds tighter than or, still.
+        let f = parse("title eq \"a\" or title eq \"b\" and userName eq \"x\"").unwrap();
+        assert!(f.matches(&serde_json::json!({"title": "a", "userName": "y"}), &|_| false));
+        assert!(!f.matches(&serde_json::json!({"title": "b", "userName": "y"}), &|_| false));
+        // Deep nesting is still refused.
+        let deep = format!("{}userName pr{}", "(".repeat(40), ")".repeat(40));
+        assert!(parse(&deep).unwrap_err().0.contains("nested deeper"));
     }
 }

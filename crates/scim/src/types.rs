@@ -31,6 +31,9 @@ pub struct ListResponse<T> {
     pub items_per_page: Option<u64>,
     #[serde(rename = "Resources", alias = "resources", default = "Vec::new", deserialize_with = "null_as_empty")]
     pub resources: Vec<T>,
+    /// The cursor of the next page (draft-ietf-scim-cursor-pagination); absent on the last.
+    #[serde(default, rename = "nextCursor", skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 impl<T> Default for ListResponse<T> {
@@ -41,6 +44,7 @@ impl<T> Default for ListResponse<T> {
             start_index: Some(1),
             items_per_page: Some(0),
             resources: Vec::new(),
+            next_cursor: None,
         }
     }
 }
@@ -101,6 +105,8 @@ pub struct Capabilities {
     pub bulk_max_operations: Option<u32>,
     pub sort: bool,
     pub change_password: bool,
+    /// Cursor pagination (draft-ietf-scim-cursor-pagination: `"pagination": {"cursor": true}`).
+    pub cursor: bool,
 }
 
 impl Default for Capabilities {
@@ -119,6 +125,7 @@ impl Default for Capabilities {
             bulk_max_operations: None,
             sort: false,
             change_password: false,
+            cursor: false,
         }
     }
 }
@@ -160,6 +167,7 @@ impl Capabilities {
             bulk_max_operations: if bulk { number("bulk", "maxOperations") } else { None },
             sort: supported("sort"),
             change_password: supported("changePassword"),
+            cursor: feature("pagination").and_then(|f| f.get("cursor")).map(truthy).unwrap_or(false),
         }
     }
 }
@@ -337,8 +345,11 @@ mod tests {
                 bulk_max_operations: Some(1000),
                 sort: true,
                 change_password: false,
+                cursor: false,
             }
         );
+        let c = Capabilities::from_service_provider_config(&json!({"pagination": {"cursor": true, "index": true}}));
+        assert!(c.cursor);
         let c = Capabilities::from_service_provider_config(&json!({}));
         assert_eq!(c, Capabilities::none());
     }

@@ -47,6 +47,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_attributes, create_attribute))
         .routes(routes!(list_audit))
         .routes(routes!(test_connection))
+        .routes(routes!(app_health))
+        .routes(routes!(resume_app))
         .routes(routes!(app_accounts))
         .routes(routes!(user_accounts))
         .routes(routes!(rematch))
@@ -68,6 +70,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(explain))
         .routes(routes!(list_entitlements))
         .routes(routes!(refresh_entitlements))
+        .routes(routes!(app_reads))
         .routes(routes!(openapi_json))
         .merge(crate::scim_server::clients::router())
         .merge(crate::api_sources::router())
@@ -509,6 +512,28 @@ async fn test_connection(
     Ok(Json(serde_json::json!({"ok": true, "capabilities": caps})))
 }
 
+/// The app's health: whether it is quarantined (why, since when, the next connection test),
+/// its held and queued operations, and its last connection test.
+#[utoipa::path(get, path = "/apps/{id}/health", tag = "provisioning", params(("id" = Uuid, Path)),
+    responses((status = 200, body = directory::AppHealth),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn app_health(State(s): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<directory::AppHealth>> {
+    Ok(Json(s.service.app_health(id).await?))
+}
+
+/// Resumes a quarantined app at once: its queue runs again and what failed is planned again.
+#[utoipa::path(post, path = "/apps/{id}/resume", tag = "provisioning", params(("id" = Uuid, Path)),
+    responses((status = 200, description = "The app's health after resuming", body = directory::AppHealth),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The app is not quarantined", body = Problem, content_type = "application/problem+json")))]
+async fn resume_app(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<directory::AppHealth>> {
+    Ok(Json(s.service.resume_app(&actor, id).await?))
+}
+
 /// The app's accounts: status, ownership, remote id.
 #[utoipa::path(get, path = "/apps/{id}/accounts", tag = "provisioning", params(("id" = Uuid, Path), PageParams),
     responses((status = 200, body = Page<Account>)))]
@@ -845,7 +870,19 @@ async fn list_entitlements(
     ApiQuery(p): ApiQuery<PageParams>,
 ) -> Result<Json<serde_json::Value>> {
     let (refresh, page) = s.service.entitlements(id, &page(p.limit, p.cursor)?).await?;
-    Ok(Json(serde_json::json!({"refresh": refresh, "items": page.items, "next_cursor": page.next_cursor})))
+    let read = s.service.app_reads(id).await?.into_iter().find(|r| r.kind == "refresh").map(|r| r.result);
+    Ok(Json(
+        serde_json::json!({"refresh": refresh, "read": read, "items": page.items, "next_cursor": page.next_cursor}),
+    ))
+}
+
+/// How the latest reconcile and Refresh read the app: the strategy whose pages were
+/// consistent (`GET paging`, `POST /.search paging`), each contradiction found in the app's
+/// answers, and (reconcile) the duplicate member entries seen in its groups.
+#[utoipa::path(get, path = "/apps/{id}/reads", tag = "provisioning", params(("id" = Uuid, Path)),
+    responses((status = 200, description = "`{\"items\": [{kind, result, recorded_at}]}`", body = Object)))]
+async fn app_reads(State(s): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<serde_json::Value>> {
+    Ok(Json(serde_json::json!({"items": s.service.app_reads(id).await?})))
 }
 
 /// "Refresh": import the app's groups in the background (page by page); follow its progress

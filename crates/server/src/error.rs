@@ -31,6 +31,9 @@ pub enum Error {
     UnsupportedMediaType,
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// The request body stopped arriving, or trickled (see [`crate::listener`]).
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("missing or invalid API token")]
     Unauthorized,
     #[error("this method is not allowed on this resource")]
@@ -124,6 +127,7 @@ impl Error {
             Self::PreconditionFailed { .. } => (StatusCode::PRECONDITION_FAILED, "precondition-failed", vec![]),
             Self::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", vec![]),
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", vec![]),
+            Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request-timeout", vec![]),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", vec![]),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", vec![]),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", vec![]),

@@ -31,16 +31,30 @@ async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Er
     Bytes::from_request(req, state).await.map_err(|e: BytesRejection| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Error::PayloadTooLarge { limit: MAX_BODY }
+        } else if let Some(slow) = too_slow(&e) {
+            Error::RequestTimeout(slow.to_string())
         } else {
             Error::bad_request("body", e.body_text())
         }
     })
 }
 
+/// The [`crate::listener::BodyTooSlow`] behind a body error, if that is what it is.
+pub fn too_slow<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a crate::listener::BodyTooSlow> {
+    let mut cur: Option<&'a (dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(slow) = err.downcast_ref::<crate::listener::BodyTooSlow>() {
+            return Some(slow);
+        }
+        cur = err.source();
+    }
+    None
+}
+
 /// Parses `bytes` into `T`; a syntax error is `MalformedJson`, a shape error names its path.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     // First as plain JSON, so that syntax errors and shape errors are told apart.
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| Error::MalformedJson(e.to_string()))?;
+    let value = strict_json(bytes)?;
     from_value(value)
 }
 
@@ -99,7 +113,7 @@ impl<S: Send + Sync> FromRequest<S> for MergePatch {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         check_content_type(req.headers(), true)?;
         let bytes = body_bytes(req, state).await?;
-        match serde_json::from_slice(&bytes).map_err(|e| Error::MalformedJson(e.to_string()))? {
+        match strict_json(&bytes)? {
             Value::Object(map) => Ok(MergePatch(map)),
             _ => {
                 Err(Error::Invalid(directory::ValidationErrors::single("body", "a merge patch must be a JSON object")))
@@ -154,5 +168,134 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
                 None => Error::bad_request(path, inner),
             }
         })
+    }
+}
+
+/// Why a body is not acceptable JSON.
+#[derive(Debug)]
+pub enum JsonError {
+    /// Not JSON (or nested deeper than serde_json's 128 levels).
+    Syntax(String),
+    /// An object names this key twice (the key's path).
+    DuplicateKey(String),
+}
+
+/// A JSON value read with every object's keys checked for duplicates ("last wins" would let
+/// one reader see one value and another reader the other).
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+const DUPLICATE: &str = "\u{0}duplicate key: ";
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value: Result<Strict, A::Error> = map.next_value();
+            let Strict(v) = value.map_err(|e| {
+                // Name the whole path of a duplicate found deeper.
+                let text = e.to_string();
+                match text.strip_prefix(DUPLICATE) {
+                    Some(rest) => {
+                        let inner = rest.split(" at line ").next().unwrap_or(rest);
+                        serde::de::Error::custom(format!("{DUPLICATE}{key}.{inner}"))
+                    }
+                    None => e,
+                }
+            })?;
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("{DUPLICATE}{key}")));
+            }
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// Parses a request body as JSON, refusing duplicate keys. Bounded: bodies are at most
+/// [`MAX_BODY`] bytes, and serde_json refuses nesting deeper than 128 levels (before the
+/// stack could overflow).
+pub fn strict_json(bytes: &[u8]) -> Result<Value, JsonError> {
+    match serde_json::from_slice::<Strict>(bytes) {
+        Ok(Strict(v)) => Ok(v),
+        Err(e) => {
+            let text = e.to_string();
+            match text.strip_prefix(DUPLICATE) {
+                Some(rest) => Err(JsonError::DuplicateKey(rest.split(" at line ").next().unwrap_or(rest).to_owned())),
+                None => Err(JsonError::Syntax(text)),
+            }
+        }
+    }
+}
+
+impl From<JsonError> for Error {
+    fn from(e: JsonError) -> Self {
+        match e {
+            JsonError::Syntax(m) => Error::MalformedJson(m),
+            JsonError::DuplicateKey(path) => Error::bad_request(path, "is given more than once in the body"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicate_keys_are_refused_with_their_path() {
+        assert!(matches!(strict_json(br#"{"a": 1, "a": 2}"#), Err(JsonError::DuplicateKey(p)) if p == "a"));
+        assert!(matches!(strict_json(br#"{"x": {"b": 1, "b": 2}}"#), Err(JsonError::DuplicateKey(p)) if p == "x.b"));
+        assert!(matches!(strict_json(br#"{"x": [{"c": 1, "c": 1}]}"#), Err(JsonError::DuplicateKey(p)) if p == "x.c"));
+        assert_eq!(
+            strict_json(br#"{"a": [1, {"b": null}], "c": 1.5}"#).unwrap(),
+            serde_json::json!({"a": [1, {"b": null}], "c": 1.5})
+        );
+        // Deep nesting is refused by serde_json's recursion limit, not by a stack overflow.
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(matches!(strict_json(deep.as_bytes()), Err(JsonError::Syntax(m)) if m.contains("recursion limit")));
+        assert!(matches!(strict_json(b"{"), Err(JsonError::Syntax(_))));
     }
 }

@@ -7,6 +7,7 @@ pub mod api_sources;
 pub mod console;
 pub mod error;
 pub mod extract;
+pub mod listener;
 pub mod saml;
 pub mod scim_server;
 pub mod service;
@@ -22,6 +23,7 @@ use axum::routing::get;
 use axum::{Extension, Json, Router};
 use store::secrets::Keyring;
 use store::Store;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -100,6 +102,17 @@ async fn require_token(State(state): State<AppState>, mut req: Request, next: Ne
     Ok(next.run(req).await)
 }
 
+/// A handler that panicked ends its own request with a 500 (the panic is logged); the
+/// process and every other request go on.
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    Error::Internal(format!("a request handler panicked: {what}")).into_response()
+}
+
 async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, Error> {
     state.service.health().await?;
     Ok(Json(serde_json::json!({"status": "ok"})))
@@ -110,6 +123,7 @@ pub fn health_router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .fallback(|| async { Error::NotFound("route") })
+        .layer(CatchPanicLayer::custom(panicked))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -129,6 +143,31 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { Error::NotFound("route") })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed.into_response() })
         .layer(DefaultBodyLimit::max(extract::MAX_BODY))
+        .layer(CatchPanicLayer::custom(panicked))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_ends_its_request_with_a_500_problem() {
+        let app: Router = Router::new()
+            .route("/boom", get(|| async { panic!("handler bug") as &'static str }))
+            .route("/fine", get(|| async { "ok" }))
+            .layer(CatchPanicLayer::custom(panicked));
+        let resp = app.clone().oneshot(Request::get("/boom").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], error::PROBLEM_JSON);
+        let body = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap();
+        assert!(!String::from_utf8_lossy(&body).contains("handler bug"), "details are logged, not returned");
+        let resp = app.oneshot(Request::get("/fine").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
 }

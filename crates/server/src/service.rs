@@ -457,6 +457,21 @@ impl Service {
         Ok(result?)
     }
 
+    /// The app's health: quarantine, queue, rate and last connection test.
+    pub async fn app_health(&self, app: Uuid) -> Result<directory::AppHealth> {
+        self.get_app(app).await?;
+        Ok(self.engine.health(app).await?)
+    }
+
+    /// Resumes a quarantined app at once (audited); 409 when it is not quarantined.
+    pub async fn resume_app(&self, actor: &Actor, app: Uuid) -> Result<directory::AppHealth> {
+        self.get_app(app).await?;
+        if !self.engine.resume(app, actor, "resumed by an admin").await? {
+            return Err(Error::InvalidState("the app is not quarantined".into()));
+        }
+        Ok(self.engine.health(app).await?)
+    }
+
     pub async fn list_events(&self, query: &EventQuery) -> Result<Page<Event>> {
         Ok(self.store.list_events(query).await?)
     }
@@ -645,6 +660,12 @@ impl Service {
         } else {
             Err(Error::InvalidState("a refresh of this app's entitlements is already running".into()))
         }
+    }
+
+    /// How the latest reconcile and Refresh read the app.
+    pub async fn app_reads(&self, app: Uuid) -> Result<Vec<store::AppRead>> {
+        self.get_app(app).await?;
+        Ok(self.store.app_reads(app).await?)
     }
 
     pub async fn entitlements(

@@ -3,10 +3,23 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use directory::{Entitlement, EntitlementRefresh, Page};
+use serde::Serialize;
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::{PageRequest, Result};
+
+/// How the latest reconcile or Refresh of an app read it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AppRead {
+    /// `reconcile` or `refresh`.
+    pub kind: String,
+    /// The job's result: strategy, contradictions, duplicate members...
+    pub result: Value,
+    pub recorded_at: DateTime<Utc>,
+}
 
 #[async_trait]
 pub trait EntitlementStore: Send + Sync + 'static {
@@ -31,4 +44,9 @@ pub trait EntitlementStore: Send + Sync + 'static {
     async fn find_entitlements(&self, app: Uuid, kind: &str, names: &[String]) -> Result<Vec<Entitlement>>;
     /// Records one value (e.g. a group provisioning created).
     async fn add_entitlement(&self, app: Uuid, kind: &str, remote_id: &str, display_name: &str) -> Result<()>;
+    /// Records how the latest `kind` (`reconcile` or `refresh`) read the app, replacing the
+    /// previous one.
+    async fn record_app_read(&self, app: Uuid, kind: &str, result: &Value) -> Result<()>;
+    /// The latest read of each kind, by kind.
+    async fn app_reads(&self, app: Uuid) -> Result<Vec<AppRead>>;
 }

@@ -11,6 +11,7 @@ pub mod admins;
 pub mod bulk;
 pub mod cursor;
 pub mod entitlements;
+pub mod health;
 pub mod postgres;
 pub mod provisioning;
 pub mod saml;
@@ -26,7 +27,8 @@ use uuid::Uuid;
 
 pub use admins::{AdminRecord, AdminStore, SessionRecord};
 pub use bulk::BulkStore;
-pub use entitlements::EntitlementStore;
+pub use entitlements::{AppRead, EntitlementStore};
+pub use health::{AppHealthRecord, HealthStore, OutcomeWindow, QueueCounts};
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use provisioning::{
     AccountQuery, AccountWrite, EventQuery, Outcome, PairState, PlanItem, PlanWrite, ProvisioningStore,
@@ -138,7 +140,16 @@ pub enum Wakeup {
 /// (accounts, operations, events) is [`ProvisioningStore`].
 #[async_trait]
 pub trait Store:
-    ProvisioningStore + EntitlementStore + AdminStore + SamlStore + ScimStore + SourceStore + Send + Sync + 'static
+    ProvisioningStore
+    + EntitlementStore
+    + AdminStore
+    + SamlStore
+    + ScimStore
+    + SourceStore
+    + HealthStore
+    + Send
+    + Sync
+    + 'static
 {
     /// Answers when the database is reachable.
     async fn health(&self) -> Result<()>;

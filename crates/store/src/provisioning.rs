@@ -125,6 +125,24 @@ pub struct Outcome {
     pub replan: bool,
 }
 
+/// Whether a finished operation counts toward its app's finished operations (the quarantine
+/// ratio and the rate): it ran to an answer of the app. Not `cancelled`.
+pub fn counts_as_finished(status: EventStatus) -> bool {
+    matches!(
+        status,
+        EventStatus::Provisioned
+            | EventStatus::Suspended
+            | EventStatus::Deleted
+            | EventStatus::Failed
+            | EventStatus::Unknown
+    )
+}
+
+/// Whether a finished operation succeeded (it resolves its pair's earlier failures).
+pub fn succeeded(status: EventStatus) -> bool {
+    matches!(status, EventStatus::Provisioned | EventStatus::Suspended | EventStatus::Deleted)
+}
+
 /// Listing events, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct EventQuery {

@@ -133,6 +133,17 @@ pub trait SamlStore: Send + Sync + 'static {
     async fn delete_user_session(&self, id_hash: &str) -> Result<bool>;
     async fn delete_idle_user_sessions(&self, before: DateTime<Utc>) -> Result<u64>;
 
+    /// Remembers that AuthnRequest `request_id` of `app` was answered, until `expires_at`.
+    /// `false` when it was already remembered and has not expired at `now` (a replay).
+    /// Expired ids are removed first.
+    async fn remember_saml_request(
+        &self,
+        app: Uuid,
+        request_id: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+
     /// Records a SAML sign-in of `user` to `app`. For a JIT-only app it is an event (and the
     /// account record follows it): the first sign-in a `create` (the app creates the account
     /// just in time), later ones an `update`, both `provisioned`, with `attributes` (what the

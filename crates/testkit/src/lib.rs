@@ -1,5 +1,6 @@
 //! Test support shared by the workspace's test suites. Everything here starts real outside
-//! software on 127.0.0.1 and stops it when dropped; nothing here is used by shipped code.
+//! software (or, for [`ScimApp`], the in-memory SCIM app with switchable misbehaviours) on
+//! 127.0.0.1 and stops it when dropped; nothing here is used by shipped code.
 
 pub mod postgres;
 pub mod samba;
@@ -8,4 +9,5 @@ pub mod slapd;
 
 pub use samba::Samba;
 pub use scim2_server::{unique, Scim2Server};
+pub use scim_target::{Counts as ScimAppCounts, Options as ScimAppOptions, ScimApp, Switches, Tally};
 pub use slapd::Slapd;

@@ -523,3 +523,159 @@ async fn three_processes_on_one_postgres_share_the_work_and_survive_a_kill() {
         p.kill().await;
     }
 }
+
+/// A raw HTTP/1.1 exchange on its own connection: what `bytes` get back before the server
+/// closes the connection (or `wait` passes).
+async fn raw_exchange(addr: &str, bytes: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `/healthz` answers 200 on a fresh connection within `within` (refusals retried).
+async fn healthz_answers_within(addr: &str, within: Duration) -> bool {
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < within {
+        let left = within.saturating_sub(start.elapsed());
+        let got = raw_exchange(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", left).await;
+        if got.starts_with("HTTP/1.1 200") {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Issue 15: one unauthenticated GET with an AuthnRequest nested thousands of levels deep
+/// overflowed the stack and aborted the whole process.
+#[tokio::test]
+async fn deeply_nested_authn_requests_get_a_400_page_and_the_process_lives_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "bootstrap-token-nesting-1";
+    let p = Running::start(dir.path(), Some(token)).await;
+    let http = reqwest::Client::new();
+    let app: serde_json::Value = http
+        .post(p.url("/api/v1/apps"))
+        .bearer_auth(token)
+        .json(&json!({"name": "Wiki", "connection": {"base_url": "http://127.0.0.1:9/scim/v2",
+            "auth": {"type": "bearer", "token": "unused"}}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let app = app["id"].as_str().unwrap().to_owned();
+    let put = http
+        .put(p.url(&format!("/api/v1/apps/{app}/saml")))
+        .bearer_auth(token)
+        .json(&json!({"sp_entity_id": "https://sp.example.com", "acs_urls": ["https://sp.example.com/acs"],
+            "name_id_format": "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress", "name_id_attribute": "email", "jit_only": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::OK, "{}", put.text().await.unwrap());
+    for depth in [5_000, 9_000] {
+        let xml = format!(
+            "<samlp:AuthnRequest xmlns:samlp=\"urn:oasis:names:tc:SAML:2.0:protocol\" ID=\"_d\" Version=\"2.0\" \
+             IssueInstant=\"{}\">{}{}</samlp:AuthnRequest>",
+            saml::instant(chrono::Utc::now()),
+            "<a>".repeat(depth),
+            "</a>".repeat(depth)
+        );
+        let param = saml::request::encode_redirect(&xml);
+        let query: String =
+            url::form_urlencoded::Serializer::new(String::new()).append_pair("SAMLRequest", &param).finish();
+        let r = http.get(p.url(&format!("/saml/{app}/sso?{query}"))).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "nested {depth} deep");
+        assert!(r.text().await.unwrap().contains("nests elements deeper than 100 levels"));
+        let health = http.get(p.url("/healthz")).send().await.unwrap();
+        assert_eq!(health.status(), StatusCode::OK, "the process still answers after {depth} levels");
+    }
+}
+
+/// Issue 15: half-sent requests held connections for ever (20,000 of them exhausted the file
+/// descriptors), trickled bodies were kept, and a declared 100 MB body got no early 413.
+/// Timeouts set to 2 s and the cap to 200, as the issue says.
+#[tokio::test]
+async fn slow_and_half_sent_connections_are_closed_and_healthz_keeps_answering() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let token = "bootstrap-token-limits-1";
+    let env = [
+        ("PROVISIONER_HEADER_TIMEOUT_SECONDS", "2".to_owned()),
+        ("PROVISIONER_BODY_TIMEOUT_SECONDS", "2".to_owned()),
+        ("PROVISIONER_KEEP_ALIVE_SECONDS", "2".to_owned()),
+        ("PROVISIONER_MAX_CONNECTIONS", "200".to_owned()),
+    ];
+    let p = Running::start_with(dir.path(), Some(token), &env).await;
+    let addr = p.addr.clone();
+
+    // 500 half-sent requests: each is closed within 3 s of its last byte (those over the cap at once).
+    let mut flood = Vec::new();
+    for _ in 0..500 {
+        let addr = addr.clone();
+        flood.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+            let last_byte = tokio::time::Instant::now();
+            let mut sink = Vec::new();
+            let closed = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut sink)).await;
+            (closed.is_ok(), last_byte.elapsed())
+        }));
+    }
+    // Meanwhile /healthz answers within 3 s.
+    assert!(healthz_answers_within(&addr, Duration::from_secs(3)).await, "/healthz during the flood");
+    for f in flood {
+        let (closed, after) = f.await.unwrap();
+        assert!(closed, "a half-sent connection is still open {after:?} after its last byte");
+    }
+    assert!(healthz_answers_within(&addr, Duration::from_secs(3)).await, "/healthz after the flood");
+
+    // A body sent at 1 byte/s is cut at 2 s (a 408), long before its 100 bytes are in.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/users HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..99 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if wr.write_all(b" ").await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let cut = tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut answer)).await;
+    trickle.abort();
+    assert!(cut.is_ok(), "the trickled body was not cut");
+    let answer = String::from_utf8_lossy(&answer);
+    // (The server may reset the connection, with the trickled bytes unread, before the client reads its 408.)
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.is_empty() || answer.contains("arrived too slowly"), "{answer}");
+
+    // A declared 100 MB body gets its 413 at once, before any of it is sent.
+    let start = tokio::time::Instant::now();
+    let got = raw_exchange(
+        &addr,
+        b"POST /api/v1/users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 104857600\r\n\r\n",
+        Duration::from_secs(1),
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 413"), "{got}");
+    assert!(got.contains("application/problem+json"), "{got}");
+    assert!(start.elapsed() < Duration::from_secs(1));
+
+    // An idle keep-alive connection is closed after its 2 s.
+    let start = tokio::time::Instant::now();
+    let got = raw_exchange(&addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", Duration::from_secs(4)).await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(start.elapsed() < Duration::from_secs(4), "the idle connection is closed");
+    assert!(healthz_answers_within(&addr, Duration::from_secs(3)).await);
+}

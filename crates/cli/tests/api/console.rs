@@ -769,7 +769,8 @@ async fn console_walkthrough_in_a_real_browser() {
         w.go("/console/users").await;
         w.shot("users").await;
         w.go("/console/apps").await;
-        w.wait_text("tbody", "Failing").await;
+        // Legacy refused the credentials three times in a row: it is quarantined.
+        w.wait_text("tbody", "Quarantined").await;
         w.shot("apps").await;
         w.go(&format!("/console/apps/{wiki}/provisioning")).await;
         w.shot("app-provisioning").await;
@@ -1014,4 +1015,135 @@ async fn console_parameters_rules_and_entitlements_in_a_real_browser() {
     let audit = console.audit().await;
     let saves = audit.iter().filter(|e| e.action == "app.mapping" && e.actor.kind == "admin" && e.actor.name == ADMIN);
     assert!(saves.count() >= 2, "the console's saves are audited under the admin's name");
+}
+
+/// A quarantined app in headless Chromium: the connection badge stops saying "Connected" once
+/// a test fails; three refused credentials quarantine the app and its pages show the banner
+/// with the reason and the next connection test; Resume runs the queue again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_quarantine_banner_and_resume_in_a_real_browser() {
+    let target = Arc::new(
+        testkit::ScimApp::start(testkit::ScimAppOptions { token: Some(APP_TOKEN.into()), ..Default::default() })
+            .unwrap(),
+    );
+    let console = Arc::new(Console::start(Default::default()).await);
+    let base = console.url("");
+    let shots = std::env::var_os("CONSOLE_SCREENSHOTS").map(PathBuf::from);
+    let (target2, console2) = (target.clone(), console.clone());
+    with_browser("console_quarantine", move |b| async move {
+        let target = target2;
+        let console = console2;
+        let w = Walk { b, base, shots };
+        w.sign_in().await;
+        let id = w.new_app("Payroll", &target.base_url(), APP_TOKEN).await;
+        w.click("#test-connection").await;
+        w.wait_text("#test-result", "the credentials were accepted").await;
+        w.wait_text("#connection-badge", "Connected").await;
+        w.enable_provisioning(&id, false).await;
+
+        // Someone changes the token to a wrong one: the test fails and the badge says so.
+        w.go(&format!("/console/apps/{id}/configuration")).await;
+        w.fill("#token", "a-wrong-token").await;
+        w.click("form[action$='/configuration'] button.primary").await;
+        w.wait_text(".flash-ok", "Configuration saved").await;
+        w.click("#test-connection").await;
+        w.wait_text("#test-result", "Connection failed").await;
+        w.wait_text("#connection-badge", "Connection failing").await;
+
+        // Three people to provision: the app refuses the credentials three times and is quarantined.
+        let app_id: uuid::Uuid = id.parse().unwrap();
+        let service = &console.state.service;
+        let actor = directory::Actor::admin(ADMIN);
+        let role = service.create_role(&actor, directory::RoleInput { name: "Staff".into(), description: None }).await;
+        let role = role.unwrap();
+        service.add_role_app(&actor, role.id, app_id).await.unwrap();
+        for name in ["pat", "kim", "lee"] {
+            let input = directory::UserInput { username: name.into(), ..Default::default() };
+            let u = service.create_user(&actor, input, directory::UserSource::Local).await.unwrap();
+            service.add_role_user(&actor, role.id, u.id).await.unwrap();
+        }
+        eventually("the app is quarantined", || {
+            let console = console.clone();
+            async move {
+                let h = console.state.service.app_health(app_id).await.unwrap();
+                h.state == directory::HealthState::Quarantined
+            }
+        })
+        .await;
+        w.go(&format!("/console/apps/{id}/provisioning")).await;
+        w.wait_text("#quarantine-banner", "refused the credentials 3 times in a row").await;
+        w.wait_text("#quarantine-banner", "A connection test runs at").await;
+        assert_eq!(w.text("#connection-badge").await, "Quarantined");
+        w.shot("app-quarantined").await;
+        // Every tab of the app shows it.
+        w.go(&format!("/console/apps/{id}/rules")).await;
+        w.wait_for("#quarantine-banner", true).await;
+
+        // The right token again, then Resume: the queue runs at once and the people are provisioned.
+        w.go(&format!("/console/apps/{id}/configuration")).await;
+        w.fill("#token", APP_TOKEN).await;
+        w.click("form[action$='/configuration'] button.primary").await;
+        w.wait_text(".flash-ok", "Configuration saved").await;
+        assert!(target.users().is_empty(), "nothing sent while quarantined");
+        w.click("#resume-app").await;
+        w.wait_text(".flash-ok", "Resumed Payroll").await;
+        w.wait_for("#quarantine-banner", false).await;
+        eventually("the people are provisioned", || {
+            let target = target.clone();
+            async move { target.users().len() == 3 }
+        })
+        .await;
+        // A successful test clears the failing badge.
+        w.click("#test-connection").await;
+        w.wait_text("#test-result", "the credentials were accepted").await;
+        w.wait_text("#connection-badge", "Connected").await;
+    })
+    .await;
+    let audit = console.audit().await;
+    assert!(audit.iter().any(|e| e.action == "app.quarantine" && e.actor.kind == "system"));
+    assert!(audit.iter().any(|e| e.action == "app.resume" && e.actor.kind == "admin" && e.actor.name == ADMIN));
+}
+
+/// The app's page shows how the latest reconcile read the app: the strategy, or the
+/// contradiction that made it fail (issue 16).
+#[tokio::test]
+async fn console_app_page_names_the_read_strategy_and_contradiction() {
+    let c = Console::start(Default::default()).await;
+    let (session, csrf) = c.login().await;
+    let scim = testkit::ScimApp::start(testkit::ScimAppOptions {
+        max_results: 2,
+        switches: testkit::Switches { list_ignores_start_index: true, ..Default::default() },
+        ..Default::default()
+    })
+    .unwrap();
+    for i in 0..5 {
+        scim.create_user(json!({"userName": format!("someone{i}")})).unwrap();
+    }
+    let input: directory::AppInput = serde_json::from_value(json!({
+        "name": "Pager", "connection": {"base_url": scim.base_url(), "auth": {"type": "bearer", "token": "t"}}
+    }))
+    .unwrap();
+    let actor = directory::Actor::admin(ADMIN);
+    let app = c.state.service.create_app(&actor, input).await.unwrap();
+    c.state.service.test_connection(&actor, app.id).await.unwrap();
+    let page = format!("/console/apps/{}/provisioning", app.id);
+    let r = c.post(&format!("/console/apps/{}/reconcile", app.id), &session, &[("csrf", &csrf)]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let html = c.get(&page, &session).await.text().await.unwrap();
+    assert!(html.contains("Last Reconcile"), "{html}");
+    assert!(html.contains("POST /.search paging"), "read through POST /.search: {html}");
+    assert!(html.contains("asked for startIndex=3, the app answered startIndex=1"), "{html}");
+
+    // When POST /.search does the same, the reconcile fails and the page says why.
+    scim.set_switches(testkit::Switches {
+        list_ignores_start_index: true,
+        search_ignores_start_index: true,
+        ..Default::default()
+    });
+    scim.reset_counts();
+    c.post(&format!("/console/apps/{}/reconcile", app.id), &session, &[("csrf", &csrf)]).await;
+    let html = c.get(&page, &session).await.text().await.unwrap();
+    assert!(html.contains("none was consistent"), "{html}");
+    assert!(html.contains("POST /.search paging: asked for startIndex=3"), "{html}");
+    assert_eq!(scim.counts().writes(), 0);
 }

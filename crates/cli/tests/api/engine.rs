@@ -377,6 +377,14 @@ async fn reconciliation_is_quiet_when_in_sync_and_repairs_drift(backend: Backend
         "{:#}",
         quiet.body
     );
+    // The real scim2-server pages correctly: one page read, nothing contradicted, nothing written.
+    assert_eq!(
+        (quiet.body["status"].as_str(), quiet.body["strategy"].as_str(), quiet.body["pages_read"].as_u64()),
+        (Some("completed"), Some("GET paging"), Some(1)),
+        "{:#}",
+        quiet.body
+    );
+    assert_eq!(quiet.body["contradictions"], json!([]));
     // Someone edits one account in the app and deletes another.
     let drifted = w.in_app("rec1").await[0]["id"].as_str().unwrap().to_owned();
     w.app_call(

@@ -15,7 +15,8 @@ async fn app_accounts(w: &World) -> Vec<(String, bool)> {
     let mut out = std::collections::BTreeMap::new();
     let mut start = 1;
     loop {
-        let page = w.app_call(Method::GET, &format!("/Users?startIndex={start}&count=1000&sortBy=userName"), None).await;
+        let page =
+            w.app_call(Method::GET, &format!("/Users?startIndex={start}&count=1000&sortBy=userName"), None).await;
         let items = page["Resources"].as_array().cloned().unwrap_or_default();
         for u in &items {
             out.insert(u["userName"].as_str().unwrap_or("").to_owned(), u["active"] != false);
@@ -129,10 +130,7 @@ async fn the_guard_holds_every_cause(backend: Backend) {
 
     // 1. A rule scoping out 30%: the dry run counts 60 deletions, all held, and changes nothing.
     let events_before = event_count(&w).await;
-    let dry = w
-        .s
-        .call(Method::PUT, &format!("/api/v1/apps/{app}/rules?dry_run=true"), Some(contractor_rule()))
-        .await;
+    let dry = w.s.call(Method::PUT, &format!("/api/v1/apps/{app}/rules?dry_run=true"), Some(contractor_rule())).await;
     assert_eq!(dry.status, StatusCode::OK, "{dry:#?}");
     let e = effect(&dry.body, &app);
     assert_eq!((n(e, "delete"), n(e, "held"), n(e, "create"), n(e, "suspend")), (60, 60, 0, 0), "{:#}", dry.body);
@@ -154,17 +152,15 @@ async fn the_guard_holds_every_cause(backend: Backend) {
     assert_eq!(app_accounts(&w).await.len(), 200, "the app received nothing for held operations");
     // Bad input: an event that is not held; nothing changes.
     let provisioned = events(&w, "provisioned").await;
-    let bad = w
-        .s
-        .post(&format!("/api/v1/apps/{app}/held/allow"), json!({"event_ids": [h[0]["id"], provisioned[0]["id"]]}))
-        .await;
+    let bad =
+        w.s.post(&format!("/api/v1/apps/{app}/held/allow"), json!({"event_ids": [h[0]["id"], provisioned[0]["id"]]}))
+            .await;
     assert_eq!(bad.status, StatusCode::CONFLICT, "{bad:#?}");
     assert!(bad.body["detail"].as_str().unwrap_or("").contains(provisioned[0]["id"].as_str().unwrap()), "{bad:#?}");
     assert_eq!(held(&w, 60).await.len(), 60);
     // Reject 30, allow 30.
-    let (reject, allow): (Vec<&Value>, Vec<&Value>) = h.iter().partition(|e| {
-        e["username"].as_str().unwrap()[1..].parse::<usize>().unwrap() < 30
-    });
+    let (reject, allow): (Vec<&Value>, Vec<&Value>) =
+        h.iter().partition(|e| e["username"].as_str().unwrap()[1..].parse::<usize>().unwrap() < 30);
     let ids = |v: &[&Value]| v.iter().map(|e| e["id"].clone()).collect::<Vec<_>>();
     let r = w.s.post(&format!("/api/v1/apps/{app}/held/reject"), json!({"event_ids": ids(&reject)})).await;
     assert_eq!(r.status, StatusCode::OK, "{r:#?}");
@@ -180,10 +176,8 @@ async fn the_guard_holds_every_cause(backend: Backend) {
     let rejected_before = events(&w, "rejected").await.len();
     assert_eq!(rejected_before, 30);
     for approve in [true, false] {
-        let p = w
-            .s
-            .patch(&format!("/api/v1/apps/{app}"), json!({"provisioning": {"approval": {"delete": approve}}}))
-            .await;
+        let p =
+            w.s.patch(&format!("/api/v1/apps/{app}"), json!({"provisioning": {"approval": {"delete": approve}}})).await;
         assert_eq!(p.status, StatusCode::OK, "{p:#?}");
     }
     let mut rules = contractor_rule();

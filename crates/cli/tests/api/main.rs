@@ -28,6 +28,7 @@ macro_rules! on_both_backends {
 }
 
 mod admin_api;
+mod app_pages;
 mod binary;
 mod console;
 mod engine;
@@ -36,5 +37,7 @@ mod guard;
 mod ldap;
 mod mapping;
 mod openapi;
+mod quarantine;
 mod saml;
 mod scim_server;
+mod security;

@@ -365,13 +365,19 @@ async fn idp_initiated_sign_in_from_the_portal(backend: Backend) {
 
 on_both_backends!(sp_initiated_sign_in_is_accepted_by_xmlsec1_and_pysaml2, idp_initiated_sign_in_from_the_portal);
 
-/// A request for the app, deflated and base64'd (HTTP-Redirect binding), as a URL path.
+/// A request for the app, deflated and base64'd (HTTP-Redirect binding), as a URL path: a
+/// fresh ID, issued now.
 fn authn_request(app: &str, acs: &str, extra: &str) -> String {
+    authn_request_at(app, acs, extra, &saml::new_id(), chrono::Utc::now())
+}
+
+fn authn_request_at(app: &str, acs: &str, extra: &str, id: &str, at: chrono::DateTime<chrono::Utc>) -> String {
     let xml = format!(
         "<samlp:AuthnRequest xmlns:samlp=\"urn:oasis:names:tc:SAML:2.0:protocol\" \
-         xmlns:saml=\"urn:oasis:names:tc:SAML:2.0:assertion\" ID=\"_r1\" Version=\"2.0\" \
-         IssueInstant=\"2026-01-01T00:00:00Z\" AssertionConsumerServiceURL=\"{acs}\">\
-         <saml:Issuer>{SP}{extra}</saml:Issuer></samlp:AuthnRequest>"
+         xmlns:saml=\"urn:oasis:names:tc:SAML:2.0:assertion\" ID=\"{id}\" Version=\"2.0\" \
+         IssueInstant=\"{}\" AssertionConsumerServiceURL=\"{acs}\">\
+         <saml:Issuer>{SP}{extra}</saml:Issuer></samlp:AuthnRequest>",
+        saml::instant(at)
     );
     format!("/saml/{app}/sso?SAMLRequest={}&RelayState=r", urlencode(&saml::request::encode_redirect(&xml)))
 }
@@ -471,6 +477,75 @@ async fn signed_requests_are_verified_with_the_apps_certificate() {
     let r = w.get(&bad, Some(&session)).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert!(r.text().await.unwrap().contains("does not match the app"));
+}
+
+/// Issue 15: with `sp_certificate` set, `SAML%52equest=<unsigned>&<a validly signed query>` was
+/// answered for the unsigned request, and `Relay%53tate=` replaced the signed RelayState.
+#[tokio::test]
+async fn the_redirect_signature_covers_exactly_the_parameters_used() {
+    let sp_key = saml::IdpKey::generate("sp").unwrap();
+    let w = World::new(Backend::Sqlite, saml_settings(json!({"sp_certificate": sp_key.cert_pem()}))).await;
+    let session = w.login("sally", PASSWORD, "/").await.unwrap();
+    let sign = |path: &str| {
+        let query = path.split_once('?').unwrap().1.to_owned();
+        let signed = format!("{query}&SigAlg={}", urlencode(saml::ns::RSA_SHA256));
+        let sig = STANDARD.encode(saml::sign::sign_redirect(&signed, &sp_key).unwrap());
+        format!("{signed}&Signature={}", urlencode(&sig))
+    };
+    let signed = sign(&authn_request(&w.app, ACS, ""));
+    let unsigned = authn_request(&w.app, ACS, "").split_once('?').unwrap().1.to_owned();
+    let unsigned_param = unsigned.split('&').next().unwrap().strip_prefix("SAMLRequest=").unwrap().to_owned();
+    for attack in [
+        format!("SAML%52equest={unsigned_param}&{signed}"),
+        format!("{signed}&Relay%53tate=https%3A%2F%2Fevil.example.com"),
+        format!("{signed}&RelayState=second"),
+        format!("SAMLRequest={unsigned_param}&{signed}"),
+    ] {
+        let r = w.get(&format!("/saml/{}/sso?{attack}", w.app), Some(&session)).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{attack}");
+        let page = r.text().await.unwrap();
+        assert!(page.contains("percent-encoded") || page.contains("more than once"), "{page}");
+        assert!(!page.contains("SAMLResponse"));
+    }
+    // The signed request itself is answered, once.
+    let good = format!("/saml/{}/sso?{signed}", w.app);
+    let (_, _, _, relay) = posted(w.get(&good, Some(&session)).await).await;
+    assert_eq!(relay.as_deref(), Some("r"));
+}
+
+/// Issue 15: request ids were not checked for replay nor `IssueInstant` for freshness; an
+/// Issuer is required.
+#[tokio::test]
+async fn stale_future_replayed_and_anonymous_authn_requests_are_refused() {
+    let w = World::new(Backend::Sqlite, saml_settings(json!({}))).await;
+    let session = w.login("sally", PASSWORD, "/").await.unwrap();
+    let now = chrono::Utc::now();
+    let old = authn_request_at(&w.app, ACS, "", &saml::new_id(), now - chrono::Duration::minutes(6));
+    let r = w.get(&old, Some(&session)).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("has expired"));
+    let future = authn_request_at(&w.app, ACS, "", &saml::new_id(), now + chrono::Duration::minutes(5));
+    let r = w.get(&future, Some(&session)).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("in the future"));
+    // A request a few minutes old is still fine; the same request a second time is not.
+    let once = authn_request_at(&w.app, ACS, "", &saml::new_id(), now - chrono::Duration::minutes(3));
+    posted(w.get(&once, Some(&session)).await).await;
+    let r = w.get(&once, Some(&session)).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("already answered"), "{page}");
+    assert!(!page.contains("SAMLResponse"));
+    // No Issuer.
+    let xml = format!(
+        "<samlp:AuthnRequest xmlns:samlp=\"urn:oasis:names:tc:SAML:2.0:protocol\" ID=\"_n\" Version=\"2.0\" \
+         IssueInstant=\"{}\"/>",
+        saml::instant(now)
+    );
+    let path = format!("/saml/{}/sso?SAMLRequest={}", w.app, urlencode(&saml::request::encode_redirect(&xml)));
+    let r = w.get(&path, Some(&session)).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("Issuer"));
 }
 
 #[tokio::test]

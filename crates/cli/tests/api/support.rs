@@ -72,6 +72,11 @@ impl TestServer {
     }
 
     pub async fn start_on(backend: Backend) -> Self {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// [`Self::start_on`] with the engine's settings changed by `configure` first.
+    pub async fn start_with(backend: Backend, configure: impl FnOnce(&mut engine::EngineConfig)) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         let (store, database): (Arc<dyn store::Store>, _) = match backend {
             Backend::Sqlite => {
@@ -84,14 +89,20 @@ impl TestServer {
             }
         };
         let keyring = store::secrets::Keyring::load_or_create(&data_dir.path().join("secret.key")).unwrap();
-        let config = engine::EngineConfig {
+        let mut config = engine::EngineConfig {
             poll_interval: std::time::Duration::from_millis(100),
             reconcile_interval: None,
             request_timeout: std::time::Duration::from_secs(10),
             http_backoff_base: std::time::Duration::from_millis(20),
             release_leases_at_start: backend == Backend::Sqlite,
+            // A test that gets an app quarantined sees it probed again within a second.
+            quarantine: engine::QuarantinePolicy {
+                backoff: vec![std::time::Duration::from_secs(1)],
+                ..Default::default()
+            },
             ..Default::default()
         };
+        configure(&mut config);
         let state = AppState::new(store, Arc::new(keyring), config);
         state.service.bootstrap(Some(TOKEN)).await.unwrap();
         state.service.engine().start().await.unwrap();

@@ -30,6 +30,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/apps/{id}/configuration", get(configuration).post(save_configuration))
         .route("/apps/{id}/test", post(test_connection))
+        .route("/apps/{id}/resume", post(resume))
         .route("/apps/{id}/delete", post(delete))
         .route("/apps/{id}/provisioning", get(provisioning).post(save_provisioning))
         .route("/apps/{id}/reconcile", post(reconcile))
@@ -73,6 +74,45 @@ struct ListPage {
     rows: Vec<AppRow>,
 }
 
+/// The app's connection badge and quarantine banner, shown on each of its pages.
+#[derive(Debug, Clone)]
+pub(super) struct AppStatus {
+    pub badge_slug: &'static str,
+    pub badge_label: &'static str,
+    pub quarantined: bool,
+    pub reason: String,
+    pub since: String,
+    pub next_probe: String,
+    pub next_probe_iso: String,
+    /// The last connection test failed: what the app said.
+    pub last_test_failure: Option<String>,
+}
+
+pub(super) async fn app_status(state: &AppState, app: Uuid, tested: bool) -> Result<AppStatus> {
+    let h = state.service.app_health(app).await?;
+    let quarantined = h.state == directory::HealthState::Quarantined;
+    let last_test_failure = h.last_test.as_ref().filter(|t| !t.ok).map(|t| t.message.clone().unwrap_or_default());
+    let (badge_slug, badge_label) = if quarantined {
+        ("health-failing", "Quarantined")
+    } else if last_test_failure.is_some() {
+        ("health-failing", "Connection failing")
+    } else if tested {
+        ("health-healthy", "Connected")
+    } else {
+        ("health-untested", "Not connected")
+    };
+    Ok(AppStatus {
+        badge_slug,
+        badge_label,
+        quarantined,
+        reason: h.reason.unwrap_or_default(),
+        since: h.since.as_ref().map(view::when).unwrap_or_default(),
+        next_probe: h.next_probe.as_ref().map(view::when).unwrap_or_default(),
+        next_probe_iso: h.next_probe.as_ref().map(view::iso).unwrap_or_default(),
+        last_test_failure,
+    })
+}
+
 /// How an app has been doing, from its latest events.
 async fn health(state: &AppState, app: &App) -> Result<AppRow> {
     let q = EventQuery { app: Some(app.id), page: PageRequest { limit: 200, cursor: None }, ..Default::default() };
@@ -81,11 +121,15 @@ async fn health(state: &AppState, app: &App) -> Result<AppRow> {
         .iter()
         .filter(|e| e.status.is_final() && !matches!(e.status, EventStatus::Cancelled | EventStatus::Rejected))
         .collect();
-    let failed = finished.iter().filter(|e| e.status == EventStatus::Failed).count();
+    let unresolved = |e: &&&directory::Event| e.status == EventStatus::Failed && e.resolved_by.is_none();
+    let failed = finished.iter().filter(unresolved).count();
     let pending = events.iter().filter(|e| e.status == EventStatus::Pending).count();
     let last_failure = events.iter().find(|e| e.status == EventStatus::Failed);
     let tested = state.service.store().get_app_capabilities(app.id).await?.is_some();
-    let (health, health_label) = if finished.first().is_some_and(|e| e.status == EventStatus::Failed) {
+    let quarantined = state.service.app_health(app.id).await?.state == directory::HealthState::Quarantined;
+    let (health, health_label) = if quarantined {
+        ("failing", "Quarantined")
+    } else if finished.first().is_some_and(|e| e.status == EventStatus::Failed && e.resolved_by.is_none()) {
         ("failing", "Failing")
     } else if failed > 0 {
         ("degraded", "Some failures")
@@ -252,6 +296,7 @@ struct AppPage {
     other_errors: Vec<String>,
     test: Option<TestResult>,
     tested: bool,
+    status: AppStatus,
     // provisioning
     on_suspend: Vec<Choice>,
     on_delete: Vec<Choice>,
@@ -267,6 +312,35 @@ struct AppPage {
     /// Of which the guard would hold this many.
     confirm_held: u64,
     apply_to_existing: bool,
+    /// How the latest reconcile and Refresh read the app.
+    reads: Vec<ReadView>,
+}
+
+/// How one job (reconcile or Refresh) last read the app.
+struct ReadView {
+    job: &'static str,
+    status: String,
+    strategy: String,
+    contradictions: Vec<String>,
+    duplicate_members: u64,
+    recorded: String,
+}
+
+impl ReadView {
+    fn of(r: &store::AppRead) -> Self {
+        let v = &r.result;
+        Self {
+            job: if r.kind == "reconcile" { "Reconcile" } else { "Refresh" },
+            status: v["status"].as_str().unwrap_or("").to_owned(),
+            strategy: v["strategy"].as_str().unwrap_or("none was consistent").to_owned(),
+            contradictions: v["contradictions"]
+                .as_array()
+                .map(|c| c.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default(),
+            duplicate_members: v["duplicate_members"].as_u64().unwrap_or(0),
+            recorded: r.recorded_at.format("%Y-%m-%d %H:%M UTC").to_string(),
+        }
+    }
 }
 
 #[derive(Template)]
@@ -305,6 +379,7 @@ async fn app_page(state: &AppState, layout: Layout, tab: &'static str, app: App)
         errors: Errors::default(),
         other_errors: vec![],
         test: None,
+        status: app_status(state, app.id, tested).await?,
         tested,
         on_suspend: deprovision_choices(app.provisioning.on_suspend),
         on_delete: deprovision_choices(app.provisioning.on_delete),
@@ -314,6 +389,7 @@ async fn app_page(state: &AppState, layout: Layout, tab: &'static str, app: App)
         confirm: 0,
         confirm_held: 0,
         apply_to_existing: false,
+        reads: state.service.app_reads(app.id).await?.iter().map(ReadView::of).collect(),
         app,
     })
 }
@@ -444,6 +520,30 @@ async fn test_connection(
     view::page(&page, if ok { StatusCode::OK } else { StatusCode::BAD_GATEWAY })
 }
 
+/// "Resume now" on a quarantined app's banner.
+async fn resume(
+    State(state): State<AppState>,
+    session: Session,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+) -> Result<Response> {
+    let app = state.service.get_app(id).await?;
+    // Back to the page the banner was on.
+    let back = headers
+        .get(axum::http::header::REFERER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|r| r.find("/console/apps/").map(|i| r[i..].to_owned()))
+        .filter(|p| p.starts_with(&format!("/console/apps/{id}")) && !p.contains(['\r', '\n']))
+        .unwrap_or_else(|| format!("/console/apps/{id}/provisioning"));
+    match state.service.resume_app(&session.actor(), id).await {
+        Ok(_) => Ok(view::see_other_with(&back, "ok", &format!("Resumed {}: its queue runs again.", app.name))),
+        Err(Error::InvalidState(_)) => {
+            Ok(view::see_other_with(&back, "ok", &format!("{} is not quarantined.", app.name)))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn delete(State(state): State<AppState>, session: Session, Path(id): Path<Uuid>) -> Result<Response> {
     let app = state.service.get_app(id).await?;
     state.service.delete_app(&session.actor(), id, None).await?;
@@ -531,12 +631,22 @@ async fn save_provisioning(
 async fn reconcile(State(state): State<AppState>, session: Session, Path(id): Path<Uuid>) -> Result<Response> {
     let location = format!("/console/apps/{id}/provisioning");
     match state.service.reconcile(&session.actor(), id).await {
+        Ok(r) if r.status == "failed" => Ok(view::see_other_with(
+            &location,
+            "error",
+            &format!("Reconcile failed: {} {}", r.reason.unwrap_or_default(), r.recommended_action.unwrap_or_default()),
+        )),
         Ok(r) => Ok(view::see_other_with(
             &location,
             "ok",
             &format!(
-                "Reconciled: read {} accounts, checked {} users, {} drifted, {} vanished, {} operations queued.",
-                r.accounts_read, r.users_checked, r.drifted, r.vanished, r.queued
+                "Reconciled: read {} accounts ({}), checked {} users, {} drifted, {} vanished, {} operations queued.",
+                r.accounts_read,
+                r.strategy.as_deref().unwrap_or("listing"),
+                r.users_checked,
+                r.drifted,
+                r.vanished,
+                r.queued
             ),
         )),
         Err(Error::App { reason, recommended_action }) => {

@@ -199,6 +199,7 @@ pub fn iso(t: &DateTime<Utc>) -> String {
 pub fn status_label(s: EventStatus) -> &'static str {
     match s {
         EventStatus::Pending => "Pending",
+        EventStatus::Held => "Held for review",
         EventStatus::Provisioning => "Provisioning",
         EventStatus::Modifying => "Modifying",
         EventStatus::Provisioned => "Provisioned",
@@ -209,7 +210,6 @@ pub fn status_label(s: EventStatus) -> &'static str {
         EventStatus::Deleted => "Deleted",
         EventStatus::Rejected => "Rejected",
         EventStatus::Cancelled => "Cancelled",
-        EventStatus::Held => "Held for review",
     }
 }
 
@@ -250,7 +250,20 @@ pub struct Badge {
 
 impl Badge {
     pub fn of(s: EventStatus) -> Self {
-        Self { slug: s.as_str(), label: status_label(s), working: !s.is_final() && s != EventStatus::Pending }
+        Self {
+            slug: s.as_str(),
+            label: status_label(s),
+            working: !s.is_final() && !matches!(s, EventStatus::Pending | EventStatus::Held),
+        }
+    }
+
+    /// An event's badge: a failure resolved by a later success says so.
+    pub fn of_event(e: &Event) -> Self {
+        let mut b = Self::of(e.status);
+        if e.status == EventStatus::Failed && e.resolved_by.is_some() {
+            b.label = "Failed (resolved)";
+        }
+        b
     }
 }
 
@@ -288,9 +301,9 @@ impl EventView {
             app_id: e.app_id,
             app_name: e.app_name.clone(),
             action: action_label(e.action),
-            badge: Badge::of(e.status),
+            badge: Badge::of_event(e),
             pending: e.status == EventStatus::Pending,
-            failed: e.status == EventStatus::Failed,
+            failed: e.status == EventStatus::Failed && e.resolved_by.is_none(),
             unknown: e.status == EventStatus::Unknown,
             held: e.status == EventStatus::Held,
             cause: e.cause.as_ref().map(|c| c.summary.clone()).unwrap_or_default(),

@@ -565,11 +565,6 @@ fn bad_request(text: &str) -> Response {
     message(StatusCode::BAD_REQUEST, "The sign-in request is invalid", text)
 }
 
-/// The raw (still URL-encoded) value of each query parameter, for checking a signature.
-fn raw_params(query: &str) -> Vec<(&str, &str)> {
-    query.split('&').filter_map(|p| p.split_once('=')).collect()
-}
-
 async fn sso(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -585,16 +580,34 @@ async fn sso(
     if raw.len() > saml::request::MAX_PARAM + 8 * 1024 {
         return bad_request(&saml::RequestError::TooLarge.to_string());
     }
-    let params: Vec<(String, String)> = form_urlencoded::parse(raw.as_bytes()).into_owned().collect();
-    let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-    let Some(encoded) = param("SAMLRequest") else {
-        return bad_request(&saml::RequestError::Missing.to_string());
+    // The values used are taken from the same raw parameters the signature is checked over.
+    let query = match saml::request::parse_redirect_query(&raw) {
+        Ok(q) => q,
+        Err(e) => return bad_request(&e.to_string()),
     };
-    let relay_state = param("RelayState").map(str::to_owned);
+    let relay_state = query.relay_state.clone();
     if relay_state.as_ref().is_some_and(|r| r.len() > 1024) {
         return bad_request("The RelayState is longer than 1024 bytes.");
     }
-    let xml = match saml::request::decode_redirect(encoded) {
+    if let Some(cert) = &s.sp_certificate {
+        let (Some(sig_alg), Some(sig), Some(signed)) = (&query.sig_alg, &query.signature, &query.signed_part) else {
+            return bad_request(&format!(
+                "{} requires signed requests, and this one is not signed (no SigAlg and Signature).",
+                app.name
+            ));
+        };
+        use base64::Engine;
+        let Ok(sig) = base64::engine::general_purpose::STANDARD.decode(sig.trim()) else {
+            return bad_request("The request's Signature is not valid base64.");
+        };
+        let checked = saml::keys::public_key_of_cert(cert)
+            .map_err(|e| e.to_string())
+            .and_then(|key| saml::sign::verify_redirect(signed, sig_alg, &sig, &key));
+        if let Err(why) = checked {
+            return bad_request(&format!("The request's signature was refused: {why}."));
+        }
+    }
+    let xml = match saml::request::decode_redirect(&query.saml_request) {
         Ok(x) => x,
         Err(e) => return bad_request(&e.to_string()),
     };
@@ -602,38 +615,14 @@ async fn sso(
         Ok(r) => r,
         Err(e) => return bad_request(&e.to_string()),
     };
-    if let Some(cert) = &s.sp_certificate {
-        let raws = raw_params(&raw);
-        let raw_of = |name: &str| raws.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
-        let (Some(sig_alg), Some(sig)) = (param("SigAlg"), param("Signature")) else {
-            return bad_request(&format!(
-                "{} requires signed requests, and this one is not signed (no SigAlg and Signature).",
-                app.name
-            ));
-        };
-        let mut signed = format!("SAMLRequest={}", raw_of("SAMLRequest").unwrap_or(""));
-        if let Some(r) = raw_of("RelayState") {
-            signed.push_str(&format!("&RelayState={r}"));
-        }
-        signed.push_str(&format!("&SigAlg={}", raw_of("SigAlg").unwrap_or("")));
-        use base64::Engine;
-        let Ok(sig) = base64::engine::general_purpose::STANDARD.decode(sig.trim()) else {
-            return bad_request("The request's Signature is not valid base64.");
-        };
-        let checked = saml::keys::public_key_of_cert(cert)
-            .map_err(|e| e.to_string())
-            .and_then(|key| saml::sign::verify_redirect(&signed, sig_alg, &sig, &key));
-        if let Err(why) = checked {
-            return bad_request(&format!("The request's signature was refused: {why}."));
-        }
+    if let Err(e) = saml::request::check_fresh(&req, chrono::Utc::now()) {
+        return bad_request(&e.to_string());
     }
-    if let Some(issuer) = &req.issuer {
-        if issuer != &s.sp_entity_id {
-            return bad_request(&format!(
-                "The request comes from {issuer}, which is not {}'s service provider entity ID.",
-                app.name
-            ));
-        }
+    if req.issuer != s.sp_entity_id {
+        return bad_request(&format!(
+            "The request comes from {}, which is not {}'s service provider entity ID.",
+            req.issuer, app.name
+        ));
     }
     if let Some(binding) = &req.protocol_binding {
         if binding != saml::ns::BINDING_POST {
@@ -668,6 +657,19 @@ async fn sso(
         Ok(None) => return to_login(&format!("/saml/{}/sso?{raw}", app.id)),
         Err(e) => return error_page(e),
     };
+    // Each request is answered once: a replayed one (same ID, within its freshness window) is refused.
+    let expires =
+        req.issue_instant + chrono::Duration::seconds(saml::request::MAX_AGE_SECONDS + saml::request::MAX_SKEW_SECONDS);
+    match state.service.store().remember_saml_request(app.id, &req.id, expires, chrono::Utc::now()).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return bad_request(&format!(
+                "This sign-in request ({}) was already answered; go back to {} and sign in again.",
+                req.id, app.name
+            ))
+        }
+        Err(e) => return error_page(e.into()),
+    }
     respond(&state, &headers, &app, &settings, me.user, acs, Some(req.id), relay_state).await
 }
 

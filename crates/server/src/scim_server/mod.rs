@@ -185,12 +185,20 @@ impl<S: Send + Sync> FromRequest<S> for ScimBody {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 Fail(ScimError::new(413, None, format!("the request body is larger than {MAX_BODY} bytes")), None)
+            } else if let Some(slow) = crate::extract::too_slow(&e) {
+                Fail(ScimError::new(408, None, slow.to_string()), None)
             } else {
                 Fail(ScimError::invalid_syntax(e.body_text()), None)
             }
         })?;
-        let v: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ScimError::invalid_syntax(format!("the body is not valid JSON: {e}")))?;
+        let v: Value = crate::extract::strict_json(&bytes).map_err(|e| match e {
+            crate::extract::JsonError::Syntax(e) => {
+                ScimError::invalid_syntax(format!("the body is not valid JSON: {e}"))
+            }
+            crate::extract::JsonError::DuplicateKey(path) => {
+                ScimError::invalid_syntax(format!("the body gives the key {path} more than once"))
+            }
+        })?;
         if !v.is_object() {
             return Err(ScimError::invalid_syntax("the body must be a JSON object").into());
         }

@@ -17,7 +17,12 @@ impl Service {
     }
 
     /// What a `PATCH` of a user would do; nothing is written.
-    pub async fn dry_run_patch_user(&self, id: Uuid, patch: &Map<String, Value>, if_match: Option<i64>) -> Result<DryRun> {
+    pub async fn dry_run_patch_user(
+        &self,
+        id: Uuid,
+        patch: &Map<String, Value>,
+        if_match: Option<i64>,
+    ) -> Result<DryRun> {
         let (_, updated) = self.patched_user(id, patch, if_match).await?;
         self.dry(WhatIf::User(Box::new(updated))).await
     }
@@ -101,7 +106,12 @@ impl Service {
         let mut out = Vec::new();
         let mut page = PageRequest { limit: store::MAX_PAGE, cursor: None };
         loop {
-            let q = EventQuery { app: Some(app), status: Some(EventStatus::Held), page: page.clone(), ..Default::default() };
+            let q = EventQuery {
+                app: Some(app),
+                status: Some(EventStatus::Held),
+                page: page.clone(),
+                ..Default::default()
+            };
             let p = self.store.list_events(&q).await?;
             out.extend(p.items);
             match p.next_cursor {
@@ -116,7 +126,13 @@ impl Service {
     /// Allows (`allow`) or rejects held operations of an app: those named, or all of them
     /// (`None`). An id that is not a held operation of the app is refused (409, naming it)
     /// before anything changes.
-    pub async fn decide_held(&self, actor: &Actor, app_id: Uuid, ids: Option<Vec<Uuid>>, allow: bool) -> Result<Vec<Event>> {
+    pub async fn decide_held(
+        &self,
+        actor: &Actor,
+        app_id: Uuid,
+        ids: Option<Vec<Uuid>>,
+        allow: bool,
+    ) -> Result<Vec<Event>> {
         let app = self.get_app(app_id).await?;
         let held = self.held_events(app_id).await?;
         let chosen: Vec<Event> = match ids {
@@ -127,7 +143,10 @@ impl Service {
                     match held.iter().find(|e| e.id == id) {
                         Some(e) => out.push(e.clone()),
                         None => {
-                            return Err(Error::InvalidState(format!("event {id} is not held for review in {}", app.name)))
+                            return Err(Error::InvalidState(format!(
+                                "event {id} is not held for review in {}",
+                                app.name
+                            )))
                         }
                     }
                 }
@@ -160,9 +179,12 @@ impl Service {
 /// The `cause` filter of event listings: one of the kinds operations record.
 pub fn cause_filter(kind: Option<String>) -> Result<Option<String>> {
     match kind {
-        Some(k) if !directory::CAUSE_KINDS.contains(&k.as_str()) => Err(Error::Invalid(
-            directory::ValidationErrors::single("cause", format!("must be one of {}", directory::CAUSE_KINDS.join(", "))),
-        )),
+        Some(k) if !directory::CAUSE_KINDS.contains(&k.as_str()) => {
+            Err(Error::Invalid(directory::ValidationErrors::single(
+                "cause",
+                format!("must be one of {}", directory::CAUSE_KINDS.join(", ")),
+            )))
+        }
         other => Ok(other),
     }
 }

@@ -25,6 +25,38 @@ const COLUMNS: &str = "kind, remote_id, display_name, display_key, updated_at";
 
 #[async_trait]
 impl EntitlementStore for PostgresStore {
+    async fn record_app_read(&self, app: Uuid, kind: &str, result: &serde_json::Value) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO app_reads (app_id, kind, result, recorded_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (app_id, kind) DO UPDATE SET result = excluded.result, recorded_at = excluded.recorded_at",
+        )
+        .bind(app)
+        .bind(kind)
+        .bind(result)
+        .bind(directory::now())
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn app_reads(&self, app: Uuid) -> Result<Vec<crate::entitlements::AppRead>> {
+        let rows = sqlx::query("SELECT kind, result, recorded_at FROM app_reads WHERE app_id = $1 ORDER BY kind")
+            .bind(app)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                Ok(crate::entitlements::AppRead {
+                    kind: get(r, "kind")?,
+                    result: get(r, "result")?,
+                    recorded_at: get(r, "recorded_at")?,
+                })
+            })
+            .collect()
+    }
+
     async fn begin_entitlement_refresh(&self, app: Uuid, stale_after: Duration) -> Result<bool> {
         let now = directory::now();
         let stale = now - chrono::Duration::from_std(stale_after).unwrap_or_else(|_| chrono::Duration::hours(1));

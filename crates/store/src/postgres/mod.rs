@@ -47,6 +47,7 @@ use crate::{
 mod admins;
 mod bulk;
 mod entitlements;
+mod health;
 mod provisioning;
 mod saml;
 mod scim;

@@ -22,7 +22,8 @@ use crate::provisioning::*;
 
 pub(super) const OP_COLUMNS: &str =
     "seq, id, app_id, app_name, user_id, username, action, desired, state, status, reason, \
-    recommended_action, attempts, next_run_at, lease_owner, lease_expires_at, created_at, updated_at, cause";
+    recommended_action, attempts, resolved_by, next_run_at, lease_owner, lease_expires_at, created_at, updated_at, \
+    cause";
 
 /// The account columns, with the user's username (empty when the user row is gone).
 const ACCOUNT_SELECT: &str = "SELECT a.app_id, a.user_id, COALESCE(u.username, '') AS username, a.remote_id, \
@@ -81,6 +82,7 @@ pub(super) fn event_from_row(row: &PgRow) -> Result<Event> {
         reason: get(row, "reason")?,
         recommended_action: get(row, "recommended_action")?,
         attempts: get(row, "attempts")?,
+        resolved_by: get(row, "resolved_by")?,
         created_at: get(row, "created_at")?,
         updated_at: get(row, "updated_at")?,
         cause: get::<Option<Value>>(row, "cause")?.and_then(|v| serde_json::from_value(v).ok()),
@@ -744,6 +746,7 @@ impl ProvisioningStore for PostgresStore {
             "SELECT COALESCE((SELECT CASE WHEN jsonb_typeof(provisioning -> 'max_concurrency') = 'number' \
                THEN GREATEST((provisioning ->> 'max_concurrency')::numeric::bigint, 1) END \
                FROM apps WHERE id = $1), $3) AS max_running, \
+             EXISTS (SELECT 1 FROM app_health WHERE app_id = $1 AND quarantined) AS paused, \
              (SELECT COUNT(*) FROM operations WHERE app_id = $1 AND state = 'running' \
                AND lease_expires_at >= $2) AS running",
         )
@@ -755,6 +758,10 @@ impl ProvisioningStore for PostgresStore {
         .map_err(backend)?;
         let max_running: i64 = get(&row, "max_running")?;
         let running: i64 = get(&row, "running")?;
+        // A quarantined app's queue is paused.
+        if get::<bool>(&row, "paused")? {
+            return Ok(Vec::new());
+        }
         let room = (max_running - running).max(0).min(i64::from(limit.min(MAX_CLAIM)));
         if room == 0 {
             return Ok(Vec::new());
@@ -820,7 +827,8 @@ impl ProvisioningStore for PostgresStore {
                      (SELECT app_id FROM operations WHERE state IN ('queued', 'running') ORDER BY app_id, seq LIMIT 1) \
                      UNION ALL SELECT (SELECT o.app_id FROM operations o WHERE o.state IN ('queued', 'running') \
                        AND o.app_id > a.id ORDER BY o.app_id, o.seq LIMIT 1) FROM a WHERE a.id IS NOT NULL) \
-                   SELECT id FROM a WHERE id IS NOT NULL AND (\
+                   SELECT id FROM a WHERE id IS NOT NULL \
+                   AND NOT EXISTS (SELECT 1 FROM app_health h WHERE h.app_id = a.id AND h.quarantined) AND (\
                      (SELECT min(o.next_run_at) FROM operations o WHERE o.app_id = a.id AND o.state = 'queued') <= $1 \
                      OR (SELECT min(o.lease_expires_at) FROM operations o WHERE o.app_id = a.id \
                        AND o.state = 'running') < $1)";
@@ -860,6 +868,10 @@ impl ProvisioningStore for PostgresStore {
         .map_err(backend)?;
         let by_id: HashMap<Uuid, &Outcome> = done.iter().map(|(id, o)| (*id, o)).collect();
         let mut recorded = HashSet::new();
+        // Per app: operations finished (for the quarantine ratio and the rate), and whether one
+        // succeeded (which ends a run of refused credentials); the pairs that succeeded.
+        let mut finished: HashMap<Uuid, (i64, bool)> = HashMap::new();
+        let mut resolved: (Vec<Uuid>, Vec<Uuid>, Vec<Uuid>) = (Vec::new(), Vec::new(), Vec::new());
         for row in &rows {
             let op: Uuid = get(row, "id")?;
             let app: Uuid = get(row, "app_id")?;
@@ -884,10 +896,68 @@ impl ProvisioningStore for PostgresStore {
                 tx.change(NewChange::account(user, app));
             }
             recorded.insert(op);
+            if counts_as_finished(outcome.status) {
+                let e = finished.entry(app).or_insert((0, false));
+                e.0 += 1;
+                e.1 |= succeeded(outcome.status);
+            }
+            if succeeded(outcome.status) {
+                resolved.0.push(op);
+                resolved.1.push(app);
+                resolved.2.push(user);
+            }
         }
         if recorded.is_empty() {
             tx.rollback().await?;
         } else {
+            // Earlier failures of the pairs that succeeded now are resolved by them.
+            if !resolved.0.is_empty() {
+                sqlx::query(
+                    "UPDATE operations f SET resolved_by = d.id \
+                     FROM unnest($1::uuid[], $2::uuid[], $3::uuid[]) AS d(id, app_id, user_id) \
+                     WHERE f.app_id = d.app_id AND f.user_id = d.user_id AND f.status = 'failed' \
+                     AND f.resolved_by IS NULL AND f.id <> d.id",
+                )
+                .bind(&resolved.0)
+                .bind(&resolved.1)
+                .bind(&resolved.2)
+                .execute(tx.c())
+                .await
+                .map_err(backend)?;
+            }
+            let minute = super::health::minute_of(&directory::now());
+            let mut apps: Vec<(Uuid, i64, bool)> = finished.into_iter().map(|(a, (n, ok))| (a, n, ok)).collect();
+            // In one order, so that concurrent batches lock the counters without deadlock.
+            apps.sort_by_key(|(a, _, _)| *a);
+            let ids: Vec<Uuid> = apps.iter().map(|(a, _, _)| *a).collect();
+            let counts: Vec<i64> = apps.iter().map(|(_, n, _)| *n).collect();
+            if !ids.is_empty() {
+                sqlx::query(
+                    "INSERT INTO app_outcomes (app_id, minute, finished) \
+                     SELECT a, $3, n FROM unnest($1::uuid[], $2::bigint[]) AS t(a, n) \
+                     ON CONFLICT (app_id, minute) DO UPDATE SET finished = app_outcomes.finished + excluded.finished",
+                )
+                .bind(&ids)
+                .bind(&counts)
+                .bind(minute)
+                .execute(tx.c())
+                .await
+                .map_err(backend)?;
+                sqlx::query("DELETE FROM app_outcomes WHERE app_id = ANY($1) AND minute < $2")
+                    .bind(&ids)
+                    .bind(minute - super::health::KEEP_MINUTES)
+                    .execute(tx.c())
+                    .await
+                    .map_err(backend)?;
+            }
+            let succeeded_apps: Vec<Uuid> = apps.iter().filter(|(_, _, ok)| *ok).map(|(a, _, _)| *a).collect();
+            if !succeeded_apps.is_empty() {
+                sqlx::query("UPDATE app_health SET auth_refusals = 0 WHERE app_id = ANY($1) AND auth_refusals > 0")
+                    .bind(&succeeded_apps)
+                    .execute(tx.c())
+                    .await
+                    .map_err(backend)?;
+            }
             tx.wake_operations();
             tx.commit().await?;
         }
@@ -957,6 +1027,10 @@ impl ProvisioningStore for PostgresStore {
         }
         if let Some(s) = query.status {
             qb.push(" AND status = ").push_bind(s.as_str());
+            if s == EventStatus::Failed {
+                // A failure resolved by a later success no longer counts as one.
+                qb.push(" AND resolved_by IS NULL");
+            }
         }
         if let Some(k) = &query.cause {
             qb.push(" AND cause->>'kind' = ").push_bind(k.clone());

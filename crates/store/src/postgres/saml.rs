@@ -395,6 +395,30 @@ impl SamlStore for PostgresStore {
         Ok(done.rows_affected())
     }
 
+    async fn remember_saml_request(
+        &self,
+        app: Uuid,
+        request_id: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        sqlx::query("DELETE FROM saml_request_ids WHERE expires_at < $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        let done = sqlx::query(
+            "INSERT INTO saml_request_ids (app_id, request_id, expires_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(app)
+        .bind(request_id)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn record_saml_sign_in(
         &self,
         app: Uuid,

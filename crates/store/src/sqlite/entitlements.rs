@@ -25,6 +25,38 @@ const COLUMNS: &str = "kind, remote_id, display_name, display_key, updated_at";
 
 #[async_trait]
 impl EntitlementStore for SqliteStore {
+    async fn record_app_read(&self, app: Uuid, kind: &str, result: &serde_json::Value) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO app_reads (app_id, kind, result, recorded_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (app_id, kind) DO UPDATE SET result = excluded.result, recorded_at = excluded.recorded_at",
+        )
+        .bind(app.to_string())
+        .bind(kind)
+        .bind(super::to_json(result)?)
+        .bind(ts(&directory::now()))
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn app_reads(&self, app: Uuid) -> Result<Vec<crate::entitlements::AppRead>> {
+        let rows = sqlx::query("SELECT kind, result, recorded_at FROM app_reads WHERE app_id = ? ORDER BY kind")
+            .bind(app.to_string())
+            .fetch_all(&self.reader)
+            .await
+            .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                Ok(crate::entitlements::AppRead {
+                    kind: get(r, "kind")?,
+                    result: super::get_json(r, "result")?,
+                    recorded_at: get_ts(r, "recorded_at")?,
+                })
+            })
+            .collect()
+    }
+
     async fn begin_entitlement_refresh(&self, app: Uuid, stale_after: Duration) -> Result<bool> {
         let now = directory::now();
         let stale = now - chrono::Duration::from_std(stale_after).unwrap_or_else(|_| chrono::Duration::hours(1));

@@ -23,6 +23,7 @@ use crate::{cursor, AuditQuery, NameQuery, PageRequest, Result, Store, StoreErro
 mod admins;
 mod bulk;
 mod entitlements;
+mod health;
 mod provisioning;
 mod saml;
 mod scim;
@@ -220,13 +221,13 @@ async fn record_change(tx: &mut Tx<'_>, change: NewChange) -> Result<()> {
          VALUES (?1, ?2, ?3, ?4, ?5, CASE WHEN ?2 = 'account' THEN 0 END)",
     )
     .bind(ts(&directory::now()))
-        .bind(change.kind.as_str())
-        .bind(change.user_id.map(|u| u.to_string()))
-        .bind(change.role_id.map(|u| u.to_string()))
-        .bind(change.app_id.map(|u| u.to_string()))
-        .execute(&mut **tx)
-        .await
-        .map_err(backend)?;
+    .bind(change.kind.as_str())
+    .bind(change.user_id.map(|u| u.to_string()))
+    .bind(change.role_id.map(|u| u.to_string()))
+    .bind(change.app_id.map(|u| u.to_string()))
+    .execute(&mut **tx)
+    .await
+    .map_err(backend)?;
     Ok(())
 }
 

@@ -16,7 +16,8 @@ use crate::provisioning::*;
 
 pub(super) const OP_COLUMNS: &str =
     "seq, id, app_id, app_name, user_id, username, action, desired, state, status, reason, \
-    recommended_action, attempts, next_run_at, lease_owner, lease_expires_at, created_at, updated_at, cause";
+    recommended_action, attempts, resolved_by, next_run_at, lease_owner, lease_expires_at, created_at, updated_at, \
+    cause";
 
 /// The account columns, with the user's username (empty when the user row is gone).
 const ACCOUNT_SELECT: &str = "SELECT a.app_id, a.user_id, COALESCE(u.username, '') AS username, a.remote_id, \
@@ -72,6 +73,7 @@ pub(super) fn event_from_row(row: &SqliteRow) -> Result<Event> {
         reason: get(row, "reason")?,
         recommended_action: get(row, "recommended_action")?,
         attempts: get(row, "attempts")?,
+        resolved_by: get_opt_uuid(row, "resolved_by")?,
         created_at: get_ts(row, "created_at")?,
         updated_at: get_ts(row, "updated_at")?,
         cause: parse_opt_json(get(row, "cause")?, "cause")?.and_then(|v| serde_json::from_value(v).ok()),
@@ -743,6 +745,16 @@ impl ProvisioningStore for SqliteStore {
         let now = ts(&now_t);
         let expires = ts(&lease_end(now_t, lease)?);
         let mut tx = self.begin().await?;
+        // A quarantined app's queue is paused.
+        let paused = sqlx::query("SELECT 1 FROM app_health WHERE app_id = ? AND quarantined = 1")
+            .bind(app.to_string())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if paused.is_some() {
+            tx.rollback().await.map_err(backend)?;
+            return Ok(Vec::new());
+        }
         // Queued and due, and running with an expired lease, each walked in queue order on the
         // (app_id, state, seq) index (named: left to itself SQLite walks every queued operation
         // and sorts), stopping at the limit, then merged.
@@ -802,7 +814,8 @@ impl ProvisioningStore for SqliteStore {
         let sql = "WITH RECURSIVE a(id) AS (SELECT MIN(app_id) FROM operations \
                      UNION ALL SELECT (SELECT MIN(app_id) FROM operations WHERE app_id > a.id) FROM a \
                      WHERE a.id IS NOT NULL) \
-                   SELECT id FROM a WHERE id IS NOT NULL AND (\
+                   SELECT id FROM a WHERE id IS NOT NULL \
+                   AND NOT EXISTS (SELECT 1 FROM app_health h WHERE h.app_id = a.id AND h.quarantined = 1) AND (\
                      EXISTS (SELECT 1 FROM operations o WHERE o.app_id = a.id AND o.state = 'queued' \
                        AND o.next_run_at <= ?1) \
                      OR EXISTS (SELECT 1 FROM operations o WHERE o.app_id = a.id AND o.state = 'running' \
@@ -824,6 +837,9 @@ impl ProvisioningStore for SqliteStore {
         let by_id: HashMap<Uuid, &Outcome> = done.iter().map(|(id, o)| (*id, o)).collect();
         let mut recorded: HashMap<Uuid, (Uuid, Uuid)> = HashMap::new();
         let mut refresh = Vec::new();
+        // Per app: operations finished (for the quarantine ratio and the rate), and whether one
+        // succeeded (which ends a run of refused credentials).
+        let mut finished: HashMap<Uuid, (i64, bool)> = HashMap::new();
         for chunk in done.chunks(FINISH_CHUNK) {
             // The operations, each fenced on its own lease, in one statement.
             let mut qb: QueryBuilder<Sqlite> =
@@ -851,6 +867,7 @@ impl ProvisioningStore for SqliteStore {
             qb.push_bind(owner).push(" RETURNING id, app_id, user_id, replan");
             let rows = qb.build().fetch_all(&mut *tx).await.map_err(backend)?;
             let mut sets = Vec::new();
+            let mut resolved = Vec::new();
             for r in &rows {
                 let (op, app, user) = (get_uuid(r, "id")?, get_uuid(r, "app_id")?, get_uuid(r, "user_id")?);
                 let marked: i64 = get(r, "replan")?;
@@ -863,6 +880,34 @@ impl ProvisioningStore for SqliteStore {
                 }
                 recorded.insert(op, (app, user));
                 refresh.push((app, user));
+                if counts_as_finished(outcome.status) {
+                    let e = finished.entry(app).or_insert((0, false));
+                    e.0 += 1;
+                    e.1 |= succeeded(outcome.status);
+                }
+                if succeeded(outcome.status) {
+                    resolved.push((op, app, user));
+                }
+            }
+            // Earlier failures of the pairs that succeeded now are resolved by them.
+            if !resolved.is_empty() {
+                let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("WITH d(op_id, app, usr) AS (VALUES ");
+                let mut list = qb.separated(", ");
+                for (op, app, user) in resolved.drain(..) {
+                    list.push("(");
+                    list.push_bind_unseparated(op.to_string());
+                    list.push_unseparated(", ");
+                    list.push_bind_unseparated(app.to_string());
+                    list.push_unseparated(", ");
+                    list.push_bind_unseparated(user.to_string());
+                    list.push_unseparated(")");
+                }
+                qb.push(
+                    ") UPDATE operations SET resolved_by = d.op_id FROM d WHERE operations.app_id = d.app \
+                     AND operations.user_id = d.usr AND operations.status = 'failed' \
+                     AND operations.resolved_by IS NULL AND operations.id <> d.op_id",
+                );
+                qb.build().execute(&mut *tx).await.map_err(backend)?;
             }
             // Their account records' remote ids, ownership and values, in one statement.
             if !sets.is_empty() {
@@ -901,6 +946,32 @@ impl ProvisioningStore for SqliteStore {
         if recorded.is_empty() {
             tx.rollback().await.map_err(backend)?;
         } else {
+            let minute = super::health::minute_of(&directory::now());
+            for (app, (n, success)) in finished {
+                sqlx::query(
+                    "INSERT INTO app_outcomes (app_id, minute, finished) VALUES (?, ?, ?) ON CONFLICT (app_id, minute) \
+                     DO UPDATE SET finished = app_outcomes.finished + excluded.finished",
+                )
+                .bind(app.to_string())
+                .bind(minute)
+                .bind(n)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+                sqlx::query("DELETE FROM app_outcomes WHERE app_id = ? AND minute < ?")
+                    .bind(app.to_string())
+                    .bind(minute - super::health::KEEP_MINUTES)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                if success {
+                    sqlx::query("UPDATE app_health SET auth_refusals = 0 WHERE app_id = ? AND auth_refusals > 0")
+                        .bind(app.to_string())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                }
+            }
             refresh_pairs(&mut tx, &refresh, &now).await?;
             tx.commit().await.map_err(backend)?;
         }
@@ -958,6 +1029,10 @@ impl ProvisioningStore for SqliteStore {
         }
         if let Some(s) = query.status {
             qb.push(" AND status = ").push_bind(s.as_str());
+            if s == EventStatus::Failed {
+                // A failure resolved by a later success no longer counts as one.
+                qb.push(" AND resolved_by IS NULL");
+            }
         }
         if let Some(k) = &query.cause {
             qb.push(" AND json_extract(cause, '$.kind') = ").push_bind(k.clone());

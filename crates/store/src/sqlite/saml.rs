@@ -396,6 +396,30 @@ impl SamlStore for SqliteStore {
         Ok(done.rows_affected())
     }
 
+    async fn remember_saml_request(
+        &self,
+        app: Uuid,
+        request_id: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        sqlx::query("DELETE FROM saml_request_ids WHERE expires_at < ?")
+            .bind(ts(&now))
+            .execute(&self.writer)
+            .await
+            .map_err(backend)?;
+        let done = sqlx::query(
+            "INSERT INTO saml_request_ids (app_id, request_id, expires_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(app.to_string())
+        .bind(request_id)
+        .bind(ts(&expires_at))
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn record_saml_sign_in(
         &self,
         app: Uuid,

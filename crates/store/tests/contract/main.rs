@@ -11,6 +11,7 @@ use testkit::postgres::TestDatabase;
 
 mod admins;
 mod directory;
+mod health;
 mod postgres_only;
 mod provisioning;
 mod saml;

@@ -748,4 +748,24 @@ crate::contract!(
     pairs_and_their_state,
     accounts_link_and_list,
     app_capabilities_round_trip,
+    app_reads_keep_the_latest_of_each_kind,
 );
+
+/// How the latest reconcile and Refresh read an app: one of each kind, the latest replacing
+/// the previous, per app.
+async fn app_reads_keep_the_latest_of_each_kind(s: Arc<dyn Store>) {
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    assert!(s.app_reads(a).await.unwrap().is_empty());
+    let failed = json!({"status": "failed", "strategy": null,
+        "contradictions": ["GET paging: asked for startIndex=101, the app answered startIndex=1"]});
+    s.record_app_read(a, "reconcile", &failed).await.unwrap();
+    s.record_app_read(a, "refresh", &json!({"status": "done", "strategy": "GET paging"})).await.unwrap();
+    let done = json!({"status": "completed", "strategy": "POST /.search paging", "duplicate_members": 2});
+    s.record_app_read(a, "reconcile", &done).await.unwrap();
+    let reads = s.app_reads(a).await.unwrap();
+    let kinds: Vec<&str> = reads.iter().map(|r| r.kind.as_str()).collect();
+    assert_eq!(kinds, ["reconcile", "refresh"]);
+    assert_eq!(reads[0].result, done);
+    assert_eq!(reads[1].result["strategy"], "GET paging");
+    assert!(s.app_reads(b).await.unwrap().is_empty(), "per app");
+}

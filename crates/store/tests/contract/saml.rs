@@ -190,7 +190,24 @@ async fn sign_ins_to_jit_only_apps_are_events(s: Arc<dyn Store>) {
     assert_eq!(audit.items.iter().filter(|e| e.action == "user.saml_sign_in").count(), 3);
 }
 
+/// A SAML AuthnRequest id is answered once until it expires (the replay cache of issue 15).
+async fn saml_request_ids_are_remembered_until_they_expire(s: Arc<dyn Store>) {
+    let (_, a) = granted_pair(&*s).await;
+    let now = directory::now();
+    let expires = now + Duration::minutes(6);
+    assert!(s.remember_saml_request(a.id, "_r1", expires, now).await.unwrap());
+    assert!(!s.remember_saml_request(a.id, "_r1", expires, now).await.unwrap(), "a replay is refused");
+    assert!(s.remember_saml_request(a.id, "_r2", expires, now).await.unwrap());
+    let other = app("Other");
+    s.create_app(&other, "ciphertext", &actor()).await.unwrap();
+    assert!(s.remember_saml_request(other.id, "_r1", expires, now).await.unwrap(), "ids are per app");
+    // Once expired, the id is forgotten (and its row removed).
+    let later = expires + Duration::seconds(1);
+    assert!(s.remember_saml_request(a.id, "_r1", later + Duration::minutes(6), later).await.unwrap());
+}
+
 crate::contract!(
+    saml_request_ids_are_remembered_until_they_expire,
     settings_are_versioned_audited_and_jit_only_apps_read_as_not_provisioned,
     one_active_and_one_next_key_and_rotation,
     passwords_invitations_and_sessions,
