@@ -116,9 +116,8 @@ impl Engine {
     ) -> Result<HashSet<Uuid>, EngineError> {
         let mut out = HashSet::new();
         for r in roles {
-            if !cache.contains_key(&r.id) {
-                let apps = self.store().apps_of_role(r.id).await?.into_iter().map(|a| a.id).collect();
-                cache.insert(r.id, apps);
+            if let std::collections::hash_map::Entry::Vacant(e) = cache.entry(r.id) {
+                e.insert(self.store().apps_of_role(r.id).await?.into_iter().map(|a| a.id).collect());
             }
             out.extend(cache.get(&r.id).into_iter().flatten().copied());
         }

@@ -353,7 +353,7 @@ fn describe(c: &Change, audit: Option<&AuditEntry>, role_names: &HashMap<Uuid, S
         "event.requeue" => "the rejected operation was requeued".to_owned(),
         "" if c.kind == ChangeKind::Account => "the previous operation on this account finished".to_owned(),
         "" => format!("a {} change", c.kind.as_str()),
-        other => format!("{other}"),
+        other => other.to_owned(),
     };
     let kind = match (audit.map(|a| a.actor.kind.as_str()), c.kind) {
         (Some("scim_client"), _) => "scim_push",

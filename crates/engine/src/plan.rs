@@ -203,7 +203,7 @@ fn departure_item(s: &PairState) -> Option<PlanItem> {
         });
     };
     let (_, departure) = intent_recorded(s.user.as_deref(), &s.roles, app, s.granted, account.departure.as_deref());
-    (departure != account.departure).then(|| PlanItem::Depart { user_id: s.user_id, app_id: s.app_id, departure })
+    (departure != account.departure).then_some(PlanItem::Depart { user_id: s.user_id, app_id: s.app_id, departure })
 }
 
 /// Whether an admin rejected exactly this operation for the account last.
