@@ -154,6 +154,43 @@ pub struct Rule {
     pub actions: Vec<RuleAction>,
 }
 
+/// The longest regular expression a rule's `matches` condition may hold, in bytes.
+pub const MAX_REGEX_LEN: usize = 1024;
+/// The deepest nesting of groups, classes and repetitions in a rule's regular expression.
+pub const MAX_REGEX_NESTING: u32 = 32;
+/// The most memory a rule's compiled regular expression may take (and its lazy DFA's cache).
+pub const MAX_REGEX_SIZE: usize = 1 << 20;
+/// The longest template, in bytes.
+pub const MAX_TEMPLATE_LEN: usize = 1024;
+/// The most `{placeholders}` one template may hold.
+pub const MAX_TEMPLATE_PLACEHOLDERS: usize = 32;
+/// The most transforms one source may hold.
+pub const MAX_TRANSFORMS: usize = 16;
+
+/// Compiles the regular expression of a `matches` condition within the bounds above: its
+/// length is checked before the regex parser sees it, then the parser's nesting limit and
+/// the compiled program's size limit apply. What is refused on save is never compiled at
+/// run time either.
+pub fn rule_regex(pattern: &str) -> Result<Regex, String> {
+    if pattern.len() > MAX_REGEX_LEN {
+        return Err(format!("is longer than {MAX_REGEX_LEN} bytes"));
+    }
+    regex::RegexBuilder::new(pattern)
+        .nest_limit(MAX_REGEX_NESTING)
+        .size_limit(MAX_REGEX_SIZE)
+        .dfa_size_limit(MAX_REGEX_SIZE)
+        .build()
+        .map_err(|e| match e {
+            regex::Error::CompiledTooBig(limit) => {
+                format!("is too complex: compiled, it would take more than {limit} bytes")
+            }
+            other if other.to_string().contains("maximum number of nested") => {
+                format!("nests groups, classes or repetitions deeper than {MAX_REGEX_NESTING} levels")
+            }
+            other => format!("is not a valid regular expression: {other}"),
+        })
+}
+
 /// The attributes the engine sets itself; parameters and rules may not.
 pub const RESERVED_APP_ATTRIBUTES: &[&str] = &["externalId", "active", "id", "meta", "schemas", "groups"];
 
@@ -202,8 +239,12 @@ pub fn known_attribute(name: &str, defs: &[AttributeDef]) -> bool {
         || defs.iter().any(|d| d.name == name)
 }
 
-/// The `{placeholders}` of a template, or an error for unbalanced braces.
+/// The `{placeholders}` of a template, or an error for unbalanced or nested braces, or a
+/// template over [`MAX_TEMPLATE_LEN`] bytes or [`MAX_TEMPLATE_PLACEHOLDERS`] placeholders.
 pub fn template_placeholders(template: &str) -> Result<Vec<String>, String> {
+    if template.len() > MAX_TEMPLATE_LEN {
+        return Err(format!("is longer than {MAX_TEMPLATE_LEN} bytes"));
+    }
     let mut out = Vec::new();
     let mut chars = template.chars().peekable();
     while let Some(c) = chars.next() {
@@ -216,12 +257,16 @@ pub fn template_placeholders(template: &str) -> Result<Vec<String>, String> {
                 loop {
                     match chars.next() {
                         Some('}') => break,
+                        Some('{') => return Err("has a `{` inside a placeholder: placeholders do not nest".into()),
                         Some(ch) => name.push(ch),
                         None => return Err("has a `{` without its `}`".into()),
                     }
                 }
                 if name.trim().is_empty() {
                     return Err("has an empty `{}`".into());
+                }
+                if out.len() == MAX_TEMPLATE_PLACEHOLDERS {
+                    return Err(format!("has more than {MAX_TEMPLATE_PLACEHOLDERS} placeholders"));
                 }
                 out.push(name.trim().to_owned());
             }
@@ -269,6 +314,9 @@ fn check_source(errors: &mut ValidationErrors, field: &str, source: &Source, def
                 }
             }
         }
+    }
+    if source.transform.len() > MAX_TRANSFORMS {
+        errors.push(format!("{field}.transform"), format!("at most {MAX_TRANSFORMS} transforms"));
     }
     for (i, t) in source.transform.iter().enumerate() {
         if matches!(t, Transform::First(0)) {
@@ -322,8 +370,8 @@ pub fn validate_rules(rules: &[Rule], defs: &[AttributeDef]) -> Result<(), Valid
                 (Op::In, Some(Value::Array(_))) => {}
                 (Op::In, _) => errors.push(format!("{field}.value"), "must be a list"),
                 (Op::Matches, Some(Value::String(re))) => {
-                    if let Err(e) = regex::RegexBuilder::new(re).size_limit(1 << 20).build() {
-                        errors.push(format!("{field}.value"), format!("is not a valid regular expression: {e}"));
+                    if let Err(e) = rule_regex(re) {
+                        errors.push(format!("{field}.value"), e);
                     }
                 }
                 (Op::Matches | Op::MemberOf, _) => errors.push(format!("{field}.value"), "must be a string"),
@@ -409,6 +457,37 @@ mod tests {
         assert!(template_placeholders("{open").is_err());
         assert!(template_placeholders("close}").is_err());
         assert!(template_placeholders("{}").is_err());
+    }
+
+    #[test]
+    fn templates_are_bounded_in_size_placeholders_and_nesting() {
+        let err = template_placeholders(&"x".repeat(MAX_TEMPLATE_LEN + 1)).unwrap_err();
+        assert!(err.contains("longer than 1024 bytes"), "{err}");
+        assert!(template_placeholders(&"x".repeat(MAX_TEMPLATE_LEN)).is_ok());
+        let many = |n: usize| "{title}".repeat(n);
+        assert_eq!(template_placeholders(&many(MAX_TEMPLATE_PLACEHOLDERS)).unwrap().len(), 32);
+        assert!(template_placeholders(&many(MAX_TEMPLATE_PLACEHOLDERS + 1)).unwrap_err().contains("more than 32"));
+        let err = template_placeholders("{first_{name}}").unwrap_err();
+        assert!(err.contains("do not nest"), "{err}");
+        // Deep brace runs are not nesting: they are refused flat, never recursed into.
+        assert!(template_placeholders(&format!("a{}", "{a".repeat(300))).is_err());
+        assert!(template_placeholders(&"{{".repeat(500)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn rule_regexes_are_bounded_in_length_nesting_and_size() {
+        assert!(rule_regex("^(?i)eng(ineer)?$").is_ok());
+        let err = rule_regex(&"a".repeat(MAX_REGEX_LEN + 1)).unwrap_err();
+        assert!(err.contains("longer than 1024 bytes"), "{err}");
+        let nested = |n: usize| format!("{}a{}", "(".repeat(n), ")".repeat(n));
+        assert!(rule_regex(&nested(20)).is_ok());
+        let err = rule_regex(&nested(40)).unwrap_err();
+        assert!(err.contains("deeper than 32 levels"), "{err}");
+        // Short but huge once compiled: counted repetitions multiply.
+        let err = rule_regex(r"\w{1000}\w{1000}\w{1000}").unwrap_err();
+        assert!(err.contains("too complex"), "{err}");
+        let err = rule_regex("(unclosed").unwrap_err();
+        assert!(err.contains("not a valid regular expression"), "{err}");
     }
 
     #[test]

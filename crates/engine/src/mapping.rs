@@ -262,7 +262,7 @@ fn regex_matches(pattern: &str, text: &str) -> bool {
         }
         cache
             .entry(pattern.to_owned())
-            .or_insert_with(|| regex::RegexBuilder::new(pattern).size_limit(1 << 20).build().ok())
+            .or_insert_with(|| directory::mapping::rule_regex(pattern).ok())
             .as_ref()
             .is_some_and(|re| re.is_match(text))
     })

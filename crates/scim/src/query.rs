@@ -94,7 +94,8 @@ fn op_of(s: &str) -> Option<CompareOp> {
 
 /// Parses `[urn:...:]attr[.sub]` (no value filter).
 pub fn split_path(token: &str) -> Option<AttrPath> {
-    let (uri, rest) = if token.len() > 4 && token[..4].eq_ignore_ascii_case("urn:") {
+    // (`get`, not `[..4]`: a path may start with a character longer than one byte.)
+    let (uri, rest) = if token.len() > 4 && token.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("urn:")) {
         let i = token.rfind(':')?;
         (Some(token[..i].to_owned()), &token[i + 1..])
     } else {
@@ -187,8 +188,9 @@ fn balanced(first: Filter, rest: Vec<Filter>, join: fn(Box<Filter>, Box<Filter>)
     build(first, rest, join)
 }
 
-/// Refuses inputs too long or too deeply nested before the recursive parser sees them.
-fn check_limits(input: &str) -> Result<(), FilterError> {
+/// Refuses inputs too long or too deeply nested (more than `max_depth` levels of parentheses
+/// and brackets) before the recursive parser sees them: a flat scan, quotes respected.
+fn check_limits(input: &str, max_depth: usize) -> Result<(), FilterError> {
     if input.len() > MAX_FILTER_LEN {
         return Err(FilterError(format!("longer than {MAX_FILTER_LEN} bytes")));
     }
@@ -203,20 +205,29 @@ fn check_limits(input: &str) -> Result<(), FilterError> {
             (false, _, '(' | '[') => {
                 depth += 1;
                 max = max.max(depth);
+                if max > max_depth {
+                    break;
+                }
             }
             (false, _, ')' | ']') => depth = depth.saturating_sub(1),
             _ => {}
         }
     }
-    if max > MAX_DEPTH {
-        return Err(FilterError(format!("nested deeper than {MAX_DEPTH} levels")));
+    if max > max_depth {
+        return Err(FilterError(format!("nested deeper than {max_depth} levels")));
     }
     Ok(())
 }
 
-/// Parses a filter.
+/// Parses a filter (at most [`MAX_FILTER_LEN`] bytes and [`MAX_DEPTH`] levels of nesting).
 pub fn parse(input: &str) -> Result<Filter, FilterError> {
-    check_limits(input)?;
+    parse_bounded(input, MAX_DEPTH)
+}
+
+/// Parses a filter nested at most `max_depth` levels (never more than [`MAX_DEPTH`]): for
+/// filters inside other syntax, such as the value filter of a PATCH path.
+pub fn parse_bounded(input: &str, max_depth: usize) -> Result<Filter, FilterError> {
+    check_limits(input, max_depth.min(MAX_DEPTH))?;
     grammar::filter(input)
         .map_err(|e| FilterError(format!("at character {}: expected {}", e.location.column, e.expected)))
 }
@@ -455,6 +466,15 @@ mod tests {
             !parse(r#"userName eq "bjensen""#).unwrap().matches(&user, &|_| true),
             "caseExact attributes compare with case"
         );
+    }
+
+    #[test]
+    fn paths_starting_with_multibyte_characters_are_refused_not_panicked_on() {
+        // Found by the fuzz harness (tests/fuzz.rs): a PATCH path `hÜ𐺃...` was sliced inside a character.
+        for p in ["hÜ𐺃᥀G𐫐", "Ü𐺃", "ürn:x:y", "urn:", "urñ:a:b"] {
+            assert_eq!(split_path(p), None, "{p}");
+        }
+        assert_eq!(split_path("URN:x:y").map(|p| p.attr), Some("y".to_owned()));
     }
 
     proptest::proptest! {

@@ -12,6 +12,9 @@ use crate::error::Error;
 
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 1024 * 1024;
+/// The deepest nesting of arrays and objects accepted in a JSON body. Checked by a flat scan
+/// before serde sees the body (serde_json's own recursion limit, 128 levels, stays behind it).
+pub const MAX_JSON_DEPTH: usize = 64;
 
 /// A JSON body, parsed so that errors name the field at fault.
 pub struct ApiJson<T>(pub T);
@@ -65,6 +68,14 @@ pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, Error> {
         let inner = e.into_inner().to_string();
         // serde says "unknown field `x`, expected ..." at the parent's path: name the field itself.
         let (field, reason) = match inner.strip_prefix("unknown field `").and_then(|r| r.split_once('`')) {
+            // A key that is the empty string (found by tests/fuzz.rs): name the object holding it.
+            Some(("", _)) => (
+                match path.trim_end_matches('.') {
+                    "" => "body".to_owned(),
+                    parent => parent.to_owned(),
+                },
+                "has a key that is the empty string, which is not a known field".to_owned(),
+            ),
             Some((name, _)) => (join_path(&path, name), "is not a known field".to_owned()),
             None => {
                 let reason = match inner.strip_prefix("missing field `").and_then(|r| r.split_once('`')) {
@@ -174,8 +185,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 /// Why a body is not acceptable JSON.
 #[derive(Debug)]
 pub enum JsonError {
-    /// Not JSON (or nested deeper than serde_json's 128 levels).
+    /// Not JSON.
     Syntax(String),
+    /// Arrays and objects nested deeper than [`MAX_JSON_DEPTH`] levels.
+    TooDeep,
     /// An object names this key twice (the key's path).
     DuplicateKey(String),
 }
@@ -255,10 +268,39 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
     }
 }
 
-/// Parses a request body as JSON, refusing duplicate keys. Bounded: bodies are at most
-/// [`MAX_BODY`] bytes, and serde_json refuses nesting deeper than 128 levels (before the
-/// stack could overflow).
+/// The deepest nesting of arrays and objects in `bytes`, by a flat scan (no recursion) that
+/// skips strings; it stops as soon as `limit` is passed. Malformed input is left to the
+/// parser to refuse.
+pub fn json_depth(bytes: &[u8], limit: usize) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in bytes {
+        match (in_string, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (true, false, _) => {}
+            (false, _, b'"') => in_string = true,
+            (false, _, b'[' | b'{') => {
+                depth += 1;
+                max = max.max(depth);
+                if max > limit {
+                    break;
+                }
+            }
+            (false, _, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// Parses a request body as JSON, refusing duplicate keys. Bounded before serde sees it:
+/// bodies are at most [`MAX_BODY`] bytes (the extractors' limit) and [`MAX_JSON_DEPTH`] levels
+/// deep (a flat scan); serde_json's own recursion limit of 128 levels stays behind that.
 pub fn strict_json(bytes: &[u8]) -> Result<Value, JsonError> {
+    if json_depth(bytes, MAX_JSON_DEPTH) > MAX_JSON_DEPTH {
+        return Err(JsonError::TooDeep);
+    }
     match serde_json::from_slice::<Strict>(bytes) {
         Ok(Strict(v)) => Ok(v),
         Err(e) => {
@@ -275,6 +317,9 @@ impl From<JsonError> for Error {
     fn from(e: JsonError) -> Self {
         match e {
             JsonError::Syntax(m) => Error::MalformedJson(m),
+            JsonError::TooDeep => {
+                Error::bad_request("body", format!("nests arrays and objects deeper than {MAX_JSON_DEPTH} levels"))
+            }
             JsonError::DuplicateKey(path) => Error::bad_request(path, "is given more than once in the body"),
         }
     }
@@ -285,6 +330,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_empty_key_is_refused_naming_the_object_that_holds_it() {
+        fn field<T: DeserializeOwned + std::fmt::Debug>(v: Value) -> (String, String) {
+            match from_value::<T>(v) {
+                Err(Error::Invalid(e)) => (e.0[0].field.clone(), e.0[0].reason.clone()),
+                other => panic!("{other:?}"),
+            }
+        }
+        let (f, reason) = field::<directory::RoleInput>(serde_json::json!({"name": "x", "": 1}));
+        assert_eq!(f, "body");
+        assert!(reason.contains("empty string"), "{reason}");
+        let rules = serde_json::json!([{"name": "r", "actions": [], "": 1}]);
+        assert_eq!(field::<Vec<directory::Rule>>(rules).0, "[0]");
+        let rules = serde_json::json!([{"name": "r", "conditions": [{"": 1}], "actions": []}]);
+        assert_eq!(field::<Vec<directory::Rule>>(rules).0, "[0].conditions[0]");
+    }
+
+    #[test]
     fn duplicate_keys_are_refused_with_their_path() {
         assert!(matches!(strict_json(br#"{"a": 1, "a": 2}"#), Err(JsonError::DuplicateKey(p)) if p == "a"));
         assert!(matches!(strict_json(br#"{"x": {"b": 1, "b": 2}}"#), Err(JsonError::DuplicateKey(p)) if p == "x.b"));
@@ -293,9 +355,32 @@ mod tests {
             strict_json(br#"{"a": [1, {"b": null}], "c": 1.5}"#).unwrap(),
             serde_json::json!({"a": [1, {"b": null}], "c": 1.5})
         );
-        // Deep nesting is refused by serde_json's recursion limit, not by a stack overflow.
-        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-        assert!(matches!(strict_json(deep.as_bytes()), Err(JsonError::Syntax(m)) if m.contains("recursion limit")));
         assert!(matches!(strict_json(b"{"), Err(JsonError::Syntax(_))));
+    }
+
+    fn nested(depth: usize) -> String {
+        format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    #[test]
+    fn deep_json_is_refused_by_a_flat_scan_before_serde() {
+        for depth in [MAX_JSON_DEPTH + 1, 100_000] {
+            assert!(matches!(strict_json(nested(depth).as_bytes()), Err(JsonError::TooDeep)), "{depth}");
+        }
+        assert!(strict_json(nested(MAX_JSON_DEPTH).as_bytes()).is_ok());
+        // Brackets inside strings (escaped quotes too) are text, not nesting.
+        let text = format!(r#"{{"a": "\"{}"}}"#, "[{".repeat(1000));
+        assert!(strict_json(text.as_bytes()).is_ok());
+        assert_eq!(json_depth(br#"{"a": [{"b": "]]]"}], "c": {}}"#, 64), 3);
+    }
+
+    #[test]
+    fn serde_json_itself_stops_at_128_levels() {
+        // What stays behind the scan (and bounds the JSON the engine reads from apps):
+        // serde_json's default recursion limit refuses the 128th level with an error.
+        let parse = |d: usize| serde_json::from_str::<Value>(&nested(d));
+        assert!(parse(127).is_ok());
+        assert!(parse(128).unwrap_err().to_string().contains("recursion limit exceeded"));
+        assert!(parse(100_000).unwrap_err().to_string().contains("recursion limit exceeded"));
     }
 }

@@ -12,13 +12,31 @@ use tokio::process::{Child, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_provisioner");
 
+/// The binary the hardening tests of issue 15 run (they are about the build users run): the
+/// release build named by `PROVISIONER_RELEASE_BIN` (`scripts/test` builds it and sets it),
+/// else the test build.
+fn release_bin() -> String {
+    match std::env::var("PROVISIONER_RELEASE_BIN") {
+        Ok(path) if !path.is_empty() => {
+            assert!(Path::new(&path).is_file(), "PROVISIONER_RELEASE_BIN={path} is not a file");
+            path
+        }
+        _ => BIN.to_owned(),
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A `provisioner` command with none of the caller's PROVISIONER_* settings.
 fn command(data_dir: &Path) -> Command {
-    let mut c = Command::new(BIN);
+    command_of(BIN, data_dir)
+}
+
+/// [`command`] for the binary at `bin`.
+fn command_of(bin: &str, data_dir: &Path) -> Command {
+    let mut c = Command::new(bin);
     for (k, _) in std::env::vars() {
         if k.starts_with("PROVISIONER_") {
             c.env_remove(k);
@@ -41,8 +59,17 @@ impl Running {
 
     /// Starts `provisioner serve` with extra environment variables.
     async fn start_with(data_dir: &Path, admin_token: Option<&str>, env: &[(&str, String)]) -> Self {
+        Self::start_bin(BIN, data_dir, admin_token, env).await
+    }
+
+    /// [`Self::start_with`] on the release build when there is one ([`release_bin`]).
+    async fn start_release(data_dir: &Path, admin_token: Option<&str>, env: &[(&str, String)]) -> Self {
+        Self::start_bin(&release_bin(), data_dir, admin_token, env).await
+    }
+
+    async fn start_bin(bin: &str, data_dir: &Path, admin_token: Option<&str>, env: &[(&str, String)]) -> Self {
         let port = free_port();
-        let mut c = command(data_dir);
+        let mut c = command_of(bin, data_dir);
         c.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
         c.arg("serve").env("PROVISIONER_LISTEN", format!("127.0.0.1:{port}")).stdout(Stdio::piped());
         if let Some(t) = admin_token {
@@ -550,12 +577,13 @@ async fn healthz_answers_within(addr: &str, within: Duration) -> bool {
 }
 
 /// Issue 15: one unauthenticated GET with an AuthnRequest nested thousands of levels deep
-/// overflowed the stack and aborted the whole process.
+/// overflowed the stack and aborted the whole process. On the release build when
+/// `PROVISIONER_RELEASE_BIN` names it (as `scripts/test` does).
 #[tokio::test]
 async fn deeply_nested_authn_requests_get_a_400_page_and_the_process_lives_on() {
     let dir = tempfile::tempdir().unwrap();
     let token = "bootstrap-token-nesting-1";
-    let p = Running::start(dir.path(), Some(token)).await;
+    let p = Running::start_release(dir.path(), Some(token), &[]).await;
     let http = reqwest::Client::new();
     let app: serde_json::Value = http
         .post(p.url("/api/v1/apps"))
@@ -599,7 +627,8 @@ async fn deeply_nested_authn_requests_get_a_400_page_and_the_process_lives_on() 
 
 /// Issue 15: half-sent requests held connections for ever (20,000 of them exhausted the file
 /// descriptors), trickled bodies were kept, and a declared 100 MB body got no early 413.
-/// Timeouts set to 2 s and the cap to 200, as the issue says.
+/// Timeouts set to 2 s and the cap to 200, as the issue says. On the release build when
+/// `PROVISIONER_RELEASE_BIN` names it (as `scripts/test` does).
 #[tokio::test]
 async fn slow_and_half_sent_connections_are_closed_and_healthz_keeps_answering() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -611,7 +640,7 @@ async fn slow_and_half_sent_connections_are_closed_and_healthz_keeps_answering()
         ("PROVISIONER_KEEP_ALIVE_SECONDS", "2".to_owned()),
         ("PROVISIONER_MAX_CONNECTIONS", "200".to_owned()),
     ];
-    let p = Running::start_with(dir.path(), Some(token), &env).await;
+    let p = Running::start_release(dir.path(), Some(token), &env).await;
     let addr = p.addr.clone();
 
     // 500 half-sent requests: each is closed within 3 s of its last byte (those over the cap at once).
@@ -642,6 +671,7 @@ async fn slow_and_half_sent_connections_are_closed_and_healthz_keeps_answering()
          Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
     );
     s.write_all(head.as_bytes()).await.unwrap();
+    let first_body_byte = tokio::time::Instant::now();
     let (mut rd, mut wr) = s.into_split();
     let trickle = tokio::spawn(async move {
         for _ in 0..99 {
@@ -651,10 +681,15 @@ async fn slow_and_half_sent_connections_are_closed_and_healthz_keeps_answering()
             }
         }
     });
+    // /healthz answers while the body trickles.
+    assert!(healthz_answers_within(&addr, Duration::from_secs(3)).await, "/healthz during the trickle");
     let mut answer = Vec::new();
     let cut = tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut answer)).await;
+    let cut_after = first_body_byte.elapsed();
     trickle.abort();
     assert!(cut.is_ok(), "the trickled body was not cut");
+    // Cut at 2 s (the body timeout), with the same 1 s of slack as the half-sent requests.
+    assert!(cut_after < Duration::from_secs(3), "the trickled body was cut only after {cut_after:?}");
     let answer = String::from_utf8_lossy(&answer);
     // (The server may reset the connection, with the trickled bytes unread, before the client reads its 408.)
     assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");

@@ -110,3 +110,79 @@ async fn a_panicking_operation_is_recorded_as_failed_and_the_workers_go_on() {
     let done = latest(&s, &u, |e| e["status"] == "provisioned").await;
     assert_eq!(done["id"], failed["id"]);
 }
+
+/// Issue 15: a flat `or` of 65 SCIM filter terms was refused as "nests deeper than 64
+/// levels"; deep nesting must still be refused, and without harm to the process.
+#[tokio::test]
+async fn scim_filters_flat_or_chains_are_answered_and_deep_nesting_is_refused_as_invalid_filter() {
+    let s = TestServer::start_on(Backend::Sqlite).await;
+    let c = s.post("/api/v1/scim-clients", json!({"name": "Entra ID"})).await;
+    assert_eq!(c.status, StatusCode::CREATED, "{c:#?}");
+    let token = c.body["token"].as_str().unwrap().to_owned();
+    let scim = |path_and_query: String| {
+        let req = s.client.get(format!("{}{path_and_query}", s.url("/scim/v2"))).bearer_auth(&token);
+        async move { crate::support::answer(req.send().await.unwrap()).await }
+    };
+    for name in ["u7", "u64", "u65"] {
+        let r = s
+            .client
+            .post(s.url("/scim/v2/Users"))
+            .bearer_auth(&token)
+            .header("content-type", "application/scim+json")
+            .body(json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": name}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let terms: Vec<String> = (0..65).map(|i| format!("userName eq \"u{i}\"")).collect();
+    let filter: String = url::form_urlencoded::byte_serialize(terms.join(" or ").as_bytes()).collect();
+    let flat = scim(format!("/Users?filter={filter}")).await;
+    assert_eq!(flat.status, StatusCode::OK, "{flat:#?}");
+    assert_eq!(flat.body["totalResults"], 2, "u7 and u64 match, u65 does not");
+
+    // 100,000 levels of parentheses (parentheses need no encoding in a query).
+    let deep = format!("/Users?filter={}userName%20pr{}", "(".repeat(100_000), ")".repeat(100_000));
+    let refused = scim(deep).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{:?}", refused.status);
+    assert_eq!(refused.body["scimType"], "invalidFilter", "{:#}", refused.body);
+    // Just past the nesting bound is refused as nesting, not as length.
+    let over = format!("/Users?filter={}userName%20pr{}", "(".repeat(33), ")".repeat(33));
+    let over = scim(over).await;
+    assert_eq!(over.body["scimType"], "invalidFilter");
+    assert!(over.body["detail"].as_str().unwrap().contains("nested deeper than 32 levels"), "{:#}", over.body);
+    // The process lives on and answers.
+    let after = scim(format!("/Users?filter={}", "userName%20eq%20%22u7%22")).await;
+    assert_eq!((after.status, after.body["totalResults"].as_u64()), (StatusCode::OK, Some(1)));
+}
+
+/// Issue 15: regular expressions in rules are compiled within bounds (length, nesting, size);
+/// one beyond them is refused on save with a 422 naming the field.
+#[tokio::test]
+async fn rule_regexes_over_the_limits_are_refused_with_422_naming_the_field() {
+    let s = TestServer::start_on(Backend::Sqlite).await;
+    let app = s
+        .post(
+            "/api/v1/apps",
+            json!({"name": "Wiki", "connection": {"base_url": "http://127.0.0.1:9/scim/v2",
+            "auth": {"type": "bearer", "token": "t0k3n-t0k3n"}}}),
+        )
+        .await;
+    let rules = format!("/api/v1/apps/{}/rules", app.body["id"].as_str().unwrap());
+    let with = |re: String| {
+        json!([{"name": "Engineers", "conditions": [{"attribute": "title", "op": "matches", "value": re}],
+            "actions": [{"add_entitlement": {"type": "group", "value": "Engineering"}}]}])
+    };
+    for (re, why) in [
+        ("a".repeat(1025), "longer than 1024 bytes"),
+        (format!("{}a{}", "(".repeat(40), ")".repeat(40)), "deeper than 32 levels"),
+        (r"\w{1000}\w{1000}\w{1000}".to_owned(), "too complex"),
+    ] {
+        let a = s.call(reqwest::Method::PUT, &rules, Some(with(re))).await;
+        let reason = a.problem_field(422, "rules[0].conditions[0].value");
+        assert!(reason.contains(why), "{reason}");
+    }
+    assert_eq!(s.get(&rules).await.body, json!([]), "nothing was saved");
+    let ok = s.call(reqwest::Method::PUT, &rules, Some(with(format!("^(?i){}eng", "(x)?".repeat(30))))).await;
+    assert_eq!(ok.status, StatusCode::OK, "{ok:#?}");
+}

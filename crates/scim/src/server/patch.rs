@@ -19,6 +19,20 @@ use crate::types::PATCH_OP_SCHEMA;
 
 /// The most operations one PATCH request may hold.
 pub const MAX_OPERATIONS: usize = 1000;
+/// The longest PATCH path accepted (`emails[type eq "work"].value`), in bytes.
+pub const MAX_PATH_LEN: usize = 1024;
+/// The deepest nesting of parentheses accepted in the value filter of a PATCH path
+/// (`emails[type eq "work" and (value co "a" or value co "b")]` nests 2 levels).
+pub const MAX_PATH_FILTER_DEPTH: usize = 8;
+
+/// Refuses a path too long to be a real one, before anything parses it.
+fn check_path_len(path: &str) -> Result<(), ScimError> {
+    if path.len() > MAX_PATH_LEN {
+        let start: String = path.chars().take(40).collect();
+        return Err(ScimError::invalid_path(format!("the path {start:?}... is longer than {MAX_PATH_LEN} bytes")));
+    }
+    Ok(())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpKind {
@@ -73,7 +87,10 @@ pub fn parse_request(body: &Value) -> Result<Vec<Operation>, ScimError> {
             let path = match get_ci(m, "path") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(s)) if s.trim().is_empty() => None,
-                Some(Value::String(s)) => Some(s.trim().to_owned()),
+                Some(Value::String(s)) => {
+                    check_path_len(s.trim()).map_err(|e| ScimError::invalid_path(format!("Operations[{i}]: {e}")))?;
+                    Some(s.trim().to_owned())
+                }
                 Some(_) => return Err(ScimError::invalid_path(format!("Operations[{i}].path must be a string"))),
             };
             let value = get_ci(m, "value").cloned();
@@ -136,6 +153,7 @@ fn split_value_path(path: &str) -> Result<(String, Option<String>, Option<String
 }
 
 fn resolve<'a>(path: &str, rs: &'a ResourceSchema) -> Result<Target<'a>, ScimError> {
+    check_path_len(path)?;
     if let Some(ext) = rs.extensions.iter().find(|s| s.id.eq_ignore_ascii_case(path)) {
         return Ok(Target { container: Some(ext.id.clone()), attr: None, filter: None, sub: None });
     }
@@ -151,7 +169,10 @@ fn resolve<'a>(path: &str, rs: &'a ResourceSchema) -> Result<Target<'a>, ScimErr
             if !found.attr.multi_valued {
                 return Err(ScimError::invalid_path(format!("{path}: a value filter needs a multi-valued attribute")));
             }
-            Some(query::parse(&t).map_err(|e| ScimError::invalid_path(format!("{path}: {e}")))?)
+            Some(
+                query::parse_bounded(&t, MAX_PATH_FILTER_DEPTH)
+                    .map_err(|e| ScimError::invalid_path(format!("{path}: {e}")))?,
+            )
         }
         None => None,
     };
@@ -666,6 +687,26 @@ mod tests {
         assert_eq!(t(json!([{"op": "add", "path": "emails[type eq ]", "value": "x"}])), Some(ScimType::InvalidPath));
         let missing_schema = parse_request(&json!({"Operations": [{"op": "add", "path": "title", "value": "x"}]}));
         assert_eq!(missing_schema.unwrap_err().scim_type, Some(ScimType::InvalidSyntax));
+    }
+
+    #[test]
+    fn long_paths_and_deep_path_filters_are_refused_before_parsing() {
+        let u = json!({"userName": "ada", "emails": [{"type": "work", "value": "a@x.org"}]});
+        let run = |ops: Value| patch(&users(), u.clone(), ops);
+        let long = format!("emails[value eq \"{}\"].value", "x".repeat(MAX_PATH_LEN));
+        let e = run(json!([{"op": "add", "path": long, "value": "x"}])).unwrap_err();
+        assert_eq!(e.scim_type, Some(ScimType::InvalidPath));
+        assert!(e.detail.contains("longer than 1024 bytes"), "{}", e.detail);
+        // The same bound for a path given as a key of a path-less operation's value.
+        let long_key = format!("name.{}", "g".repeat(MAX_PATH_LEN));
+        let e = run(json!([{"op": "replace", "value": {long_key: "x"}}])).unwrap_err();
+        assert!(e.detail.contains("longer than"), "{}", e.detail);
+        let deep = |n: usize| format!("emails[{}type eq \"work\"{}].value", "(".repeat(n), ")".repeat(n));
+        let r = run(json!([{"op": "replace", "path": deep(MAX_PATH_FILTER_DEPTH), "value": "b@x.org"}])).unwrap();
+        assert_eq!(r["emails"][0]["value"], "b@x.org");
+        let e = run(json!([{"op": "replace", "path": deep(MAX_PATH_FILTER_DEPTH + 1), "value": "x"}])).unwrap_err();
+        assert_eq!(e.scim_type, Some(ScimType::InvalidPath));
+        assert!(e.detail.contains("nested deeper than 8 levels"), "{}", e.detail);
     }
 
     #[test]

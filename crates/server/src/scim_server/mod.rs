@@ -195,6 +195,10 @@ impl<S: Send + Sync> FromRequest<S> for ScimBody {
             crate::extract::JsonError::Syntax(e) => {
                 ScimError::invalid_syntax(format!("the body is not valid JSON: {e}"))
             }
+            crate::extract::JsonError::TooDeep => ScimError::invalid_syntax(format!(
+                "the body nests arrays and objects deeper than {} levels",
+                crate::extract::MAX_JSON_DEPTH
+            )),
             crate::extract::JsonError::DuplicateKey(path) => {
                 ScimError::invalid_syntax(format!("the body gives the key {path} more than once"))
             }
