@@ -117,9 +117,10 @@ impl ScimScope {
         match self.roles {
             RoleScope::All => ResourceFilter::True,
             RoleScope::Own => own(),
-            RoleScope::Pushable => {
-                ResourceFilter::or(own(), ResourceFilter::Compare(GroupField::Pushable, CompareOp::Eq, FilterValue::Bool(true)))
-            }
+            RoleScope::Pushable => ResourceFilter::or(
+                own(),
+                ResourceFilter::Compare(GroupField::Pushable, CompareOp::Eq, FilterValue::Bool(true)),
+            ),
         }
     }
 }

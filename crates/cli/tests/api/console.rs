@@ -909,7 +909,9 @@ async fn console_parameters_rules_and_entitlements_in_a_real_browser() {
         let sam = service.create_user(&actor, user("sam", "Sam", "Sales"), directory::UserSource::Local).await.unwrap();
         let eve =
             service.create_user(&actor, user("eve", "Eve", "Engineering"), directory::UserSource::Local).await.unwrap();
-        let role = service.create_role(&actor, directory::RoleInput { name: "Staff".into(), description: None, pushable: false }).await;
+        let role = service
+            .create_role(&actor, directory::RoleInput { name: "Staff".into(), description: None, pushable: false })
+            .await;
         let role = role.unwrap();
         service.add_role_app(&actor, role.id, app_id).await.unwrap();
         for u in [sam.id, eve.id] {
@@ -1089,7 +1091,9 @@ async fn console_quarantine_banner_and_resume_in_a_real_browser() {
         let app_id: uuid::Uuid = id.parse().unwrap();
         let service = &console.state.service;
         let actor = directory::Actor::admin(ADMIN);
-        let role = service.create_role(&actor, directory::RoleInput { name: "Staff".into(), description: None, pushable: false }).await;
+        let role = service
+            .create_role(&actor, directory::RoleInput { name: "Staff".into(), description: None, pushable: false })
+            .await;
         let role = role.unwrap();
         service.add_role_app(&actor, role.id, app_id).await.unwrap();
         for name in ["pat", "kim", "lee"] {

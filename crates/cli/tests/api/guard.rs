@@ -336,7 +336,8 @@ async fn the_guard_holds_deletions_pushed_over_scim(backend: Backend) {
     }
     app_until(&w, "200 accounts", |a| a.len() == 200).await;
     quiet(&w).await;
-    let c = w.s.post("/api/v1/scim-clients", json!({"name": "Entra ID", "scope": {"users": "all", "roles": "all"}})).await;
+    let c =
+        w.s.post("/api/v1/scim-clients", json!({"name": "Entra ID", "scope": {"users": "all", "roles": "all"}})).await;
     assert_eq!(c.status, StatusCode::CREATED, "{c:#?}");
     let token = c.body["token"].as_str().unwrap().to_owned();
     let http = reqwest::Client::new();

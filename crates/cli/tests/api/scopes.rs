@@ -53,7 +53,12 @@ async fn a_new_client_sees_only_the_users_it_created() {
     assert_eq!(user_names(&search), ["pushed"]);
     assert_eq!(search.body["totalResults"], 1);
     // Its own user it reads and changes.
-    let own = c.patch(&format!("/Users/{}", mine["id"].as_str().unwrap()), json!([{"op": "replace", "path": "title", "value": "Nurse"}])).await;
+    let own = c
+        .patch(
+            &format!("/Users/{}", mine["id"].as_str().unwrap()),
+            json!([{"op": "replace", "path": "title", "value": "Nurse"}]),
+        )
+        .await;
     assert_eq!(own.status, StatusCode::OK, "{own:#?}");
     // Nothing changed; each refusal is audited with the client's name, never a token.
     let a = c.s.get(&format!("/api/v1/users/{ada_id}")).await;
@@ -100,7 +105,8 @@ async fn a_source_scoped_client_sees_that_sources_users_only() {
         .post("/api/v1/scim-clients", json!({"name": "HR", "scope": {"users": "source", "source_id": Uuid::now_v7()}}))
         .await;
     unknown.problem_field(422, "scope.source_id");
-    let c = s.post("/api/v1/scim-clients", json!({"name": "HR", "scope": {"users": "source", "source_id": src_id}})).await;
+    let c =
+        s.post("/api/v1/scim-clients", json!({"name": "HR", "scope": {"users": "source", "source_id": src_id}})).await;
     assert_eq!(c.status, StatusCode::CREATED, "{c:#?}");
     assert_eq!(c.body["scope"]["source_id"], src_id.to_string());
     let token = c.body["token"].as_str().unwrap();
@@ -140,7 +146,11 @@ async fn pushes_reach_only_own_or_pushable_roles_and_refusals_are_audited() {
     assert_eq!(a.status, StatusCode::OK, "{a:#?}");
     assert_eq!(members(&c.s, &staff_id).await, ["ada", "pushed"]);
     let put = c
-        .call(Method::PUT, &group, Some(json!({"schemas": [GROUP], "displayName": "Staff", "members": [{"value": pushed_id}]})))
+        .call(
+            Method::PUT,
+            &group,
+            Some(json!({"schemas": [GROUP], "displayName": "Staff", "members": [{"value": pushed_id}]})),
+        )
         .await;
     assert_eq!(put.status, StatusCode::OK, "{put:#?}");
     assert_eq!(members(&c.s, &staff_id).await, ["ada", "pushed"], "a replace keeps the members the client cannot see");
@@ -173,9 +183,12 @@ async fn a_read_only_client_cannot_write() {
     let g = json!({"schemas": [GROUP], "displayName": "G"});
     scim_error(&c.call(Method::POST, "/Groups", Some(g)).await, 403, None);
     let audit = c.s.get("/api/v1/audit").await;
-    let refused: Vec<&Value> = audit.body["items"].as_array().unwrap().iter().filter(|e| e["action"] == "scim.refused").collect();
+    let refused: Vec<&Value> =
+        audit.body["items"].as_array().unwrap().iter().filter(|e| e["action"] == "scim.refused").collect();
     assert_eq!(refused.len(), 4);
-    assert!(refused.iter().all(|e| e["after"]["reason"] == "the client is read-only" && e["actor"]["name"] == "Entra ID"));
+    assert!(refused
+        .iter()
+        .all(|e| e["after"]["reason"] == "the client is read-only" && e["actor"]["name"] == "Entra ID"));
     assert_eq!(c.s.get(&format!("/api/v1{}", path.replace("/Users", "/users"))).await.status, StatusCode::OK);
 }
 

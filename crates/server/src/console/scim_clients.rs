@@ -62,10 +62,8 @@ async fn list(State(state): State<AppState>, session: Session, headers: HeaderMa
             RolesScope::Pushable => ("pushable", "pushable roles and those it created"),
             RolesScope::All => ("all", "all roles"),
         };
-        let summary = format!(
-            "Users: {users_label}. Roles: {roles_label}.{}",
-            if scope.read_only { " Read only." } else { "" }
-        );
+        let summary =
+            format!("Users: {users_label}. Roles: {roles_label}.{}", if scope.read_only { " Read only." } else { "" });
         rows.push(ClientRow {
             id: c.id,
             name: c.name,

@@ -154,7 +154,13 @@ pub async fn apply_scope(s: &AppState, base: &ScimScope, input: &ScopeInput) -> 
 }
 
 pub fn view(r: ScimClientRecord) -> ScimClient {
-    ScimClient { id: r.id, name: r.name, created_at: r.created_at, scope: scope_view(&r.scope), legacy_scope: r.legacy_scope }
+    ScimClient {
+        id: r.id,
+        name: r.name,
+        created_at: r.created_at,
+        scope: scope_view(&r.scope),
+        legacy_scope: r.legacy_scope,
+    }
 }
 
 /// List SCIM clients.

@@ -15,8 +15,8 @@ use store::scim::{Member, ScimGroup, ScimQuery};
 use uuid::Uuid;
 
 use super::{
-    base_url, check_if_match, group_resource_schema, list_response, not_modified, not_modified_response, tagged, Client,
-    Fail, ScimBody, ScimResult, ScimState, Search,
+    base_url, check_if_match, group_resource_schema, list_response, not_modified, not_modified_response, tagged,
+    Client, Fail, ScimBody, ScimResult, ScimState, Search,
 };
 use super::{filter, scope};
 
@@ -225,7 +225,8 @@ pub(crate) async fn get(
     }
     let projection = projection_from(&q)?;
     let members = projection.wants("members");
-    let body = projection.apply(full(&state, &client, &g, &base_url(&headers), members).await?, &group_resource_schema());
+    let body =
+        projection.apply(full(&state, &client, &g, &base_url(&headers), members).await?, &group_resource_schema());
     Ok(tagged(StatusCode::OK, g.role.version, &body, None))
 }
 

@@ -181,9 +181,9 @@ pub(crate) async fn members_to_write(
     };
     let added: Vec<Uuid> = wanted.iter().copied().filter(|u| !current.contains(u)).collect();
     let visible_added = visible_users(state, client, &added).await?;
-    for u in added.iter().filter(|u| !visible_added.contains(u)) {
+    if let Some(u) = added.iter().find(|u| !visible_added.contains(u)) {
         if state.store().scim_user(*u).await?.is_some() {
-            let target = role.map(|r| r.to_string()).unwrap_or_default();
+            let target = role.map(|r| r.to_string()).unwrap_or_else(|| "(new group)".to_owned());
             let reason = format!("member {u} is a user out of the client's scope");
             refuse(state, client, "role", &target, &reason).await?;
         }

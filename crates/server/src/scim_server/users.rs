@@ -15,11 +15,11 @@ use serde_json::{json, Map, Value};
 use store::scim::{ScimQuery, ScimUser};
 use uuid::Uuid;
 
-use super::{filter, scope};
 use super::{
-    base_url, check_if_match, list_response, not_modified, not_modified_response, tagged,
-    user_resource_schema, Client, Fail, ScimBody, ScimResult, ScimState, Search, CUSTOM_SCHEMA,
+    base_url, check_if_match, list_response, not_modified, not_modified_response, tagged, user_resource_schema, Client,
+    Fail, ScimBody, ScimResult, ScimState, Search, CUSTOM_SCHEMA,
 };
+use super::{filter, scope};
 
 /// How many times a PATCH is retried when another write got in between (without If-Match).
 const WRITE_ATTEMPTS: usize = 3;
@@ -485,7 +485,8 @@ pub(crate) async fn create(
     let defs = state.store().list_attribute_defs().await?;
     let (mut input, external_id) = from_json(&body, None, &defs)?;
     validate(&state, &mut input, &defs, None).await?;
-    let su = ScimUser { user: User::new(input, UserSource::Scim, directory::now()), external_id, owner: Some(client.id) };
+    let su =
+        ScimUser { user: User::new(input, UserSource::Scim, directory::now()), external_id, owner: Some(client.id) };
     state.store().scim_save_user(&su, None, &client.actor).await?;
     state.changed();
     answer(&state, &client, &headers, &su, StatusCode::CREATED, &q).await

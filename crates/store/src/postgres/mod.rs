@@ -807,13 +807,14 @@ impl Store for PostgresStore {
     async fn revoke_token(&self, id: Uuid, actor: &Actor) -> Result<()> {
         let mut tx = self.begin().await?;
         let now = directory::now();
-        let row = sqlx::query("UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL RETURNING name")
-            .bind(now)
-            .bind(id)
-            .fetch_optional(tx.c())
-            .await
-            .map_err(backend)?
-            .ok_or(StoreError::NotFound)?;
+        let row =
+            sqlx::query("UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL RETURNING name")
+                .bind(now)
+                .bind(id)
+                .fetch_optional(tx.c())
+                .await
+                .map_err(backend)?
+                .ok_or(StoreError::NotFound)?;
         let name: String = get(&row, "name")?;
         record_audit(
             &mut tx,

@@ -1,8 +1,8 @@
 //! The inbound-SCIM half of [`PostgresStore`].
 
 use crate::scim::{
-    order_sql, to_sql, Dialect, GroupField, Member, Piece, ScimClientRecord, ScimGroup, ScimQuery, ScimScope, ScimStore,
-    ScimUser, SqlField, UserField,
+    order_sql, to_sql, Dialect, GroupField, Member, Piece, ScimClientRecord, ScimGroup, ScimQuery, ScimScope,
+    ScimStore, ScimUser, SqlField, UserField,
 };
 
 use super::*;
@@ -32,7 +32,11 @@ fn scim_user_from_row(r: &PgRow) -> Result<ScimUser> {
 }
 
 fn scim_group_from_row(r: &PgRow) -> Result<ScimGroup> {
-    Ok(ScimGroup { role: role_from_row(r)?, external_id: get(r, "scim_external_id")?, owner: get(r, "scim_client_id")? })
+    Ok(ScimGroup {
+        role: role_from_row(r)?,
+        external_id: get(r, "scim_external_id")?,
+        owner: get(r, "scim_client_id")?,
+    })
 }
 
 fn push_pieces(qb: &mut QueryBuilder<'_, Postgres>, pieces: Vec<Piece>) {
@@ -111,9 +115,9 @@ impl ScimStore for PostgresStore {
         .bind(roles)
         .bind(client.scope.read_only)
         .bind(client.legacy_scope)
-            .execute(tx.c())
-            .await
-            .map_err(backend)?;
+        .execute(tx.c())
+        .await
+        .map_err(backend)?;
         let after = serde_json::json!({"id": client.id, "name": client.name, "created_at": client.created_at,
             "scope": {"users": users, "source_id": source, "roles": roles, "read_only": client.scope.read_only}});
         record_audit(
@@ -132,9 +136,9 @@ impl ScimStore for PostgresStore {
     }
 
     async fn list_scim_clients(&self) -> Result<Vec<ScimClientRecord>> {
-        let rows = sqlx::query(
-            &format!("SELECT {CLIENT_COLUMNS} FROM scim_clients WHERE revoked_at IS NULL ORDER BY created_at, id"),
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {CLIENT_COLUMNS} FROM scim_clients WHERE revoked_at IS NULL ORDER BY created_at, id"
+        ))
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
@@ -142,12 +146,11 @@ impl ScimStore for PostgresStore {
     }
 
     async fn find_scim_client_by_lookup(&self, lookup: &str) -> Result<Option<ScimClientRecord>> {
-        let row =
-            sqlx::query(&format!("SELECT {CLIENT_COLUMNS} FROM scim_clients WHERE lookup = $1"))
-                .bind(lookup)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(backend)?;
+        let row = sqlx::query(&format!("SELECT {CLIENT_COLUMNS} FROM scim_clients WHERE lookup = $1"))
+            .bind(lookup)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
         row.as_ref().map(client_from_row).transpose()
     }
 
@@ -230,7 +233,9 @@ impl ScimStore for PostgresStore {
     }
 
     async fn scim_user(&self, id: Uuid) -> Result<Option<ScimUser>> {
-        let sql = format!("SELECT {USER_COLUMNS}, scim_external_id, scim_client_id FROM users WHERE id = $1 AND status <> 'deleted'");
+        let sql = format!(
+            "SELECT {USER_COLUMNS}, scim_external_id, scim_client_id FROM users WHERE id = $1 AND status <> 'deleted'"
+        );
         let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await.map_err(backend)?;
         row.as_ref().map(scim_user_from_row).transpose()
     }

@@ -490,13 +490,14 @@ impl Store for SqliteStore {
     async fn revoke_token(&self, id: Uuid, actor: &Actor) -> Result<()> {
         let mut tx = self.begin().await?;
         let now = directory::now();
-        let row = sqlx::query("UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL RETURNING name")
-            .bind(ts(&now))
-            .bind(id.to_string())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(backend)?
-            .ok_or(StoreError::NotFound)?;
+        let row =
+            sqlx::query("UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL RETURNING name")
+                .bind(ts(&now))
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?
+                .ok_or(StoreError::NotFound)?;
         let name: String = get(&row, "name")?;
         record_audit(
             &mut tx,

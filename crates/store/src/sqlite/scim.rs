@@ -1,8 +1,8 @@
 //! The inbound-SCIM half of [`SqliteStore`].
 
 use crate::scim::{
-    order_sql, to_sql, Dialect, GroupField, Member, Piece, ScimClientRecord, ScimGroup, ScimQuery, ScimScope, ScimStore,
-    ScimUser, SqlField, UserField,
+    order_sql, to_sql, Dialect, GroupField, Member, Piece, ScimClientRecord, ScimGroup, ScimQuery, ScimScope,
+    ScimStore, ScimUser, SqlField, UserField,
 };
 
 use super::*;
@@ -116,9 +116,9 @@ impl ScimStore for SqliteStore {
         .bind(roles)
         .bind(client.scope.read_only)
         .bind(client.legacy_scope)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
         let after = serde_json::json!({"id": client.id, "name": client.name, "created_at": client.created_at,
             "scope": {"users": users, "source_id": source, "roles": roles, "read_only": client.scope.read_only}});
         record_audit(
@@ -137,9 +137,9 @@ impl ScimStore for SqliteStore {
     }
 
     async fn list_scim_clients(&self) -> Result<Vec<ScimClientRecord>> {
-        let rows = sqlx::query(
-            &format!("SELECT {CLIENT_COLUMNS} FROM scim_clients WHERE revoked_at IS NULL ORDER BY created_at, id"),
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {CLIENT_COLUMNS} FROM scim_clients WHERE revoked_at IS NULL ORDER BY created_at, id"
+        ))
         .fetch_all(&self.reader)
         .await
         .map_err(backend)?;
@@ -147,12 +147,11 @@ impl ScimStore for SqliteStore {
     }
 
     async fn find_scim_client_by_lookup(&self, lookup: &str) -> Result<Option<ScimClientRecord>> {
-        let row =
-            sqlx::query(&format!("SELECT {CLIENT_COLUMNS} FROM scim_clients WHERE lookup = ?"))
-                .bind(lookup)
-                .fetch_optional(&self.writer)
-                .await
-                .map_err(backend)?;
+        let row = sqlx::query(&format!("SELECT {CLIENT_COLUMNS} FROM scim_clients WHERE lookup = ?"))
+            .bind(lookup)
+            .fetch_optional(&self.writer)
+            .await
+            .map_err(backend)?;
         row.as_ref().map(client_from_row).transpose()
     }
 
@@ -235,7 +234,9 @@ impl ScimStore for SqliteStore {
     }
 
     async fn scim_user(&self, id: Uuid) -> Result<Option<ScimUser>> {
-        let sql = format!("SELECT {USER_COLUMNS}, scim_external_id, scim_client_id FROM users WHERE id = ? AND status <> 'deleted'");
+        let sql = format!(
+            "SELECT {USER_COLUMNS}, scim_external_id, scim_client_id FROM users WHERE id = ? AND status <> 'deleted'"
+        );
         let row = sqlx::query(&sql).bind(id.to_string()).fetch_optional(&self.writer).await.map_err(backend)?;
         row.as_ref().map(scim_user_from_row).transpose()
     }

@@ -159,8 +159,10 @@ pub async fn roles_members_and_grants(s: Arc<dyn Store>) {
     assert_eq!(s.roles_of_user(u.id).await.unwrap(), vec![r.clone()]);
     assert!(matches!(s.add_role_user(r.id, Uuid::now_v7(), &actor()).await, Err(StoreError::NotFound)));
     assert!(matches!(s.add_role_app(Uuid::now_v7(), a.id, &actor()).await, Err(StoreError::NotFound)));
-    let renamed =
-        r.updated(RoleInput { name: "Customer Support".into(), description: Some("Tier 1".into()), pushable: false }, directory::now());
+    let renamed = r.updated(
+        RoleInput { name: "Customer Support".into(), description: Some("Tier 1".into()), pushable: false },
+        directory::now(),
+    );
     s.update_role(&renamed, 1, &actor()).await.unwrap();
     assert_eq!(s.get_role(r.id).await.unwrap().unwrap().name, "Customer Support");
     let seq = last_seq(&*s).await;

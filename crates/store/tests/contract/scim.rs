@@ -186,7 +186,9 @@ pub async fn groups_save_members_in_one_transaction(s: Arc<dyn Store>) {
     let stale = s.scim_save_group(&g2, Some(&[]), Some(g.role.version), &actor()).await;
     assert!(matches!(stale, Err(StoreError::VersionConflict { .. })));
     let g3 = ScimGroup {
-        role: g2.role.updated(RoleInput { name: "Staff 2".into(), description: None, pushable: false }, directory::now()),
+        role: g2
+            .role
+            .updated(RoleInput { name: "Staff 2".into(), description: None, pushable: false }, directory::now()),
         external_id: None,
         owner: None,
     };
@@ -270,7 +272,9 @@ pub async fn client_scopes_are_stored_and_select_owned_sourced_and_pushable_obje
     let sourced = ScimScope { users: UserScope::Source(src), ..own };
     assert_eq!(names(&*s, sourced.user_filter(client)).await, ["mine"], "no user of that source yet");
 
-    let role = |name: &str, pushable: bool| Role::new(RoleInput { name: name.into(), description: None, pushable }, directory::now());
+    let role = |name: &str, pushable: bool| {
+        Role::new(RoleInput { name: name.into(), description: None, pushable }, directory::now())
+    };
     let g_mine = ScimGroup { role: role("Mine", false), external_id: None, owner: Some(client) };
     s.scim_save_group(&g_mine, Some(&[]), None, &actor()).await.unwrap();
     let open = role("Open", true);
@@ -291,7 +295,8 @@ pub async fn client_scopes_are_stored_and_select_owned_sourced_and_pushable_obje
     let pushable = ScimScope { roles: RoleScope::Pushable, ..own };
     assert_eq!(group_names(pushable.group_filter(client)).await, ["Mine", "Open"]);
     assert_eq!(group_names(ScimScope::ALL.group_filter(client)).await, ["Closed", "Mine", "Open"]);
-    let closed2 = closed.updated(RoleInput { name: "Closed".into(), description: None, pushable: true }, directory::now());
+    let closed2 =
+        closed.updated(RoleInput { name: "Closed".into(), description: None, pushable: true }, directory::now());
     s.update_role(&closed2, closed.version, &admin).await.unwrap();
     assert_eq!(group_names(pushable.group_filter(client)).await, ["Closed", "Mine", "Open"], "pushable is settable");
 }
