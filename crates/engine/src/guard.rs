@@ -175,7 +175,11 @@ impl Why {
             let (user, app) = (s.user.as_deref()?, s.app.as_deref()?);
             Some(evaluate(user, &s.roles, app, true))
         };
-        let rule = if mapping && deprovision {
+        // A deprovision of an active user who still has the app is a rule's doing, whatever
+        // changed (the rules, or the user's attributes).
+        let scoped_out =
+            deprovision && s.granted && s.user.as_deref().is_some_and(|u| u.status == directory::UserStatus::Active);
+        let rule = if scoped_out {
             // The rule that puts the user out of scope ("rule 'Name'" in the provenance).
             evaluation().and_then(|e| (!e.in_scope).then(|| e.provenance.get("scope").cloned()).flatten()).map(|p| {
                 p.strip_prefix("rule '").and_then(|r| r.strip_suffix('\'')).map_or_else(|| p.clone(), str::to_owned)

@@ -451,6 +451,20 @@ async fn the_guard_holds_what_a_reconcile_finds(backend: Backend) {
     assert!(events(&w, "held").await.is_empty());
     assert_eq!(events(&w, "rejected").await.len(), 10);
     assert_eq!(app_accounts(&w).await.len(), 30);
+
+    // A user's change that puts them out of a rule's scope: the cause names the rule. The 20
+    // deletions allowed within the window keep the app over its limits: held too.
+    let rules = json!([{"name": "No interns", "match": "all",
+        "conditions": [{"attribute": "title", "op": "equals", "value": "Intern"}],
+        "actions": [{"do_not_provision": true}]}]);
+    assert_eq!(w.s.call(Method::PUT, &format!("/api/v1/apps/{app}/rules"), Some(rules)).await.status, StatusCode::OK);
+    let g05 = updates.iter().find(|e| e["username"] == "g05").unwrap()["user_id"].as_str().unwrap().to_owned();
+    assert_eq!(w.s.patch(&format!("/api/v1/users/{g05}"), json!({"title": "Intern"})).await.status, StatusCode::OK);
+    let h = held(&w, 1).await;
+    let cause = &h[0]["cause"];
+    assert_eq!((h[0]["action"].as_str(), cause["kind"].as_str()), (Some("delete"), Some("user_change")), "{cause:#}");
+    assert_eq!(cause["rule"], "No interns", "{cause:#}");
+    println!("cause user_change scoped out by a rule (1 deletion, window already holding 20): held 1, rule named");
 }
 
 /// A directory source disabling 30% of its 100 people, its own import guard set at 50%: the
