@@ -499,7 +499,10 @@ async fn the_guard_holds_a_directory_sync(backend: Backend) {
     assert_eq!(dry.body["roles"][0]["joins"], 100, "{:#}", dry.body["roles"]);
     assert_eq!(w.s.get("/api/v1/sources").await.body["items"], json!([]), "a dry run saves nothing");
     assert_eq!(w.s.get("/api/v1/users").await.body["items"], json!([]));
-    let source = create_source(&w.s, body).await;
+    let source = create_source(&w.s, body.clone()).await;
+    // Validated as usual: a second source of the same name is refused, dry or not.
+    let again = w.s.post("/api/v1/sources?dry_run=true", body).await;
+    again.problem_field(409, "name");
     let done = sync(&w.s, &source, "full").await;
     assert_eq!((done["state"].as_str(), done["counts"]["created"].as_u64()), (Some("succeeded"), Some(100)));
     app_until(&w, "100 accounts", |a| a.len() == 100 && active(a) == 100).await;
