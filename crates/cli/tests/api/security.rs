@@ -141,9 +141,24 @@ async fn scim_filters_flat_or_chains_are_answered_and_deep_nesting_is_refused_as
     assert_eq!(flat.status, StatusCode::OK, "{flat:#?}");
     assert_eq!(flat.body["totalResults"], 2, "u7 and u64 match, u65 does not");
 
-    // 100,000 levels of parentheses (parentheses need no encoding in a query).
-    let deep = format!("/Users?filter={}userName%20pr{}", "(".repeat(100_000), ")".repeat(100_000));
+    // Deep nesting in the query: as deep as a URI can carry (the `http` crate, and so the server,
+    // takes URIs of at most 65,534 bytes), 30,000 levels of parentheses (they need no encoding).
+    let deep = format!("/Users?filter={}userName%20pr{}", "(".repeat(30_000), ")".repeat(30_000));
     let refused = scim(deep).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{:?}", refused.status);
+    assert_eq!(refused.body["scimType"], "invalidFilter", "{:#}", refused.body);
+    // 100,000 levels, in the body of a search (POST /.search).
+    let filter = format!("{}userName pr{}", "(".repeat(100_000), ")".repeat(100_000));
+    let r = s
+        .client
+        .post(s.url("/scim/v2/Users/.search"))
+        .bearer_auth(&token)
+        .header("content-type", "application/scim+json")
+        .body(json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"], "filter": filter}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let refused = crate::support::answer(r).await;
     assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{:?}", refused.status);
     assert_eq!(refused.body["scimType"], "invalidFilter", "{:#}", refused.body);
     // Just past the nesting bound is refused as nesting, not as length.
