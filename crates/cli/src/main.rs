@@ -90,7 +90,8 @@ enum Command {
         #[arg(long, env = "PROVISIONER_SECURE_COOKIES")]
         secure_cookies: bool,
         /// The URL people and apps reach this server at (e.g. `https://id.example.com`): the SAML
-        /// IdP's entity IDs and endpoints are made from it [default: each request's Host].
+        /// IdP's entity IDs, endpoints and invitation links are made from it; an https URL makes
+        /// every cookie Secure [default: the listen address; no invitation links].
         #[arg(long, env = "PROVISIONER_PUBLIC_URL")]
         public_url: Option<String>,
         /// What this process runs: `all`, `api` or `worker`.
@@ -294,17 +295,13 @@ async fn serve(
     }
     console_config.secure_cookies = console.secure_cookies;
     // The SAML IdP's sign-in pages share the console's session and rate-limit settings.
-    let mut idp = server::saml::IdpState::new(state.service.store().clone(), Some(state.service.sources().clone()))
+    let idp = server::saml::IdpState::new(state.service.store().clone(), Some(state.service.sources().clone()))
         .with_config(console_config.clone());
-    if let Some(url) = console.public_url.filter(|u| !u.trim().is_empty()) {
-        let url = url.trim().trim_end_matches('/').to_owned();
-        if !(url.starts_with("https://") || url.starts_with("http://")) {
-            anyhow::bail!("--public-url must be an http(s) URL, not {url:?}");
-        }
-        idp.public_url = Some(url);
-    }
     state.idp = Arc::new(idp);
     state.console = Arc::new(server::console::ConsoleState::new(console_config));
+    if let Some(url) = console.public_url.filter(|u| !u.trim().is_empty()) {
+        state.set_public_url(&url).map_err(|e| anyhow::anyhow!("--public-url: {e}"))?;
+    }
     if let Some(password) = std::env::var("PROVISIONER_ADMIN_PASSWORD").ok().filter(|p| !p.is_empty()) {
         if state.service.bootstrap_admin(&password).await.map_err(|e| anyhow::anyhow!("admin bootstrap: {e}"))? {
             tracing::info!("created the console admin `admin` from PROVISIONER_ADMIN_PASSWORD");
@@ -324,8 +321,12 @@ async fn serve(
         Bootstrap::UsedGiven => tracing::info!("stored PROVISIONER_ADMIN_TOKEN as the admin token"),
         Bootstrap::AlreadyHasTokens => {}
     }
+    if let Err(e) = state.service.warn_email_conflicts().await {
+        tracing::warn!(error = %e, "cannot list the e-mail addresses shared by several users");
+    }
     let addr = settings.listen(listen);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    state.set_listen_addr(listener.local_addr().unwrap_or(addr));
     state.service.engine().start().await.map_err(|e| anyhow::anyhow!("cannot start the engine: {e}"))?;
     if work.role != Role::Api {
         state.service.sources().start();
@@ -386,8 +387,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
         }
         Command::Migrate { store } => {
-            settings.store(&store).open().await?;
+            let store = settings.store(&store).open().await?;
             println!("database is up to date");
+            let shared = store.email_conflicts().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            if !shared.is_empty() {
+                println!(
+                    "{} e-mail address(es) are shared by more than one user: each person needs their own (it is their \
+                     SAML NameID). See GET /api/v1/users/email-conflicts.",
+                    shared.len()
+                );
+            }
             Ok(())
         }
         Command::Healthcheck { listen } => healthcheck(settings.listen(listen)).await,

@@ -58,9 +58,30 @@ pub(crate) fn check_opt_text(errors: &mut ValidationErrors, field: &str, value: 
     }
 }
 
+/// Characters that change how text is displayed without being seen: bidirectional controls
+/// (U+202A-U+202E, U+2066-U+2069, U+200E, U+200F, U+061C) and zero-width characters
+/// (U+200B-U+200D, U+2060, U+FEFF). Refused in usernames and e-mail addresses, where they
+/// would let two different values look the same.
+pub fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
+        || matches!(c, '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}')
+}
+
+/// The first invisible character of `s` (see [`is_invisible`]), as `U+XXXX`.
+pub fn first_invisible(s: &str) -> Option<String> {
+    s.chars().find(|c| is_invisible(*c)).map(|c| format!("U+{:04X}", c as u32))
+}
+
+/// Unicode NFKC normalisation: compatibility forms (full-width letters, ligatures, ...) become
+/// their plain equivalents.
+pub fn nfkc(s: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    s.nfkc().collect()
+}
+
 /// A deliberately simple e-mail check: one `@`, a non-empty local part, a dotted domain, no spaces.
 pub fn is_valid_email(email: &str) -> bool {
-    if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control() || is_invisible(c)) {
         return false;
     }
     let Some((local, domain)) = email.rsplit_once('@') else {
@@ -82,6 +103,8 @@ mod tests {
     fn emails() {
         assert!(is_valid_email("ada@example.com"));
         assert!(is_valid_email("a.b+c@sub.example.co.uk"));
+        assert!(!is_valid_email("ada\u{200B}@example.com"), "zero-width");
+        assert!(!is_valid_email("ada\u{202E}@example.com"), "bidi");
         for bad in
             ["", "ada", "ada@", "@example.com", "ada@example", "a da@example.com", "a@b@c.com", "a@.com", "a@b..com"]
         {

@@ -252,6 +252,9 @@ impl SourceSyncer {
         self.engine.changed();
         let n = skipped.len() as u64;
         sync.counts.failed += n;
+        // A create that was skipped (username or e-mail address taken) created nobody.
+        let not_created = skipped.iter().filter(|s| batch.creates.iter().any(|(u, _)| u.id == s.user_id)).count();
+        sync.counts.created = sync.counts.created.saturating_sub(not_created as u64);
         Self::note(sync, skipped.into_iter().map(|s| format!("entry {}: {}", s.stable_id, s.reason)));
         Ok(n)
     }
@@ -300,9 +303,10 @@ impl SourceSyncer {
             for (user, link) in &plan.batch.creates {
                 stable_of.insert(user.id, link.stable_id.clone());
             }
+            // Counted before the writes: `apply` takes back the creates the store skipped.
+            sync.counts.created += plan.created;
             self.apply(&source, &plan.batch, sync).await?;
             let c = &mut sync.counts;
-            c.created += plan.created;
             c.updated += plan.updated;
             c.reactivated += plan.reactivated;
             c.unchanged += plan.unchanged;

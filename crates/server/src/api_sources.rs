@@ -1,6 +1,6 @@
 //! `/api/v1/sources`: directory sources (LDAP / Active Directory) and their syncs.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::error::{Problem, Result};
-use crate::extract::{etag, ApiJson, ApiQuery, IfMatch, MergePatch};
+use crate::extract::{etag, ApiJson, ApiQuery, IfMatch, MergePatch, Path};
 use crate::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {

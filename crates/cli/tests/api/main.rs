@@ -34,6 +34,7 @@ mod console;
 mod engine;
 mod engine_faults;
 mod guard;
+mod identity;
 mod ldap;
 mod mapping;
 mod openapi;
