@@ -59,6 +59,7 @@ async fn get_source(State(s): State<AppState>, Path(id): Path<Uuid>) -> Result<R
 }
 
 /// Change a directory source with a JSON merge patch; `bind_password` replaces the password.
+/// Moving `url` to another scheme, host or port needs `bind_password` again (422 naming it).
 #[utoipa::path(patch, path = "/sources/{id}", tag = "sources", params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header)),
     request_body(content = Object, content_type = "application/merge-patch+json"),
     responses((status = 200, body = DirectorySource), (status = 412, body = Problem, content_type = "application/problem+json"),

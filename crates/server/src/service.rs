@@ -425,7 +425,7 @@ impl Service {
         }
         let existing_ct = self.store.get_app_credential(id).await?.ok_or(Error::NotFound("app"))?;
         let existing = store::secrets::decrypt_credential(&self.keyring, id, &existing_ct).map_err(Error::internal)?;
-        let (validated, secret) = input.validate(Some(&existing))?;
+        let (validated, secret) = input.validate_change(&current, &existing)?;
         // Re-encrypt when the secret changed, or when it was made with a retired key.
         let credential = if secret != existing || self.keyring.is_stale(&existing_ct) {
             Some(self.encrypt_secret(id, &secret)?)

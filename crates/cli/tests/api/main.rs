@@ -40,4 +40,5 @@ mod openapi;
 mod quarantine;
 mod saml;
 mod scim_server;
+mod secrets;
 mod security;
