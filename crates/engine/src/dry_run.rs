@@ -30,10 +30,21 @@ pub enum WhatIf {
     RoleGrant { role: Uuid, app: Uuid, add: bool },
     /// A role is deleted.
     RoleDeleted { role: Uuid },
+    /// A directory source's sync: the users as it would save them (new ones included), and
+    /// the role memberships it would add and remove, as (role, user).
+    Directory { users: Vec<User>, role_adds: Vec<(Uuid, Uuid)>, role_removes: Vec<(Uuid, Uuid)> },
+}
+
+/// A [`WhatIf::Directory`] indexed by user.
+#[derive(Default)]
+struct DirectoryIndex {
+    users: HashMap<Uuid, User>,
+    adds: HashMap<Uuid, Vec<RoleRef>>,
+    removes: HashMap<Uuid, HashSet<Uuid>>,
 }
 
 /// What a change would do to one app's accounts.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Effect {
     pub app_id: Uuid,
     pub app_name: String,
@@ -56,7 +67,7 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Sample {
     pub user_id: Uuid,
     pub username: String,
@@ -69,7 +80,7 @@ pub struct Sample {
 }
 
 /// How a change moves people between roles.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RoleMoves {
     pub role_id: Uuid,
     pub joins: u64,
@@ -77,7 +88,7 @@ pub struct RoleMoves {
 }
 
 /// The answer of a dry run.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct DryRun {
     pub effects: Vec<Effect>,
     pub roles: Vec<RoleMoves>,
@@ -128,6 +139,7 @@ impl Engine {
     pub async fn dry_run(&self, change: WhatIf) -> Result<DryRun, EngineError> {
         let store = self.store();
         let mut moves: Vec<RoleMoves> = Vec::new();
+        let mut index = DirectoryIndex::default();
         // The pairs the change touches.
         let pairs: Vec<(Uuid, Uuid)> = match &change {
             WhatIf::App { app, .. } => store.users_of_app(app.id).await?.into_iter().map(|u| (u, app.id)).collect(),
@@ -159,6 +171,45 @@ impl Engine {
                 let apps: Vec<Uuid> = store.apps_of_role(*role).await?.into_iter().map(|a| a.id).collect();
                 members.iter().flat_map(|u| apps.iter().map(move |a| (u.id, *a))).collect()
             }
+            WhatIf::Directory { users, role_adds, role_removes } => {
+                let mut per_role: BTreeMap<Uuid, RoleMoves> = BTreeMap::new();
+                let mut names: HashMap<Uuid, String> = HashMap::new();
+                let mut role_apps: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+                for (role, user) in role_adds {
+                    per_role
+                        .entry(*role)
+                        .or_insert_with(|| RoleMoves { role_id: *role, ..Default::default() })
+                        .joins += 1;
+                    if !names.contains_key(role) {
+                        let name = store.get_role(*role).await?.map(|r| r.name).unwrap_or_default();
+                        names.insert(*role, name);
+                        role_apps.insert(*role, store.apps_of_role(*role).await?.into_iter().map(|a| a.id).collect());
+                    }
+                    let name = names.get(role).cloned().unwrap_or_default();
+                    index.adds.entry(*user).or_default().push(RoleRef { id: *role, name });
+                }
+                for (role, user) in role_removes {
+                    per_role
+                        .entry(*role)
+                        .or_insert_with(|| RoleMoves { role_id: *role, ..Default::default() })
+                        .leaves += 1;
+                    index.removes.entry(*user).or_default().insert(*role);
+                }
+                moves.extend(per_role.into_values());
+                index.users = users.iter().map(|u| (u.id, u.clone())).collect();
+                let mut ids: Vec<Uuid> = index.users.keys().copied().collect();
+                ids.extend(index.adds.keys().chain(index.removes.keys()).copied());
+                ids.sort_unstable();
+                ids.dedup();
+                let mut pairs: std::collections::BTreeSet<(Uuid, Uuid)> = std::collections::BTreeSet::new();
+                for chunk in ids.chunks(BATCH) {
+                    pairs.extend(store.apps_of_users(chunk).await?);
+                }
+                for (role, user) in role_adds {
+                    pairs.extend(role_apps.get(role).into_iter().flatten().map(|a| (*user, *a)));
+                }
+                pairs.into_iter().collect()
+            }
         };
         let mut grants_cache: HashMap<Uuid, HashSet<Uuid>> = HashMap::new();
         let mut guard = Guard::new(store.clone());
@@ -167,7 +218,7 @@ impl Engine {
         for chunk in pairs.chunks(BATCH) {
             let mut states = store.load_pairs(chunk).await?;
             for s in &mut states {
-                self.imagine(&change, s, &mut grants_cache).await?;
+                self.imagine(&change, &index, s, &mut grants_cache).await?;
             }
             for s in &states {
                 let Some(app) = s.app.clone() else { continue };
@@ -242,6 +293,7 @@ impl Engine {
     async fn imagine(
         &self,
         change: &WhatIf,
+        index: &DirectoryIndex,
         s: &mut PairState,
         cache: &mut HashMap<Uuid, HashSet<Uuid>>,
     ) -> Result<(), EngineError> {
@@ -291,6 +343,24 @@ impl Engine {
             WhatIf::RoleDeleted { role } => {
                 s.roles.retain(|r| r.id != *role);
                 s.granted = self.grants_of(&s.roles, cache).await?.contains(&s.app_id);
+            }
+            WhatIf::Directory { .. } => {
+                if let Some(u) = index.users.get(&s.user_id) {
+                    s.user = Some(Arc::new(u.clone()));
+                }
+                let removes = index.removes.get(&s.user_id);
+                let adds = index.adds.get(&s.user_id);
+                if removes.is_some() || adds.is_some() {
+                    if let Some(r) = removes {
+                        s.roles.retain(|x| !r.contains(&x.id));
+                    }
+                    for role in adds.into_iter().flatten() {
+                        if !s.roles.iter().any(|x| x.id == role.id) {
+                            s.roles.push(role.clone());
+                        }
+                    }
+                    s.granted = self.grants_of(&s.roles, cache).await?.contains(&s.app_id);
+                }
             }
         }
         Ok(())

@@ -9,7 +9,7 @@ use serde_json::Value;
 use store::{AuditQuery, PairState, PlanItem, Store, StoreError};
 use uuid::Uuid;
 
-use crate::mapping::evaluate;
+use crate::mapping::{evaluate, get_path, parse_path};
 
 /// One app's side of the guard, for one change, sync or reconcile.
 #[derive(Debug, Default)]
@@ -127,15 +127,40 @@ pub struct Why {
     /// What happened, e.g. "on_delete changed to delete".
     pub what: String,
     pub role_id: Option<Uuid>,
+    /// For a change of parameters: the app attributes of the parameters added, changed or
+    /// removed.
+    pub parameters: Vec<String>,
+    /// For a change of rules: the names of the rules added, changed or removed.
+    pub rules: Vec<String>,
 }
 
 impl Why {
     pub fn new(kind: &str, actor: Option<String>, what: impl Into<String>) -> Self {
-        Self { kind: kind.into(), actor, audit_id: None, what: what.into(), role_id: None }
+        Self {
+            kind: kind.into(),
+            actor,
+            audit_id: None,
+            what: what.into(),
+            role_id: None,
+            parameters: Vec::new(),
+            rules: Vec::new(),
+        }
     }
 
-    /// The cause of an operation doing `action` for the pair `s`.
-    pub fn cause(&self, s: &PairState, action: Action) -> Cause {
+    /// The changed parameter behind an operation that sends `desired` (the first whose value
+    /// differs from what the account was last given; else the first changed one).
+    fn parameter(&self, s: &PairState, desired: Option<&Value>) -> Option<String> {
+        let last = s.account.as_ref().and_then(|a| a.last_applied.as_ref());
+        let value = |v: Option<&Value>, path: &directory::mapping::AttrPath| v.and_then(|v| get_path(v, path)).cloned();
+        self.parameters
+            .iter()
+            .find(|p| parse_path(p).is_some_and(|path| value(desired, &path) != value(last, &path)))
+            .or_else(|| self.parameters.first())
+            .cloned()
+    }
+
+    /// The cause of an operation doing `action` for the pair `s`, sending `desired`.
+    pub fn cause(&self, s: &PairState, action: Action, desired: Option<&Value>) -> Cause {
         let verb = match action {
             Action::Create => "created",
             Action::Update => "updated",
@@ -144,20 +169,39 @@ impl Why {
         };
         let by = self.actor.as_ref().map(|a| format!(" by {a}")).unwrap_or_default();
         // The rule that puts a user out of scope, for a change of rules.
-        let rule = (self.kind == "mapping" && matches!(action, Action::Suspend | Action::Delete))
-            .then(|| {
-                let (user, app) = (s.user.as_deref()?, s.app.as_deref()?);
-                let e = evaluate(user, &s.roles, app, true);
-                (!e.in_scope).then(|| e.provenance.get("scope").cloned()).flatten()
+        let deprovision = matches!(action, Action::Suspend | Action::Delete);
+        let mapping = self.kind == "mapping";
+        let evaluation = || {
+            let (user, app) = (s.user.as_deref()?, s.app.as_deref()?);
+            Some(evaluate(user, &s.roles, app, true))
+        };
+        // A deprovision of an active user who still has the app is a rule's doing, whatever
+        // changed (the rules, or the user's attributes).
+        let scoped_out =
+            deprovision && s.granted && s.user.as_deref().is_some_and(|u| u.status == directory::UserStatus::Active);
+        let rule = if scoped_out {
+            // The rule that puts the user out of scope ("rule 'Name'" in the provenance).
+            evaluation().and_then(|e| (!e.in_scope).then(|| e.provenance.get("scope").cloned()).flatten()).map(|p| {
+                p.strip_prefix("rule '").and_then(|r| r.strip_suffix('\'')).map_or_else(|| p.clone(), str::to_owned)
             })
-            .flatten();
+        } else if mapping && !self.rules.is_empty() {
+            // A changed rule that now applies to the user, else the first changed one.
+            evaluation()
+                .and_then(|e| {
+                    self.rules.iter().find(|r| e.provenance.values().any(|p| *p == format!("rule '{r}'"))).cloned()
+                })
+                .or_else(|| self.rules.first().cloned())
+        } else {
+            None
+        };
+        let parameter = (mapping && !deprovision).then(|| self.parameter(s, desired)).flatten();
         Cause {
             kind: self.kind.clone(),
             actor: self.actor.clone(),
             audit_id: self.audit_id,
             summary: format!("{verb} because {}{by}", self.what),
             rule,
-            parameter: None,
+            parameter,
             role_id: self.role_id,
         }
     }
@@ -286,9 +330,9 @@ impl Causes {
 
     /// The cause of an operation for the pair `s` doing `action`: the newest change that
     /// touched the pair.
-    pub fn cause(&self, s: &PairState, action: Action) -> Option<Cause> {
+    pub fn cause(&self, s: &PairState, action: Action, desired: Option<&Value>) -> Option<Cause> {
         if let Some(f) = &self.fixed {
-            return Some(f.cause(s, action));
+            return Some(f.cause(s, action, desired));
         }
         let candidates = [
             (self.seq.get(&(0, s.user_id, s.app_id)), self.by_pair.get(&(s.user_id, s.app_id))),
@@ -299,14 +343,16 @@ impl Causes {
             .into_iter()
             .filter_map(|(seq, why)| Some((*seq?, why?)))
             .max_by_key(|(seq, _)| *seq)
-            .map(|(_, why)| why.cause(s, action))
+            .map(|(_, why)| why.cause(s, action, desired))
     }
 
     /// Sets the cause of the operations among `items` (planned for `s`).
     pub fn stamp(&self, s: &PairState, items: &mut [PlanItem]) {
         for item in items {
-            if let PlanItem::Enqueue { action, cause, .. } | PlanItem::Replace { action, cause, .. } = item {
-                *cause = self.cause(s, *action);
+            if let PlanItem::Enqueue { action, cause, desired, .. } | PlanItem::Replace { action, cause, desired, .. } =
+                item
+            {
+                *cause = self.cause(s, *action, desired.as_ref());
             }
         }
     }
@@ -343,7 +389,7 @@ fn describe(c: &Change, audit: Option<&AuditEntry>, role_names: &HashMap<Uuid, S
         "role.remove_app" => format!("{} no longer grants the app", role()),
         "role.delete" => format!("{} was deleted", role()),
         "app.update" | "app.create" => settings_change(before, after),
-        "app.mapping" => "the app's parameters or rules changed".to_owned(),
+        "app.mapping" => mapping_change(before, after),
         "app.apply_to_existing" => format!(
             "on_suspend {} and on_delete {} were applied to existing accounts",
             field(after, &["on_suspend"]).map_or_else(String::new, words),
@@ -367,5 +413,63 @@ fn describe(c: &Change, audit: Option<&AuditEntry>, role_names: &HashMap<Uuid, S
         (Some(_), ChangeKind::Account) => "admin",
         (None, ChangeKind::Account) => "replan",
     };
-    Why { kind: kind.into(), actor, audit_id: audit.map(|a| a.id), what, role_id: c.role_id }
+    let (parameters, rules) =
+        if action == "app.mapping" { changed_mapping(before, after) } else { (Vec::new(), Vec::new()) };
+    Why { kind: kind.into(), actor, audit_id: audit.map(|a| a.id), what, role_id: c.role_id, parameters, rules }
+}
+
+/// The parameters (`null`: the default mapping) of an `app.mapping` audit side.
+fn parameters_of(v: Option<&Value>) -> Vec<Value> {
+    match field(v, &["parameters"]) {
+        Some(Value::Array(a)) => a.clone(),
+        _ => directory::mapping::default_parameters().iter().filter_map(|p| serde_json::to_value(p).ok()).collect(),
+    }
+}
+
+fn named<'a>(items: &'a [Value], key: &str) -> Vec<(&'a str, &'a Value)> {
+    items.iter().filter_map(|i| Some((i.get(key)?.as_str()?, i))).collect()
+}
+
+/// The names (by `key`) of the items added, changed or removed, in order.
+fn differing(before: &[Value], after: &[Value], key: &str) -> Vec<String> {
+    let (b, a) = (named(before, key), named(after, key));
+    let mut out: Vec<String> = Vec::new();
+    for (side, other) in [(&a, &b), (&b, &a)] {
+        for (name, v) in side.iter() {
+            let same = other.iter().any(|(n, x)| n == name && x == v);
+            if !same && !out.iter().any(|o| o == name) {
+                out.push((*name).to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// The parameters (by app attribute) and rules (by name) an `app.mapping` change changed.
+fn changed_mapping(before: Option<&Value>, after: Option<&Value>) -> (Vec<String>, Vec<String>) {
+    let parameters = differing(&parameters_of(before), &parameters_of(after), "app_attribute");
+    let rules_of = |v: Option<&Value>| field(v, &["rules"]).and_then(Value::as_array).cloned().unwrap_or_default();
+    let rules = differing(&rules_of(before), &rules_of(after), "name");
+    (parameters, rules)
+}
+
+/// An `app.mapping` change in words: which parameters and rules it changed.
+fn mapping_change(before: Option<&Value>, after: Option<&Value>) -> String {
+    let (parameters, rules) = changed_mapping(before, after);
+    let list = |v: &[String], quote: bool| {
+        let shown: Vec<String> = v.iter().take(3).map(|n| if quote { format!("'{n}'") } else { n.clone() }).collect();
+        let more = if v.len() > 3 { format!(" and {} more", v.len() - 3) } else { String::new() };
+        format!("{}{more}", shown.join(", "))
+    };
+    match (parameters.is_empty(), rules.is_empty()) {
+        (false, true) => format!(
+            "the app's parameter{} {} changed",
+            if parameters.len() == 1 { "" } else { "s" },
+            list(&parameters, false)
+        ),
+        (true, false) => {
+            format!("the app's rule{} {} changed", if rules.len() == 1 { "" } else { "s" }, list(&rules, true))
+        }
+        _ => "the app's parameters or rules changed".to_owned(),
+    }
 }

@@ -25,4 +25,4 @@ pub use admin::{Explanation, PlanPreview, PreviewSample};
 pub use desired::DesiredSummary;
 pub use quarantine::QuarantinePolicy;
 pub use runner::{Engine, EngineConfig, EngineError, ProvisionStep, ReconcileReport};
-pub use source_runner::SourceSyncer;
+pub use source_runner::{SourceSyncer, SyncDryRun, SyncPreview};

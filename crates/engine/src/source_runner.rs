@@ -10,6 +10,7 @@ use std::time::Duration;
 use chrono::Utc;
 use connectors::ldap;
 use directory::{Actor, DirectorySource, SourceSync, SyncCounts, SyncMode, SyncState, UserInput};
+use serde::Serialize;
 use store::sources::{decrypt_password, dn_key};
 use store::{SourceBatch, SourceCursor, SourceUpdate, Store, StoreError};
 use tokio::task::JoinHandle;
@@ -26,6 +27,26 @@ pub const FULL_SYNC_EVERY: Duration = Duration::from_secs(3600);
 const MAX_ERRORS: usize = 50;
 /// Entries are planned and written this many at a time, one transaction each.
 const BATCH: usize = ldap::PAGE_SIZE as usize;
+
+/// What a sync would do: its effects on the apps, and its own counts.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SyncDryRun {
+    #[serde(flatten)]
+    pub run: crate::dry_run::DryRun,
+    pub sync: SyncPreview,
+}
+
+/// The sync a dry run describes.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SyncPreview {
+    pub mode: SyncMode,
+    /// What it would read, create, update, suspend and reactivate.
+    pub counts: SyncCounts,
+    /// The source's own mass-suspension guard would stop the sync for confirmation (its
+    /// suspensions are then not in the effects).
+    pub awaiting_confirmation: bool,
+    pub pending_suspensions: u64,
+}
 
 /// Why a sync stopped before the end.
 enum Stop {
@@ -405,6 +426,113 @@ impl SourceSyncer {
             self.heartbeat(sync).await?;
         }
         Ok(())
+    }
+
+    /// What a sync of `source` (saved or not, with these settings) would do, reading the
+    /// directory with `password` as the sync would; nothing is written (no user, no role
+    /// membership, no cursor, no sync record). Suspensions the source's own guard would stop
+    /// for confirmation are counted in `pending_suspensions`, not in the effects.
+    pub async fn dry_run(
+        &self,
+        source: &DirectorySource,
+        password: &str,
+        mode: Option<SyncMode>,
+    ) -> Result<SyncDryRun, EngineError> {
+        let cursor = match self.store.source_cursor(source.id).await {
+            Ok(c) => c,
+            Err(StoreError::NotFound) => SourceCursor::default(),
+            Err(e) => return Err(e.into()),
+        };
+        let mode = match mode {
+            Some(SyncMode::Incremental) if cursor.watermark.is_some() => SyncMode::Incremental,
+            _ => SyncMode::Full,
+        };
+        let full = mode == SyncMode::Full;
+        let defs = self.store.list_attribute_defs().await?;
+        let roles: Vec<Uuid> = source.groups.iter().map(|g| g.role_id).collect();
+        let mut state =
+            PlanState { members: self.store.role_members(&roles).await?.into_iter().collect(), ..PlanState::default() };
+        let links = self.store.source_links(source.id).await?;
+        let mut known: HashSet<Uuid> = HashSet::with_capacity(links.len());
+        for l in &links {
+            state.by_dn.insert(dn_key(&l.dn), l.user_id);
+            known.insert(l.user_id);
+        }
+        let mut conn = ldap::connect(source, password, &self.engine.config().outbound).await.map_err(directory_error)?;
+        let watermark = if full { None } else { cursor.watermark.clone() };
+        let mut reader = ldap::search_people(&mut conn, source, watermark.as_deref()).await.map_err(directory_error)?;
+        let mut counts = SyncCounts::default();
+        let mut users: HashMap<Uuid, directory::User> = HashMap::new();
+        let (mut role_adds, mut role_removes) = (Vec::new(), Vec::new());
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut to_suspend: Vec<String> = Vec::new();
+        loop {
+            let page = reader.next_page(BATCH).await.map_err(directory_error)?;
+            if page.is_empty() {
+                break;
+            }
+            counts.entries_read += page.len() as u64;
+            let ids: Vec<String> = page.iter().map(|e| e.stable_id.clone()).collect();
+            state.linked = self
+                .store
+                .linked_users(source.id, &ids)
+                .await?
+                .into_iter()
+                .map(|l| (l.link.stable_id.clone(), l))
+                .collect();
+            let plan = plan_page(source, &defs, &page, &mut state, directory::now());
+            counts.created += plan.created;
+            counts.updated += plan.updated;
+            counts.reactivated += plan.reactivated;
+            counts.unchanged += plan.unchanged;
+            counts.failed += plan.failed;
+            counts.memberships_changed += (plan.batch.role_adds.len() + plan.batch.role_removes.len()) as u64;
+            for (user, _) in plan.batch.creates {
+                known.insert(user.id);
+                users.insert(user.id, user);
+            }
+            for u in plan.batch.updates {
+                users.insert(u.user.id, u.user);
+            }
+            role_adds.extend(plan.batch.role_adds);
+            role_removes.extend(plan.batch.role_removes);
+            to_suspend.extend(plan.to_suspend);
+            seen.extend(page.iter().map(|e| e.stable_id.clone()));
+        }
+        let _ = conn.unbind().await;
+        let mut suspend = to_suspend;
+        if full {
+            suspend.extend(missing(&links, &seen));
+        }
+        let mut uniq = HashSet::new();
+        suspend.retain(|s| uniq.insert(s.clone()));
+        let mut suspended: Vec<directory::User> = Vec::new();
+        for chunk in suspend.chunks(BATCH) {
+            let linked = self.store.linked_users(source.id, chunk).await?;
+            suspended.extend(suspensions(&linked, directory::now()).into_iter().map(|u| u.user));
+        }
+        let total = (known.len() as u64).max(1);
+        let awaiting_confirmation = guard_trips(total, suspended.len() as u64, source.guard_percent);
+        let pending_suspensions = if awaiting_confirmation { suspended.len() as u64 } else { 0 };
+        if !awaiting_confirmation {
+            counts.suspended = suspended.len() as u64;
+            for mut u in suspended {
+                // A user the sync also updates keeps those updates.
+                if let Some(updated) = users.get(&u.id) {
+                    u = directory::User { status: directory::UserStatus::Suspended, ..updated.clone() };
+                }
+                users.insert(u.id, u);
+            }
+        }
+        let run = self
+            .engine
+            .dry_run(crate::dry_run::WhatIf::Directory {
+                users: users.into_values().collect(),
+                role_adds,
+                role_removes,
+            })
+            .await?;
+        Ok(SyncDryRun { run, sync: SyncPreview { mode, counts, awaiting_confirmation, pending_suspensions } })
     }
 
     /// Starts the schedule: every source with a schedule is synced once per period (by one

@@ -134,7 +134,8 @@ async fn get_user(State(s): State<AppState>, Path(id): Path<Uuid>) -> Result<Res
 }
 
 /// Change a user with a JSON merge patch (RFC 7396); `{"status": "suspended"}` suspends.
-#[utoipa::path(patch, path = "/users/{id}", tag = "users", params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header)),
+/// With `?dry_run=true` it answers a `DryRun` instead and writes nothing.
+#[utoipa::path(patch, path = "/users/{id}", tag = "users", params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), DryRunParams),
     request_body(content = Object, content_type = "application/merge-patch+json"),
     responses((status = 200, body = User), (status = 412, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json")))]
@@ -154,8 +155,8 @@ async fn patch_user(
 }
 
 /// Delete a user: their status becomes `deleted` and they leave their roles.
-#[utoipa::path(delete, path = "/users/{id}", tag = "users", params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header)),
-    responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(delete, path = "/users/{id}", tag = "users", params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), DryRunParams),
+    responses((status = 200, description = "With `?dry_run=true`: what the change would do; nothing is written", body = engine::dry_run::DryRun), (status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn delete_user(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -239,8 +240,8 @@ async fn patch_role(
 }
 
 /// Delete a role; its members lose the apps it granted.
-#[utoipa::path(delete, path = "/roles/{id}", tag = "roles", params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header)),
-    responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(delete, path = "/roles/{id}", tag = "roles", params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), DryRunParams),
+    responses((status = 200, description = "With `?dry_run=true`: what the change would do; nothing is written", body = engine::dry_run::DryRun), (status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn delete_role(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -279,8 +280,8 @@ async fn role_users(
 }
 
 /// Add a user to a role (idempotent).
-#[utoipa::path(put, path = "/roles/{id}/users/{user_id}", tag = "roles", params(("id" = Uuid, Path), ("user_id" = Uuid, Path)),
-    responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(put, path = "/roles/{id}/users/{user_id}", tag = "roles", params(("id" = Uuid, Path), ("user_id" = Uuid, Path), DryRunParams),
+    responses((status = 200, description = "With `?dry_run=true`: what the change would do; nothing is written", body = engine::dry_run::DryRun), (status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn add_role_user(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -295,8 +296,8 @@ async fn add_role_user(
 }
 
 /// Remove a user from a role (idempotent).
-#[utoipa::path(delete, path = "/roles/{id}/users/{user_id}", tag = "roles", params(("id" = Uuid, Path), ("user_id" = Uuid, Path)),
-    responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(delete, path = "/roles/{id}/users/{user_id}", tag = "roles", params(("id" = Uuid, Path), ("user_id" = Uuid, Path), DryRunParams),
+    responses((status = 200, description = "With `?dry_run=true`: what the change would do; nothing is written", body = engine::dry_run::DryRun), (status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn remove_role_user(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -318,8 +319,8 @@ async fn role_apps(State(s): State<AppState>, Path(id): Path<Uuid>) -> Result<Js
 }
 
 /// Grant an app to a role's members (idempotent).
-#[utoipa::path(put, path = "/roles/{id}/apps/{app_id}", tag = "roles", params(("id" = Uuid, Path), ("app_id" = Uuid, Path)),
-    responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(put, path = "/roles/{id}/apps/{app_id}", tag = "roles", params(("id" = Uuid, Path), ("app_id" = Uuid, Path), DryRunParams),
+    responses((status = 200, description = "With `?dry_run=true`: what the change would do; nothing is written", body = engine::dry_run::DryRun), (status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn add_role_app(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -334,8 +335,8 @@ async fn add_role_app(
 }
 
 /// Stop granting an app to a role's members (idempotent).
-#[utoipa::path(delete, path = "/roles/{id}/apps/{app_id}", tag = "roles", params(("id" = Uuid, Path), ("app_id" = Uuid, Path)),
-    responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(delete, path = "/roles/{id}/apps/{app_id}", tag = "roles", params(("id" = Uuid, Path), ("app_id" = Uuid, Path), DryRunParams),
+    responses((status = 200, description = "With `?dry_run=true`: what the change would do; nothing is written", body = engine::dry_run::DryRun), (status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn remove_role_app(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -356,7 +357,7 @@ async fn remove_role_app(
 pub struct DryRunParams {
     /// Validate as usual, change nothing, and answer `{"effects": [...], "roles": [...]}`.
     #[serde(default)]
-    dry_run: bool,
+    pub(crate) dry_run: bool,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -408,7 +409,8 @@ async fn get_app(State(s): State<AppState>, Path(id): Path<Uuid>) -> Result<Resp
 /// Change an app with a JSON merge patch. Leave the secret out to keep the stored one; a
 /// `connection.auth` of another `type` replaces the credential. Moving `connection.base_url` or
 /// `connection.auth.token_url` to another scheme, host or port needs the secret again (422 naming it).
-#[utoipa::path(patch, path = "/apps/{id}", tag = "apps", params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header)),
+/// With `?dry_run=true` it answers a `DryRun` instead and writes nothing.
+#[utoipa::path(patch, path = "/apps/{id}", tag = "apps", params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), AppWriteParams),
     request_body(content = Object, content_type = "application/merge-patch+json"),
     responses((status = 200, body = App), (status = 412, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json")))]
@@ -768,8 +770,8 @@ async fn get_parameters(State(s): State<AppState>, Path(id): Path<Uuid>) -> Resu
 }
 
 /// Replace the app's parameters. Every user the app concerns is planned again; only real
-/// differences are queued.
-#[utoipa::path(put, path = "/apps/{id}/parameters", tag = "mapping", params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header)),
+/// differences are queued. With `?dry_run=true` it answers a `DryRun` instead and writes nothing.
+#[utoipa::path(put, path = "/apps/{id}/parameters", tag = "mapping", params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), DryRunParams),
     request_body = Vec<Parameter>,
     responses((status = 200, body = Vec<Parameter>), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn put_parameters(
@@ -810,7 +812,8 @@ async fn get_rules(State(s): State<AppState>, Path(id): Path<Uuid>) -> Result<Re
 
 /// Replace the app's rules. Rules run in order; for a single-valued attribute the last
 /// matching rule wins; entitlements accumulate; "do not provision" puts the user out of scope.
-#[utoipa::path(put, path = "/apps/{id}/rules", tag = "mapping", params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header)),
+/// With `?dry_run=true` it answers a `DryRun` instead and writes nothing.
+#[utoipa::path(put, path = "/apps/{id}/rules", tag = "mapping", params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), DryRunParams),
     request_body = Vec<Rule>,
     responses((status = 200, body = Vec<Rule>), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn put_rules(

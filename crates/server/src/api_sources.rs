@@ -11,6 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use crate::api::DryRunParams;
 use crate::error::{Problem, Result};
 use crate::extract::{etag, ApiJson, ApiQuery, IfMatch, MergePatch};
 use crate::AppState;
@@ -37,15 +38,21 @@ async fn list_sources(State(s): State<AppState>) -> Result<Json<Page<DirectorySo
     Ok(Json(Page { items: s.service.list_sources().await?, next_cursor: None }))
 }
 
-/// Add a directory source. `bind_password` is kept encrypted and never shown.
-#[utoipa::path(post, path = "/sources", tag = "sources", request_body = SourceInput,
-    responses((status = 201, body = DirectorySource), (status = 409, body = Problem, content_type = "application/problem+json"),
+/// Add a directory source. `bind_password` is kept encrypted and never shown. With
+/// `?dry_run=true` nothing is saved: the directory is read as the source's first sync would,
+/// and the answer says what that sync would do.
+#[utoipa::path(post, path = "/sources", tag = "sources", request_body = SourceInput, params(DryRunParams),
+    responses((status = 200, description = "With `?dry_run=true`: what a full sync with these settings would do (the directory is read; nothing is written)", body = engine::SyncDryRun), (status = 201, body = DirectorySource), (status = 409, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn create_source(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
+    ApiQuery(d): ApiQuery<DryRunParams>,
     ApiJson(input): ApiJson<SourceInput>,
 ) -> Result<Response> {
+    if d.dry_run {
+        return Ok(Json(s.service.dry_run_create_source(input).await?).into_response());
+    }
     let source = s.service.create_source(&actor, input).await?;
     Ok(tagged(StatusCode::CREATED, source.version, source))
 }
@@ -60,7 +67,9 @@ async fn get_source(State(s): State<AppState>, Path(id): Path<Uuid>) -> Result<R
 
 /// Change a directory source with a JSON merge patch; `bind_password` replaces the password.
 /// Moving `url` to another scheme, host or port needs `bind_password` again (422 naming it).
-#[utoipa::path(patch, path = "/sources/{id}", tag = "sources", params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header)),
+/// With `?dry_run=true` nothing is saved: the answer (a `SyncDryRun`) says what a full sync
+/// with the changed settings would do.
+#[utoipa::path(patch, path = "/sources/{id}", tag = "sources", params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), DryRunParams),
     request_body(content = Object, content_type = "application/merge-patch+json"),
     responses((status = 200, body = DirectorySource), (status = 412, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json")))]
@@ -69,23 +78,32 @@ async fn patch_source(
     Extension(actor): Extension<Actor>,
     Path(id): Path<Uuid>,
     IfMatch(v): IfMatch,
+    ApiQuery(d): ApiQuery<DryRunParams>,
     MergePatch(patch): MergePatch,
 ) -> Result<Response> {
+    if d.dry_run {
+        return Ok(Json(s.service.dry_run_patch_source(id, &patch, v).await?).into_response());
+    }
     let source = s.service.patch_source(&actor, id, &patch, v).await?;
     Ok(tagged(StatusCode::OK, source.version, source))
 }
 
-/// Delete a directory source. Its users stay, and become editable here.
-#[utoipa::path(delete, path = "/sources/{id}", tag = "sources", params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header)),
-    responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
+/// Delete a directory source. Its users stay, and become editable here (so its dry run
+/// answers no effects).
+#[utoipa::path(delete, path = "/sources/{id}", tag = "sources", params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), DryRunParams),
+    responses((status = 200, description = "With `?dry_run=true`: what the change would do; nothing is written", body = engine::dry_run::DryRun), (status = 204), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn delete_source(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
     Path(id): Path<Uuid>,
     IfMatch(v): IfMatch,
-) -> Result<StatusCode> {
+    ApiQuery(d): ApiQuery<DryRunParams>,
+) -> Result<Response> {
+    if d.dry_run {
+        return Ok(Json(s.service.dry_run_delete_source(id, v).await?).into_response());
+    }
     s.service.delete_source(&actor, id, v).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// The answer of a connection test.
@@ -116,11 +134,16 @@ pub struct SyncParams {
     /// `full` (default): every entry, and people gone from the source are suspended;
     /// `incremental`: only entries changed since the last sync.
     mode: Option<SyncMode>,
+    /// Read the directory as the sync would and answer what it would do (`200`, a
+    /// `SyncDryRun`); nothing is imported, no sync is recorded.
+    #[serde(default)]
+    dry_run: bool,
 }
 
 /// Start a sync now; answers at once with the sync, whose progress `GET .../syncs/{sync_id}` shows.
 #[utoipa::path(post, path = "/sources/{id}/sync", tag = "sources", params(("id" = Uuid, Path), SyncParams),
-    responses((status = 202, body = SourceSync),
+    responses((status = 200, description = "With `?dry_run=true`: what the sync would do (the directory is read; nothing is imported)", body = engine::SyncDryRun),
+        (status = 202, body = SourceSync),
         (status = 409, description = "A sync of the source is running or awaits confirmation", body = Problem, content_type = "application/problem+json")))]
 async fn start_sync(
     State(s): State<AppState>,
@@ -128,6 +151,9 @@ async fn start_sync(
     Path(id): Path<Uuid>,
     ApiQuery(p): ApiQuery<SyncParams>,
 ) -> Result<Response> {
+    if p.dry_run {
+        return Ok(Json(s.service.dry_run_source_sync(id, p.mode).await?).into_response());
+    }
     let sync = s.service.start_source_sync(&actor, id, p.mode).await?;
     Ok((StatusCode::ACCEPTED, Json(sync)).into_response())
 }

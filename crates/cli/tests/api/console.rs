@@ -1180,3 +1180,148 @@ async fn console_app_page_names_the_read_strategy_and_contradiction() {
     assert!(html.contains("POST /.search paging: asked for startIndex=3"), "{html}");
     assert_eq!(scim.counts().writes(), 0);
 }
+
+/// The blast-radius guard in headless Chromium against the real scim2-server: a save that
+/// would delete accounts asks first with the count in the button; what the guard held is
+/// reviewed on the app's page (some allowed, the others rejected); the Apps page and the
+/// Provisioning page say how many deprovisions are held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_guard_confirmation_and_held_review_in_a_real_browser() {
+    let scim = Arc::new(Scim2Server::spawn(Some(APP_TOKEN)));
+    let console = Arc::new(Console::start(Default::default()).await);
+    let base = console.url("");
+    let shots = std::env::var_os("CONSOLE_SCREENSHOTS").map(PathBuf::from);
+    let (scim2, console2) = (scim.clone(), console.clone());
+    with_browser("console_guard", move |b| async move {
+        let (scim, console) = (scim2, console2);
+        let w = Walk { b, base, shots };
+        w.sign_in().await;
+        let id = w.new_app("Wiki", &scim.base_url, APP_TOKEN).await;
+        w.click("#test-connection").await;
+        w.wait_text("#test-result", "the credentials were accepted").await;
+        w.enable_provisioning(&id, false).await;
+
+        // Thirty people with accounts; on_delete "Do nothing"; twelve leave the role and keep them.
+        let app_id: uuid::Uuid = id.parse().unwrap();
+        let service = &console.state.service;
+        let actor = directory::Actor::admin(ADMIN);
+        let role = service.create_role(&actor, directory::RoleInput { name: "Staff".into(), description: None }).await;
+        let role = role.unwrap();
+        service.add_role_app(&actor, role.id, app_id).await.unwrap();
+        let mut users = Vec::new();
+        for i in 1..=30 {
+            let name = format!("member{i:02}");
+            let input = directory::UserInput { username: name.clone(), ..Default::default() };
+            let u = service.create_user(&actor, input, directory::UserSource::Local).await.unwrap();
+            service.add_role_user(&actor, role.id, u.id).await.unwrap();
+            users.push(u.id);
+        }
+        let total = || {
+            let scim = scim.clone();
+            async move { scim_call(&scim, reqwest::Method::GET, "/Users?count=100", None).await["totalResults"].clone() }
+        };
+        eventually("30 accounts", || {
+            let t = total();
+            async move { t.await == 30 }
+        })
+        .await;
+        let patch = serde_json::json!({"provisioning": {"on_delete": "none"}});
+        service.patch_app(&actor, app_id, patch.as_object().unwrap(), None).await.unwrap();
+        for u in &users[..12] {
+            service.remove_role_user(&actor, role.id, *u).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(total().await, 30, "on_delete none: the leavers keep their accounts");
+
+        // "Delete the account", applied to existing accounts: the save asks first, with the count.
+        w.go(&format!("/console/apps/{id}/provisioning")).await;
+        w.select("#on-delete", "delete").await;
+        w.click("#apply-to-existing").await;
+        w.click("form.card button.primary").await;
+        w.wait_text("#confirm-deprovision", "Saving would suspend or delete 12 accounts in Wiki").await;
+        w.wait_text("#confirm-deprovision", "the deprovisioning guard would hold 12 of them for review").await;
+        assert_eq!(w.text("#confirm-save").await, "Save and deprovision 12 accounts");
+        assert_eq!(w.prop("#on-delete", "value").await, "delete", "the choice is kept while asking");
+        let stored = service.get_app(app_id).await.unwrap();
+        assert_eq!(stored.provisioning.on_delete, directory::DeprovisionAction::None, "nothing saved before confirming");
+        w.b.execute("document.getElementById('confirm-save').scrollIntoView({block: 'center'})", vec![]).await.unwrap();
+        w.shot("guard-confirm").await;
+        w.click("#confirm-save").await;
+        w.wait_text(".flash-ok", "Provisioning settings saved").await;
+
+        // The guard holds the twelve deletions: nothing reaches the app.
+        eventually("12 held", || {
+            let console = console.clone();
+            async move { console.state.service.held_events(app_id).await.unwrap().len() == 12 }
+        })
+        .await;
+        assert_eq!(total().await, 30, "nothing sent for held deletions");
+        w.go("/console/apps").await;
+        w.wait_text(".held-count", "12 deprovisions held").await;
+        w.go("/console/provisioning").await;
+        w.wait_text(".held-count", "12 deprovisions held").await;
+        w.wait_text(".held-count", "in Wiki").await;
+
+        // The review on the app's page: allow two, reject two, then reject the other eight.
+        w.go(&format!("/console/apps/{id}/provisioning")).await;
+        w.wait_text("#held-count", "12 deprovisions held").await;
+        w.wait_text("#held-list", "deleted because").await;
+        let held = service.held_events(app_id).await.unwrap();
+        let id_of = |name: &str| held.iter().find(|e| e.username == name).unwrap().id.to_string();
+        for name in ["member01", "member02"] {
+            w.click(&format!("#held-list input[value='{}']", id_of(name))).await;
+        }
+        w.shot("held-review").await;
+        w.click("#allow-selected").await;
+        w.wait_text(".flash-ok", "Allowed 2 held operations").await;
+        w.wait_text("#held-count", "10 deprovisions held").await;
+        for name in ["member03", "member04"] {
+            w.click(&format!("#held-list input[value='{}']", id_of(name))).await;
+        }
+        w.click("#reject-selected").await;
+        w.wait_text(".flash-ok", "Rejected 2 held operations").await;
+        w.wait_text("#held-count", "8 deprovisions held").await;
+        w.click("#reject-all").await;
+        w.wait_text(".flash-ok", "Rejected 8 held operations").await;
+        w.wait_for("#held-review", false).await;
+        eventually("the two allowed deletions are sent", || {
+            let t = total();
+            async move { t.await == 28 }
+        })
+        .await;
+        for (name, present) in [("member01", false), ("member02", false), ("member03", true), ("member04", true)] {
+            assert_eq!(scim_users(&scim, name).await.len(), usize::from(present), "{name}");
+        }
+        for name in ["member03", "member04"] {
+            let e = service.get_event(id_of(name).parse().unwrap()).await.unwrap();
+            assert_eq!(e.status, directory::EventStatus::Rejected, "{name}");
+        }
+
+        // Revoking the app from the role asks first too; confirmed, the guard holds the eighteen
+        // deletions, and "Allow all" sends them.
+        w.go(&format!("/console/roles/{}", role.id)).await;
+        w.click(&format!("form[action$='/apps/{id}/remove'] button")).await;
+        w.wait_text("#confirm-deprovision", "Revoking Wiki from the role would suspend or delete 18 accounts").await;
+        assert_eq!(w.text("#confirm-save").await, "Revoke and deprovision 18 accounts");
+        assert_eq!(service.apps_of_role(role.id).await.unwrap().len(), 1, "nothing changed before confirming");
+        w.click("#confirm-save").await;
+        w.wait_text(".flash-ok", "The role no longer grants the app").await;
+        eventually("18 held", || {
+            let console = console.clone();
+            async move { console.state.service.held_events(app_id).await.unwrap().len() == 18 }
+        })
+        .await;
+        assert_eq!(total().await, 28, "nothing sent for held deletions");
+        w.go(&format!("/console/apps/{id}/provisioning")).await;
+        w.click("#allow-all").await;
+        w.wait_text(".flash-ok", "Allowed 18 held operations").await;
+        eventually("the eighteen deletions are sent", || {
+            let t = total();
+            async move { t.await == 10 }
+        })
+        .await;
+    })
+    .await;
+    let audit = console.audit().await;
+    assert!(audit.iter().any(|e| e.action == "app.apply_to_existing" && e.actor.name == ADMIN));
+}

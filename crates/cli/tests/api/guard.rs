@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
+use testkit::Slapd;
+
 use crate::engine::World;
+use crate::ldap::{create_source, openldap_source, sync};
 use crate::support::Backend;
 
 /// Every account in the app, read straight from it: (userName, active), by userName.
@@ -370,4 +373,201 @@ async fn the_guard_holds_deletions_pushed_over_scim(backend: Backend) {
     assert_eq!(events(&w, "rejected").await.len(), 20);
 }
 
-on_both_backends!(the_guard_holds_every_cause, settings_apply_forward, the_guard_holds_deletions_pushed_over_scim);
+/// Reconcile as a cause: accounts carrying our users' ids, found in the app by a reconcile,
+/// whose users should have none (they are in no role granting it), are deletions over the
+/// limits: held with cause `reconcile`; reject sticks through the next reconcile. And a
+/// parameter change's updates name the parameter.
+async fn the_guard_holds_what_a_reconcile_finds(backend: Backend) {
+    let w = World::new_on(backend, json!({"enabled": true, "on_suspend": "suspend", "on_delete": "delete"})).await;
+    let app = w.app.clone();
+    for i in 0..20 {
+        let u = w.user(&format!("g{i:02}"), "Staff").await;
+        w.grant(&u).await;
+    }
+    app_until(&w, "20 accounts", |a| a.len() == 20).await;
+    quiet(&w).await;
+
+    // A parameter change: every update names the parameter.
+    let mut params: Vec<Value> =
+        serde_json::from_value(w.s.get(&format!("/api/v1/apps/{app}/parameters")).await.body).unwrap();
+    for p in &mut params {
+        if p["app_attribute"] == "title" {
+            p["source"] = json!({"constant": "Employee"});
+        }
+    }
+    let put = w.s.call(Method::PUT, &format!("/api/v1/apps/{app}/parameters"), Some(json!(params))).await;
+    assert_eq!(put.status, StatusCode::OK, "{put:#?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let updates = loop {
+        quiet(&w).await;
+        let u: Vec<Value> = events(&w, "provisioned").await.into_iter().filter(|e| e["action"] == "update").collect();
+        if u.len() == 20 {
+            break u;
+        }
+        assert!(Instant::now() < deadline, "{} updates", u.len());
+    };
+    let cause = &updates[0]["cause"];
+    assert_eq!((cause["kind"].as_str(), cause["parameter"].as_str()), (Some("mapping"), Some("title")), "{cause:#}");
+    assert!(cause["summary"].as_str().unwrap().contains("parameter title changed"), "{cause:#}");
+    assert!(updates.iter().all(|e| e["cause"]["parameter"] == "title"));
+    println!("cause mapping (a parameter changed for 20 accounts): 20 updates, each naming parameter title");
+
+    // 30 accounts made in the app directly with our users' ids, for users in no role.
+    for i in 0..30 {
+        let name = format!("r{i:02}");
+        let u = w.user(&name, "Staff").await;
+        w.app_call(
+            Method::POST,
+            "/Users",
+            Some(json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": name,
+                "externalId": u, "active": true})),
+        )
+        .await;
+    }
+    quiet(&w).await;
+    assert_eq!(app_accounts(&w).await.len(), 50);
+    let rec = w.s.post(&format!("/api/v1/apps/{app}/reconcile"), json!({})).await;
+    assert_eq!(rec.status, StatusCode::OK, "{rec:#?}");
+    assert_eq!((rec.body["adopted"].as_u64(), rec.body["queued"].as_u64()), (Some(30), Some(30)), "{:#}", rec.body);
+    let h = held(&w, 30).await;
+    assert!(h.iter().all(|e| e["action"] == "delete" && e["cause"]["kind"] == "reconcile"), "{:#}", h[0]);
+    assert!(h[0]["cause"]["summary"].as_str().unwrap().contains("reconciliation"), "{:#}", h[0]);
+    quiet(&w).await;
+    assert_eq!(app_accounts(&w).await.len(), 50, "nothing sent for held deletions");
+    let (reject, allow): (Vec<&Value>, Vec<&Value>) =
+        h.iter().partition(|e| e["username"].as_str().unwrap()[1..].parse::<usize>().unwrap() < 10);
+    let ids = |v: &[&Value]| v.iter().map(|e| e["id"].clone()).collect::<Vec<_>>();
+    let r = w.s.post(&format!("/api/v1/apps/{app}/held/reject"), json!({"event_ids": ids(&reject)})).await;
+    assert_eq!(r.body["items"].as_array().unwrap().len(), 10, "{r:#?}");
+    let a = w.s.post(&format!("/api/v1/apps/{app}/held/allow"), json!({"event_ids": ids(&allow)})).await;
+    assert_eq!(a.body["items"].as_array().unwrap().len(), 20, "{a:#?}");
+    let accounts = app_until(&w, "20 deletions", |a| a.len() == 30).await;
+    assert!(accounts.iter().any(|(u, _)| u == "r00") && !accounts.iter().any(|(u, _)| u == "r29"));
+    println!("cause reconcile (30 found accounts of users without the app, 20 managed): held 30, rejected 10, allowed 20 (sent)");
+    // The next reconcile queues nothing again: the rejections stick.
+    let rec = w.s.post(&format!("/api/v1/apps/{app}/reconcile"), json!({})).await;
+    assert_eq!(rec.body["queued"], 0, "{:#}", rec.body);
+    quiet(&w).await;
+    assert!(events(&w, "held").await.is_empty());
+    assert_eq!(events(&w, "rejected").await.len(), 10);
+    assert_eq!(app_accounts(&w).await.len(), 30);
+
+    // A user's change that puts them out of a rule's scope: the cause names the rule. The 20
+    // deletions allowed within the window keep the app over its limits: held too.
+    let rules = json!([{"name": "No interns", "match": "all",
+        "conditions": [{"attribute": "title", "op": "equals", "value": "Intern"}],
+        "actions": [{"do_not_provision": true}]}]);
+    assert_eq!(w.s.call(Method::PUT, &format!("/api/v1/apps/{app}/rules"), Some(rules)).await.status, StatusCode::OK);
+    let g05 = updates.iter().find(|e| e["username"] == "g05").unwrap()["user_id"].as_str().unwrap().to_owned();
+    assert_eq!(w.s.patch(&format!("/api/v1/users/{g05}"), json!({"title": "Intern"})).await.status, StatusCode::OK);
+    let h = held(&w, 1).await;
+    let cause = &h[0]["cause"];
+    assert_eq!((h[0]["action"].as_str(), cause["kind"].as_str()), (Some("delete"), Some("user_change")), "{cause:#}");
+    assert_eq!(cause["rule"], "No interns", "{cause:#}");
+    println!("cause user_change scoped out by a rule (1 deletion, window already holding 20): held 1, rule named");
+}
+
+/// A directory source disabling 30% of its 100 people, its own import guard set at 50%: the
+/// app's guard holds the sync's suspensions, nothing reaches the app; allow sends, reject
+/// leaves the accounts. Dry runs of the source's writes and of the sync change nothing and
+/// count what the real sync does.
+async fn the_guard_holds_a_directory_sync(backend: Backend) {
+    let slapd = Slapd::start();
+    let mut ldif = String::new();
+    let mut members = String::new();
+    for i in 0..100 {
+        let uid = format!("d{i:03}");
+        ldif.push_str(&Slapd::person_ldif(&uid, "Dir", &format!("Person{i}"), &[("title", "Clerk")]));
+        members.push_str(&format!("member: {}\n", Slapd::person_dn(&uid)));
+    }
+    ldif.push_str(&format!("dn: cn=staff,{}\nobjectClass: groupOfNames\ncn: staff\n{members}\n", Slapd::GROUPS));
+    slapd.add(&ldif);
+    let w = World::new_on(backend, json!({"enabled": true, "on_suspend": "suspend", "on_delete": "delete"})).await;
+    let app = w.app.clone();
+    let body = openldap_source(
+        &slapd,
+        json!({"guard_percent": 50, "groups": [{"group_dn": format!("cn=staff,{}", Slapd::GROUPS), "role_id": w.role}]}),
+    );
+
+    // Adding the source, dry: its first sync would create 100 people and 100 accounts.
+    let dry = w.s.post("/api/v1/sources?dry_run=true", body.clone()).await;
+    assert_eq!(dry.status, StatusCode::OK, "{dry:#?}");
+    assert_eq!(dry.body["sync"]["counts"]["created"], 100, "{:#}", dry.body["sync"]);
+    assert_eq!(n(effect(&dry.body, &app), "create"), 100, "{:#}", dry.body);
+    assert_eq!(dry.body["roles"][0]["joins"], 100, "{:#}", dry.body["roles"]);
+    assert_eq!(w.s.get("/api/v1/sources").await.body["items"], json!([]), "a dry run saves nothing");
+    assert_eq!(w.s.get("/api/v1/users").await.body["items"], json!([]));
+    let source = create_source(&w.s, body).await;
+    let done = sync(&w.s, &source, "full").await;
+    assert_eq!((done["state"].as_str(), done["counts"]["created"].as_u64()), (Some("succeeded"), Some(100)));
+    app_until(&w, "100 accounts", |a| a.len() == 100 && active(a) == 100).await;
+    quiet(&w).await;
+
+    // 30 disabled in the directory.
+    let mut disable = String::new();
+    for i in 70..100 {
+        disable.push_str(&format!(
+            "dn: {}\nchangetype: modify\nreplace: employeeType\nemployeeType: disabled\n\n",
+            Slapd::person_dn(&format!("d{i:03}"))
+        ));
+    }
+    slapd.modify(&disable);
+    let events_before = event_count(&w).await;
+    // The sync, dry: 30 suspensions, all of them over the app's guard.
+    let dry = w.s.post(&format!("/api/v1/sources/{source}/sync?dry_run=true"), json!({})).await;
+    assert_eq!(dry.status, StatusCode::OK, "{dry:#?}");
+    let e = effect(&dry.body, &app);
+    assert_eq!((n(e, "suspend"), n(e, "held"), n(e, "delete"), n(e, "create")), (30, 30, 0, 0), "{:#}", dry.body);
+    assert_eq!(dry.body["sync"]["counts"]["suspended"], 30, "{:#}", dry.body["sync"]);
+    assert_eq!(dry.body["sync"]["awaiting_confirmation"], false);
+    // A PATCH lowering the source's own guard, dry: that sync would stop for confirmation.
+    let dry_patch = w.s.patch(&format!("/api/v1/sources/{source}?dry_run=true"), json!({"guard_percent": 20})).await;
+    assert_eq!(dry_patch.status, StatusCode::OK, "{dry_patch:#?}");
+    assert_eq!(dry_patch.body["sync"]["awaiting_confirmation"], true, "{:#}", dry_patch.body);
+    assert_eq!(dry_patch.body["sync"]["pending_suspensions"], 30);
+    assert!(effect(&dry_patch.body, &app).is_null(), "stopped: nothing reaches the app, {:#}", dry_patch.body);
+    // Deleting the source, dry: its users stay, so nothing changes in the app.
+    let dry_delete = w.s.delete(&format!("/api/v1/sources/{source}?dry_run=true")).await;
+    assert_eq!(dry_delete.status, StatusCode::OK, "{dry_delete:#?}");
+    assert_eq!(dry_delete.body, json!({"effects": [], "roles": []}));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let s = w.s.get(&format!("/api/v1/sources/{source}")).await;
+    assert_eq!((s.status, s.body["guard_percent"].as_u64()), (StatusCode::OK, Some(50)), "dry runs save nothing");
+    assert_eq!(w.s.get(&format!("/api/v1/sources/{source}/syncs")).await.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(w.s.get("/api/v1/users?status=suspended").await.body["items"], json!([]));
+    assert_eq!(event_count(&w).await, events_before, "a dry run queues nothing");
+    assert_eq!(active(&app_accounts(&w).await), 100);
+
+    // The real sync: the source's guard (50%) lets it through; the app's guard holds all 30.
+    let done = sync(&w.s, &source, "full").await;
+    assert_eq!((done["state"].as_str(), done["counts"]["suspended"].as_u64()), (Some("succeeded"), Some(30)));
+    let h = held(&w, 30).await;
+    assert!(h.iter().all(|e| e["action"] == "suspend" && e["cause"]["kind"] == "source_sync"), "{:#}", h[0]);
+    assert!(h[0]["cause"]["summary"].as_str().unwrap().contains("directory source Corp LDAP"), "{:#}", h[0]);
+    quiet(&w).await;
+    assert_eq!(active(&app_accounts(&w).await), 100, "nothing sent for held suspensions");
+    let (reject, allow): (Vec<&Value>, Vec<&Value>) =
+        h.iter().partition(|e| e["username"].as_str().unwrap()[1..].parse::<usize>().unwrap() < 85);
+    let ids = |v: &[&Value]| v.iter().map(|e| e["id"].clone()).collect::<Vec<_>>();
+    let r = w.s.post(&format!("/api/v1/apps/{app}/held/reject"), json!({"event_ids": ids(&reject)})).await;
+    assert_eq!(r.body["items"].as_array().unwrap().len(), 15, "{r:#?}");
+    let a = w.s.post(&format!("/api/v1/apps/{app}/held/allow"), json!({"event_ids": ids(&allow)})).await;
+    assert_eq!(a.body["items"].as_array().unwrap().len(), 15, "{a:#?}");
+    let accounts = app_until(&w, "15 suspensions", |a| active(a) == 85).await;
+    assert!(accounts.iter().any(|(u, on)| u == "d070" && *on), "a rejected suspension leaves the account active");
+    assert!(accounts.iter().any(|(u, on)| u == "d099" && !*on), "an allowed suspension is sent");
+    quiet(&w).await;
+    assert_eq!(events(&w, "rejected").await.len(), 15);
+    println!(
+        "cause source_sync (30 of 100 disabled in slapd, source guard 50%): dry run suspend 30 held 30; \
+         real held 30, rejected 15, allowed 15 (sent)"
+    );
+}
+
+on_both_backends!(
+    the_guard_holds_every_cause,
+    settings_apply_forward,
+    the_guard_holds_deletions_pushed_over_scim,
+    the_guard_holds_what_a_reconcile_finds,
+    the_guard_holds_a_directory_sync
+);

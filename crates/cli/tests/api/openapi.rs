@@ -99,4 +99,47 @@ async fn openapi_document_covers_every_route() {
     assert_eq!(paths.len(), expected.len());
     assert!(doc["components"]["schemas"]["User"].is_object());
     assert!(doc["components"]["schemas"]["Problem"].is_object());
+
+    // Blast radius: the dry runs, settings applied to existing accounts, held events and causes.
+    let params = |path: &str, method: &str| -> Vec<String> {
+        paths[path][method]["parameters"]
+            .as_array()
+            .map(|ps| ps.iter().filter_map(|p| p["name"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    };
+    for (path, method) in [
+        ("/api/v1/users/{id}", "patch"),
+        ("/api/v1/users/{id}", "delete"),
+        ("/api/v1/roles/{id}", "delete"),
+        ("/api/v1/roles/{id}/users/{user_id}", "put"),
+        ("/api/v1/roles/{id}/users/{user_id}", "delete"),
+        ("/api/v1/roles/{id}/apps/{app_id}", "put"),
+        ("/api/v1/roles/{id}/apps/{app_id}", "delete"),
+        ("/api/v1/apps/{id}", "patch"),
+        ("/api/v1/apps/{id}/parameters", "put"),
+        ("/api/v1/apps/{id}/rules", "put"),
+        ("/api/v1/sources", "post"),
+        ("/api/v1/sources/{id}", "patch"),
+        ("/api/v1/sources/{id}", "delete"),
+        ("/api/v1/sources/{id}/sync", "post"),
+    ] {
+        assert!(params(path, method).contains(&"dry_run".to_owned()), "{method} {path}: no dry_run parameter");
+    }
+    assert!(params("/api/v1/apps/{id}", "patch").contains(&"apply_to_existing".to_owned()));
+    assert!(params("/api/v1/events", "get").contains(&"cause".to_owned()));
+    let schemas = &doc["components"]["schemas"];
+    assert!(schemas["EventStatus"]["enum"].as_array().unwrap().contains(&"held".into()), "{}", schemas["EventStatus"]);
+    assert!(schemas["Event"]["properties"]["cause"].is_object(), "{}", schemas["Event"]);
+    for field in ["kind", "actor", "audit_id", "summary", "rule", "parameter", "role_id"] {
+        assert!(schemas["Cause"]["properties"][field].is_object(), "Cause.{field}: {}", schemas["Cause"]);
+    }
+    for field in ["effects", "roles"] {
+        assert!(schemas["DryRun"]["properties"][field].is_object(), "DryRun.{field}: {}", schemas["DryRun"]);
+    }
+    for field in
+        ["app_id", "app_name", "create", "update", "suspend", "delete", "group_add", "group_remove", "held", "sample"]
+    {
+        assert!(schemas["Effect"]["properties"][field].is_object(), "Effect.{field}: {}", schemas["Effect"]);
+    }
+    assert!(schemas["SyncDryRun"].is_object(), "the source dry run is described");
 }

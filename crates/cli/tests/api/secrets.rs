@@ -128,6 +128,8 @@ async fn changing_base_url_host_without_token_is_refused_and_secret_not_sent() {
         let reason = refused.problem_field(422, "connection.auth.token");
         assert!(reason.contains("connection.base_url"), "{reason}");
     }
+    let dry = s.patch(&format!("{path}?dry_run=true"), json!({"connection": {"base_url": new.url("http", "/scim/v2")}})).await;
+    dry.problem_field(422, "connection.auth.token");
     let unchanged = s.get(&path).await;
     assert_eq!(unchanged.body["connection"]["base_url"], old.url("http", "/scim/v2"));
     assert_eq!(unchanged.body["version"], app["version"], "a refused change changes nothing");
@@ -203,6 +205,9 @@ async fn changing_source_url_host_without_bind_password_is_refused_and_password_
         assert!(reason.contains("url"), "{reason}");
     }
     assert_eq!(s.get(&path).await.body["url"], old.url("ldap", ""));
+    // Nor does a dry run read the new directory with the stored password.
+    let dry = s.patch(&format!("{path}?dry_run=true"), json!({"url": new.url("ldap", "")})).await;
+    dry.problem_field(422, "bind_password");
 
     failed_source_test(&s, &id(&source)).await;
     assert!(old.received_any(&["bind-pa55word"]), "the directory it was given for gets the bind");

@@ -34,6 +34,7 @@ pub fn routes() -> Router<AppState> {
         .route("/apps/{id}/delete", post(delete))
         .route("/apps/{id}/provisioning", get(provisioning).post(save_provisioning))
         .route("/apps/{id}/reconcile", post(reconcile))
+        .route("/apps/{id}/held", post(decide_held))
         .route("/apps/{id}/users", get(users_tab))
         .route("/apps/{id}/accounts/{user}/rematch", get(rematch_form).post(rematch))
 }
@@ -307,6 +308,8 @@ struct AppPage {
     saml_jit_only: bool,
     /// Operations held by the deprovisioning guard.
     held: usize,
+    /// The first of them, for the review on the Provisioning tab.
+    held_list: Vec<view::EventView>,
     /// The save would suspend or delete this many accounts: asks for confirmation first.
     confirm: u64,
     /// Of which the guard would hold this many.
@@ -369,6 +372,7 @@ async fn app_page(state: &AppState, layout: Layout, tab: &'static str, app: App)
     let form = ConfigForm::of(&app);
     let tested = state.service.store().get_app_capabilities(app.id).await?.is_some();
     let saml_jit_only = state.service.store().get_saml_settings(app.id).await?.is_some_and(|s| s.settings.jit_only);
+    let held = state.service.held_events(app.id).await?;
     Ok(AppPage {
         saml_jit_only,
         layout,
@@ -385,7 +389,8 @@ async fn app_page(state: &AppState, layout: Layout, tab: &'static str, app: App)
         on_delete: deprovision_choices(app.provisioning.on_delete),
         accounts: vec![],
         next: None,
-        held: state.service.held_events(app.id).await?.len(),
+        held: held.len(),
+        held_list: held.iter().take(HELD_SHOWN).map(view::EventView::of).collect(),
         confirm: 0,
         confirm_held: 0,
         apply_to_existing: false,
@@ -625,6 +630,52 @@ async fn save_provisioning(
             page.errors = errors;
             view::page(&page, StatusCode::UNPROCESSABLE_ENTITY)
         }
+    }
+}
+
+/// At most this many held operations are listed for review on the app's page (all of them
+/// can still be allowed or rejected at once).
+const HELD_SHOWN: usize = 200;
+
+/// The review of held operations: allow or reject the selected ones, or all of them.
+async fn decide_held(
+    State(state): State<AppState>,
+    session: Session,
+    Path(id): Path<Uuid>,
+    body: Bytes,
+) -> Result<Response> {
+    let form = FormData::parse(&body);
+    let location = format!("/console/apps/{id}/provisioning");
+    let decision = form.text("decision");
+    let (allow, all) = match decision.as_str() {
+        "allow" => (true, false),
+        "reject" => (false, false),
+        "allow_all" => (true, true),
+        "reject_all" => (false, true),
+        _ => return Ok(view::see_other_with(&location, "error", "Choose Allow or Reject.")),
+    };
+    let ids = if all {
+        None
+    } else {
+        let ids: Vec<Uuid> = form.all("event").iter().filter_map(|v| Uuid::parse_str(v).ok()).collect();
+        if ids.is_empty() {
+            return Ok(view::see_other_with(&location, "error", "Select at least one held operation first."));
+        }
+        Some(ids)
+    };
+    match state.service.decide_held(&session.actor(), id, ids, allow).await {
+        Ok(done) => {
+            let n = done.len();
+            let verb = if allow { "Allowed" } else { "Rejected" };
+            let what = if allow { "sent to the app (or awaiting approval)" } else { "not sent; the accounts stay" };
+            Ok(view::see_other_with(
+                &location,
+                "ok",
+                &format!("{verb} {n} held operation{}: {what}.", if n == 1 { "" } else { "s" }),
+            ))
+        }
+        Err(Error::InvalidState(m)) => Ok(view::see_other_with(&location, "error", &m)),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -49,6 +49,15 @@ struct ListPage {
     next: Option<String>,
     filtered: bool,
     live_src: String,
+    /// Apps with operations held by the deprovisioning guard.
+    held: Vec<HeldCount>,
+}
+
+/// "N deprovisions held" for one app.
+struct HeldCount {
+    app_id: Uuid,
+    app_name: String,
+    count: usize,
 }
 
 #[derive(Template)]
@@ -103,6 +112,13 @@ async fn list(
         .list_apps(&NameQuery { q: None, page: PageRequest { limit: store::MAX_PAGE, cursor: None } })
         .await?
         .items;
+    let mut held = Vec::new();
+    for a in &all_apps {
+        let count = state.service.held_events(a.id).await?.len();
+        if count > 0 {
+            held.push(HeldCount { app_id: a.id, app_name: a.name.clone(), count });
+        }
+    }
     let mut apps = vec![Choice::new("", "All apps", &app_text)];
     apps.extend(all_apps.iter().map(|a| Choice::new(a.id.to_string(), &a.name, &app_text)));
     let mut statuses = vec![Choice::new("", "All statuses", &status_text)];
@@ -119,7 +135,7 @@ async fn list(
     let live_src = format!("/console/provisioning?{}", live.finish());
     let layout = Layout::new(&session, &headers, "provisioning", "Provisioning");
     let filtered = !q.is_empty() || !app_text.is_empty() || !status_text.is_empty() || cursor.is_some();
-    let page = ListPage { layout, q, apps, statuses, events, next, filtered, live_src };
+    let page = ListPage { layout, q, apps, statuses, events, next, filtered, live_src, held };
     view::page(&page, StatusCode::OK)
 }
 

@@ -58,9 +58,50 @@ struct RolePage {
     other_apps: Vec<App>,
     username: String,
     member_error: Option<String>,
+    /// A change that would suspend or delete accounts, asked about first.
+    confirm: Option<Confirm>,
+}
+
+/// "Revoking Wiki would delete 12 accounts": the question, and the form that goes on.
+struct Confirm {
+    /// Where the confirmed form posts.
+    action: String,
+    /// What the change is, e.g. "Revoking Wiki from Staff".
+    what: String,
+    /// The verb of the button, e.g. "Revoke".
+    verb: &'static str,
+    count: u64,
+    held: u64,
 }
 
 view::pages!(ListPage, RolePage);
+
+/// When a change would suspend or delete accounts and was not confirmed yet: the role page
+/// asking for confirmation, with the count in the button.
+async fn ask_first(
+    state: &AppState,
+    session: &Session,
+    headers: &HeaderMap,
+    body: &Bytes,
+    id: Uuid,
+    run: crate::error::Result<engine::dry_run::DryRun>,
+    confirm: impl FnOnce(u64, u64) -> Confirm,
+) -> Result<Option<Response>> {
+    if FormData::parse(body).text("confirmed") == "1" {
+        return Ok(None);
+    }
+    let run = run?;
+    let count = run.deprovisions();
+    if count == 0 {
+        return Ok(None);
+    }
+    let held = run.effects.iter().map(|e| e.held).sum();
+    let role = state.service.get_role(id).await?;
+    let layout = Layout::new(session, headers, "roles", role.name);
+    let mut page = role_page(state, layout, id, None, String::new(), None).await?;
+    page.confirm = Some(confirm(count, held));
+    Ok(Some(view::page(&page, StatusCode::OK)?))
+}
 
 async fn list_page(
     state: &AppState,
@@ -137,7 +178,7 @@ async fn role_page(
         .await?
         .items;
     let other_apps = all.into_iter().filter(|a| !apps.iter().any(|g| g.id == a.id)).collect();
-    Ok(RolePage { layout, role, members, next, apps, other_apps, username, member_error })
+    Ok(RolePage { layout, role, members, next, apps, other_apps, username, member_error, confirm: None })
 }
 
 async fn show(
@@ -153,8 +194,27 @@ async fn show(
     view::page(&page, StatusCode::OK)
 }
 
-async fn delete(State(state): State<AppState>, session: Session, Path(id): Path<Uuid>) -> Result<Response> {
+async fn delete(
+    State(state): State<AppState>,
+    session: Session,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+    body: Bytes,
+) -> Result<Response> {
     let role = state.service.get_role(id).await?;
+    let run = state.service.dry_run_delete_role(id, None).await;
+    let what = format!("Deleting the role {}", role.name);
+    let asked = ask_first(&state, &session, &headers, &body, id, run, |count, held| Confirm {
+        action: format!("/console/roles/{id}/delete"),
+        what,
+        verb: "Delete the role",
+        count,
+        held,
+    })
+    .await?;
+    if let Some(page) = asked {
+        return Ok(page);
+    }
     state.service.delete_role(&session.actor(), id, None).await?;
     Ok(view::see_other_with("/console/roles", "ok", &format!("Deleted the role {}.", role.name)))
 }
@@ -199,8 +259,23 @@ async fn add_user(
 async fn remove_user(
     State(state): State<AppState>,
     session: Session,
+    headers: HeaderMap,
     Path((id, user)): Path<(Uuid, Uuid)>,
+    body: Bytes,
 ) -> Result<Response> {
+    let run = state.service.dry_run_membership(id, user, false).await;
+    let name = state.service.get_user(user).await?.username;
+    let asked = ask_first(&state, &session, &headers, &body, id, run, |count, held| Confirm {
+        action: format!("/console/roles/{id}/users/{user}/remove"),
+        what: format!("Removing {name} from the role"),
+        verb: "Remove",
+        count,
+        held,
+    })
+    .await?;
+    if let Some(page) = asked {
+        return Ok(page);
+    }
     state.service.remove_role_user(&session.actor(), id, user).await?;
     Ok(view::see_other_with(&format!("/console/roles/{id}"), "ok", "Removed the member from the role."))
 }
@@ -227,8 +302,23 @@ async fn grant_app(
 async fn revoke_app(
     State(state): State<AppState>,
     session: Session,
+    headers: HeaderMap,
     Path((id, app)): Path<(Uuid, Uuid)>,
+    body: Bytes,
 ) -> Result<Response> {
+    let run = state.service.dry_run_role_grant(id, app, false).await;
+    let name = state.service.get_app(app).await?.name;
+    let asked = ask_first(&state, &session, &headers, &body, id, run, |count, held| Confirm {
+        action: format!("/console/roles/{id}/apps/{app}/remove"),
+        what: format!("Revoking {name} from the role"),
+        verb: "Revoke",
+        count,
+        held,
+    })
+    .await?;
+    if let Some(page) = asked {
+        return Ok(page);
+    }
     state.service.remove_role_app(&session.actor(), id, app).await?;
     Ok(view::see_other_with(&format!("/console/roles/{id}"), "ok", "The role no longer grants the app."))
 }

@@ -103,6 +103,57 @@ impl Service {
         Ok(self.store.delete_source(id, if_match, actor).await?)
     }
 
+    /// What adding this source would do: validated as usual, nothing saved; the directory is
+    /// read as its first (full) sync would.
+    pub async fn dry_run_create_source(&self, mut input: SourceInput) -> Result<engine::SyncDryRun> {
+        self.validate_source(&mut input, None).await?;
+        let password = input.bind_password.take().unwrap_or_default();
+        let now = directory::now();
+        let source = input.into_source(Uuid::now_v7(), now, now, 1);
+        Ok(self.sources.dry_run(&source, &password, Some(SyncMode::Full)).await?)
+    }
+
+    /// What a `PATCH` of a source would do: validated as usual, nothing saved; the directory is
+    /// read as a full sync with the changed settings would.
+    pub async fn dry_run_patch_source(
+        &self,
+        id: Uuid,
+        patch: &Map<String, Value>,
+        if_match: Option<i64>,
+    ) -> Result<engine::SyncDryRun> {
+        let current = self.get_source(id).await?;
+        check_if_match(current.version, if_match)?;
+        let doc =
+            merge(to_doc(&SourceInput::from_source(&current))?, patch, directory::source::READ_ONLY_SOURCE_FIELDS)?;
+        let mut input: SourceInput = from_value(doc)?;
+        // A moved url needs the password again: the stored one is not read against a new host.
+        self.validate_source(&mut input, Some(&current)).await?;
+        let password = match input.bind_password.take() {
+            Some(p) => p,
+            None => self.sources.password(id).await?,
+        };
+        let updated = input.into_source(id, current.created_at, directory::now(), current.version + 1);
+        Ok(self.sources.dry_run(&updated, &password, Some(SyncMode::Full)).await?)
+    }
+
+    /// What deleting a source would do: nothing to any account (its users stay, editable here).
+    pub async fn dry_run_delete_source(&self, id: Uuid, if_match: Option<i64>) -> Result<engine::dry_run::DryRun> {
+        let current = self.get_source(id).await?;
+        check_if_match(current.version, if_match)?;
+        Ok(engine::dry_run::DryRun::default())
+    }
+
+    /// What a sync of the source would do now (`mode` `None`: full); nothing is imported and
+    /// no sync is recorded.
+    pub async fn dry_run_source_sync(&self, id: Uuid, mode: Option<SyncMode>) -> Result<engine::SyncDryRun> {
+        let source = self.get_source(id).await?;
+        if !source.enabled {
+            return Err(Error::InvalidState(format!("source {:?} is disabled; enable it to sync", source.name)));
+        }
+        let password = self.sources.password(id).await?;
+        Ok(self.sources.dry_run(&source, &password, Some(mode.unwrap_or(SyncMode::Full))).await?)
+    }
+
     /// Connects, binds and reads one page: checks a source's settings.
     pub async fn test_source(&self, actor: &Actor, id: Uuid) -> Result<usize> {
         self.get_source(id).await?;
