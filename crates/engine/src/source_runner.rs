@@ -458,7 +458,8 @@ impl SourceSyncer {
             state.by_dn.insert(dn_key(&l.dn), l.user_id);
             known.insert(l.user_id);
         }
-        let mut conn = ldap::connect(source, password, &self.engine.config().outbound).await.map_err(directory_error)?;
+        let mut conn =
+            ldap::connect(source, password, &self.engine.config().outbound).await.map_err(directory_error)?;
         let watermark = if full { None } else { cursor.watermark.clone() };
         let mut reader = ldap::search_people(&mut conn, source, watermark.as_deref()).await.map_err(directory_error)?;
         let mut counts = SyncCounts::default();

@@ -128,7 +128,9 @@ async fn changing_base_url_host_without_token_is_refused_and_secret_not_sent() {
         let reason = refused.problem_field(422, "connection.auth.token");
         assert!(reason.contains("connection.base_url"), "{reason}");
     }
-    let dry = s.patch(&format!("{path}?dry_run=true"), json!({"connection": {"base_url": new.url("http", "/scim/v2")}})).await;
+    let dry = s
+        .patch(&format!("{path}?dry_run=true"), json!({"connection": {"base_url": new.url("http", "/scim/v2")}}))
+        .await;
     dry.problem_field(422, "connection.auth.token");
     let unchanged = s.get(&path).await;
     assert_eq!(unchanged.body["connection"]["base_url"], old.url("http", "/scim/v2"));
