@@ -144,6 +144,7 @@ enum Command {
         listen: Option<SocketAddr>,
     },
     /// Manage API tokens.
+    #[command(visible_alias = "tokens")]
     Token {
         #[command(subcommand)]
         command: TokenCommand,
@@ -182,6 +183,26 @@ enum TokenCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// List the API tokens that are not revoked: id, name, created, last used (never the token).
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Revoke an API token; every process refuses it within 2 seconds.
+    Revoke {
+        /// The token's id (from `tokens list`).
+        id: uuid::Uuid,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+impl TokenCommand {
+    fn store(&self) -> &StoreArgs {
+        match self {
+            Self::Create { store, .. } | Self::List { store } | Self::Revoke { store, .. } => store,
+        }
+    }
 }
 
 struct Settings {
@@ -434,14 +455,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Healthcheck { listen } => healthcheck(settings.listen(listen)).await,
-        Command::Token { command: TokenCommand::Create { name, store } } => {
-            let store_settings = settings.store(&store);
+        Command::Token { command } => {
+            let store_settings = settings.store(command.store());
             let keyring = store_settings.keyring(std::env::var("PROVISIONER_SECRET_KEY").ok().as_deref())?;
             let state = AppState::new(store_settings.open().await?, Arc::new(keyring), engine::EngineConfig::default());
-            let (record, token) =
-                state.service.create_token(&name, &Actor::cli()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            eprintln!("created token {:?} ({}); it is shown only this once:", record.name, record.id);
-            println!("{token}");
+            match command {
+                TokenCommand::Create { name, .. } => {
+                    let (record, token) =
+                        state.service.create_token(&name, &Actor::cli()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                    eprintln!("created token {:?} ({}); it is shown only this once:", record.name, record.id);
+                    println!("{token}");
+                }
+                TokenCommand::List { .. } => {
+                    let tokens = state.service.list_tokens().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                    println!("{:<36}  {:<25}  {:<20}  LAST USED", "ID", "NAME", "CREATED");
+                    const WHEN: &str = "%Y-%m-%d %H:%M:%SZ";
+                    for t in tokens {
+                        let used = t.last_used_at.map(|u| u.format(WHEN).to_string()).unwrap_or_else(|| "never".into());
+                        println!("{:<36}  {:<25}  {:<20}  {used}", t.id, t.name, t.created_at.format(WHEN));
+                    }
+                }
+                TokenCommand::Revoke { id, .. } => {
+                    state.service.revoke_token(id, &Actor::cli()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                    eprintln!("revoked token {id}; every process refuses it within 2 seconds");
+                }
+            }
             Ok(())
         }
         Command::Admin { command: AdminCommand::Create { username, store } } => {

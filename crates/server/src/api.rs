@@ -73,6 +73,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(app_reads))
         .routes(routes!(openapi_json))
         .merge(crate::scim_server::clients::router())
+        .merge(crate::api_tokens::router())
         .merge(crate::api_sources::router())
 }
 

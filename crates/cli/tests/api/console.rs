@@ -234,6 +234,41 @@ async fn console_forms_are_refused_without_the_csrf_token() {
     assert!(cookie_value(&r, "prv_session").is_none());
 }
 
+/// The SCIM clients page flags a client from before scopes and sets its scope (CSRF-checked).
+#[tokio::test]
+async fn console_scim_clients_page_shows_the_legacy_flag_and_sets_the_scope() {
+    use store::scim::{RoleScope, ScimClientRecord, ScimScope, UserScope};
+    let c = Console::start(Default::default()).await;
+    let (session, csrf) = c.login().await;
+    let id = uuid::Uuid::now_v7();
+    let record = ScimClientRecord {
+        id,
+        name: "Old IdP".into(),
+        lookup: "legacy".into(),
+        hash: "$argon2id$x".into(),
+        created_at: directory::now(),
+        revoked_at: None,
+        scope: ScimScope::ALL,
+        legacy_scope: true,
+    };
+    c.state.service.store().create_scim_client(&record, &directory::Actor::cli()).await.unwrap();
+    let html = c.get("/console/scim-clients", &session).await.text().await.unwrap();
+    assert!(html.contains("Old IdP") && html.contains("Legacy scope: all"), "{html}");
+    let path = format!("/console/scim-clients/{id}/scope");
+    let form = [("users", "own"), ("roles", "pushable"), ("read_only", "on")];
+    assert_eq!(c.post(&path, &session, &form).await.status(), StatusCode::FORBIDDEN, "no CSRF token");
+    let mut with_csrf = form.to_vec();
+    with_csrf.push(("csrf", &csrf));
+    let r = c.post(&path, &session, &with_csrf).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let stored = c.state.service.store().list_scim_clients().await.unwrap().remove(0);
+    assert_eq!(stored.scope, ScimScope { users: UserScope::Own, roles: RoleScope::Pushable, read_only: true });
+    assert!(!stored.legacy_scope);
+    let html = c.get("/console/scim-clients", &session).await.text().await.unwrap();
+    assert!(!html.contains("Legacy scope") && html.contains("Read only."), "{html}");
+    assert!(c.audit().await.iter().any(|e| e.action == "scim_client.scope" && e.actor.name == ADMIN));
+}
+
 #[tokio::test]
 async fn console_sign_in_is_rate_limited_with_one_generic_message() {
     let c = Console::start(Default::default()).await;
@@ -907,7 +942,9 @@ async fn console_parameters_rules_and_entitlements_in_a_real_browser() {
         let sam = service.create_user(&actor, user("sam", "Sam", "Sales"), directory::UserSource::Local).await.unwrap();
         let eve =
             service.create_user(&actor, user("eve", "Eve", "Engineering"), directory::UserSource::Local).await.unwrap();
-        let role = service.create_role(&actor, directory::RoleInput { name: "Staff".into(), description: None }).await;
+        let role = service
+            .create_role(&actor, directory::RoleInput { name: "Staff".into(), description: None, pushable: false })
+            .await;
         let role = role.unwrap();
         service.add_role_app(&actor, role.id, app_id).await.unwrap();
         for u in [sam.id, eve.id] {
@@ -1087,7 +1124,9 @@ async fn console_quarantine_banner_and_resume_in_a_real_browser() {
         let app_id: uuid::Uuid = id.parse().unwrap();
         let service = &console.state.service;
         let actor = directory::Actor::admin(ADMIN);
-        let role = service.create_role(&actor, directory::RoleInput { name: "Staff".into(), description: None }).await;
+        let role = service
+            .create_role(&actor, directory::RoleInput { name: "Staff".into(), description: None, pushable: false })
+            .await;
         let role = role.unwrap();
         service.add_role_app(&actor, role.id, app_id).await.unwrap();
         for name in ["pat", "kim", "lee"] {

@@ -41,4 +41,5 @@ mod quarantine;
 mod saml;
 mod scim_server;
 mod secrets;
+mod scopes;
 mod security;

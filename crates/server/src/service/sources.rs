@@ -107,6 +107,13 @@ impl Service {
     /// read as its first (full) sync would.
     pub async fn dry_run_create_source(&self, mut input: SourceInput) -> Result<engine::SyncDryRun> {
         self.validate_source(&mut input, None).await?;
+        let sources = self.store.list_sources().await?;
+        if sources.len() >= MAX_SOURCES {
+            return Err(Error::InvalidState(format!("at most {MAX_SOURCES} sources can be configured")));
+        }
+        if sources.iter().any(|s| s.name.to_lowercase() == input.name.to_lowercase()) {
+            return Err(Self::duplicate_name(StoreError::Duplicate { field: "name" }));
+        }
         let password = input.bind_password.take().unwrap_or_default();
         let now = directory::now();
         let source = input.into_source(Uuid::now_v7(), now, now, 1);
