@@ -40,6 +40,6 @@ mod openapi;
 mod quarantine;
 mod saml;
 mod scim_server;
-mod secrets;
 mod scopes;
+mod secrets;
 mod security;
