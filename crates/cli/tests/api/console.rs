@@ -1244,7 +1244,7 @@ async fn console_guard_confirmation_and_held_review_in_a_real_browser() {
         let app_id: uuid::Uuid = id.parse().unwrap();
         let service = &console.state.service;
         let actor = directory::Actor::admin(ADMIN);
-        let role = service.create_role(&actor, directory::RoleInput { name: "Staff".into(), description: None }).await;
+        let role = service.create_role(&actor, directory::RoleInput { name: "Staff".into(), description: None, pushable: false }).await;
         let role = role.unwrap();
         service.add_role_app(&actor, role.id, app_id).await.unwrap();
         let mut users = Vec::new();
