@@ -424,3 +424,29 @@ async fn deny_private_targets_refuses_loopback_unless_allowed() {
     assert!(refused.received().is_empty(), "nothing reached 127.0.0.2");
     child.kill().await.unwrap();
 }
+
+/// A host name is checked on the addresses it resolves to (here `localhost`: 127.0.0.1 and
+/// ::1, both refused with `deny_private`), for SCIM requests, OAuth token requests and LDAP.
+#[tokio::test]
+async fn host_names_are_checked_on_the_addresses_they_resolve_to() {
+    let s = TestServer::start_with(crate::support::Backend::Sqlite, |c| {
+        c.outbound = connectors::TargetPolicy::new(true, vec![]);
+    })
+    .await;
+    let local = Recorder::start().await;
+    let by_name = format!("http://localhost:{}/scim/v2", local.port);
+    let app = created(&s, "/api/v1/apps", bearer_app("ByName", &by_name, "named-t0ken")).await;
+    let detail = failed_test(&s, &id(&app)).await;
+    assert!(detail.contains("localhost resolves only to refused addresses"), "{detail}");
+    let token_url = format!("http://localhost:{}/token", local.port);
+    let app =
+        created(&s, "/api/v1/apps", oauth_app("Token", "https://app.example.com/scim", &token_url, "named-s3cret"))
+            .await;
+    let detail = failed_test(&s, &id(&app)).await;
+    assert!(detail.contains("localhost resolves only to refused addresses"), "{detail}");
+    let source =
+        created(&s, "/api/v1/sources", ldap_source("Corp", &format!("ldap://localhost:{}", local.port), "pw")).await;
+    let detail = failed_source_test(&s, &id(&source)).await;
+    assert!(detail.contains("localhost resolves only to refused addresses"), "{detail}");
+    assert!(local.received().is_empty());
+}
