@@ -331,8 +331,10 @@ async fn provision_bench() {
         .expect("app");
         let app = svc.create_app(&actor, app).await.expect("create app");
         app_id = app.id;
-        let role =
-            svc.create_role(&actor, RoleInput { name: "Everyone".into(), description: None }).await.expect("role");
+        let role = svc
+            .create_role(&actor, RoleInput { name: "Everyone".into(), description: None, pushable: false })
+            .await
+            .expect("role");
         svc.add_role_app(&actor, role.id, app.id).await.expect("grant");
         let took = import(bulk.as_ref(), n, &[role.id]).await;
         println!("set-up: {n} users imported in {:.1} s", took.as_secs_f64());
@@ -642,8 +644,10 @@ async fn plan_bench() {
     let actor = Actor::cli();
     let mut roles = Vec::new();
     for r in 0..10 {
-        let role =
-            svc.create_role(&actor, RoleInput { name: format!("Team {r}"), description: None }).await.expect("r");
+        let role = svc
+            .create_role(&actor, RoleInput { name: format!("Team {r}"), description: None, pushable: false })
+            .await
+            .expect("r");
         roles.push((role.id, role.name));
     }
     let mut apps = Vec::new();

@@ -67,7 +67,10 @@ async fn engine_load(base_url: &str, n: usize, concurrency: usize) -> f64 {
         "auth": {"type": "bearer", "token": TOKEN}}, "provisioning": {"enabled": false, "max_concurrency": concurrency}}))
     .expect("app");
     let app = svc.create_app(&actor, app).await.expect("create app");
-    let role = svc.create_role(&actor, RoleInput { name: "Everyone".into(), description: None }).await.expect("role");
+    let role = svc
+        .create_role(&actor, RoleInput { name: "Everyone".into(), description: None, pushable: false })
+        .await
+        .expect("role");
     svc.add_role_app(&actor, role.id, app.id).await.expect("grant");
     for i in 0..n {
         let input = UserInput {

@@ -25,6 +25,8 @@ struct Cli {
     /// A TOML file with the same settings (listen, data_dir, database_url, admin_token, log).
     #[arg(long, global = true, env = "PROVISIONER_CONFIG")]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    outbound: OutboundArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -61,6 +63,27 @@ struct ConnectionArgs {
     /// The most connections open at once [default: min(10000, open-file limit - 256)].
     #[arg(long, env = "PROVISIONER_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+}
+
+/// Where connections to apps and directory sources may go (`serve`, `source sync`).
+/// Link-local (169.254.0.0/16, fe80::/10), 0.0.0.0/8, multicast and broadcast addresses are
+/// always refused, unless allowed with --allow-target.
+#[derive(Args, Clone, Default)]
+struct OutboundArgs {
+    /// Also refuse loopback and private ranges (127.0.0.0/8, ::1, 10.0.0.0/8, 172.16.0.0/12,
+    /// 192.168.0.0/16, fc00::/7).
+    #[arg(long, global = true, env = "PROVISIONER_DENY_PRIVATE_TARGETS")]
+    deny_private_targets: bool,
+    /// Allow this range (CIDR such as 10.20.0.0/16, or one address) even when it is refused
+    /// otherwise; repeatable (comma-separated in the environment variable).
+    #[arg(
+        long = "allow-target",
+        value_name = "CIDR",
+        global = true,
+        env = "PROVISIONER_ALLOW_TARGETS",
+        value_delimiter = ','
+    )]
+    allow_targets: Vec<String>,
 }
 
 /// What a `serve` process does.
@@ -122,6 +145,7 @@ enum Command {
         listen: Option<SocketAddr>,
     },
     /// Manage API tokens.
+    #[command(visible_alias = "tokens")]
     Token {
         #[command(subcommand)]
         command: TokenCommand,
@@ -160,6 +184,26 @@ enum TokenCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// List the API tokens that are not revoked: id, name, created, last used (never the token).
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Revoke an API token; every process refuses it within 2 seconds.
+    Revoke {
+        /// The token's id (from `tokens list`).
+        id: uuid::Uuid,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+impl TokenCommand {
+    fn store(&self) -> &StoreArgs {
+        match self {
+            Self::Create { store, .. } | Self::List { store } | Self::Revoke { store, .. } => store,
+        }
+    }
 }
 
 struct Settings {
@@ -204,6 +248,22 @@ impl Settings {
             None => {}
         }
         Ok(limits)
+    }
+
+    /// The outbound target policy: flags (or their environment variables), then the file.
+    fn outbound(&self, args: &OutboundArgs) -> anyhow::Result<outbound::TargetPolicy> {
+        let deny_private = args.deny_private_targets || self.file.deny_private_targets.unwrap_or(false);
+        let written = if args.allow_targets.is_empty() {
+            self.file.allow_targets.clone().unwrap_or_default()
+        } else {
+            args.allow_targets.clone()
+        };
+        let allow = written
+            .iter()
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| t.parse::<outbound::Cidr>().map_err(|e| anyhow::anyhow!("--allow-target: {e}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(outbound::TargetPolicy::new(deny_private, allow))
     }
 
     fn listen(&self, flag: Option<SocketAddr>) -> SocketAddr {
@@ -262,6 +322,7 @@ async fn serve(
     store_args: &StoreArgs,
     console: ConsoleArgs,
     work: WorkArgs,
+    outbound: outbound::TargetPolicy,
 ) -> anyhow::Result<()> {
     let limits = settings.connections(&work.connections)?;
     let store_settings = settings.store(store_args);
@@ -276,8 +337,10 @@ async fn serve(
         // at start, and one process at a time plans.
         release_leases_at_start: !shared,
         planner_lease: shared.then(|| Duration::from_secs(15)),
+        outbound,
         ..Default::default()
     };
+    tracing::info!(policy = %engine_config.outbound, "outbound connections");
     if let Some(secs) = work.lease_seconds.filter(|s| *s > 0) {
         engine_config.lease = Duration::from_secs(secs);
     }
@@ -369,6 +432,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     init_logging(file.log.as_deref());
     let settings = Settings { file };
+    let outbound = settings.outbound(&cli.outbound)?;
     match cli.command {
         Command::Serve {
             listen,
@@ -383,8 +447,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             connections,
         } => {
             let work = WorkArgs { role, lease_seconds, reconcile_seconds, quarantine_backoff, connections };
-            serve(&settings, listen, &store, ConsoleArgs { session_idle_minutes, secure_cookies, public_url }, work)
-                .await
+            let console = ConsoleArgs { session_idle_minutes, secure_cookies, public_url };
+            serve(&settings, listen, &store, console, work, outbound).await
         }
         Command::Migrate { store } => {
             let store = settings.store(&store).open().await?;
@@ -400,14 +464,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Healthcheck { listen } => healthcheck(settings.listen(listen)).await,
-        Command::Token { command: TokenCommand::Create { name, store } } => {
-            let store_settings = settings.store(&store);
+        Command::Token { command } => {
+            let store_settings = settings.store(command.store());
             let keyring = store_settings.keyring(std::env::var("PROVISIONER_SECRET_KEY").ok().as_deref())?;
             let state = AppState::new(store_settings.open().await?, Arc::new(keyring), engine::EngineConfig::default());
-            let (record, token) =
-                state.service.create_token(&name, &Actor::cli()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            eprintln!("created token {:?} ({}); it is shown only this once:", record.name, record.id);
-            println!("{token}");
+            match command {
+                TokenCommand::Create { name, .. } => {
+                    let (record, token) =
+                        state.service.create_token(&name, &Actor::cli()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                    eprintln!("created token {:?} ({}); it is shown only this once:", record.name, record.id);
+                    println!("{token}");
+                }
+                TokenCommand::List { .. } => {
+                    let tokens = state.service.list_tokens().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                    println!("{:<36}  {:<25}  {:<20}  LAST USED", "ID", "NAME", "CREATED");
+                    const WHEN: &str = "%Y-%m-%d %H:%M:%SZ";
+                    for t in tokens {
+                        let used = t.last_used_at.map(|u| u.format(WHEN).to_string()).unwrap_or_else(|| "never".into());
+                        println!("{:<36}  {:<25}  {:<20}  {used}", t.id, t.name, t.created_at.format(WHEN));
+                    }
+                }
+                TokenCommand::Revoke { id, .. } => {
+                    state.service.revoke_token(id, &Actor::cli()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                    eprintln!("revoked token {id}; every process refuses it within 2 seconds");
+                }
+            }
             Ok(())
         }
         Command::Admin { command: AdminCommand::Create { username, store } } => {
@@ -428,7 +509,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Source { command } => {
             let store_settings = settings.store(command.store());
             let keyring = store_settings.keyring(std::env::var("PROVISIONER_SECRET_KEY").ok().as_deref())?;
-            let state = AppState::new(store_settings.open().await?, Arc::new(keyring), engine::EngineConfig::default());
+            let config = engine::EngineConfig { outbound, ..Default::default() };
+            let state = AppState::new(store_settings.open().await?, Arc::new(keyring), config);
             sources::run(state, command).await
         }
     }

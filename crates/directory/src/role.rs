@@ -12,6 +12,9 @@ pub struct Role {
     /// Unique, compared case-insensitively.
     pub name: String,
     pub description: Option<String>,
+    /// Whether SCIM clients whose roles scope is `pushable` may push members into it.
+    #[serde(default)]
+    pub pushable: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub version: i64,
@@ -24,6 +27,10 @@ pub struct RoleInput {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Whether SCIM clients whose roles scope is `pushable` may push members into it
+    /// (default `false`).
+    #[serde(default)]
+    pub pushable: bool,
 }
 
 pub const READ_ONLY_ROLE_FIELDS: &[&str] = &["id", "created_at", "updated_at", "version"];
@@ -39,7 +46,7 @@ impl RoleInput {
     }
 
     pub fn from_role(role: &Role) -> Self {
-        Self { name: role.name.clone(), description: role.description.clone() }
+        Self { name: role.name.clone(), description: role.description.clone(), pushable: role.pushable }
     }
 }
 
@@ -49,6 +56,7 @@ impl Role {
             id: Uuid::now_v7(),
             name: input.name,
             description: input.description,
+            pushable: input.pushable,
             created_at: now,
             updated_at: now,
             version: 1,
@@ -59,6 +67,7 @@ impl Role {
         Self {
             name: input.name,
             description: input.description,
+            pushable: input.pushable,
             updated_at: now,
             version: self.version + 1,
             ..self.clone()

@@ -87,14 +87,16 @@ impl SourceSyncer {
     pub async fn verify_password(&self, source: Uuid, dn: &str, password: &str) -> Result<bool, EngineError> {
         let src = self.store.get_source(source).await?.ok_or(EngineError::NotFound("source"))?;
         let bind_password = self.password(source).await?;
-        ldap::verify_password(&src, &bind_password, dn, password).await.map_err(directory_error)
+        ldap::verify_password(&src, &bind_password, dn, password, &self.engine.config().outbound)
+            .await
+            .map_err(directory_error)
     }
 
     /// Connects, binds as the service account and reads one page: the people it held.
     pub async fn test_connection(&self, source: Uuid) -> Result<usize, EngineError> {
         let src = self.store.get_source(source).await?.ok_or(EngineError::NotFound("source"))?;
         let password = self.password(source).await?;
-        ldap::test_connection(&src, &password).await.map_err(directory_error)
+        ldap::test_connection(&src, &password, &self.engine.config().outbound).await.map_err(directory_error)
     }
 
     /// Records a new sync of `source` and starts it in the background. `mode` `None` picks
@@ -298,7 +300,8 @@ impl SourceSyncer {
 
         // Read everything first from the directory's point of view: any failure here ends
         // the sync before a single suspension.
-        let mut conn = ldap::connect(&source, &password).await.map_err(directory_error)?;
+        let mut conn =
+            ldap::connect(&source, &password, &self.engine.config().outbound).await.map_err(directory_error)?;
         let watermark = if full { None } else { cursor.watermark.clone() };
         let mut reader =
             ldap::search_people(&mut conn, &source, watermark.as_deref()).await.map_err(directory_error)?;
@@ -459,7 +462,8 @@ impl SourceSyncer {
             state.by_dn.insert(dn_key(&l.dn), l.user_id);
             known.insert(l.user_id);
         }
-        let mut conn = ldap::connect(source, password).await.map_err(directory_error)?;
+        let mut conn =
+            ldap::connect(source, password, &self.engine.config().outbound).await.map_err(directory_error)?;
         let watermark = if full { None } else { cursor.watermark.clone() };
         let mut reader = ldap::search_people(&mut conn, source, watermark.as_deref()).await.map_err(directory_error)?;
         let mut counts = SyncCounts::default();

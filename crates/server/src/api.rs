@@ -74,6 +74,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(app_reads))
         .routes(routes!(openapi_json))
         .merge(crate::scim_server::clients::router())
+        .merge(crate::api_tokens::router())
         .merge(crate::api_sources::router())
 }
 
@@ -427,8 +428,9 @@ async fn get_app(State(s): State<AppState>, Path(id): Path<Uuid>) -> Result<Resp
 }
 
 /// Change an app with a JSON merge patch. Leave the secret out to keep the stored one; a
-/// `connection.auth` of another `type` replaces the credential. With `?dry_run=true` it
-/// answers a `DryRun` instead and writes nothing.
+/// `connection.auth` of another `type` replaces the credential. Moving `connection.base_url` or
+/// `connection.auth.token_url` to another scheme, host or port needs the secret again (422 naming it).
+/// With `?dry_run=true` it answers a `DryRun` instead and writes nothing.
 #[utoipa::path(patch, path = "/apps/{id}", tag = "apps", params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), AppWriteParams),
     request_body(content = Object, content_type = "application/merge-patch+json"),
     responses((status = 200, body = App), (status = 412, body = Problem, content_type = "application/problem+json"),

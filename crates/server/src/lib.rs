@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod api_sources;
+pub mod api_tokens;
 pub mod console;
 pub mod error;
 pub mod extract;
@@ -93,7 +94,7 @@ impl AppState {
         naming the fields at fault. Writes accept `If-Match` with the ETag of the version read."),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    tags((name = "users"), (name = "roles"), (name = "apps"), (name = "attributes"), (name = "audit"), (name = "provisioning"), (name = "mapping"), (name = "sources"), (name = "saml"), (name = "meta"))
+    tags((name = "users"), (name = "roles"), (name = "apps"), (name = "attributes"), (name = "audit"), (name = "provisioning"), (name = "mapping"), (name = "sources"), (name = "saml"), (name = "scim"), (name = "tokens"), (name = "meta"))
 )]
 struct ApiDoc;
 

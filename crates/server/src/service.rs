@@ -108,7 +108,7 @@ fn check_if_match(current: i64, if_match: Option<i64>) -> Result<()> {
 impl Service {
     pub fn new(store: Arc<dyn Store>, keyring: Arc<Keyring>, engine: Arc<Engine>) -> Self {
         let sources = engine::SourceSyncer::new(store.clone(), keyring.clone(), engine.clone());
-        Self { store, keyring, engine, verified: tokens::VerifiedCache::new(Duration::from_secs(60)), sources }
+        Self { store, keyring, engine, verified: tokens::VerifiedCache::new(tokens::CACHE_TTL), sources }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -153,10 +153,11 @@ impl Service {
         let record = TokenRecord {
             id: Uuid::now_v7(),
             name: name.to_owned(),
-            lookup: tokens::lookup_key(token),
+            lookup: self.token_lookup(token),
             hash,
             created_at: directory::now(),
             revoked_at: None,
+            last_used_at: None,
         };
         self.store.create_token(&record, actor).await.map_err(|e| match e {
             StoreError::Duplicate { .. } => {
@@ -194,7 +195,14 @@ impl Service {
         }
     }
 
-    /// The actor a bearer token stands for, if it is valid.
+    /// The key a new token's row is found by.
+    pub fn token_lookup(&self, token: &str) -> String {
+        self.keyring.token_lookups(token).swap_remove(0)
+    }
+
+    /// The actor a bearer token stands for, if it is valid. A verified token is let through
+    /// for [`tokens::CACHE_TTL`] without reading its row; after that the row is read again,
+    /// so that a token revoked by any process is refused.
     pub async fn authenticate(&self, token: &str) -> Result<Option<Actor>> {
         if token.is_empty() || token.len() > 512 {
             return Ok(None);
@@ -202,9 +210,15 @@ impl Service {
         if let Some(name) = self.verified.get(token) {
             return Ok(Some(Actor::token(name)));
         }
-        let Some(record) = self.store.find_token_by_lookup(&tokens::lookup_key(token)).await? else {
-            return Ok(None);
-        };
+        let lookups = tokens::lookup_keys(&self.keyring, token);
+        let mut found = None;
+        for lookup in &lookups {
+            if let Some(record) = self.store.find_token_by_lookup(lookup).await? {
+                found = Some(record);
+                break;
+            }
+        }
+        let Some(record) = found else { return Ok(None) };
         if record.revoked_at.is_some() {
             return Ok(None);
         }
@@ -218,8 +232,31 @@ impl Service {
                 return Ok(None);
             }
         }
+        // Re-keyed to the current lookup (a legacy or rotated one), and "last used" kept to
+        // the minute.
+        let now = directory::now();
+        let stale = record.last_used_at.is_none_or(|t| now - t > chrono::Duration::seconds(60));
+        if record.lookup != lookups[0] || stale {
+            self.store.token_used(record.id, &lookups[0], now).await?;
+        }
         self.verified.put(token, record.name.clone(), &record.hash);
         Ok(Some(Actor::token(record.name)))
+    }
+
+    /// The API tokens that are not revoked (never the tokens themselves).
+    pub async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
+        Ok(self.store.list_tokens().await?)
+    }
+
+    /// Revokes an API token: refused at once by this process, within [`tokens::CACHE_TTL`]
+    /// by every other.
+    pub async fn revoke_token(&self, id: Uuid, actor: &Actor) -> Result<()> {
+        self.store.revoke_token(id, actor).await.map_err(|e| match e {
+            StoreError::NotFound => Error::NotFound("token"),
+            other => other.into(),
+        })?;
+        self.verified.clear();
+        Ok(())
     }
 
     // ---- custom attributes ----
@@ -495,7 +532,7 @@ impl Service {
         }
         let existing_ct = self.store.get_app_credential(id).await?.ok_or(Error::NotFound("app"))?;
         let existing = store::secrets::decrypt_credential(&self.keyring, id, &existing_ct).map_err(Error::internal)?;
-        let (validated, secret) = input.validate(Some(&existing))?;
+        let (validated, secret) = input.validate_change(&current, &existing)?;
         // Re-encrypt when the secret changed, or when it was made with a retired key.
         let credential = if secret != existing || self.keyring.is_stale(&existing_ct) {
             Some(self.encrypt_secret(id, &secret)?)

@@ -1,6 +1,7 @@
-//! API tokens: random, shown once, stored as an argon2id hash found through a short
-//! SHA-256 lookup key. Verified tokens are cached briefly so that a request does not pay
-//! for argon2 every time.
+//! API tokens: random, shown once, stored as an argon2id hash found through a lookup key
+//! (HMAC-SHA256 of the token under a key derived from the server's secret key). Verified
+//! tokens are cached for [`CACHE_TTL`] so that a request does not pay for argon2 every time;
+//! a revoked token is refused by every process once that time has passed.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -12,6 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use store::secrets::Keyring;
 
 /// Tokens this service makes start with this, so that leaked ones are easy to recognise.
 pub const TOKEN_PREFIX: &str = "prv_";
@@ -23,9 +25,22 @@ pub fn generate() -> String {
     format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(raw))
 }
 
-/// The key the token's row is found by: hex of the first 16 bytes of SHA-256.
-pub fn lookup_key(token: &str) -> String {
+/// How long a verified token is let through without reading its row again: a token revoked
+/// in any process is refused by every process within this time.
+pub const CACHE_TTL: Duration = Duration::from_secs(2);
+
+/// The lookup key rows were found by before keyed lookups: hex of the first 16 bytes of
+/// SHA-256. Such a row is re-keyed when its token is next used.
+pub fn legacy_lookup_key(token: &str) -> String {
     hex::encode(&Sha256::digest(token.as_bytes())[..16])
+}
+
+/// The keys a token's row may be found by, the current one first (see
+/// [`Keyring::token_lookups`]), then the legacy one.
+pub fn lookup_keys(keyring: &Keyring, token: &str) -> Vec<String> {
+    let mut keys = keyring.token_lookups(token);
+    keys.push(legacy_lookup_key(token));
+    keys
 }
 
 /// The argon2id PHC string stored for a token or password.
@@ -76,6 +91,13 @@ impl VerifiedCache {
         self.entries.lock().is_ok_and(|map| map.get(&Self::key(token)).is_some_and(|v| v.phc == phc))
     }
 
+    /// Forgets every verification (after a revocation in this process).
+    pub fn clear(&self) {
+        if let Ok(mut map) = self.entries.lock() {
+            map.clear();
+        }
+    }
+
     pub fn put(&self, token: &str, name: String, phc: &str) {
         if let Ok(mut map) = self.entries.lock() {
             if map.len() >= 10_000 {
@@ -104,7 +126,7 @@ mod tests {
         assert!(verify(&t, &h));
         assert!(!verify("prv_wrong", &h));
         assert!(!verify(&t, "not a hash"));
-        assert_eq!(lookup_key(&t).len(), 32);
+        assert_eq!(legacy_lookup_key(&t).len(), 32);
     }
 
     #[test]

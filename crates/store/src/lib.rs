@@ -125,12 +125,15 @@ pub const MAX_PAGE: u32 = 500;
 pub struct TokenRecord {
     pub id: Uuid,
     pub name: String,
-    /// Hex of the first 16 bytes of SHA-256 of the token: how the row is found.
+    /// How the row is found: hex of HMAC-SHA256 of the token keyed by the server's secret key
+    /// (rows made before that: hex of the first 16 bytes of SHA-256, until next used).
     pub lookup: String,
     /// argon2id PHC string: how the token is verified.
     pub hash: String,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// When a request last came with it (to the minute).
+    pub last_used_at: Option<DateTime<Utc>>,
 }
 
 /// What a [`Store::wakeups`] receiver is told.
@@ -173,6 +176,13 @@ pub trait Store:
     async fn count_tokens(&self) -> Result<i64>;
     async fn create_token(&self, token: &TokenRecord, actor: &Actor) -> Result<()>;
     async fn find_token_by_lookup(&self, lookup: &str) -> Result<Option<TokenRecord>>;
+    /// The tokens that are not revoked, oldest first.
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
+    /// Revokes a token, with an audit entry; `NotFound` when there is no such (unrevoked) token.
+    async fn revoke_token(&self, id: Uuid, actor: &Actor) -> Result<()>;
+    /// Records that a token was used at `at`, and the lookup key its row is found by from now
+    /// on (a token re-keyed on use).
+    async fn token_used(&self, id: Uuid, lookup: &str, at: DateTime<Utc>) -> Result<()>;
 
     // Custom attribute definitions
     async fn list_attribute_defs(&self) -> Result<Vec<AttributeDef>>;

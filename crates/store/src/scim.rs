@@ -18,12 +18,111 @@ use crate::Result;
 pub struct ScimClientRecord {
     pub id: Uuid,
     pub name: String,
-    /// Hex of the first 16 bytes of SHA-256 of the token: how the row is found.
+    /// How the row is found: hex of HMAC-SHA256 of the token keyed by the server's secret key
+    /// (rows made before that: hex of the first 16 bytes of SHA-256, until next used).
     pub lookup: String,
     /// argon2id PHC string: how the token is verified.
     pub hash: String,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// What the client may see and change.
+    pub scope: ScimScope,
+    /// The client existed before scopes: it keeps `all` until an admin sets its scope.
+    pub legacy_scope: bool,
+}
+
+/// The users a SCIM client may see and manage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserScope {
+    /// Those it created.
+    Own,
+    /// Those imported from this directory source (and those it created).
+    Source(Uuid),
+    All,
+}
+
+/// The roles (groups) a SCIM client may see and push members into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleScope {
+    /// Those it created.
+    Own,
+    /// Those marked pushable (and those it created).
+    Pushable,
+    All,
+}
+
+/// What a SCIM client may see and change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScimScope {
+    pub users: UserScope,
+    pub roles: RoleScope,
+    /// Reads only: every write is refused.
+    pub read_only: bool,
+}
+
+impl ScimScope {
+    /// What a new client gets: what it creates, read and write.
+    pub const NEW: Self = Self { users: UserScope::Own, roles: RoleScope::Own, read_only: false };
+    /// Everything (the clients that existed before scopes).
+    pub const ALL: Self = Self { users: UserScope::All, roles: RoleScope::All, read_only: false };
+
+    /// The stored form: `(users_scope, users_source_id, roles_scope)`.
+    pub fn columns(&self) -> (&'static str, Option<Uuid>, &'static str) {
+        let (users, source) = match self.users {
+            UserScope::Own => ("own", None),
+            UserScope::Source(s) => ("source", Some(s)),
+            UserScope::All => ("all", None),
+        };
+        let roles = match self.roles {
+            RoleScope::Own => "own",
+            RoleScope::Pushable => "pushable",
+            RoleScope::All => "all",
+        };
+        (users, source, roles)
+    }
+
+    /// From the stored form; `None` when it is not one [`Self::columns`] makes.
+    pub fn from_columns(users: &str, source: Option<Uuid>, roles: &str, read_only: bool) -> Option<Self> {
+        let users = match (users, source) {
+            ("own", _) => UserScope::Own,
+            ("source", Some(s)) => UserScope::Source(s),
+            ("all", _) => UserScope::All,
+            _ => return None,
+        };
+        let roles = match roles {
+            "own" => RoleScope::Own,
+            "pushable" => RoleScope::Pushable,
+            "all" => RoleScope::All,
+            _ => return None,
+        };
+        Some(Self { users, roles, read_only })
+    }
+
+    /// The users in scope of client `client`, as a filter.
+    pub fn user_filter(&self, client: Uuid) -> ResourceFilter<UserField> {
+        let own = || ResourceFilter::Compare(UserField::Owner, CompareOp::Eq, FilterValue::Text(client.to_string()));
+        match self.users {
+            UserScope::All => ResourceFilter::True,
+            UserScope::Own => own(),
+            UserScope::Source(s) => ResourceFilter::or(
+                own(),
+                ResourceFilter::Compare(UserField::SourceId, CompareOp::Eq, FilterValue::Text(s.to_string())),
+            ),
+        }
+    }
+
+    /// The roles in scope of client `client`, as a filter.
+    pub fn group_filter(&self, client: Uuid) -> ResourceFilter<GroupField> {
+        let own = || ResourceFilter::Compare(GroupField::Owner, CompareOp::Eq, FilterValue::Text(client.to_string()));
+        match self.roles {
+            RoleScope::All => ResourceFilter::True,
+            RoleScope::Own => own(),
+            RoleScope::Pushable => ResourceFilter::or(
+                own(),
+                ResourceFilter::Compare(GroupField::Pushable, CompareOp::Eq, FilterValue::Bool(true)),
+            ),
+        }
+    }
 }
 
 /// A user with the `externalId` a SCIM client gave it.
@@ -31,6 +130,8 @@ pub struct ScimClientRecord {
 pub struct ScimUser {
     pub user: User,
     pub external_id: Option<String>,
+    /// The SCIM client that created the user (set when created; never changed).
+    pub owner: Option<Uuid>,
 }
 
 /// A role (a SCIM Group) with the `externalId` a SCIM client gave it.
@@ -38,6 +139,8 @@ pub struct ScimUser {
 pub struct ScimGroup {
     pub role: Role,
     pub external_id: Option<String>,
+    /// The SCIM client that created the role (set when created; never changed).
+    pub owner: Option<Uuid>,
 }
 
 /// A member of a group: the user's id and username.
@@ -95,6 +198,10 @@ pub enum UserField {
     GroupId,
     /// The name of a role the user belongs to (`groups.display`).
     GroupName,
+    /// The SCIM client that created the user (for scopes; no SCIM attribute maps to it).
+    Owner,
+    /// The directory source the user was imported from (for scopes).
+    SourceId,
     /// A declared custom attribute.
     Custom {
         name: String,
@@ -114,6 +221,10 @@ pub enum GroupField {
     MemberId,
     /// The username of a member (`members.display`).
     MemberName,
+    /// The SCIM client that created the role (for scopes; no SCIM attribute maps to it).
+    Owner,
+    /// Whether the role is marked pushable (for scopes).
+    Pushable,
 }
 
 /// A storage-neutral filter over the fields `F`.
@@ -198,6 +309,8 @@ enum Kind {
     Active,
     /// A custom attribute inside `users.attributes` (JSON).
     Json(String, AttributeType),
+    /// A boolean column.
+    Flag,
 }
 
 /// A relation searched with `EXISTS`.
@@ -205,6 +318,7 @@ enum Kind {
 enum Relation {
     UserGroups,
     GroupMembers,
+    UserSources,
 }
 
 struct FieldSql {
@@ -268,6 +382,12 @@ impl SqlField for UserField {
                 kind: Kind::Text { case_exact: false },
                 relation: Some(Relation::UserGroups),
             }),
+            Self::Owner => text(&id_expr(d, "users.scim_client_id"), true),
+            Self::SourceId => FieldSqlPub(FieldSql {
+                expr: id_expr(d, "rel.source_id"),
+                kind: Kind::Text { case_exact: true },
+                relation: Some(Relation::UserSources),
+            }),
             Self::Custom { name, kind } => {
                 FieldSqlPub(FieldSql { expr: String::new(), kind: Kind::Json(name.clone(), *kind), relation: None })
             }
@@ -293,6 +413,8 @@ impl SqlField for GroupField {
                 kind: Kind::Text { case_exact: false },
                 relation: Some(Relation::GroupMembers),
             }),
+            Self::Owner => text(&id_expr(d, "roles.scim_client_id"), true),
+            Self::Pushable => FieldSqlPub(FieldSql { expr: "roles.pushable".into(), kind: Kind::Flag, relation: None }),
         }
     }
 }
@@ -301,6 +423,7 @@ fn relation_from(rel: Relation) -> &'static str {
     match rel {
         Relation::UserGroups => "SELECT 1 FROM role_users rel WHERE rel.user_id = users.id",
         Relation::GroupMembers => "SELECT 1 FROM role_users rel WHERE rel.role_id = roles.id",
+        Relation::UserSources => "SELECT 1 FROM source_links rel WHERE rel.user_id = users.id",
     }
 }
 
@@ -456,6 +579,23 @@ fn leaf(o: &mut Out, f: &FieldSql, op: CompareOp, value: &FilterValue) -> Result
             o.sql(if want_active { "users.status = 'active'" } else { "users.status <> 'active'" });
         }
         Kind::Json(name, kind) => json_leaf(o, name, *kind, op, value)?,
+        Kind::Flag => {
+            let FilterValue::Bool(b) = value else {
+                return Err(bad("this attribute is a boolean: compare it with true or false"));
+            };
+            let want = match op {
+                CompareOp::Eq => *b,
+                CompareOp::Ne => !*b,
+                _ => return Err(bad("booleans can only be compared with eq or ne")),
+            };
+            let literal = match (d, want) {
+                (Dialect::Sqlite, true) => "1",
+                (Dialect::Sqlite, false) => "0",
+                (Dialect::Postgres, true) => "TRUE",
+                (Dialect::Postgres, false) => "FALSE",
+            };
+            o.sql(format!("{} = {literal}", f.expr));
+        }
     }
     Ok(())
 }
@@ -581,7 +721,7 @@ fn present(o: &mut Out, f: &FieldSql) -> Result<(), FilterSqlError> {
         Kind::Text { .. } => {
             o.sql(format!("(({0}) IS NOT NULL AND ({0}) <> '')", f.expr));
         }
-        Kind::Time | Kind::Active => {
+        Kind::Time | Kind::Active | Kind::Flag => {
             o.sql("1 = 1");
         }
         Kind::Json(name, kind) => json_present(o, name, *kind)?,
@@ -690,7 +830,7 @@ pub fn order_sql<F: SqlField>(sort: Option<&(F, bool)>, d: Dialect, id: &str) ->
     let expr = match &fs.kind {
         Kind::Text { case_exact: true } => fs.expr.clone(),
         Kind::Text { case_exact: false } => format!("lower({})", fs.expr),
-        Kind::Time | Kind::Active => fs.expr.clone(),
+        Kind::Time | Kind::Active | Kind::Flag => fs.expr.clone(),
         Kind::Json(name, kind) => {
             let path = json_path(d, name);
             let (pre, post) = match (d, kind) {
@@ -720,6 +860,11 @@ pub trait ScimStore: Send + Sync + 'static {
     async fn find_scim_client_by_lookup(&self, lookup: &str) -> Result<Option<ScimClientRecord>>;
     /// Revokes a client's token; `NotFound` when there is no such (unrevoked) client.
     async fn revoke_scim_client(&self, id: Uuid, actor: &Actor) -> Result<()>;
+    /// Sets a client's scope (which clears `legacy_scope`), with an audit entry; `NotFound`
+    /// when there is no such (unrevoked) client.
+    async fn set_scim_client_scope(&self, id: Uuid, scope: &ScimScope, actor: &Actor) -> Result<ScimClientRecord>;
+    /// Replaces the lookup key a client's row is found by (a token re-keyed on use).
+    async fn rekey_scim_client(&self, id: Uuid, lookup: &str) -> Result<()>;
 
     // Users
     /// A user that is not deleted.

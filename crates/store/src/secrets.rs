@@ -35,6 +35,26 @@ pub enum SecretError {
 struct Key {
     id: String,
     cipher: Aes256Gcm,
+    /// The key token lookups are made with, derived from this key.
+    lookup: [u8; 32],
+}
+
+/// HMAC-SHA256 (RFC 2104) of `msg` under `key`.
+pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    const BLOCK: usize = 64;
+    let mut k = [0u8; BLOCK];
+    if key.len() > BLOCK {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = Sha256::new();
+    inner.update(k.map(|b| b ^ 0x36));
+    inner.update(msg);
+    let mut outer = Sha256::new();
+    outer.update(k.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
 }
 
 /// The keys secrets are encrypted with. Never printed.
@@ -66,7 +86,8 @@ impl Keyring {
             }
             let cipher = Aes256Gcm::new_from_slice(&raw)
                 .map_err(|_| SecretError::BadKey(format!("key {} is unusable", i + 1)))?;
-            out.push(Key { id: key_id(&raw), cipher });
+            let lookup = hmac_sha256(&raw, b"provisioner token lookup v1");
+            out.push(Key { id: key_id(&raw), cipher, lookup });
         }
         if out.is_empty() {
             return Err(SecretError::BadKey("no key given".into()));
@@ -109,6 +130,14 @@ impl Keyring {
         let text = std::fs::read_to_string(path).map_err(io)?;
         let keys: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
         Self::from_base64(&keys)
+    }
+
+    /// The keys a token's row may be found by, the current one first: hex of HMAC-SHA256 of
+    /// the token under a key derived from each key of the ring (a key rotated out still finds
+    /// the rows made under it, which are then re-keyed). Without the secret key, a copy of
+    /// the database does not let anyone test guesses of a token.
+    pub fn token_lookups(&self, token: &str) -> Vec<String> {
+        self.keys.iter().map(|k| hex::encode(hmac_sha256(&k.lookup, token.as_bytes()))).collect()
     }
 
     /// The id of the key new secrets are encrypted with.
@@ -179,6 +208,22 @@ pub fn decrypt_credential(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hmac_matches_rfc_4231_and_lookups_follow_the_ring() {
+        // RFC 4231, test case 2.
+        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(hex::encode(mac), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+        let (a, b) = (Keyring::generate_key(), Keyring::generate_key());
+        let one = Keyring::from_base64(&[&a]).unwrap();
+        let rotated = Keyring::from_base64(&[&b, &a]).unwrap();
+        let l = one.token_lookups("prv_x");
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].len(), 64);
+        assert_ne!(l[0], hex::encode(Sha256::digest(b"prv_x")), "keyed, not a plain digest");
+        assert_eq!(rotated.token_lookups("prv_x")[1], l[0], "the old key still finds the row");
+        assert_ne!(rotated.token_lookups("prv_x")[0], l[0]);
+    }
 
     #[test]
     fn round_trip_binding_and_rotation() {

@@ -206,6 +206,79 @@ async fn migrate_token_create_and_healthcheck() {
     assert_eq!(err.trim().lines().count(), 1, "one readable line: {err}");
 }
 
+/// Two processes on one PostgreSQL database: an API token revoked with the CLI and a SCIM
+/// client revoked through the first process are both refused by the second (which had just
+/// let them through, so had them cached) within 5 seconds.
+#[tokio::test]
+async fn revoked_tokens_are_refused_by_another_process_within_5_seconds() {
+    let db = testkit::postgres::TestDatabase::create().await;
+    let admin = "two-process-admin-token-0123456789";
+    let env = [
+        ("PROVISIONER_DATABASE_URL", db.url.clone()),
+        ("PROVISIONER_SECRET_KEY", store::secrets::Keyring::generate_key()),
+    ];
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let first = Running::start_with(dirs[0].path(), Some(admin), &env).await;
+    let second = Running::start_with(dirs[1].path(), Some(admin), &env).await;
+    let cli = |args: &[&str]| {
+        let mut c = command(dirs[0].path());
+        c.envs(env.iter().map(|(k, v)| (*k, v.as_str()))).args(args);
+        c
+    };
+    let out = cli(&["tokens", "create", "--name", "ci-bot"]).output().await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let api_token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let c = reqwest::Client::new();
+    let scim: serde_json::Value = c
+        .post(first.url("/api/v1/scim-clients"))
+        .bearer_auth(admin)
+        .json(&json!({"name": "Okta"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let scim_token = scim["token"].as_str().unwrap().to_owned();
+    let status = |url: String, token: String| {
+        let c = c.clone();
+        async move { c.get(url).bearer_auth(token).send().await.unwrap().status() }
+    };
+    let api_ok = || status(second.url("/api/v1/roles"), api_token.clone());
+    let scim_ok = || status(second.url("/scim/v2/Groups"), scim_token.clone());
+    assert_eq!(api_ok().await, StatusCode::OK);
+    assert_eq!(scim_ok().await, StatusCode::OK);
+    // Listed by the CLI (never the token), then revoked by it.
+    let out = cli(&["tokens", "list"]).output().await.unwrap();
+    let listed = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success() && listed.contains("ci-bot") && listed.contains("admin"), "{listed}");
+    assert!(!listed.contains(&api_token) && !listed.contains(admin), "{listed}");
+    let id = listed.lines().find(|l| l.contains("ci-bot")).unwrap().split_whitespace().next().unwrap().to_owned();
+    let out = cli(&["tokens", "revoke", &id]).output().await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let revoked = std::time::Instant::now();
+    let r = c.delete(first.url(&format!("/api/v1/scim-clients/{}", scim["id"].as_str().unwrap()))).bearer_auth(admin);
+    assert_eq!(r.send().await.unwrap().status(), StatusCode::NO_CONTENT);
+    let (mut api_at, mut scim_at) = (None, None);
+    while api_at.is_none() || scim_at.is_none() {
+        assert!(revoked.elapsed() < Duration::from_secs(5), "still accepted 5 s after revocation");
+        if api_at.is_none() && api_ok().await == StatusCode::UNAUTHORIZED {
+            api_at = Some(revoked.elapsed());
+        }
+        if scim_at.is_none() && scim_ok().await == StatusCode::UNAUTHORIZED {
+            scim_at = Some(revoked.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("revoked tokens refused by the other process after: API {api_at:?}, SCIM {scim_at:?}");
+    let out = cli(&["tokens", "list"]).output().await.unwrap();
+    assert!(!String::from_utf8(out.stdout).unwrap().contains("ci-bot"));
+    let out = cli(&["tokens", "revoke", &id]).output().await.unwrap();
+    assert!(!out.status.success(), "revoking twice is an error");
+    first.kill().await;
+    second.kill().await;
+}
+
 #[tokio::test]
 async fn bad_settings_are_one_readable_line_and_a_failure() {
     let dir = tempfile::tempdir().unwrap();

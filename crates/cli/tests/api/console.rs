@@ -234,6 +234,41 @@ async fn console_forms_are_refused_without_the_csrf_token() {
     assert!(cookie_value(&r, "prv_session").is_none());
 }
 
+/// The SCIM clients page flags a client from before scopes and sets its scope (CSRF-checked).
+#[tokio::test]
+async fn console_scim_clients_page_shows_the_legacy_flag_and_sets_the_scope() {
+    use store::scim::{RoleScope, ScimClientRecord, ScimScope, UserScope};
+    let c = Console::start(Default::default()).await;
+    let (session, csrf) = c.login().await;
+    let id = uuid::Uuid::now_v7();
+    let record = ScimClientRecord {
+        id,
+        name: "Old IdP".into(),
+        lookup: "legacy".into(),
+        hash: "$argon2id$x".into(),
+        created_at: directory::now(),
+        revoked_at: None,
+        scope: ScimScope::ALL,
+        legacy_scope: true,
+    };
+    c.state.service.store().create_scim_client(&record, &directory::Actor::cli()).await.unwrap();
+    let html = c.get("/console/scim-clients", &session).await.text().await.unwrap();
+    assert!(html.contains("Old IdP") && html.contains("Legacy scope: all"), "{html}");
+    let path = format!("/console/scim-clients/{id}/scope");
+    let form = [("users", "own"), ("roles", "pushable"), ("read_only", "on")];
+    assert_eq!(c.post(&path, &session, &form).await.status(), StatusCode::FORBIDDEN, "no CSRF token");
+    let mut with_csrf = form.to_vec();
+    with_csrf.push(("csrf", &csrf));
+    let r = c.post(&path, &session, &with_csrf).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let stored = c.state.service.store().list_scim_clients().await.unwrap().remove(0);
+    assert_eq!(stored.scope, ScimScope { users: UserScope::Own, roles: RoleScope::Pushable, read_only: true });
+    assert!(!stored.legacy_scope);
+    let html = c.get("/console/scim-clients", &session).await.text().await.unwrap();
+    assert!(!html.contains("Legacy scope") && html.contains("Read only."), "{html}");
+    assert!(c.audit().await.iter().any(|e| e.action == "scim_client.scope" && e.actor.name == ADMIN));
+}
+
 #[tokio::test]
 async fn console_sign_in_is_rate_limited_with_one_generic_message() {
     let c = Console::start(Default::default()).await;
@@ -375,6 +410,39 @@ async fn console_mapping_editors_work_without_javascript() {
     assert!(c.state.service.get_app(app.id).await.unwrap().parameters.is_none(), "the default mapping again");
     let audit = c.state.service.list_audit(&store::AuditQuery::default()).await.unwrap();
     assert_eq!((audit.items[0].action.as_str(), audit.items[0].actor.kind.as_str()), ("app.mapping", "admin"));
+}
+
+/// Issue 15: the configuration form cannot send a kept token to a new host either.
+#[tokio::test]
+async fn console_configuration_form_cannot_move_a_kept_token() {
+    let c = Console::start(Default::default()).await;
+    let (session, csrf) = c.login().await;
+    let input: directory::AppInput = serde_json::from_value(json!({
+        "name": "Plain", "connection": {"base_url": "http://127.0.0.1:9/scim/v2", "auth": {"type": "bearer", "token": "kept-t0ken"}}
+    }))
+    .unwrap();
+    let app = c.state.service.create_app(&directory::Actor::admin(ADMIN), input).await.unwrap();
+    let path = format!("/console/apps/{}/configuration", app.id);
+    let v = app.version.to_string();
+    let mut form = vec![
+        ("csrf", csrf.as_str()),
+        ("version", v.as_str()),
+        ("name", "Plain"),
+        ("base_url", "https://collect.attacker.example/scim/v2"),
+        ("auth_type", "bearer"),
+        ("token", ""),
+    ];
+    let r = c.post(&path, &session, &form).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let html = r.text().await.unwrap();
+    assert!(html.contains("must be given again"), "{html}");
+    assert_eq!(c.state.service.get_app(app.id).await.unwrap().connection.base_url, "http://127.0.0.1:9/scim/v2");
+    form[5] = ("token", "n3w-t0ken");
+    assert_eq!(c.post(&path, &session, &form).await.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        c.state.service.app_secret(app.id).await.unwrap(),
+        directory::Secret::Bearer { token: "n3w-t0ken".into() }
+    );
 }
 
 // ---- the walkthrough in a real browser ----
@@ -874,7 +942,9 @@ async fn console_parameters_rules_and_entitlements_in_a_real_browser() {
         let sam = service.create_user(&actor, user("sam", "Sam", "Sales"), directory::UserSource::Local).await.unwrap();
         let eve =
             service.create_user(&actor, user("eve", "Eve", "Engineering"), directory::UserSource::Local).await.unwrap();
-        let role = service.create_role(&actor, directory::RoleInput { name: "Staff".into(), description: None }).await;
+        let role = service
+            .create_role(&actor, directory::RoleInput { name: "Staff".into(), description: None, pushable: false })
+            .await;
         let role = role.unwrap();
         service.add_role_app(&actor, role.id, app_id).await.unwrap();
         for u in [sam.id, eve.id] {
@@ -1054,7 +1124,9 @@ async fn console_quarantine_banner_and_resume_in_a_real_browser() {
         let app_id: uuid::Uuid = id.parse().unwrap();
         let service = &console.state.service;
         let actor = directory::Actor::admin(ADMIN);
-        let role = service.create_role(&actor, directory::RoleInput { name: "Staff".into(), description: None }).await;
+        let role = service
+            .create_role(&actor, directory::RoleInput { name: "Staff".into(), description: None, pushable: false })
+            .await;
         let role = role.unwrap();
         service.add_role_app(&actor, role.id, app_id).await.unwrap();
         for name in ["pat", "kim", "lee"] {
@@ -1172,7 +1244,7 @@ async fn console_guard_confirmation_and_held_review_in_a_real_browser() {
         let app_id: uuid::Uuid = id.parse().unwrap();
         let service = &console.state.service;
         let actor = directory::Actor::admin(ADMIN);
-        let role = service.create_role(&actor, directory::RoleInput { name: "Staff".into(), description: None }).await;
+        let role = service.create_role(&actor, directory::RoleInput { name: "Staff".into(), description: None, pushable: false }).await;
         let role = role.unwrap();
         service.add_role_app(&actor, role.id, app_id).await.unwrap();
         let mut users = Vec::new();

@@ -339,7 +339,8 @@ async fn the_guard_holds_deletions_pushed_over_scim(backend: Backend) {
     }
     app_until(&w, "200 accounts", |a| a.len() == 200).await;
     quiet(&w).await;
-    let c = w.s.post("/api/v1/scim-clients", json!({"name": "Entra ID"})).await;
+    let c =
+        w.s.post("/api/v1/scim-clients", json!({"name": "Entra ID", "scope": {"users": "all", "roles": "all"}})).await;
     assert_eq!(c.status, StatusCode::CREATED, "{c:#?}");
     let token = c.body["token"].as_str().unwrap().to_owned();
     let http = reqwest::Client::new();
@@ -458,6 +459,8 @@ async fn the_guard_holds_what_a_reconcile_finds(backend: Backend) {
         "conditions": [{"attribute": "title", "op": "equals", "value": "Intern"}],
         "actions": [{"do_not_provision": true}]}]);
     assert_eq!(w.s.call(Method::PUT, &format!("/api/v1/apps/{app}/rules"), Some(rules)).await.status, StatusCode::OK);
+    // Planned first (it changes no one), so that the user's change is the newest the planner knows.
+    quiet(&w).await;
     let g05 = updates.iter().find(|e| e["username"] == "g05").unwrap()["user_id"].as_str().unwrap().to_owned();
     assert_eq!(w.s.patch(&format!("/api/v1/users/{g05}"), json!({"title": "Intern"})).await.status, StatusCode::OK);
     let h = held(&w, 1).await;
@@ -497,7 +500,10 @@ async fn the_guard_holds_a_directory_sync(backend: Backend) {
     assert_eq!(dry.body["roles"][0]["joins"], 100, "{:#}", dry.body["roles"]);
     assert_eq!(w.s.get("/api/v1/sources").await.body["items"], json!([]), "a dry run saves nothing");
     assert_eq!(w.s.get("/api/v1/users").await.body["items"], json!([]));
-    let source = create_source(&w.s, body).await;
+    let source = create_source(&w.s, body.clone()).await;
+    // Validated as usual: a second source of the same name is refused, dry or not.
+    let again = w.s.post("/api/v1/sources?dry_run=true", body).await;
+    again.problem_field(409, "name");
     let done = sync(&w.s, &source, "full").await;
     assert_eq!((done["state"].as_str(), done["counts"]["created"].as_u64()), (Some("succeeded"), Some(100)));
     app_until(&w, "100 accounts", |a| a.len() == 100 && active(a) == 100).await;

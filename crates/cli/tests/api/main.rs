@@ -41,4 +41,6 @@ mod openapi;
 mod quarantine;
 mod saml;
 mod scim_server;
+mod scopes;
+mod secrets;
 mod security;

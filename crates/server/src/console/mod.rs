@@ -10,6 +10,7 @@ mod auth;
 mod events;
 mod mapping;
 mod roles;
+mod scim_clients;
 mod sources;
 mod users;
 mod view;
@@ -98,6 +99,7 @@ fn pages(state: &AppState) -> Router<AppState> {
         .merge(mapping::routes())
         .merge(events::routes())
         .merge(sources::routes())
+        .merge(scim_clients::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_session));
     Router::new()
         .merge(signed_in)

@@ -135,7 +135,7 @@ async fn list(
 
 async fn create(State(state): State<AppState>, session: Session, headers: HeaderMap, body: Bytes) -> Result<Response> {
     let form = FormData::parse(&body);
-    let input = RoleInput { name: form.text("name"), description: form.opt("description") };
+    let input = RoleInput { name: form.text("name"), description: form.opt("description"), pushable: false };
     match state.service.create_role(&session.actor(), input).await {
         Ok(role) => Ok(view::see_other_with(
             &format!("/console/roles/{}", role.id),

@@ -1,6 +1,6 @@
-//! `/api/v1/scim-clients`: the admin API that makes, lists and revokes the tokens SCIM clients
-//! (identity providers, HR systems) push with. A token is shown once; only its argon2id hash
-//! is kept.
+//! `/api/v1/scim-clients`: the admin API that makes, lists, scopes and revokes the tokens SCIM
+//! clients (identity providers, HR systems) push with. A token is shown once; only its
+//! argon2id hash is kept. Each client has a scope: the users and roles it sees and changes.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -9,7 +9,7 @@ use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use directory::{Actor, Page, ValidationErrors};
 use serde::{Deserialize, Serialize};
-use store::scim::ScimClientRecord;
+use store::scim::{RoleScope, ScimClientRecord, ScimScope, UserScope};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -20,7 +20,56 @@ use crate::extract::{ApiJson, Path};
 use crate::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list_scim_clients, create_scim_client)).routes(routes!(revoke_scim_client))
+    OpenApiRouter::new()
+        .routes(routes!(list_scim_clients, create_scim_client))
+        .routes(routes!(patch_scim_client, revoke_scim_client))
+}
+
+/// The users a SCIM client sees and manages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UsersScope {
+    /// Those it created.
+    Own,
+    /// Those imported from the directory source `source_id` (and those it created).
+    Source,
+    All,
+}
+
+/// The roles (SCIM Groups) a SCIM client sees and pushes members into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RolesScope {
+    /// Those it created.
+    Own,
+    /// Those marked `pushable` (members only) and those it created.
+    Pushable,
+    All,
+}
+
+/// What a SCIM client sees and changes. Objects out of scope are invisible to it (404).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Scope {
+    pub users: UsersScope,
+    /// The directory source, with `users: "source"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_id: Option<Uuid>,
+    pub roles: RolesScope,
+    /// Reads only: every write answers 403.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// A scope as given: every field optional (missing ones keep their value, or the default of a
+/// new client: `own`, `own`, not read-only).
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeInput {
+    pub users: Option<UsersScope>,
+    pub source_id: Option<Uuid>,
+    pub roles: Option<RolesScope>,
+    pub read_only: Option<bool>,
 }
 
 /// The body of `POST /api/v1/scim-clients`.
@@ -29,6 +78,16 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub struct ScimClientInput {
     /// Who pushes with this token, e.g. `Entra ID`.
     pub name: String,
+    /// What the client may see and change; by default the users and roles it creates.
+    #[serde(default)]
+    pub scope: Option<ScopeInput>,
+}
+
+/// The body of `PATCH /api/v1/scim-clients/{id}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScimClientPatch {
+    pub scope: ScopeInput,
 }
 
 /// A SCIM client (its token is never shown again).
@@ -37,6 +96,9 @@ pub struct ScimClient {
     pub id: Uuid,
     pub name: String,
     pub created_at: DateTime<Utc>,
+    pub scope: Scope,
+    /// The client existed before scopes and keeps scope `all` until an admin sets its scope.
+    pub legacy_scope: bool,
 }
 
 /// A new SCIM client with its token, shown this once.
@@ -45,12 +107,60 @@ pub struct NewScimClient {
     pub id: Uuid,
     pub name: String,
     pub created_at: DateTime<Utc>,
+    pub scope: Scope,
+    pub legacy_scope: bool,
     /// The bearer token for `/scim/v2` (and nothing else).
     pub token: String,
 }
 
-fn view(r: ScimClientRecord) -> ScimClient {
-    ScimClient { id: r.id, name: r.name, created_at: r.created_at }
+/// A stored scope as the API shows it.
+pub fn scope_view(s: &ScimScope) -> Scope {
+    let (users, source_id) = match s.users {
+        UserScope::Own => (UsersScope::Own, None),
+        UserScope::Source(id) => (UsersScope::Source, Some(id)),
+        UserScope::All => (UsersScope::All, None),
+    };
+    let roles = match s.roles {
+        RoleScope::Own => RolesScope::Own,
+        RoleScope::Pushable => RolesScope::Pushable,
+        RoleScope::All => RolesScope::All,
+    };
+    Scope { users, source_id, roles, read_only: s.read_only }
+}
+
+/// `input` over `base`, checked (a `source` scope names a source that exists).
+pub async fn apply_scope(s: &AppState, base: &ScimScope, input: &ScopeInput) -> Result<ScimScope> {
+    let current = scope_view(base);
+    let users = input.users.unwrap_or(current.users);
+    let users = match users {
+        UsersScope::Own => UserScope::Own,
+        UsersScope::All => UserScope::All,
+        UsersScope::Source => {
+            let Some(id) = input.source_id.or(current.source_id) else {
+                return Err(ValidationErrors::single("scope.source_id", "is required with users \"source\"").into());
+            };
+            if s.service.store().get_source(id).await?.is_none() {
+                return Err(ValidationErrors::single("scope.source_id", "refers to no directory source").into());
+            }
+            UserScope::Source(id)
+        }
+    };
+    let roles = match input.roles.unwrap_or(current.roles) {
+        RolesScope::Own => RoleScope::Own,
+        RolesScope::Pushable => RoleScope::Pushable,
+        RolesScope::All => RoleScope::All,
+    };
+    Ok(ScimScope { users, roles, read_only: input.read_only.unwrap_or(current.read_only) })
+}
+
+pub fn view(r: ScimClientRecord) -> ScimClient {
+    ScimClient {
+        id: r.id,
+        name: r.name,
+        created_at: r.created_at,
+        scope: scope_view(&r.scope),
+        legacy_scope: r.legacy_scope,
+    }
 }
 
 /// List SCIM clients.
@@ -72,6 +182,7 @@ async fn create_scim_client(
     if name.is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
         return Err(ValidationErrors::single("name", "must be 1-128 printable characters").into());
     }
+    let scope = apply_scope(&s, &ScimScope::NEW, &input.scope.unwrap_or_default()).await?;
     let token =
         format!("{}{}", super::TOKEN_PREFIX, crate::tokens::generate().trim_start_matches(crate::tokens::TOKEN_PREFIX));
     let owned = token.clone();
@@ -82,14 +193,54 @@ async fn create_scim_client(
     let record = ScimClientRecord {
         id: Uuid::now_v7(),
         name,
-        lookup: crate::tokens::lookup_key(&token),
+        lookup: s.service.token_lookup(&token),
         hash,
         created_at: directory::now(),
         revoked_at: None,
+        scope,
+        legacy_scope: false,
     };
     s.service.store().create_scim_client(&record, &actor).await?;
-    let body = NewScimClient { id: record.id, name: record.name, created_at: record.created_at, token };
+    let body = NewScimClient {
+        id: record.id,
+        name: record.name,
+        created_at: record.created_at,
+        scope: scope_view(&record.scope),
+        legacy_scope: false,
+        token,
+    };
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// Set a SCIM client's scope (fields left out keep their value); this clears `legacy_scope`.
+#[utoipa::path(patch, path = "/scim-clients/{id}", tag = "scim", params(("id" = Uuid, Path)), request_body = ScimClientPatch,
+    responses((status = 200, body = ScimClient), (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json")))]
+async fn patch_scim_client(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<Uuid>,
+    ApiJson(input): ApiJson<ScimClientPatch>,
+) -> Result<Json<ScimClient>> {
+    let record = set_scope(&s, id, &input.scope, &actor).await?;
+    Ok(Json(view(record)))
+}
+
+/// Sets a client's scope (the API and the console).
+pub async fn set_scope(s: &AppState, id: Uuid, input: &ScopeInput, actor: &Actor) -> Result<ScimClientRecord> {
+    let current = s
+        .service
+        .store()
+        .list_scim_clients()
+        .await?
+        .into_iter()
+        .find(|c| c.id == id)
+        .ok_or(Error::NotFound("SCIM client"))?;
+    let scope = apply_scope(s, &current.scope, input).await?;
+    s.service.store().set_scim_client_scope(id, &scope, actor).await.map_err(|e| match e {
+        store::StoreError::NotFound => Error::NotFound("SCIM client"),
+        other => other.into(),
+    })
 }
 
 /// Revoke a SCIM client's token.

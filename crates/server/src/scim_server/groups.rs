@@ -14,11 +14,11 @@ use serde_json::{json, Map, Value};
 use store::scim::{Member, ScimGroup, ScimQuery};
 use uuid::Uuid;
 
-use super::filter;
 use super::{
-    base_url, check_if_match, group_resource_schema, list_response, not_modified, not_modified_response, parse_id,
-    tagged, Client, Fail, ScimBody, ScimResult, ScimState, Search,
+    base_url, check_if_match, group_resource_schema, list_response, not_modified, not_modified_response, tagged,
+    Client, Fail, ScimBody, ScimResult, ScimState, Search,
 };
+use super::{filter, scope};
 
 const WRITE_ATTEMPTS: usize = 3;
 
@@ -127,8 +127,8 @@ fn from_json(body: &Value) -> Result<GroupParts, ScimError> {
     Ok((name, external_id, members))
 }
 
-fn role_input(name: String, description: Option<String>) -> Result<RoleInput, ScimError> {
-    let mut input = RoleInput { name, description };
+fn role_input(name: String, description: Option<String>, pushable: bool) -> Result<RoleInput, ScimError> {
+    let mut input = RoleInput { name, description, pushable };
     input.normalize_and_validate().map_err(|e| {
         ScimError::invalid_value(
             e.0.iter()
@@ -140,13 +140,13 @@ fn role_input(name: String, description: Option<String>) -> Result<RoleInput, Sc
     Ok(input)
 }
 
-async fn load(state: &ScimState, id: &str) -> ScimResult<ScimGroup> {
-    let id = parse_id(id, "group")?;
-    state.store().scim_group(id).await?.ok_or_else(|| Fail(ScimError::not_found(format!("no group {id}")), None))
+async fn load(state: &ScimState, client: &Client, id: &str) -> ScimResult<ScimGroup> {
+    scope::load_group(state, client, id).await
 }
 
-async fn full(state: &ScimState, g: &ScimGroup, base: &str, members: bool) -> ScimResult<Value> {
-    let m = if members { Some(state.store().scim_members(g.role.id).await?) } else { None };
+/// The group as the client sees it (its members in scope).
+async fn full(state: &ScimState, client: &Client, g: &ScimGroup, base: &str, members: bool) -> ScimResult<Value> {
+    let m = if members { Some(scope::visible_members(state, client, g.role.id).await?) } else { None };
     Ok(to_json(g, m.as_deref(), base))
 }
 
@@ -157,6 +157,7 @@ fn projection_from(raw: &Option<String>) -> ScimResult<Projection> {
 
 async fn answer(
     state: &ScimState,
+    client: &Client,
     headers: &HeaderMap,
     g: &ScimGroup,
     status: StatusCode,
@@ -164,25 +165,40 @@ async fn answer(
 ) -> ScimResult {
     let projection = projection_from(q)?;
     let base = base_url(headers);
-    let body = projection.apply(full(state, g, &base, projection.wants("members")).await?, &group_resource_schema());
+    let body =
+        projection.apply(full(state, client, g, &base, projection.wants("members")).await?, &group_resource_schema());
     let location = (status == StatusCode::CREATED).then(|| format!("{base}/Groups/{}", g.role.id));
     Ok(tagged(status, g.role.version, &body, location.as_deref()))
 }
 
-pub(crate) async fn list(State(state): State<ScimState>, headers: HeaderMap, RawQuery(q): RawQuery) -> ScimResult {
-    run_search(&state, &headers, Search::from_query(q.as_deref())?).await
+pub(crate) async fn list(
+    State(state): State<ScimState>,
+    client: Client,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ScimResult {
+    run_search(&state, &client, &headers, Search::from_query(q.as_deref())?).await
 }
 
-pub(crate) async fn search(State(state): State<ScimState>, headers: HeaderMap, ScimBody(body): ScimBody) -> ScimResult {
-    run_search(&state, &headers, Search::from_body(&body)?).await
+pub(crate) async fn search(
+    State(state): State<ScimState>,
+    client: Client,
+    headers: HeaderMap,
+    ScimBody(body): ScimBody,
+) -> ScimResult {
+    run_search(&state, &client, &headers, Search::from_body(&body)?).await
 }
 
-async fn run_search(state: &ScimState, headers: &HeaderMap, s: Search) -> ScimResult {
+async fn run_search(state: &ScimState, client: &Client, headers: &HeaderMap, s: Search) -> ScimResult {
     let rs = group_resource_schema();
     let projection = Projection::parse(s.attributes.as_deref(), s.excluded.as_deref(), &rs)?;
     let filter = match s.filter.as_deref().filter(|f| !f.trim().is_empty()) {
         Some(text) => filter::group_filter(&filter::parse(text)?, &rs)?,
         None => store::scim::ResourceFilter::True,
+    };
+    let filter = match scope::group_filter(client) {
+        store::scim::ResourceFilter::True => filter,
+        in_scope => store::scim::ResourceFilter::and(in_scope, filter),
     };
     let sort = s.sort_by.as_deref().map(|p| filter::group_sort(p, &rs)).transpose()?.map(|f| (f, s.descending));
     let query = ScimQuery { filter, sort, offset: s.start_index - 1, count: s.count };
@@ -191,66 +207,75 @@ async fn run_search(state: &ScimState, headers: &HeaderMap, s: Search) -> ScimRe
     let members = projection.wants("members");
     let mut resources = Vec::with_capacity(groups.len());
     for g in &groups {
-        resources.push(projection.apply(full(state, g, &base, members).await?, &rs));
+        resources.push(projection.apply(full(state, client, g, &base, members).await?, &rs));
     }
     Ok(super::scim_json(StatusCode::OK, &list_response(total, s.start_index, resources)))
 }
 
 pub(crate) async fn get(
     State(state): State<ScimState>,
+    client: Client,
     headers: HeaderMap,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ScimResult {
-    let g = load(&state, &id).await?;
+    let g = load(&state, &client, &id).await?;
     if not_modified(&headers, g.role.version)? {
         return Ok(not_modified_response(g.role.version));
     }
     let projection = projection_from(&q)?;
-    let body = projection
-        .apply(full(&state, &g, &base_url(&headers), projection.wants("members")).await?, &group_resource_schema());
+    let members = projection.wants("members");
+    let body =
+        projection.apply(full(&state, &client, &g, &base_url(&headers), members).await?, &group_resource_schema());
     Ok(tagged(StatusCode::OK, g.role.version, &body, None))
 }
 
 pub(crate) async fn create(
     State(state): State<ScimState>,
-    Client(actor): Client,
+    client: Client,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
     ScimBody(body): ScimBody,
 ) -> ScimResult {
     let (name, external_id, members) = from_json(&body)?;
-    let role = Role::new(role_input(name, None)?, directory::now());
-    let g = ScimGroup { role, external_id };
-    state.store().scim_save_group(&g, Some(members.as_deref().unwrap_or(&[])), None, &actor).await?;
+    let role = Role::new(role_input(name, None, false)?, directory::now());
+    let members = scope::members_to_write(&state, &client, None, members.unwrap_or_default()).await?;
+    let g = ScimGroup { role, external_id, owner: Some(client.id) };
+    state.store().scim_save_group(&g, Some(&members), None, &client.actor).await?;
     state.changed();
-    answer(&state, &headers, &g, StatusCode::CREATED, &q).await
+    answer(&state, &client, &headers, &g, StatusCode::CREATED, &q).await
 }
 
+/// Writes a new state of a group: renaming it (or changing its `externalId`) needs the client
+/// to own it (or scope `all`); the members it cannot see are kept.
 async fn save(
     state: &ScimState,
-    actor: &directory::Actor,
+    client: &Client,
     current: &ScimGroup,
     name: String,
     external_id: Option<String>,
-    members: Option<Vec<Uuid>>,
+    members: Vec<Uuid>,
 ) -> ScimResult<ScimGroup> {
-    let input = role_input(name, current.role.description.clone())?;
-    let g = ScimGroup { role: current.role.updated(input, directory::now()), external_id };
-    state.store().scim_save_group(&g, members.as_deref(), Some(current.role.version), actor).await?;
+    if name != current.role.name || external_id != current.external_id {
+        scope::check_owns_group(state, client, current).await?;
+    }
+    let members = scope::members_to_write(state, client, Some(current.role.id), members).await?;
+    let input = role_input(name, current.role.description.clone(), current.role.pushable)?;
+    let g = ScimGroup { role: current.role.updated(input, directory::now()), external_id, owner: current.owner };
+    state.store().scim_save_group(&g, Some(&members), Some(current.role.version), &client.actor).await?;
     state.changed();
     Ok(g)
 }
 
 pub(crate) async fn replace(
     State(state): State<ScimState>,
-    Client(actor): Client,
+    client: Client,
     headers: HeaderMap,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
     ScimBody(body): ScimBody,
 ) -> ScimResult {
-    let current = load(&state, &id).await?;
+    let current = load(&state, &client, &id).await?;
     check_if_match(&headers, current.role.version)?;
     if let Some(given) = body.get("id").and_then(Value::as_str) {
         if given != current.role.id.to_string() {
@@ -259,13 +284,13 @@ pub(crate) async fn replace(
     }
     let (name, external_id, members) = from_json(&body)?;
     // PUT replaces: no members given means none.
-    let g = save(&state, &actor, &current, name, external_id, Some(members.unwrap_or_default())).await?;
-    answer(&state, &headers, &g, StatusCode::OK, &q).await
+    let g = save(&state, &client, &current, name, external_id, members.unwrap_or_default()).await?;
+    answer(&state, &client, &headers, &g, StatusCode::OK, &q).await
 }
 
 pub(crate) async fn patch(
     State(state): State<ScimState>,
-    Client(actor): Client,
+    client: Client,
     headers: HeaderMap,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
@@ -275,11 +300,11 @@ pub(crate) async fn patch(
     let rs = group_resource_schema();
     let base = base_url(&headers);
     for attempt in 1..=WRITE_ATTEMPTS {
-        let current = load(&state, &id).await?;
+        let current = load(&state, &client, &id).await?;
         check_if_match(&headers, current.role.version)?;
         let before_members: Vec<Uuid> =
-            state.store().scim_members(current.role.id).await?.iter().map(|m| m.id).collect();
-        let mut doc = full(&state, &current, &base, true).await?;
+            scope::visible_members(&state, &client, current.role.id).await?.iter().map(|m| m.id).collect();
+        let mut doc = full(&state, &client, &current, &base, true).await?;
         patch::apply(&mut doc, &ops, &rs)?;
         let (name, external_id, members) = from_json(&doc)?;
         let members = members.unwrap_or_default();
@@ -291,10 +316,10 @@ pub(crate) async fn patch(
             a == b
         };
         if name == current.role.name && external_id == current.external_id && same_members {
-            return answer(&state, &headers, &current, StatusCode::OK, &q).await;
+            return answer(&state, &client, &headers, &current, StatusCode::OK, &q).await;
         }
-        match save(&state, &actor, &current, name, external_id, Some(members)).await {
-            Ok(g) => return answer(&state, &headers, &g, StatusCode::OK, &q).await,
+        match save(&state, &client, &current, name, external_id, members).await {
+            Ok(g) => return answer(&state, &client, &headers, &g, StatusCode::OK, &q).await,
             Err(Fail(e, _)) if e.status == 412 && attempt < WRITE_ATTEMPTS && headers.get("if-match").is_none() => {
                 continue
             }
@@ -306,13 +331,14 @@ pub(crate) async fn patch(
 
 pub(crate) async fn delete(
     State(state): State<ScimState>,
-    Client(actor): Client,
+    client: Client,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ScimResult {
-    let current = load(&state, &id).await?;
+    let current = load(&state, &client, &id).await?;
     check_if_match(&headers, current.role.version)?;
-    state.store().delete_role(current.role.id, Some(current.role.version), &actor).await?;
+    scope::check_owns_group(&state, &client, &current).await?;
+    state.store().delete_role(current.role.id, Some(current.role.version), &client.actor).await?;
     state.changed();
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -7,6 +7,7 @@ pub mod clients;
 mod discovery;
 mod filter;
 mod groups;
+mod scope;
 mod users;
 
 use std::collections::HashMap;
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -25,6 +26,7 @@ use directory::{Actor, AttributeDef, AttributeType};
 use scim::server::schema::{AttrType, Attribute, ResourceSchema, Schema};
 use scim::server::{ScimError, SCIM_JSON};
 use serde_json::Value;
+use store::scim::ScimClientRecord;
 use store::{Store, StoreError};
 use uuid::Uuid;
 
@@ -158,9 +160,14 @@ impl IntoResponse for Fail {
 
 pub(crate) type ScimResult<T = Response> = Result<T, Fail>;
 
-/// The SCIM client a request comes from.
+/// The SCIM client a request comes from, and what it may see and change (read from its row
+/// on every request, so that a change of scope applies at once).
 #[derive(Clone)]
-pub(crate) struct Client(pub Actor);
+pub(crate) struct Client {
+    pub actor: Actor,
+    pub id: Uuid,
+    pub scope: store::scim::ScimScope,
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for Client {
     type Rejection = Fail;
@@ -336,33 +343,41 @@ impl ScimState {
         self.app.service.engine().changed();
     }
 
-    /// The client (`"<id> <name>"`) a token belongs to. The row is read on every request (one
-    /// indexed read), so that a revoked token stops working at once in every process; only
-    /// the argon2 verification is cached.
-    async fn authenticate(&self, token: &str) -> ScimResult<Option<String>> {
+    /// The client a token belongs to. The row is read on every request (one indexed read), so
+    /// that a revoked token stops working at once in every process and a new scope applies at
+    /// once; only the argon2 verification is cached. A row found by a legacy or rotated
+    /// lookup key is re-keyed.
+    async fn authenticate(&self, token: &str) -> ScimResult<Option<ScimClientRecord>> {
         if token.is_empty() || token.len() > 512 {
             return Ok(None);
         }
-        let Some(record) = self.store().find_scim_client_by_lookup(&crate::tokens::lookup_key(token)).await? else {
-            return Ok(None);
-        };
+        let lookups = crate::tokens::lookup_keys(self.app.service.keyring(), token);
+        let mut found = None;
+        for lookup in &lookups {
+            if let Some(record) = self.store().find_scim_client_by_lookup(lookup).await? {
+                found = Some(record);
+                break;
+            }
+        }
+        let Some(record) = found else { return Ok(None) };
         if record.revoked_at.is_some() {
             return Ok(None);
         }
-        let key = format!("{} {}", record.id, record.name);
-        if self.verified.proven(token, &record.hash) {
-            return Ok(Some(key));
+        if !self.verified.proven(token, &record.hash) {
+            let owned = token.to_owned();
+            let hash = record.hash.clone();
+            let ok = tokio::task::spawn_blocking(move || crate::tokens::verify(&owned, &hash))
+                .await
+                .map_err(|e| Fail(ScimError::new(500, None, e.to_string()), None))?;
+            if !ok {
+                return Ok(None);
+            }
+            self.verified.put(token, record.name.clone(), &record.hash);
         }
-        let owned = token.to_owned();
-        let hash = record.hash.clone();
-        let ok = tokio::task::spawn_blocking(move || crate::tokens::verify(&owned, &hash))
-            .await
-            .map_err(|e| Fail(ScimError::new(500, None, e.to_string()), None))?;
-        if !ok {
-            return Ok(None);
+        if record.lookup != lookups[0] {
+            self.store().rekey_scim_client(record.id, &lookups[0]).await?;
         }
-        self.verified.put(token, key.clone(), &record.hash);
-        Ok(Some(key))
+        Ok(Some(record))
     }
 }
 
@@ -379,17 +394,30 @@ async fn require_client(State(state): State<ScimState>, mut req: Request, next: 
     else {
         return unauthorized();
     };
-    let key = match state.authenticate(&token).await {
-        Ok(Some(key)) => key,
+    let record = match state.authenticate(&token).await {
+        Ok(Some(record)) => record,
         Ok(None) => return unauthorized(),
         Err(e) => return e.into_response(),
     };
-    let (id, name) = key.split_once(' ').unwrap_or((key.as_str(), key.as_str()));
-    if let Err(wait) = state.limiter.take(id) {
+    if let Err(wait) = state.limiter.take(&record.id.to_string()) {
         return Fail(ScimError::new(429, None, "too many requests: slow down and retry later"), Some(wait))
             .into_response();
     }
-    req.extensions_mut().insert(Client(Actor { kind: "scim_client".into(), name: name.to_owned() }));
+    let client = Client {
+        actor: Actor { kind: "scim_client".into(), name: record.name.clone() },
+        id: record.id,
+        scope: record.scope,
+    };
+    let read = req.method() == Method::GET || req.method() == Method::HEAD || req.uri().path().ends_with("/.search");
+    if client.scope.read_only && !read {
+        let path = req.uri().path().to_owned();
+        let refused = scope::refuse(&state, &client, "scim", &path, "the client is read-only").await;
+        return match refused {
+            Ok(()) => Fail(ScimError::new(403, None, "this SCIM client is read-only"), None).into_response(),
+            Err(e) => e.into_response(),
+        };
+    }
+    req.extensions_mut().insert(client);
     next.run(req).await
 }
 
@@ -414,7 +442,7 @@ pub fn router(app: AppState) -> Router {
 pub fn router_with_limit(app: AppState, per_minute: u32) -> Router {
     let state = ScimState {
         app,
-        verified: Arc::new(crate::tokens::VerifiedCache::new(Duration::from_secs(60))),
+        verified: Arc::new(crate::tokens::VerifiedCache::new(crate::tokens::CACHE_TTL)),
         limiter: Arc::new(RateLimiter::new(per_minute)),
     };
     Router::new()

@@ -15,11 +15,11 @@ use serde_json::{json, Map, Value};
 use store::scim::{ScimQuery, ScimUser};
 use uuid::Uuid;
 
-use super::filter;
 use super::{
-    base_url, check_if_match, list_response, not_modified, not_modified_response, parse_id, tagged,
-    user_resource_schema, Client, Fail, ScimBody, ScimResult, ScimState, Search, CUSTOM_SCHEMA,
+    base_url, check_if_match, list_response, not_modified, not_modified_response, tagged, user_resource_schema, Client,
+    Fail, ScimBody, ScimResult, ScimState, Search, CUSTOM_SCHEMA,
 };
+use super::{filter, scope};
 
 /// How many times a PATCH is retried when another write got in between (without If-Match).
 const WRITE_ATTEMPTS: usize = 3;
@@ -342,22 +342,28 @@ async fn manager_of(state: &ScimState, u: &User) -> ScimResult<Option<User>> {
     }
 }
 
-/// The full resource of a user.
+/// The full resource of a user, as the client sees it (its groups in scope, the manager's
+/// name only when the manager is in scope).
 async fn resource(
     state: &ScimState,
+    client: &Client,
     su: &ScimUser,
     defs: &[AttributeDef],
     base: &str,
     groups: bool,
 ) -> ScimResult<Value> {
-    let roles = if groups { state.store().roles_of_user(su.user.id).await? } else { vec![] };
-    let manager = manager_of(state, &su.user).await?;
+    let roles = if groups { scope::visible_roles(state, client, su.user.id).await? } else { vec![] };
+    let mut manager = manager_of(state, &su.user).await?;
+    if let Some(m) = &manager {
+        if !scope::visible_users(state, client, &[m.id]).await?.contains(&m.id) {
+            manager = None;
+        }
+    }
     Ok(to_json(su, &roles, manager.as_ref(), defs, base))
 }
 
-async fn load(state: &ScimState, id: &str) -> ScimResult<ScimUser> {
-    let id = parse_id(id, "user")?;
-    state.store().scim_user(id).await?.ok_or_else(|| Fail(ScimError::not_found(format!("no user {id}")), None))
+async fn load(state: &ScimState, client: &Client, id: &str) -> ScimResult<ScimUser> {
+    scope::load_user(state, client, id).await
 }
 
 /// Checks the input against the directory's rules (as the admin API does).
@@ -388,22 +394,36 @@ fn projection_from(raw: &Option<String>, rs: &ResourceSchema) -> ScimResult<Proj
     Ok(Projection::parse(s.attributes.as_deref(), s.excluded.as_deref(), rs)?)
 }
 
-pub(crate) async fn list(State(state): State<ScimState>, headers: HeaderMap, RawQuery(q): RawQuery) -> ScimResult {
-    run_search(&state, &headers, query_params(&q)?).await
+pub(crate) async fn list(
+    State(state): State<ScimState>,
+    client: Client,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ScimResult {
+    run_search(&state, &client, &headers, query_params(&q)?).await
 }
 
-pub(crate) async fn search(State(state): State<ScimState>, headers: HeaderMap, ScimBody(body): ScimBody) -> ScimResult {
+pub(crate) async fn search(
+    State(state): State<ScimState>,
+    client: Client,
+    headers: HeaderMap,
+    ScimBody(body): ScimBody,
+) -> ScimResult {
     let search = Search::from_body(&body)?;
-    run_search(&state, &headers, search).await
+    run_search(&state, &client, &headers, search).await
 }
 
-async fn run_search(state: &ScimState, headers: &HeaderMap, s: Search) -> ScimResult {
+async fn run_search(state: &ScimState, client: &Client, headers: &HeaderMap, s: Search) -> ScimResult {
     let defs = state.store().list_attribute_defs().await?;
     let rs = user_resource_schema(&defs);
     let projection = Projection::parse(s.attributes.as_deref(), s.excluded.as_deref(), &rs)?;
     let filter = match s.filter.as_deref().filter(|f| !f.trim().is_empty()) {
         Some(text) => filter::user_filter(&filter::parse(text)?, &rs, &defs)?,
         None => store::scim::ResourceFilter::True,
+    };
+    let filter = match scope::user_filter(client) {
+        store::scim::ResourceFilter::True => filter,
+        in_scope => store::scim::ResourceFilter::and(in_scope, filter),
     };
     let sort = s.sort_by.as_deref().map(|p| filter::user_sort(p, &rs, &defs)).transpose()?.map(|f| (f, s.descending));
     let query = ScimQuery { filter, sort, offset: s.start_index - 1, count: s.count };
@@ -412,31 +432,33 @@ async fn run_search(state: &ScimState, headers: &HeaderMap, s: Search) -> ScimRe
     let groups = projection.wants("groups");
     let mut resources = Vec::with_capacity(users.len());
     for su in &users {
-        resources.push(projection.apply(resource(state, su, &defs, &base, groups).await?, &rs));
+        resources.push(projection.apply(resource(state, client, su, &defs, &base, groups).await?, &rs));
     }
     Ok(super::scim_json(StatusCode::OK, &list_response(total, s.start_index, resources)))
 }
 
 pub(crate) async fn get(
     State(state): State<ScimState>,
+    client: Client,
     headers: HeaderMap,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ScimResult {
-    let su = load(&state, &id).await?;
+    let su = load(&state, &client, &id).await?;
     if not_modified(&headers, su.user.version)? {
         return Ok(not_modified_response(su.user.version));
     }
     let defs = state.store().list_attribute_defs().await?;
     let rs = user_resource_schema(&defs);
     let projection = projection_from(&q, &rs)?;
-    let body =
-        projection.apply(resource(&state, &su, &defs, &base_url(&headers), projection.wants("groups")).await?, &rs);
+    let groups = projection.wants("groups");
+    let body = projection.apply(resource(&state, &client, &su, &defs, &base_url(&headers), groups).await?, &rs);
     Ok(tagged(StatusCode::OK, su.user.version, &body, None))
 }
 
 async fn answer(
     state: &ScimState,
+    client: &Client,
     headers: &HeaderMap,
     su: &ScimUser,
     status: StatusCode,
@@ -446,14 +468,14 @@ async fn answer(
     let rs = user_resource_schema(&defs);
     let projection = projection_from(q, &rs)?;
     let base = base_url(headers);
-    let body = projection.apply(resource(state, su, &defs, &base, true).await?, &rs);
+    let body = projection.apply(resource(state, client, su, &defs, &base, true).await?, &rs);
     let location = (status == StatusCode::CREATED).then(|| format!("{base}/Users/{}", su.user.id));
     Ok(tagged(status, su.user.version, &body, location.as_deref()))
 }
 
 pub(crate) async fn create(
     State(state): State<ScimState>,
-    Client(actor): Client,
+    client: Client,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
     ScimBody(body): ScimBody,
@@ -461,10 +483,11 @@ pub(crate) async fn create(
     let defs = state.store().list_attribute_defs().await?;
     let (mut input, external_id) = from_json(&body, None, &defs)?;
     validate(&state, &mut input, &defs, None).await?;
-    let su = ScimUser { user: User::new(input, UserSource::Scim, directory::now()), external_id };
-    state.store().scim_save_user(&su, None, &actor).await?;
+    let su =
+        ScimUser { user: User::new(input, UserSource::Scim, directory::now()), external_id, owner: Some(client.id) };
+    state.store().scim_save_user(&su, None, &client.actor).await?;
     state.changed();
-    answer(&state, &headers, &su, StatusCode::CREATED, &q).await
+    answer(&state, &client, &headers, &su, StatusCode::CREATED, &q).await
 }
 
 /// Writes a new state of an existing user (PUT, PATCH).
@@ -475,7 +498,7 @@ async fn save(
     input: UserInput,
     external_id: Option<String>,
 ) -> ScimResult<ScimUser> {
-    let su = ScimUser { user: current.user.updated(input, directory::now()), external_id };
+    let su = ScimUser { user: current.user.updated(input, directory::now()), external_id, owner: current.owner };
     state.store().scim_save_user(&su, Some(current.user.version), actor).await?;
     state.changed();
     Ok(su)
@@ -483,13 +506,13 @@ async fn save(
 
 pub(crate) async fn replace(
     State(state): State<ScimState>,
-    Client(actor): Client,
+    client: Client,
     headers: HeaderMap,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
     ScimBody(body): ScimBody,
 ) -> ScimResult {
-    let current = load(&state, &id).await?;
+    let current = load(&state, &client, &id).await?;
     check_if_match(&headers, current.user.version)?;
     if let Some(given) = body.get("id").and_then(Value::as_str) {
         if given != current.user.id.to_string() {
@@ -499,13 +522,13 @@ pub(crate) async fn replace(
     let defs = state.store().list_attribute_defs().await?;
     let (mut input, external_id) = from_json(&body, Some(&current.user), &defs)?;
     validate(&state, &mut input, &defs, Some(current.user.id)).await?;
-    let su = save(&state, &actor, &current, input, external_id).await?;
-    answer(&state, &headers, &su, StatusCode::OK, &q).await
+    let su = save(&state, &client.actor, &current, input, external_id).await?;
+    answer(&state, &client, &headers, &su, StatusCode::OK, &q).await
 }
 
 pub(crate) async fn patch(
     State(state): State<ScimState>,
-    Client(actor): Client,
+    client: Client,
     headers: HeaderMap,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
@@ -516,17 +539,17 @@ pub(crate) async fn patch(
     let rs = user_resource_schema(&defs);
     let base = base_url(&headers);
     for attempt in 1..=WRITE_ATTEMPTS {
-        let current = load(&state, &id).await?;
+        let current = load(&state, &client, &id).await?;
         check_if_match(&headers, current.user.version)?;
-        let mut doc = resource(&state, &current, &defs, &base, false).await?;
+        let mut doc = resource(&state, &client, &current, &defs, &base, false).await?;
         patch::apply(&mut doc, &ops, &rs)?;
         let (mut input, external_id) = from_json(&doc, Some(&current.user), &defs)?;
         validate(&state, &mut input, &defs, Some(current.user.id)).await?;
         if input == UserInput::from_user(&current.user) && external_id == current.external_id {
-            return answer(&state, &headers, &current, StatusCode::OK, &q).await;
+            return answer(&state, &client, &headers, &current, StatusCode::OK, &q).await;
         }
-        match save(&state, &actor, &current, input, external_id).await {
-            Ok(su) => return answer(&state, &headers, &su, StatusCode::OK, &q).await,
+        match save(&state, &client.actor, &current, input, external_id).await {
+            Ok(su) => return answer(&state, &client, &headers, &su, StatusCode::OK, &q).await,
             Err(Fail(e, _)) if e.status == 412 && attempt < WRITE_ATTEMPTS && headers.get("if-match").is_none() => {
                 continue
             }
@@ -538,13 +561,13 @@ pub(crate) async fn patch(
 
 pub(crate) async fn delete(
     State(state): State<ScimState>,
-    Client(actor): Client,
+    client: Client,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ScimResult {
-    let current = load(&state, &id).await?;
+    let current = load(&state, &client, &id).await?;
     check_if_match(&headers, current.user.version)?;
-    state.store().delete_user(current.user.id, Some(current.user.version), &actor).await?;
+    state.store().delete_user(current.user.id, Some(current.user.version), &client.actor).await?;
     state.changed();
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -12,7 +12,8 @@ impl BulkStore for PostgresStore {
         }
         let now = directory::now();
         for chunk in users.chunks(BULK_ROWS) {
-            let mut qb = QueryBuilder::<Postgres>::new(format!("INSERT INTO users (username_key, {USER_COLUMNS}) "));
+            let mut qb =
+                QueryBuilder::<Postgres>::new(format!("INSERT INTO users (username_key, email_key, {USER_COLUMNS}) "));
             let mut failed = None;
             qb.push_values(chunk, |mut b, user| {
                 let attributes = match to_json(&user.attributes) {
@@ -23,6 +24,7 @@ impl BulkStore for PostgresStore {
                     }
                 };
                 b.push_bind(User::username_key(&user.username))
+                    .push_bind(user.email.as_deref().map(User::email_key))
                     .push_bind(user.id)
                     .push_bind(user.username.clone())
                     .push_bind(user.email.clone())

@@ -245,13 +245,28 @@ pub(crate) fn user_from_row(row: &PgRow) -> Result<User> {
     })
 }
 
-const ROLE_COLUMNS: &str = "id, name, description, created_at, updated_at, version";
+const TOKEN_COLUMNS: &str = "id, name, lookup, hash, created_at, revoked_at, last_used_at";
+
+fn token_from_row(r: &PgRow) -> Result<TokenRecord> {
+    Ok(TokenRecord {
+        id: get(r, "id")?,
+        name: get(r, "name")?,
+        lookup: get(r, "lookup")?,
+        hash: get(r, "hash")?,
+        created_at: get(r, "created_at")?,
+        revoked_at: get(r, "revoked_at")?,
+        last_used_at: get(r, "last_used_at")?,
+    })
+}
+
+const ROLE_COLUMNS: &str = "id, name, description, pushable, created_at, updated_at, version";
 
 fn role_from_row(row: &PgRow) -> Result<Role> {
     Ok(Role {
         id: get(row, "id")?,
         name: get(row, "name")?,
         description: get(row, "description")?,
+        pushable: get(row, "pushable")?,
         created_at: get(row, "created_at")?,
         updated_at: get(row, "updated_at")?,
         version: get(row, "version")?,
@@ -785,23 +800,53 @@ impl Store for PostgresStore {
     }
 
     async fn find_token_by_lookup(&self, lookup: &str) -> Result<Option<TokenRecord>> {
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE lookup = $1");
+        let row = sqlx::query(&sql).bind(lookup).fetch_optional(&self.pool).await.map_err(backend)?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE revoked_at IS NULL ORDER BY created_at, id");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await.map_err(backend)?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn revoke_token(&self, id: Uuid, actor: &Actor) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let now = directory::now();
         let row =
-            sqlx::query("SELECT id, name, lookup, hash, created_at, revoked_at FROM api_tokens WHERE lookup = $1")
-                .bind(lookup)
-                .fetch_optional(&self.pool)
+            sqlx::query("UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL RETURNING name")
+                .bind(now)
+                .bind(id)
+                .fetch_optional(tx.c())
                 .await
-                .map_err(backend)?;
-        row.map(|r| {
-            Ok(TokenRecord {
-                id: get(&r, "id")?,
-                name: get(&r, "name")?,
-                lookup: get(&r, "lookup")?,
-                hash: get(&r, "hash")?,
-                created_at: get(&r, "created_at")?,
-                revoked_at: get(&r, "revoked_at")?,
-            })
-        })
-        .transpose()
+                .map_err(backend)?
+                .ok_or(StoreError::NotFound)?;
+        let name: String = get(&row, "name")?;
+        record_audit(
+            &mut tx,
+            actor,
+            AuditRecord {
+                action: "token.revoke",
+                target_type: "token",
+                target_id: id.to_string(),
+                before: None,
+                after: Some(serde_json::json!({"name": name, "revoked_at": now})),
+            },
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    async fn token_used(&self, id: Uuid, lookup: &str, at: DateTime<Utc>) -> Result<()> {
+        sqlx::query("UPDATE api_tokens SET lookup = $1, last_used_at = $2 WHERE id = $3")
+            .bind(lookup)
+            .bind(at)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
     }
 
     async fn list_attribute_defs(&self) -> Result<Vec<AttributeDef>> {
@@ -1022,8 +1067,8 @@ impl Store for PostgresStore {
     async fn create_role(&self, role: &Role, actor: &Actor) -> Result<()> {
         let mut tx = self.begin().await?;
         sqlx::query(
-            "INSERT INTO roles (id, name, name_key, description, created_at, updated_at, version) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO roles (id, name, name_key, description, created_at, updated_at, version, pushable) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(role.id)
         .bind(&role.name)
@@ -1032,6 +1077,7 @@ impl Store for PostgresStore {
         .bind(role.created_at)
         .bind(role.updated_at)
         .bind(role.version)
+        .bind(role.pushable)
         .execute(tx.c())
         .await
         .map_err(backend)?;
@@ -1068,7 +1114,8 @@ impl Store for PostgresStore {
         let before = Self::role_in(&mut tx, role.id).await?;
         check_version(before.version, Some(expected_version))?;
         sqlx::query(
-            "UPDATE roles SET name = $1, name_key = $2, description = $3, updated_at = $4, version = $5 WHERE id = $6",
+            "UPDATE roles SET name = $1, name_key = $2, description = $3, updated_at = $4, version = $5, pushable = $7 \
+             WHERE id = $6",
         )
         .bind(&role.name)
         .bind(role.name.to_lowercase())
@@ -1076,6 +1123,7 @@ impl Store for PostgresStore {
         .bind(role.updated_at)
         .bind(role.version)
         .bind(role.id)
+        .bind(role.pushable)
         .execute(tx.c())
         .await
         .map_err(backend)?;

@@ -1,13 +1,16 @@
 //! The inbound-SCIM half of [`PostgresStore`].
 
 use crate::scim::{
-    order_sql, to_sql, Dialect, GroupField, Member, Piece, ScimClientRecord, ScimGroup, ScimQuery, ScimStore, ScimUser,
-    SqlField, UserField,
+    order_sql, to_sql, Dialect, GroupField, Member, Piece, ScimClientRecord, ScimGroup, ScimQuery, ScimScope,
+    ScimStore, ScimUser, SqlField, UserField,
 };
 
 use super::*;
 
 fn client_from_row(r: &PgRow) -> Result<ScimClientRecord> {
+    let (users, roles): (String, String) = (get(r, "users_scope")?, get(r, "roles_scope")?);
+    let scope = ScimScope::from_columns(&users, get(r, "users_source_id")?, &roles, get(r, "read_only")?)
+        .ok_or_else(|| StoreError::Backend(format!("bad SCIM client scope {users}/{roles}")))?;
     Ok(ScimClientRecord {
         id: get(r, "id")?,
         name: get(r, "name")?,
@@ -15,15 +18,25 @@ fn client_from_row(r: &PgRow) -> Result<ScimClientRecord> {
         hash: get(r, "hash")?,
         created_at: get(r, "created_at")?,
         revoked_at: get(r, "revoked_at")?,
+        scope,
+        legacy_scope: get(r, "legacy_scope")?,
     })
 }
 
+/// The columns of a client.
+const CLIENT_COLUMNS: &str =
+    "id, name, lookup, hash, created_at, revoked_at, users_scope, users_source_id, roles_scope, read_only, legacy_scope";
+
 fn scim_user_from_row(r: &PgRow) -> Result<ScimUser> {
-    Ok(ScimUser { user: user_from_row(r)?, external_id: get(r, "scim_external_id")? })
+    Ok(ScimUser { user: user_from_row(r)?, external_id: get(r, "scim_external_id")?, owner: get(r, "scim_client_id")? })
 }
 
 fn scim_group_from_row(r: &PgRow) -> Result<ScimGroup> {
-    Ok(ScimGroup { role: role_from_row(r)?, external_id: get(r, "scim_external_id")? })
+    Ok(ScimGroup {
+        role: role_from_row(r)?,
+        external_id: get(r, "scim_external_id")?,
+        owner: get(r, "scim_client_id")?,
+    })
 }
 
 fn push_pieces(qb: &mut QueryBuilder<'_, Postgres>, pieces: Vec<Piece>) {
@@ -87,16 +100,26 @@ async fn search<F: SqlField>(
 impl ScimStore for PostgresStore {
     async fn create_scim_client(&self, client: &ScimClientRecord, actor: &Actor) -> Result<()> {
         let mut tx = self.begin().await?;
-        sqlx::query("INSERT INTO scim_clients (id, name, lookup, hash, created_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(client.id)
-            .bind(&client.name)
-            .bind(&client.lookup)
-            .bind(&client.hash)
-            .bind(client.created_at)
-            .execute(tx.c())
-            .await
-            .map_err(backend)?;
-        let after = serde_json::json!({"id": client.id, "name": client.name, "created_at": client.created_at});
+        let (users, source, roles) = client.scope.columns();
+        sqlx::query(
+            "INSERT INTO scim_clients (id, name, lookup, hash, created_at, users_scope, users_source_id, roles_scope, \
+             read_only, legacy_scope) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(client.id)
+        .bind(&client.name)
+        .bind(&client.lookup)
+        .bind(&client.hash)
+        .bind(client.created_at)
+        .bind(users)
+        .bind(source)
+        .bind(roles)
+        .bind(client.scope.read_only)
+        .bind(client.legacy_scope)
+        .execute(tx.c())
+        .await
+        .map_err(backend)?;
+        let after = serde_json::json!({"id": client.id, "name": client.name, "created_at": client.created_at,
+            "scope": {"users": users, "source_id": source, "roles": roles, "read_only": client.scope.read_only}});
         record_audit(
             &mut tx,
             actor,
@@ -113,10 +136,9 @@ impl ScimStore for PostgresStore {
     }
 
     async fn list_scim_clients(&self) -> Result<Vec<ScimClientRecord>> {
-        let rows = sqlx::query(
-            "SELECT id, name, lookup, hash, created_at, revoked_at FROM scim_clients WHERE revoked_at IS NULL \
-             ORDER BY created_at, id",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {CLIENT_COLUMNS} FROM scim_clients WHERE revoked_at IS NULL ORDER BY created_at, id"
+        ))
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
@@ -124,12 +146,11 @@ impl ScimStore for PostgresStore {
     }
 
     async fn find_scim_client_by_lookup(&self, lookup: &str) -> Result<Option<ScimClientRecord>> {
-        let row =
-            sqlx::query("SELECT id, name, lookup, hash, created_at, revoked_at FROM scim_clients WHERE lookup = $1")
-                .bind(lookup)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(backend)?;
+        let row = sqlx::query(&format!("SELECT {CLIENT_COLUMNS} FROM scim_clients WHERE lookup = $1"))
+            .bind(lookup)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
         row.as_ref().map(client_from_row).transpose()
     }
 
@@ -160,14 +181,67 @@ impl ScimStore for PostgresStore {
         tx.commit().await
     }
 
+    async fn set_scim_client_scope(&self, id: Uuid, scope: &ScimScope, actor: &Actor) -> Result<ScimClientRecord> {
+        let mut tx = self.begin().await?;
+        let (users, source, roles) = scope.columns();
+        let done = sqlx::query(
+            "UPDATE scim_clients SET users_scope = $1, users_source_id = $2, roles_scope = $3, read_only = $4, \
+             legacy_scope = false WHERE id = $5 AND revoked_at IS NULL",
+        )
+        .bind(users)
+        .bind(source)
+        .bind(roles)
+        .bind(scope.read_only)
+        .bind(id)
+        .execute(tx.c())
+        .await
+        .map_err(backend)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        let row = sqlx::query(&format!("SELECT {CLIENT_COLUMNS} FROM scim_clients WHERE id = $1"))
+            .bind(id)
+            .fetch_one(tx.c())
+            .await
+            .map_err(backend)?;
+        let record = client_from_row(&row)?;
+        record_audit(
+            &mut tx,
+            actor,
+            AuditRecord {
+                action: "scim_client.scope",
+                target_type: "scim_client",
+                target_id: id.to_string(),
+                before: None,
+                after: Some(serde_json::json!({"name": record.name,
+                    "scope": {"users": users, "source_id": source, "roles": roles, "read_only": scope.read_only}})),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn rekey_scim_client(&self, id: Uuid, lookup: &str) -> Result<()> {
+        sqlx::query("UPDATE scim_clients SET lookup = $1 WHERE id = $2")
+            .bind(lookup)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
     async fn scim_user(&self, id: Uuid) -> Result<Option<ScimUser>> {
-        let sql = format!("SELECT {USER_COLUMNS}, scim_external_id FROM users WHERE id = $1 AND status <> 'deleted'");
+        let sql = format!(
+            "SELECT {USER_COLUMNS}, scim_external_id, scim_client_id FROM users WHERE id = $1 AND status <> 'deleted'"
+        );
         let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await.map_err(backend)?;
         row.as_ref().map(scim_user_from_row).transpose()
     }
 
     async fn scim_users(&self, query: &ScimQuery<UserField>) -> Result<(u64, Vec<ScimUser>)> {
-        let columns = format!("{USER_COLUMNS}, scim_external_id");
+        let columns = format!("{USER_COLUMNS}, scim_external_id, scim_client_id");
         let (n, rows) = search(&self.pool, "users", &columns, "users.status <> 'deleted'", query).await?;
         Ok((n, rows.iter().map(scim_user_from_row).collect::<Result<_>>()?))
     }
@@ -181,6 +255,14 @@ impl ScimStore for PostgresStore {
                 if let Err(e) = insert_user_row(tx.c(), user, su.external_id.as_deref(), false).await {
                     let _ = tx.rollback().await;
                     return Err(e);
+                }
+                if let Some(owner) = su.owner {
+                    sqlx::query("UPDATE users SET scim_client_id = $1 WHERE id = $2")
+                        .bind(owner)
+                        .bind(user.id)
+                        .execute(tx.c())
+                        .await
+                        .map_err(backend)?;
                 }
                 None
             }
@@ -257,13 +339,13 @@ impl ScimStore for PostgresStore {
     }
 
     async fn scim_group(&self, id: Uuid) -> Result<Option<ScimGroup>> {
-        let sql = format!("SELECT {ROLE_COLUMNS}, scim_external_id FROM roles WHERE id = $1");
+        let sql = format!("SELECT {ROLE_COLUMNS}, scim_external_id, scim_client_id FROM roles WHERE id = $1");
         let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await.map_err(backend)?;
         row.as_ref().map(scim_group_from_row).transpose()
     }
 
     async fn scim_groups(&self, query: &ScimQuery<GroupField>) -> Result<(u64, Vec<ScimGroup>)> {
-        let columns = format!("{ROLE_COLUMNS}, scim_external_id");
+        let columns = format!("{ROLE_COLUMNS}, scim_external_id, scim_client_id");
         let (n, rows) = search(&self.pool, "roles", &columns, "1 = 1", query).await?;
         Ok((n, rows.iter().map(scim_group_from_row).collect::<Result<_>>()?))
     }
@@ -293,7 +375,7 @@ impl ScimStore for PostgresStore {
             None => {
                 sqlx::query(
                     "INSERT INTO roles (id, name, name_key, description, created_at, updated_at, version, \
-                     scim_external_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                     scim_external_id, scim_client_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 )
                 .bind(role.id)
                 .bind(&role.name)
@@ -303,6 +385,7 @@ impl ScimStore for PostgresStore {
                 .bind(role.updated_at)
                 .bind(role.version)
                 .bind(&group.external_id)
+                .bind(group.owner)
                 .execute(tx.c())
                 .await
                 .map_err(backend)?;

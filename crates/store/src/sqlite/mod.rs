@@ -175,13 +175,28 @@ fn user_from_row(row: &SqliteRow) -> Result<User> {
     })
 }
 
-const ROLE_COLUMNS: &str = "id, name, description, created_at, updated_at, version";
+const TOKEN_COLUMNS: &str = "id, name, lookup, hash, created_at, revoked_at, last_used_at";
+
+fn token_from_row(r: &SqliteRow) -> Result<TokenRecord> {
+    Ok(TokenRecord {
+        id: get_uuid(r, "id")?,
+        name: get(r, "name")?,
+        lookup: get(r, "lookup")?,
+        hash: get(r, "hash")?,
+        created_at: get_ts(r, "created_at")?,
+        revoked_at: get_opt_ts(r, "revoked_at")?,
+        last_used_at: get_opt_ts(r, "last_used_at")?,
+    })
+}
+
+const ROLE_COLUMNS: &str = "id, name, description, pushable, created_at, updated_at, version";
 
 fn role_from_row(row: &SqliteRow) -> Result<Role> {
     Ok(Role {
         id: get_uuid(row, "id")?,
         name: get(row, "name")?,
         description: get(row, "description")?,
+        pushable: get(row, "pushable")?,
         created_at: get_ts(row, "created_at")?,
         updated_at: get_ts(row, "updated_at")?,
         version: get(row, "version")?,
@@ -462,22 +477,53 @@ impl Store for SqliteStore {
     }
 
     async fn find_token_by_lookup(&self, lookup: &str) -> Result<Option<TokenRecord>> {
-        let row = sqlx::query("SELECT id, name, lookup, hash, created_at, revoked_at FROM api_tokens WHERE lookup = ?")
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE lookup = ?");
+        let row = sqlx::query(&sql).bind(lookup).fetch_optional(&self.reader).await.map_err(backend)?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE revoked_at IS NULL ORDER BY created_at, id");
+        let rows = sqlx::query(&sql).fetch_all(&self.reader).await.map_err(backend)?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn revoke_token(&self, id: Uuid, actor: &Actor) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let now = directory::now();
+        let row =
+            sqlx::query("UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL RETURNING name")
+                .bind(ts(&now))
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?
+                .ok_or(StoreError::NotFound)?;
+        let name: String = get(&row, "name")?;
+        record_audit(
+            &mut tx,
+            actor,
+            AuditRecord {
+                action: "token.revoke",
+                target_type: "token",
+                target_id: id.to_string(),
+                before: None,
+                after: Some(serde_json::json!({"name": name, "revoked_at": now})),
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn token_used(&self, id: Uuid, lookup: &str, at: DateTime<Utc>) -> Result<()> {
+        sqlx::query("UPDATE api_tokens SET lookup = ?, last_used_at = ? WHERE id = ?")
             .bind(lookup)
-            .fetch_optional(&self.reader)
+            .bind(ts(&at))
+            .bind(id.to_string())
+            .execute(&self.writer)
             .await
             .map_err(backend)?;
-        row.map(|r| {
-            Ok(TokenRecord {
-                id: get_uuid(&r, "id")?,
-                name: get(&r, "name")?,
-                lookup: get(&r, "lookup")?,
-                hash: get(&r, "hash")?,
-                created_at: get_ts(&r, "created_at")?,
-                revoked_at: get_opt_ts(&r, "revoked_at")?,
-            })
-        })
-        .transpose()
+        Ok(())
     }
 
     async fn list_attribute_defs(&self) -> Result<Vec<AttributeDef>> {
@@ -691,11 +737,12 @@ impl Store for SqliteStore {
 
     async fn create_role(&self, role: &Role, actor: &Actor) -> Result<()> {
         let mut tx = self.begin().await?;
-        sqlx::query("INSERT INTO roles (id, name, name_key, description, created_at, updated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO roles (id, name, name_key, description, pushable, created_at, updated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
             .bind(role.id.to_string())
             .bind(&role.name)
             .bind(role.name.to_lowercase())
             .bind(&role.description)
+            .bind(role.pushable)
             .bind(ts(&role.created_at))
             .bind(ts(&role.updated_at))
             .bind(role.version)
@@ -735,11 +782,13 @@ impl Store for SqliteStore {
         let before = Self::role_in(&mut tx, role.id).await?;
         check_version(before.version, Some(expected_version))?;
         sqlx::query(
-            "UPDATE roles SET name = ?, name_key = ?, description = ?, updated_at = ?, version = ? WHERE id = ?",
+            "UPDATE roles SET name = ?, name_key = ?, description = ?, pushable = ?, updated_at = ?, version = ? \
+             WHERE id = ?",
         )
         .bind(&role.name)
         .bind(role.name.to_lowercase())
         .bind(&role.description)
+        .bind(role.pushable)
         .bind(ts(&role.updated_at))
         .bind(role.version)
         .bind(role.id.to_string())

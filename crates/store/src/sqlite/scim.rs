@@ -1,13 +1,16 @@
 //! The inbound-SCIM half of [`SqliteStore`].
 
 use crate::scim::{
-    order_sql, to_sql, Dialect, GroupField, Member, Piece, ScimClientRecord, ScimGroup, ScimQuery, ScimStore, ScimUser,
-    SqlField, UserField,
+    order_sql, to_sql, Dialect, GroupField, Member, Piece, ScimClientRecord, ScimGroup, ScimQuery, ScimScope,
+    ScimStore, ScimUser, SqlField, UserField,
 };
 
 use super::*;
 
 fn client_from_row(r: &SqliteRow) -> Result<ScimClientRecord> {
+    let (users, roles): (String, String) = (get(r, "users_scope")?, get(r, "roles_scope")?);
+    let scope = ScimScope::from_columns(&users, get_opt_uuid(r, "users_source_id")?, &roles, get(r, "read_only")?)
+        .ok_or_else(|| StoreError::Backend(format!("bad SCIM client scope {users}/{roles}")))?;
     Ok(ScimClientRecord {
         id: get_uuid(r, "id")?,
         name: get(r, "name")?,
@@ -15,15 +18,29 @@ fn client_from_row(r: &SqliteRow) -> Result<ScimClientRecord> {
         hash: get(r, "hash")?,
         created_at: get_ts(r, "created_at")?,
         revoked_at: get_opt_ts(r, "revoked_at")?,
+        scope,
+        legacy_scope: get(r, "legacy_scope")?,
     })
 }
 
+/// The columns of a client.
+const CLIENT_COLUMNS: &str =
+    "id, name, lookup, hash, created_at, revoked_at, users_scope, users_source_id, roles_scope, read_only, legacy_scope";
+
 fn scim_user_from_row(r: &SqliteRow) -> Result<ScimUser> {
-    Ok(ScimUser { user: user_from_row(r)?, external_id: get(r, "scim_external_id")? })
+    Ok(ScimUser {
+        user: user_from_row(r)?,
+        external_id: get(r, "scim_external_id")?,
+        owner: get_opt_uuid(r, "scim_client_id")?,
+    })
 }
 
 fn scim_group_from_row(r: &SqliteRow) -> Result<ScimGroup> {
-    Ok(ScimGroup { role: role_from_row(r)?, external_id: get(r, "scim_external_id")? })
+    Ok(ScimGroup {
+        role: role_from_row(r)?,
+        external_id: get(r, "scim_external_id")?,
+        owner: get_opt_uuid(r, "scim_client_id")?,
+    })
 }
 
 fn push_pieces(qb: &mut QueryBuilder<'_, Sqlite>, pieces: Vec<Piece>) {
@@ -84,16 +101,26 @@ async fn search<F: SqlField>(
 impl ScimStore for SqliteStore {
     async fn create_scim_client(&self, client: &ScimClientRecord, actor: &Actor) -> Result<()> {
         let mut tx = self.begin().await?;
-        sqlx::query("INSERT INTO scim_clients (id, name, lookup, hash, created_at) VALUES (?, ?, ?, ?, ?)")
-            .bind(client.id.to_string())
-            .bind(&client.name)
-            .bind(&client.lookup)
-            .bind(&client.hash)
-            .bind(ts(&client.created_at))
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        let after = serde_json::json!({"id": client.id, "name": client.name, "created_at": client.created_at});
+        let (users, source, roles) = client.scope.columns();
+        sqlx::query(
+            "INSERT INTO scim_clients (id, name, lookup, hash, created_at, users_scope, users_source_id, roles_scope, \
+             read_only, legacy_scope) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(client.id.to_string())
+        .bind(&client.name)
+        .bind(&client.lookup)
+        .bind(&client.hash)
+        .bind(ts(&client.created_at))
+        .bind(users)
+        .bind(source.map(|s| s.to_string()))
+        .bind(roles)
+        .bind(client.scope.read_only)
+        .bind(client.legacy_scope)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let after = serde_json::json!({"id": client.id, "name": client.name, "created_at": client.created_at,
+            "scope": {"users": users, "source_id": source, "roles": roles, "read_only": client.scope.read_only}});
         record_audit(
             &mut tx,
             actor,
@@ -110,10 +137,9 @@ impl ScimStore for SqliteStore {
     }
 
     async fn list_scim_clients(&self) -> Result<Vec<ScimClientRecord>> {
-        let rows = sqlx::query(
-            "SELECT id, name, lookup, hash, created_at, revoked_at FROM scim_clients WHERE revoked_at IS NULL \
-             ORDER BY created_at, id",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {CLIENT_COLUMNS} FROM scim_clients WHERE revoked_at IS NULL ORDER BY created_at, id"
+        ))
         .fetch_all(&self.reader)
         .await
         .map_err(backend)?;
@@ -121,12 +147,11 @@ impl ScimStore for SqliteStore {
     }
 
     async fn find_scim_client_by_lookup(&self, lookup: &str) -> Result<Option<ScimClientRecord>> {
-        let row =
-            sqlx::query("SELECT id, name, lookup, hash, created_at, revoked_at FROM scim_clients WHERE lookup = ?")
-                .bind(lookup)
-                .fetch_optional(&self.writer)
-                .await
-                .map_err(backend)?;
+        let row = sqlx::query(&format!("SELECT {CLIENT_COLUMNS} FROM scim_clients WHERE lookup = ?"))
+            .bind(lookup)
+            .fetch_optional(&self.writer)
+            .await
+            .map_err(backend)?;
         row.as_ref().map(client_from_row).transpose()
     }
 
@@ -157,14 +182,67 @@ impl ScimStore for SqliteStore {
         tx.commit().await.map_err(backend)
     }
 
+    async fn set_scim_client_scope(&self, id: Uuid, scope: &ScimScope, actor: &Actor) -> Result<ScimClientRecord> {
+        let mut tx = self.begin().await?;
+        let (users, source, roles) = scope.columns();
+        let done = sqlx::query(
+            "UPDATE scim_clients SET users_scope = ?, users_source_id = ?, roles_scope = ?, read_only = ?, \
+             legacy_scope = 0 WHERE id = ? AND revoked_at IS NULL",
+        )
+        .bind(users)
+        .bind(source.map(|s| s.to_string()))
+        .bind(roles)
+        .bind(scope.read_only)
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        let row = sqlx::query(&format!("SELECT {CLIENT_COLUMNS} FROM scim_clients WHERE id = ?"))
+            .bind(id.to_string())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let record = client_from_row(&row)?;
+        record_audit(
+            &mut tx,
+            actor,
+            AuditRecord {
+                action: "scim_client.scope",
+                target_type: "scim_client",
+                target_id: id.to_string(),
+                before: None,
+                after: Some(serde_json::json!({"name": record.name,
+                    "scope": {"users": users, "source_id": source, "roles": roles, "read_only": scope.read_only}})),
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(record)
+    }
+
+    async fn rekey_scim_client(&self, id: Uuid, lookup: &str) -> Result<()> {
+        sqlx::query("UPDATE scim_clients SET lookup = ? WHERE id = ?")
+            .bind(lookup)
+            .bind(id.to_string())
+            .execute(&self.writer)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
     async fn scim_user(&self, id: Uuid) -> Result<Option<ScimUser>> {
-        let sql = format!("SELECT {USER_COLUMNS}, scim_external_id FROM users WHERE id = ? AND status <> 'deleted'");
+        let sql = format!(
+            "SELECT {USER_COLUMNS}, scim_external_id, scim_client_id FROM users WHERE id = ? AND status <> 'deleted'"
+        );
         let row = sqlx::query(&sql).bind(id.to_string()).fetch_optional(&self.writer).await.map_err(backend)?;
         row.as_ref().map(scim_user_from_row).transpose()
     }
 
     async fn scim_users(&self, query: &ScimQuery<UserField>) -> Result<(u64, Vec<ScimUser>)> {
-        let columns = format!("{USER_COLUMNS}, scim_external_id");
+        let columns = format!("{USER_COLUMNS}, scim_external_id, scim_client_id");
         let (n, rows) = search(&self.reader, "users", &columns, "users.status <> 'deleted'", query).await?;
         Ok((n, rows.iter().map(scim_user_from_row).collect::<Result<_>>()?))
     }
@@ -175,6 +253,14 @@ impl ScimStore for SqliteStore {
         let before = match expected_version {
             None => {
                 insert_user_row(&mut tx, user, su.external_id.as_deref(), false).await?;
+                if let Some(owner) = su.owner {
+                    sqlx::query("UPDATE users SET scim_client_id = ? WHERE id = ?")
+                        .bind(owner.to_string())
+                        .bind(user.id.to_string())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                }
                 None
             }
             Some(expected) => {
@@ -243,13 +329,13 @@ impl ScimStore for SqliteStore {
     }
 
     async fn scim_group(&self, id: Uuid) -> Result<Option<ScimGroup>> {
-        let sql = format!("SELECT {ROLE_COLUMNS}, scim_external_id FROM roles WHERE id = ?");
+        let sql = format!("SELECT {ROLE_COLUMNS}, scim_external_id, scim_client_id FROM roles WHERE id = ?");
         let row = sqlx::query(&sql).bind(id.to_string()).fetch_optional(&self.writer).await.map_err(backend)?;
         row.as_ref().map(scim_group_from_row).transpose()
     }
 
     async fn scim_groups(&self, query: &ScimQuery<GroupField>) -> Result<(u64, Vec<ScimGroup>)> {
-        let columns = format!("{ROLE_COLUMNS}, scim_external_id");
+        let columns = format!("{ROLE_COLUMNS}, scim_external_id, scim_client_id");
         let (n, rows) = search(&self.reader, "roles", &columns, "1 = 1", query).await?;
         Ok((n, rows.iter().map(scim_group_from_row).collect::<Result<_>>()?))
     }
@@ -279,7 +365,7 @@ impl ScimStore for SqliteStore {
             None => {
                 sqlx::query(
                     "INSERT INTO roles (id, name, name_key, description, created_at, updated_at, version, \
-                     scim_external_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                     scim_external_id, scim_client_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 )
                 .bind(role.id.to_string())
                 .bind(&role.name)
@@ -289,6 +375,7 @@ impl ScimStore for SqliteStore {
                 .bind(ts(&role.updated_at))
                 .bind(role.version)
                 .bind(&group.external_id)
+                .bind(group.owner.map(|o| o.to_string()))
                 .execute(&mut *tx)
                 .await
                 .map_err(backend)?;

@@ -25,7 +25,7 @@ fn user(username: &str) -> User {
 }
 
 fn role(name: &str) -> Role {
-    Role::new(RoleInput { name: name.into(), description: None }, directory::now())
+    Role::new(RoleInput { name: name.into(), description: None, pushable: false }, directory::now())
 }
 
 fn app(name: &str) -> App {
@@ -159,8 +159,10 @@ pub async fn roles_members_and_grants(s: Arc<dyn Store>) {
     assert_eq!(s.roles_of_user(u.id).await.unwrap(), vec![r.clone()]);
     assert!(matches!(s.add_role_user(r.id, Uuid::now_v7(), &actor()).await, Err(StoreError::NotFound)));
     assert!(matches!(s.add_role_app(Uuid::now_v7(), a.id, &actor()).await, Err(StoreError::NotFound)));
-    let renamed =
-        r.updated(RoleInput { name: "Customer Support".into(), description: Some("Tier 1".into()) }, directory::now());
+    let renamed = r.updated(
+        RoleInput { name: "Customer Support".into(), description: Some("Tier 1".into()), pushable: false },
+        directory::now(),
+    );
     s.update_role(&renamed, 1, &actor()).await.unwrap();
     assert_eq!(s.get_role(r.id).await.unwrap().unwrap().name, "Customer Support");
     let seq = last_seq(&*s).await;
@@ -234,11 +236,43 @@ pub async fn tokens_are_found_by_lookup(s: Arc<dyn Store>) {
         hash: "$argon2id$v=19$...".into(),
         created_at: directory::now(),
         revoked_at: None,
+        last_used_at: None,
     };
     s.create_token(&t, &Actor::cli()).await.unwrap();
     assert_eq!(s.count_tokens().await.unwrap(), 1);
     assert_eq!(s.find_token_by_lookup("00ff").await.unwrap(), Some(t));
     assert_eq!(s.find_token_by_lookup("00fe").await.unwrap(), None);
+}
+
+/// Tokens are listed (not the revoked ones), revoked once with an audit entry, and re-keyed
+/// with their last use recorded.
+pub async fn tokens_are_listed_revoked_and_rekeyed(s: Arc<dyn Store>) {
+    let token = |name: &str, lookup: &str| TokenRecord {
+        id: Uuid::now_v7(),
+        name: name.into(),
+        lookup: lookup.into(),
+        hash: "$argon2id$v=19$...".into(),
+        created_at: directory::now(),
+        revoked_at: None,
+        last_used_at: None,
+    };
+    let (a, b) = (token("ci", "aa"), token("ops", "bb"));
+    s.create_token(&a, &Actor::cli()).await.unwrap();
+    s.create_token(&b, &Actor::cli()).await.unwrap();
+    assert_eq!(s.list_tokens().await.unwrap(), vec![a.clone(), b.clone()]);
+    let at = directory::now();
+    s.token_used(a.id, "aa-keyed", at).await.unwrap();
+    assert_eq!(s.find_token_by_lookup("aa").await.unwrap(), None, "the old lookup is gone");
+    assert_eq!(s.find_token_by_lookup("aa-keyed").await.unwrap().unwrap().last_used_at, Some(at));
+    s.revoke_token(b.id, &Actor::token("ci")).await.unwrap();
+    assert!(matches!(s.revoke_token(b.id, &Actor::cli()).await, Err(StoreError::NotFound)));
+    assert!(matches!(s.revoke_token(Uuid::now_v7(), &Actor::cli()).await, Err(StoreError::NotFound)));
+    assert_eq!(s.list_tokens().await.unwrap().into_iter().map(|t| t.name).collect::<Vec<_>>(), ["ci"]);
+    assert!(s.find_token_by_lookup("bb").await.unwrap().unwrap().revoked_at.is_some());
+    assert_eq!(s.count_tokens().await.unwrap(), 1);
+    let audit = s.list_audit(&Default::default()).await.unwrap();
+    assert_eq!(audit.items[0].action, "token.revoke");
+    assert_eq!(audit.items[0].target_id, b.id.to_string());
 }
 
 pub async fn audit_pages_newest_first(s: Arc<dyn Store>) {
@@ -338,6 +372,7 @@ crate::contract!(
     app_credentials_are_kept_apart,
     attribute_definitions,
     tokens_are_found_by_lookup,
+    tokens_are_listed_revoked_and_rekeyed,
     audit_pages_newest_first,
     change_feed_is_ordered_and_resumable,
 );

@@ -591,7 +591,7 @@ pub async fn events_filter_and_page_newest_first(s: Arc<dyn Store>) {
 }
 
 pub async fn pairs_and_their_state(s: Arc<dyn Store>) {
-    let r = Role::new(RoleInput { name: "Eng".into(), description: None }, directory::now());
+    let r = Role::new(RoleInput { name: "Eng".into(), description: None, pushable: false }, directory::now());
     s.create_role(&r, &actor()).await.unwrap();
     let a = new_app(&*s, "Slack").await;
     let b = new_app(&*s, "Jira").await;

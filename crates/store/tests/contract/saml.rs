@@ -39,7 +39,7 @@ async fn granted_pair(s: &dyn Store) -> (User, App) {
     s.create_user(&u, &actor()).await.unwrap();
     let a = app("Wiki");
     s.create_app(&a, "ciphertext", &actor()).await.unwrap();
-    let r = Role::new(RoleInput { name: "Staff".into(), description: None }, directory::now());
+    let r = Role::new(RoleInput { name: "Staff".into(), description: None, pushable: false }, directory::now());
     s.create_role(&r, &actor()).await.unwrap();
     s.add_role_user(r.id, u.id, &actor()).await.unwrap();
     s.add_role_app(r.id, a.id, &actor()).await.unwrap();

@@ -8,7 +8,8 @@ use directory::{
 };
 use serde_json::json;
 use store::scim::{
-    CompareOp, FilterValue, GroupField, ResourceFilter, ScimClientRecord, ScimGroup, ScimQuery, ScimUser, UserField,
+    CompareOp, FilterValue, GroupField, ResourceFilter, RoleScope, ScimClientRecord, ScimGroup, ScimQuery, ScimScope,
+    ScimUser, UserField, UserScope,
 };
 use store::{Store, StoreError};
 use uuid::Uuid;
@@ -27,6 +28,7 @@ fn scim_user(username: &str, title: Option<&str>, email: Option<&str>) -> ScimUs
     ScimUser {
         user: User::new(input, UserSource::Scim, directory::now()),
         external_id: Some(format!("ext-{username}")),
+        owner: None,
     }
 }
 
@@ -54,6 +56,8 @@ pub async fn clients_are_created_found_and_revoked(s: Arc<dyn Store>) {
         hash: "$argon2id$x".into(),
         created_at: directory::now(),
         revoked_at: None,
+        scope: ScimScope::NEW,
+        legacy_scope: false,
     };
     s.create_scim_client(&c, &Actor::token("admin")).await.unwrap();
     assert_eq!(s.find_scim_client_by_lookup("abc").await.unwrap(), Some(c.clone()));
@@ -160,8 +164,9 @@ pub async fn groups_save_members_in_one_transaction(s: Arc<dyn Store>) {
         s.scim_save_user(u, None, &actor()).await.unwrap();
     }
     let g = ScimGroup {
-        role: Role::new(RoleInput { name: "Staff".into(), description: None }, directory::now()),
+        role: Role::new(RoleInput { name: "Staff".into(), description: None, pushable: false }, directory::now()),
         external_id: Some("G1".into()),
+        owner: None,
     };
     s.scim_save_group(&g, Some(&[a.user.id, b.user.id]), None, &actor()).await.unwrap();
     let members: Vec<String> = s.scim_members(g.role.id).await.unwrap().into_iter().map(|m| m.username).collect();
@@ -170,8 +175,9 @@ pub async fn groups_save_members_in_one_transaction(s: Arc<dyn Store>) {
     let seq = s.changes_after(0, 1000).await.unwrap().len();
     // Replace the members: ben leaves, with a change for the engine.
     let g2 = ScimGroup {
-        role: g.role.updated(RoleInput { name: "Staff".into(), description: None }, directory::now()),
+        role: g.role.updated(RoleInput { name: "Staff".into(), description: None, pushable: false }, directory::now()),
         external_id: None,
+        owner: None,
     };
     s.scim_save_group(&g2, Some(&[a.user.id]), Some(g.role.version), &actor()).await.unwrap();
     let changes = s.changes_after(0, 1000).await.unwrap();
@@ -180,8 +186,11 @@ pub async fn groups_save_members_in_one_transaction(s: Arc<dyn Store>) {
     let stale = s.scim_save_group(&g2, Some(&[]), Some(g.role.version), &actor()).await;
     assert!(matches!(stale, Err(StoreError::VersionConflict { .. })));
     let g3 = ScimGroup {
-        role: g2.role.updated(RoleInput { name: "Staff 2".into(), description: None }, directory::now()),
+        role: g2
+            .role
+            .updated(RoleInput { name: "Staff 2".into(), description: None, pushable: false }, directory::now()),
         external_id: None,
+        owner: None,
     };
     let missing = s.scim_save_group(&g3, Some(&[a.user.id, Uuid::now_v7()]), Some(g2.role.version), &actor()).await;
     assert!(matches!(missing, Err(StoreError::MissingReference { .. })));
@@ -216,4 +225,85 @@ pub async fn groups_save_members_in_one_transaction(s: Arc<dyn Store>) {
     assert_eq!(by_ben.0, 0);
 }
 
-crate::contract!(clients_are_created_found_and_revoked, filters_run_as_sql, groups_save_members_in_one_transaction);
+/// A client's scope is stored, changed by an admin (which clears the legacy flag) and re-keyed;
+/// the users and roles a client created, and the pushable roles, are what its scope filters
+/// select.
+pub async fn client_scopes_are_stored_and_select_owned_sourced_and_pushable_objects(s: Arc<dyn Store>) {
+    let admin = Actor::token("admin");
+    let legacy = ScimClientRecord {
+        id: Uuid::now_v7(),
+        name: "Old IdP".into(),
+        lookup: "old".into(),
+        hash: "$argon2id$x".into(),
+        created_at: directory::now(),
+        revoked_at: None,
+        scope: ScimScope::ALL,
+        legacy_scope: true,
+    };
+    s.create_scim_client(&legacy, &admin).await.unwrap();
+    assert_eq!(s.find_scim_client_by_lookup("old").await.unwrap(), Some(legacy.clone()));
+    let src = Uuid::now_v7();
+    let narrowed = ScimScope { users: UserScope::Source(src), roles: RoleScope::Pushable, read_only: true };
+    let got = s.set_scim_client_scope(legacy.id, &narrowed, &admin).await.unwrap();
+    assert_eq!((got.scope, got.legacy_scope), (narrowed, false));
+    assert_eq!(s.list_scim_clients().await.unwrap()[0].scope, narrowed);
+    assert!(matches!(s.set_scim_client_scope(Uuid::now_v7(), &narrowed, &admin).await, Err(StoreError::NotFound)));
+    s.rekey_scim_client(legacy.id, "new").await.unwrap();
+    assert_eq!(s.find_scim_client_by_lookup("old").await.unwrap(), None);
+    assert_eq!(s.find_scim_client_by_lookup("new").await.unwrap().unwrap().id, legacy.id);
+
+    // Users: one created by the client, one by someone else; roles: the client's, a pushable one, another.
+    let client = Uuid::now_v7();
+    let mut mine = scim_user("mine", None, None);
+    mine.owner = Some(client);
+    let theirs = scim_user("theirs", None, None);
+    for u in [&mine, &theirs] {
+        s.scim_save_user(u, None, &actor()).await.unwrap();
+    }
+    assert_eq!(s.scim_user(mine.user.id).await.unwrap().unwrap().owner, Some(client));
+    let mut updated = mine.clone();
+    updated.owner = None;
+    updated.user.version += 1;
+    s.scim_save_user(&updated, Some(mine.user.version), &actor()).await.unwrap();
+    assert_eq!(s.scim_user(mine.user.id).await.unwrap().unwrap().owner, Some(client), "the creator never changes");
+    let own = ScimScope::NEW;
+    assert_eq!(names(&*s, own.user_filter(client)).await, ["mine"]);
+    assert_eq!(names(&*s, ScimScope::ALL.user_filter(client)).await, ["mine", "theirs"]);
+    let sourced = ScimScope { users: UserScope::Source(src), ..own };
+    assert_eq!(names(&*s, sourced.user_filter(client)).await, ["mine"], "no user of that source yet");
+
+    let role = |name: &str, pushable: bool| {
+        Role::new(RoleInput { name: name.into(), description: None, pushable }, directory::now())
+    };
+    let g_mine = ScimGroup { role: role("Mine", false), external_id: None, owner: Some(client) };
+    s.scim_save_group(&g_mine, Some(&[]), None, &actor()).await.unwrap();
+    let open = role("Open", true);
+    let closed = role("Closed", false);
+    s.create_role(&open, &admin).await.unwrap();
+    s.create_role(&closed, &admin).await.unwrap();
+    assert!(s.get_role(open.id).await.unwrap().unwrap().pushable);
+    assert!(!s.get_role(closed.id).await.unwrap().unwrap().pushable);
+    let group_names = |f: ResourceFilter<GroupField>| {
+        let s = s.clone();
+        async move {
+            let mut n: Vec<String> = s.scim_groups(&q(f)).await.unwrap().1.into_iter().map(|g| g.role.name).collect();
+            n.sort();
+            n
+        }
+    };
+    assert_eq!(group_names(own.group_filter(client)).await, ["Mine"]);
+    let pushable = ScimScope { roles: RoleScope::Pushable, ..own };
+    assert_eq!(group_names(pushable.group_filter(client)).await, ["Mine", "Open"]);
+    assert_eq!(group_names(ScimScope::ALL.group_filter(client)).await, ["Closed", "Mine", "Open"]);
+    let closed2 =
+        closed.updated(RoleInput { name: "Closed".into(), description: None, pushable: true }, directory::now());
+    s.update_role(&closed2, closed.version, &admin).await.unwrap();
+    assert_eq!(group_names(pushable.group_filter(client)).await, ["Closed", "Mine", "Open"], "pushable is settable");
+}
+
+crate::contract!(
+    clients_are_created_found_and_revoked,
+    filters_run_as_sql,
+    groups_save_members_in_one_transaction,
+    client_scopes_are_stored_and_select_owned_sourced_and_pushable_objects
+);

@@ -129,7 +129,7 @@ async fn one_open_sync_per_source_and_stale_ones_are_taken_over(s: Arc<dyn Store
 async fn batches_write_users_links_and_roles_with_audit_and_changes(s: Arc<dyn Store>) {
     let src = source("Corp");
     s.create_source(&src, "c", &Actor::cli()).await.unwrap();
-    let role = Role::new(RoleInput { name: "Eng".into(), description: None }, directory::now());
+    let role = Role::new(RoleInput { name: "Eng".into(), description: None, pushable: false }, directory::now());
     s.create_role(&role, &Actor::cli()).await.unwrap();
     let local = User::new(UserInput { username: "taken".into(), ..Default::default() }, UserSource::Local, Utc::now());
     s.create_user(&local, &Actor::cli()).await.unwrap();
