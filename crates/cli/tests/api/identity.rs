@@ -412,8 +412,9 @@ async fn manager_cycles_are_refused() {
         s.patch(&format!("/api/v1/users/{a}"), json!({"manager_id": c})).await.problem_field(422, "manager_id");
     assert!(reason.contains("cycle") && reason.contains("cat -> ben"), "{reason}");
     s.patch(&format!("/api/v1/users/{a}"), json!({"manager_id": a})).await.problem_field(422, "manager_id");
-    // SCIM too.
-    let client = s.post("/api/v1/scim-clients", json!({"name": "Okta"})).await;
+    // SCIM too (a client allowed to manage every user).
+    let client =
+        s.post("/api/v1/scim-clients", json!({"name": "Okta", "scope": {"users": "all", "roles": "all"}})).await;
     let r = s
         .client
         .patch(s.url(&format!("/scim/v2/Users/{a}")))
