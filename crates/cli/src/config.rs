@@ -24,6 +24,10 @@ pub struct FileConfig {
     pub keep_alive_seconds: Option<u64>,
     /// The most connections open at once [default: min(10000, open-file limit - 256)].
     pub max_connections: Option<usize>,
+    /// Also refuse connections to apps and sources on loopback and private ranges [default: false].
+    pub deny_private_targets: Option<bool>,
+    /// Ranges (CIDR) apps and sources may be reached on even when refused otherwise.
+    pub allow_targets: Option<Vec<String>>,
 }
 
 impl FileConfig {

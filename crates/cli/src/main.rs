@@ -25,6 +25,8 @@ struct Cli {
     /// A TOML file with the same settings (listen, data_dir, database_url, admin_token, log).
     #[arg(long, global = true, env = "PROVISIONER_CONFIG")]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    outbound: OutboundArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -63,6 +65,27 @@ struct ConnectionArgs {
     max_connections: Option<usize>,
 }
 
+/// Where connections to apps and directory sources may go (`serve`, `source sync`).
+/// Link-local (169.254.0.0/16, fe80::/10), 0.0.0.0/8, multicast and broadcast addresses are
+/// always refused, unless allowed with --allow-target.
+#[derive(Args, Clone, Default)]
+struct OutboundArgs {
+    /// Also refuse loopback and private ranges (127.0.0.0/8, ::1, 10.0.0.0/8, 172.16.0.0/12,
+    /// 192.168.0.0/16, fc00::/7).
+    #[arg(long, global = true, env = "PROVISIONER_DENY_PRIVATE_TARGETS")]
+    deny_private_targets: bool,
+    /// Allow this range (CIDR such as 10.20.0.0/16, or one address) even when it is refused
+    /// otherwise; repeatable (comma-separated in the environment variable).
+    #[arg(
+        long = "allow-target",
+        value_name = "CIDR",
+        global = true,
+        env = "PROVISIONER_ALLOW_TARGETS",
+        value_delimiter = ','
+    )]
+    allow_targets: Vec<String>,
+}
+
 /// What a `serve` process does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Role {
@@ -90,7 +113,8 @@ enum Command {
         #[arg(long, env = "PROVISIONER_SECURE_COOKIES")]
         secure_cookies: bool,
         /// The URL people and apps reach this server at (e.g. `https://id.example.com`): the SAML
-        /// IdP's entity IDs and endpoints are made from it [default: each request's Host].
+        /// IdP's entity IDs, endpoints and invitation links are made from it; an https URL makes
+        /// every cookie Secure [default: the listen address; no invitation links].
         #[arg(long, env = "PROVISIONER_PUBLIC_URL")]
         public_url: Option<String>,
         /// What this process runs: `all`, `api` or `worker`.
@@ -226,6 +250,22 @@ impl Settings {
         Ok(limits)
     }
 
+    /// The outbound target policy: flags (or their environment variables), then the file.
+    fn outbound(&self, args: &OutboundArgs) -> anyhow::Result<outbound::TargetPolicy> {
+        let deny_private = args.deny_private_targets || self.file.deny_private_targets.unwrap_or(false);
+        let written = if args.allow_targets.is_empty() {
+            self.file.allow_targets.clone().unwrap_or_default()
+        } else {
+            args.allow_targets.clone()
+        };
+        let allow = written
+            .iter()
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| t.parse::<outbound::Cidr>().map_err(|e| anyhow::anyhow!("--allow-target: {e}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(outbound::TargetPolicy::new(deny_private, allow))
+    }
+
     fn listen(&self, flag: Option<SocketAddr>) -> SocketAddr {
         flag.or(self.file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)))
     }
@@ -282,6 +322,7 @@ async fn serve(
     store_args: &StoreArgs,
     console: ConsoleArgs,
     work: WorkArgs,
+    outbound: outbound::TargetPolicy,
 ) -> anyhow::Result<()> {
     let limits = settings.connections(&work.connections)?;
     let store_settings = settings.store(store_args);
@@ -296,8 +337,10 @@ async fn serve(
         // at start, and one process at a time plans.
         release_leases_at_start: !shared,
         planner_lease: shared.then(|| Duration::from_secs(15)),
+        outbound,
         ..Default::default()
     };
+    tracing::info!(policy = %engine_config.outbound, "outbound connections");
     if let Some(secs) = work.lease_seconds.filter(|s| *s > 0) {
         engine_config.lease = Duration::from_secs(secs);
     }
@@ -315,17 +358,13 @@ async fn serve(
     }
     console_config.secure_cookies = console.secure_cookies;
     // The SAML IdP's sign-in pages share the console's session and rate-limit settings.
-    let mut idp = server::saml::IdpState::new(state.service.store().clone(), Some(state.service.sources().clone()))
+    let idp = server::saml::IdpState::new(state.service.store().clone(), Some(state.service.sources().clone()))
         .with_config(console_config.clone());
-    if let Some(url) = console.public_url.filter(|u| !u.trim().is_empty()) {
-        let url = url.trim().trim_end_matches('/').to_owned();
-        if !(url.starts_with("https://") || url.starts_with("http://")) {
-            anyhow::bail!("--public-url must be an http(s) URL, not {url:?}");
-        }
-        idp.public_url = Some(url);
-    }
     state.idp = Arc::new(idp);
     state.console = Arc::new(server::console::ConsoleState::new(console_config));
+    if let Some(url) = console.public_url.filter(|u| !u.trim().is_empty()) {
+        state.set_public_url(&url).map_err(|e| anyhow::anyhow!("--public-url: {e}"))?;
+    }
     if let Some(password) = std::env::var("PROVISIONER_ADMIN_PASSWORD").ok().filter(|p| !p.is_empty()) {
         if state.service.bootstrap_admin(&password).await.map_err(|e| anyhow::anyhow!("admin bootstrap: {e}"))? {
             tracing::info!("created the console admin `admin` from PROVISIONER_ADMIN_PASSWORD");
@@ -345,8 +384,12 @@ async fn serve(
         Bootstrap::UsedGiven => tracing::info!("stored PROVISIONER_ADMIN_TOKEN as the admin token"),
         Bootstrap::AlreadyHasTokens => {}
     }
+    if let Err(e) = state.service.warn_email_conflicts().await {
+        tracing::warn!(error = %e, "cannot list the e-mail addresses shared by several users");
+    }
     let addr = settings.listen(listen);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    state.set_listen_addr(listener.local_addr().unwrap_or(addr));
     state.service.engine().start().await.map_err(|e| anyhow::anyhow!("cannot start the engine: {e}"))?;
     if work.role != Role::Api {
         state.service.sources().start();
@@ -389,6 +432,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     init_logging(file.log.as_deref());
     let settings = Settings { file };
+    let outbound = settings.outbound(&cli.outbound)?;
     match cli.command {
         Command::Serve {
             listen,
@@ -403,12 +447,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             connections,
         } => {
             let work = WorkArgs { role, lease_seconds, reconcile_seconds, quarantine_backoff, connections };
-            serve(&settings, listen, &store, ConsoleArgs { session_idle_minutes, secure_cookies, public_url }, work)
-                .await
+            let console = ConsoleArgs { session_idle_minutes, secure_cookies, public_url };
+            serve(&settings, listen, &store, console, work, outbound).await
         }
         Command::Migrate { store } => {
-            settings.store(&store).open().await?;
+            let store = settings.store(&store).open().await?;
             println!("database is up to date");
+            let shared = store.email_conflicts().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            if !shared.is_empty() {
+                println!(
+                    "{} e-mail address(es) are shared by more than one user: each person needs their own (it is their \
+                     SAML NameID). See GET /api/v1/users/email-conflicts.",
+                    shared.len()
+                );
+            }
             Ok(())
         }
         Command::Healthcheck { listen } => healthcheck(settings.listen(listen)).await,
@@ -457,7 +509,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Source { command } => {
             let store_settings = settings.store(command.store());
             let keyring = store_settings.keyring(std::env::var("PROVISIONER_SECRET_KEY").ok().as_deref())?;
-            let state = AppState::new(store_settings.open().await?, Arc::new(keyring), engine::EngineConfig::default());
+            let config = engine::EngineConfig { outbound, ..Default::default() };
+            let state = AppState::new(store_settings.open().await?, Arc::new(keyring), config);
             sources::run(state, command).await
         }
     }

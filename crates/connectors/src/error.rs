@@ -100,7 +100,7 @@ impl From<scim::ScimError> for ConnectorError {
             S::Server { status: 501, .. } => ErrorKind::Unsupported,
             S::Server { .. } | S::Network(_) | S::Timeout => ErrorKind::Unavailable,
             S::UnexpectedStatus { .. } | S::InvalidResponse(_) => ErrorKind::InvalidResponse,
-            S::Config(_) => ErrorKind::Configuration,
+            S::Config(_) | S::Redirected { .. } | S::TargetRefused(_) => ErrorKind::Configuration,
         };
         let retry_after = match &e {
             S::RateLimited { retry_after } => *retry_after,

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use directory::{DirectorySource, SourceFlavor};
 use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
-use ldap3::{ldap_escape, Ldap, LdapConnAsync, LdapConnSettings, LdapError, Scope, SearchEntry, SearchStream};
+use ldap3::{
+    ldap_escape, Ldap, LdapConnAsync, LdapConnSettings, LdapError, Scope, SearchEntry, SearchStream, StdStream,
+};
+use outbound::TargetPolicy;
 
 /// How many entries one page of a search holds.
 pub const PAGE_SIZE: i32 = 500;
@@ -71,9 +74,42 @@ fn describe(e: &LdapError) -> String {
     }
 }
 
+/// Connects to an address of the source's server that the target policy allows: the name is
+/// resolved and checked here, and the connection is made to the checked address (TLS still
+/// verifies the certificate against the name in the URL).
+async fn tcp_connect(source: &DirectorySource, targets: &TargetPolicy) -> Result<std::net::TcpStream> {
+    let url = url::Url::parse(&source.url).map_err(|e| unreachable(source, format!("not a URL ({e})")))?;
+    let port = match (url.scheme(), url.port()) {
+        (_, Some(p)) => p,
+        ("ldap", None) => 389,
+        ("ldaps", None) => 636,
+        (other, None) => return Err(unreachable(source, format!("{other}:// is not an LDAP URL scheme"))),
+    };
+    let host = match url.host() {
+        Some(url::Host::Domain(d)) if !d.is_empty() => d.to_owned(),
+        Some(url::Host::Ipv4(a)) => a.to_string(),
+        Some(url::Host::Ipv6(a)) => a.to_string(),
+        _ => return Err(unreachable(source, "the URL names no host")),
+    };
+    let addrs = targets.resolve(&host, port).await.map_err(|e| unreachable(source, e))?;
+    let mut last = None;
+    for addr in addrs {
+        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => return stream.into_std().map_err(|e| unreachable(source, e)),
+            Ok(Err(e)) => last = Some(format!("{addr}: {e}")),
+            Err(_) => last = Some(format!("{addr}: no answer within {}s", CONNECT_TIMEOUT.as_secs())),
+        }
+    }
+    Err(unreachable(source, last.unwrap_or_else(|| "no address".into())))
+}
+
 /// Opens a connection to the source's server (TLS per the URL or StartTLS), unbound.
-async fn open(source: &DirectorySource) -> Result<Ldap> {
-    let settings = LdapConnSettings::new().set_conn_timeout(CONNECT_TIMEOUT).set_starttls(source.starttls);
+async fn open(source: &DirectorySource, targets: &TargetPolicy) -> Result<Ldap> {
+    let stream = tcp_connect(source, targets).await?;
+    let settings = LdapConnSettings::new()
+        .set_conn_timeout(CONNECT_TIMEOUT)
+        .set_starttls(source.starttls)
+        .set_std_stream(StdStream::Tcp(stream));
     let (conn, ldap) =
         LdapConnAsync::with_settings(settings, &source.url).await.map_err(|e| unreachable(source, describe(&e)))?;
     tokio::spawn(async move {
@@ -84,9 +120,9 @@ async fn open(source: &DirectorySource) -> Result<Ldap> {
     Ok(ldap)
 }
 
-/// A connection bound as the source's service account.
-pub async fn connect(source: &DirectorySource, bind_password: &str) -> Result<Ldap> {
-    let mut ldap = open(source).await?;
+/// A connection bound as the source's service account, to an address `targets` allows.
+pub async fn connect(source: &DirectorySource, bind_password: &str, targets: &TargetPolicy) -> Result<Ldap> {
+    let mut ldap = open(source, targets).await?;
     simple_bind(source, &mut ldap, &source.bind_dn, bind_password).await.map_err(|e| match e {
         BindFailure::Refused(reason) => LdapSourceError::Bind { dn: source.bind_dn.clone(), reason },
         BindFailure::Other(e) => e,
@@ -271,8 +307,8 @@ pub fn parse_entry(source: &DirectorySource, entry: SearchEntry) -> Result<Direc
 
 /// Reads the whole directory once to check the settings: connects, binds, and searches one
 /// page. Returns how many entries the first page held.
-pub async fn test_connection(source: &DirectorySource, bind_password: &str) -> Result<usize> {
-    let mut ldap = connect(source, bind_password).await?;
+pub async fn test_connection(source: &DirectorySource, bind_password: &str, targets: &TargetPolicy) -> Result<usize> {
+    let mut ldap = connect(source, bind_password, targets).await?;
     let mut reader = search_people(&mut ldap, source, None).await?;
     let page = reader.next_page(PAGE_SIZE as usize).await?;
     let _ = ldap.unbind().await;
@@ -289,11 +325,12 @@ pub async fn verify_password(
     bind_password_plain: &str,
     user_dn: &str,
     password: &str,
+    targets: &TargetPolicy,
 ) -> Result<bool> {
     if password.is_empty() || user_dn.trim().is_empty() {
         return Ok(false);
     }
-    let mut service = connect(source, bind_password_plain).await?;
+    let mut service = connect(source, bind_password_plain, targets).await?;
     let search = service
         .with_timeout(OPERATION_TIMEOUT)
         .search(user_dn, Scope::Base, &source.user_filter, attributes_to_read(source))
@@ -313,7 +350,7 @@ pub async fn verify_password(
     if parse_entry(source, SearchEntry::construct(entry))?.disabled {
         return Ok(false);
     }
-    let mut ldap = open(source).await?;
+    let mut ldap = open(source, targets).await?;
     let ok = match simple_bind(source, &mut ldap, user_dn, password).await {
         Ok(()) => true,
         Err(BindFailure::Refused(_)) => false,

@@ -21,6 +21,8 @@ use serde_json::Value;
 
 pub use diff::patch_from_diff;
 pub use error::{ConnectorError, ErrorKind};
+/// Where outbound connections may go (every connector applies it).
+pub use outbound::{Cidr, TargetPolicy};
 pub use scan::{ReadReport, Scan};
 pub use scim::Capabilities;
 pub use scim_connector::{member_values, ScimConnector, DEFAULT_MEMBER_CHUNK_SIZE};

@@ -318,6 +318,9 @@ fn check_url(errors: &mut ValidationErrors, field: &str, value: &str) {
         errors.push(field, "must be at most 2048 characters");
         return;
     }
+    if !value.is_empty() && !crate::validation::check_written_host(errors, field, value) {
+        return;
+    }
     match url::Url::parse(value) {
         Err(e) => errors.push(field, format!("is not a valid URL ({e})")),
         Ok(u) if !matches!(u.scheme(), "http" | "https") => errors.push(field, "must be an http:// or https:// URL"),
@@ -371,6 +374,65 @@ impl AppInput {
             )),
             _ => Err(errors),
         }
+    }
+
+    /// Validates a change of the stored app `current`, whose secret is `existing`. A secret
+    /// left out is kept, except when it would go somewhere new: a change of the scheme, host
+    /// or port of `connection.base_url` (or of `connection.auth.token_url`) needs the secret
+    /// again in the same request; without it the change is refused, naming the secret's field.
+    pub fn validate_change(self, current: &App, existing: &Secret) -> Result<(ValidatedApp, Secret), ValidationErrors> {
+        let mut unbound = ValidationErrors::default();
+        if let Some((secret_field, moved)) = self.unbound_secret(current, existing) {
+            unbound.push(
+                format!("connection.auth.{secret_field}"),
+                format!(
+                    "must be given again: {} now points at another scheme, host or port, and the stored \
+                     {secret_field} is only ever sent where it was given for",
+                    moved.join(" and ")
+                ),
+            );
+        }
+        match self.validate(Some(existing)) {
+            Ok(v) if unbound.0.is_empty() => Ok(v),
+            Ok(_) => Err(unbound),
+            Err(mut e) => {
+                e.0.extend(unbound.0);
+                Err(e)
+            }
+        }
+    }
+
+    /// When the input keeps the stored secret (leaves it out, same type) but moves a URL it is
+    /// sent to: the secret's field and the URLs moved.
+    fn unbound_secret(&self, current: &App, existing: &Secret) -> Option<(&'static str, Vec<&'static str>)> {
+        if self.connection.auth.type_name() != existing.type_name() {
+            return None;
+        }
+        let moved = |new: &str, old: &str| {
+            let new = new.trim().trim_end_matches('/');
+            let written = crate::validation::check_written_host(&mut ValidationErrors::default(), "", new);
+            written && crate::validation::url_target(new).is_some() && !crate::validation::same_target(new, old)
+        };
+        let mut urls = Vec::new();
+        if moved(&self.connection.base_url, &current.connection.base_url) {
+            urls.push("connection.base_url");
+        }
+        let field = match (&self.connection.auth, &current.connection.auth) {
+            (AuthInput::Bearer { token: None }, _) => "token",
+            (AuthInput::Basic { password: None, .. }, _) => "password",
+            (
+                AuthInput::OAuth2ClientCredentials { client_secret: None, token_url, .. },
+                AuthConfig::OAuth2ClientCredentials { token_url: old, .. },
+            ) => {
+                if moved(token_url, old) {
+                    urls.push("connection.auth.token_url");
+                }
+                "client_secret"
+            }
+            (AuthInput::OAuth2ClientCredentials { client_secret: None, .. }, _) => "client_secret",
+            _ => return None,
+        };
+        (!urls.is_empty()).then_some((field, urls))
     }
 
     /// The admin-editable view of a stored app (secret left out).
@@ -480,6 +542,82 @@ mod tests {
         for url in ["ftp://x.example.com", "not a url", "https://user:pw@x.example.com"] {
             let app = input(json!({"name": "A", "connection": {"base_url": url,
                 "auth": {"type": "bearer", "token": "t"}}}));
+            let err = app.validate(None).unwrap_err();
+            assert_eq!(err.0[0].field, "connection.base_url", "{url}");
+        }
+    }
+
+    fn stored(connection: serde_json::Value) -> App {
+        let v = input(json!({"name": "Wiki", "connection": connection}));
+        let (validated, _) = v.validate(None).unwrap();
+        App::new(validated, chrono::Utc::now())
+    }
+
+    #[test]
+    fn a_kept_secret_never_moves_to_another_scheme_host_or_port() {
+        let current =
+            stored(json!({"base_url": "https://wiki.example.com/scim/v2", "auth": {"type": "bearer", "token": "t"}}));
+        let existing = Secret::Bearer { token: "t".into() };
+        let change = |base_url: &str, token: Option<&str>| {
+            let mut auth = json!({"type": "bearer"});
+            if let Some(t) = token {
+                auth["token"] = json!(t);
+            }
+            input(json!({"name": "Wiki", "connection": {"base_url": base_url, "auth": auth}}))
+                .validate_change(&current, &existing)
+        };
+        for moved in [
+            "https://evil.example.com/scim/v2",
+            "http://wiki.example.com/scim/v2",
+            "https://wiki.example.com:8443/scim/v2",
+        ] {
+            let err = change(moved, None).unwrap_err();
+            assert_eq!(err.0.len(), 1, "{moved}: {err}");
+            assert_eq!(err.0[0].field, "connection.auth.token", "{moved}");
+            assert!(err.0[0].reason.contains("connection.base_url"), "{err}");
+            let (_, secret) = change(moved, Some("n3w")).unwrap();
+            assert_eq!(secret, Secret::Bearer { token: "n3w".into() });
+        }
+        for same in ["https://wiki.example.com/other/v2", "https://WIKI.example.com:443/scim/v2/"] {
+            let (v, secret) = change(same, None).unwrap();
+            assert_eq!(secret, existing, "{same}");
+            assert_eq!(v.connection.base_url, same.trim_end_matches('/'));
+        }
+        // A URL that is not one is named as such, not as a moved secret.
+        let err = change("http:///etc/passwd", None).unwrap_err();
+        assert_eq!(err.0.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), ["connection.base_url"]);
+    }
+
+    #[test]
+    fn an_oauth_client_secret_is_bound_to_the_token_url_and_the_base_url() {
+        let current =
+            stored(json!({"base_url": "https://app.example.com/scim", "auth": {"type": "oauth2_client_credentials",
+            "token_url": "https://login.example.com/token", "client_id": "c", "client_secret": "s"}}));
+        let existing = Secret::OAuth2ClientCredentials { client_secret: "s".into() };
+        let change = |base_url: &str, token_url: &str| {
+            input(json!({"name": "Wiki", "connection": {"base_url": base_url, "auth": {"type": "oauth2_client_credentials",
+                "token_url": token_url, "client_id": "c"}}}))
+            .validate_change(&current, &existing)
+        };
+        let err = change("https://app.example.com/scim", "https://login.evil.example/token").unwrap_err();
+        assert_eq!(err.0[0].field, "connection.auth.client_secret");
+        assert!(err.0[0].reason.contains("connection.auth.token_url"));
+        let err = change("https://evil.example/scim", "https://login.evil.example/token").unwrap_err();
+        assert!(err.0[0].reason.contains("connection.base_url and connection.auth.token_url"), "{err}");
+        assert!(change("https://app.example.com/v2", "https://login.example.com/oauth2/token").is_ok());
+    }
+
+    #[test]
+    fn a_url_must_name_a_host_as_written() {
+        for url in [
+            "http:///etc/passwd",
+            "http:/wiki.example.com",
+            "http:\\\\wiki.example.com",
+            "file:///etc/passwd",
+            "https://",
+        ] {
+            let app =
+                input(json!({"name": "A", "connection": {"base_url": url, "auth": {"type": "bearer", "token": "t"}}}));
             let err = app.validate(None).unwrap_err();
             assert_eq!(err.0[0].field, "connection.base_url", "{url}");
         }

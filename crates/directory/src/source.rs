@@ -224,6 +224,23 @@ fn balanced_filter(f: &str) -> bool {
 }
 
 impl SourceInput {
+    /// A change of the stored source `current` that moves `url` to another scheme, host or
+    /// port needs the bind password again in the same request: the stored one is only ever
+    /// sent where it was given for.
+    pub fn check_password_bound(&self, current: &DirectorySource, errors: &mut ValidationErrors) {
+        let url = self.url.trim();
+        if self.bind_password.is_none()
+            && crate::validation::url_target(url).is_some()
+            && !crate::validation::same_target(url, &current.url)
+        {
+            errors.push(
+                "bind_password",
+                "must be given again: url now points at another scheme, host or port, and the stored \
+                 bind password is only ever sent where it was given for",
+            );
+        }
+    }
+
     /// Fills the flavour's defaults, trims, and checks every field; `defs` are the declared
     /// custom attributes a mapping may target. `creating` requires the bind password.
     pub fn normalize_and_validate(&mut self, defs: &[AttributeDef], creating: bool) -> Result<(), ValidationErrors> {
@@ -231,7 +248,13 @@ impl SourceInput {
         self.name = self.name.trim().to_owned();
         check_text(&mut errors, "name", &self.name, 128);
         self.url = self.url.trim().to_owned();
-        match url::Url::parse(&self.url) {
+        let mut written = ValidationErrors::default();
+        let parsed = if crate::validation::check_written_host(&mut written, "url", &self.url) {
+            url::Url::parse(&self.url)
+        } else {
+            Err(url::ParseError::EmptyHost)
+        };
+        match parsed {
             Ok(u) if matches!(u.scheme(), "ldap" | "ldaps") && u.host_str().is_some_and(|h| !h.is_empty()) => {
                 if u.scheme() == "ldaps" && self.starttls {
                     errors.push("starttls", "applies to ldap:// URLs only (ldaps:// is already TLS)");
@@ -541,6 +564,34 @@ mod tests {
         let err = i.normalize_and_validate(&[], true).unwrap_err();
         let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["url", "bind_password", "user_filter", "attributes.shoe_size", "guard_percent"]);
+    }
+
+    #[test]
+    fn the_bind_password_is_bound_to_the_url_scheme_host_and_port() {
+        let mut i = input();
+        i.normalize_and_validate(&[], true).unwrap();
+        let current = i.into_source(Uuid::now_v7(), Utc::now(), Utc::now(), 1);
+        let check = |url: &str, password: Option<&str>| {
+            let mut change = SourceInput::from_source(&current);
+            change.url = url.into();
+            change.bind_password = password.map(str::to_owned);
+            let mut errors = ValidationErrors::default();
+            change.check_password_bound(&current, &mut errors);
+            errors.0.into_iter().map(|e| e.field).collect::<Vec<_>>()
+        };
+        for moved in
+            ["ldap://127.0.0.2:389", "ldaps://127.0.0.1:389", "ldap://127.0.0.1:3389", "ldap://dc.evil.example"]
+        {
+            assert_eq!(check(moved, None), ["bind_password"], "{moved}");
+            assert!(check(moved, Some("new")).is_empty(), "{moved}");
+        }
+        for same in ["ldap://127.0.0.1", "ldap://127.0.0.1:389/", "LDAP://127.0.0.1:389"] {
+            assert!(check(same, None).is_empty(), "{same}");
+        }
+        assert!(check("ldap:///nohost", None).is_empty(), "an unusable URL is named as such by the validation");
+        let mut i = input();
+        i.url = "ldap:///dc=example".into();
+        assert_eq!(i.normalize_and_validate(&[], true).unwrap_err().0[0].field, "url");
     }
 
     #[test]

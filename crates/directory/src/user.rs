@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use crate::attribute::{check_custom_attributes, AttributeDef};
 use crate::normalize_opt;
-use crate::validation::{check_opt_text, check_text, is_valid_email, ValidationErrors};
+use crate::validation::{check_opt_text, check_text, first_invisible, is_valid_email, nfkc, ValidationErrors};
 
 /// Whether a person may use their accounts. `deleted` is set by DELETE and is final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -153,14 +153,20 @@ impl UserInput {
     /// attributes. Returns every problem found, each naming its field.
     pub fn normalize_and_validate(&mut self, defs: &[AttributeDef]) -> Result<(), ValidationErrors> {
         let mut errors = ValidationErrors::default();
-        self.username = self.username.trim().to_owned();
+        // Unicode policy: NFKC-normalised; no whitespace, control, bidi or zero-width characters.
+        self.username = nfkc(self.username.trim());
         check_text(&mut errors, "username", &self.username, 256);
         if self.username.chars().any(char::is_whitespace) {
             errors.push("username", "must not contain spaces");
         }
+        if let Some(c) = first_invisible(&self.username) {
+            errors.push("username", format!("must not contain bidirectional controls or zero-width characters ({c})"));
+        }
         self.email = normalize_opt(self.email.take());
         if let Some(email) = &self.email {
-            if !is_valid_email(email) {
+            if let Some(c) = first_invisible(email) {
+                errors.push("email", format!("must not contain bidirectional controls or zero-width characters ({c})"));
+            } else if !is_valid_email(email) {
                 errors.push("email", "is not a valid e-mail address");
             }
         }
@@ -249,9 +255,15 @@ impl User {
         }
     }
 
-    /// The key under which usernames are unique.
+    /// The key under which usernames are unique: NFKC, lower-cased.
     pub fn username_key(username: &str) -> String {
-        username.to_lowercase()
+        nfkc(username).to_lowercase()
+    }
+
+    /// The key under which primary e-mail addresses are unique among users that are not
+    /// deleted (one person, one SAML NameID): trimmed, NFKC, lower-cased.
+    pub fn email_key(email: &str) -> String {
+        nfkc(email.trim()).to_lowercase()
     }
 }
 
@@ -290,6 +302,18 @@ mod tests {
         u.attributes.insert("shoe_size".into(), Value::from(42));
         let err = u.normalize_and_validate(&[]).unwrap_err();
         assert_eq!(err.0[0].field, "attributes.shoe_size");
+    }
+
+    #[test]
+    fn usernames_are_nfkc_and_without_invisible_characters() {
+        let mut u = input("\u{FF41}da"); // full-width a
+        u.normalize_and_validate(&[]).unwrap();
+        assert_eq!(u.username, "ada");
+        for bad in ["ad\u{200B}a", "ada\u{202E}", "\u{2066}ada", "ada\u{FEFF}", "a\u{061C}da", "ad\u{0007}a"] {
+            let err = input(bad).normalize_and_validate(&[]).unwrap_err();
+            assert_eq!(err.0[0].field, "username", "{bad:?}");
+        }
+        assert_eq!(User::email_key(" Ada@EXAMPLE.com"), User::email_key("\u{FF41}da@example.com"));
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct EngineConfig {
     pub run_work: bool,
     /// When an app is quarantined, and how often a quarantined app is probed.
     pub quarantine: crate::QuarantinePolicy,
+    /// Which addresses connections to apps and directory sources may reach.
+    pub outbound: connectors::TargetPolicy,
 }
 
 impl Default for EngineConfig {
@@ -60,6 +62,7 @@ impl Default for EngineConfig {
             planner_lease: None,
             run_work: true,
             quarantine: crate::QuarantinePolicy::default(),
+            outbound: connectors::TargetPolicy::default(),
         }
     }
 }
@@ -793,6 +796,7 @@ impl Engine {
         cfg.backoff_base = self.config.http_backoff_base;
         cfg.backoff_max = Duration::from_secs(5);
         cfg.retry_after_max = Duration::from_secs(30);
+        cfg.targets = self.config.outbound.clone();
         let client = scim::Client::new(cfg).map_err(|e| EngineError::app(app, e.into()))?;
         Ok(Arc::new(
             ScimConnector::new(client, capabilities).with_member_chunk_size(app.provisioning.group_chunk_size as usize),

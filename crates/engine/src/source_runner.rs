@@ -87,14 +87,16 @@ impl SourceSyncer {
     pub async fn verify_password(&self, source: Uuid, dn: &str, password: &str) -> Result<bool, EngineError> {
         let src = self.store.get_source(source).await?.ok_or(EngineError::NotFound("source"))?;
         let bind_password = self.password(source).await?;
-        ldap::verify_password(&src, &bind_password, dn, password).await.map_err(directory_error)
+        ldap::verify_password(&src, &bind_password, dn, password, &self.engine.config().outbound)
+            .await
+            .map_err(directory_error)
     }
 
     /// Connects, binds as the service account and reads one page: the people it held.
     pub async fn test_connection(&self, source: Uuid) -> Result<usize, EngineError> {
         let src = self.store.get_source(source).await?.ok_or(EngineError::NotFound("source"))?;
         let password = self.password(source).await?;
-        ldap::test_connection(&src, &password).await.map_err(directory_error)
+        ldap::test_connection(&src, &password, &self.engine.config().outbound).await.map_err(directory_error)
     }
 
     /// Records a new sync of `source` and starts it in the background. `mode` `None` picks
@@ -273,6 +275,9 @@ impl SourceSyncer {
         self.engine.changed();
         let n = skipped.len() as u64;
         sync.counts.failed += n;
+        // A create that was skipped (username or e-mail address taken) created nobody.
+        let not_created = skipped.iter().filter(|s| batch.creates.iter().any(|(u, _)| u.id == s.user_id)).count();
+        sync.counts.created = sync.counts.created.saturating_sub(not_created as u64);
         Self::note(sync, skipped.into_iter().map(|s| format!("entry {}: {}", s.stable_id, s.reason)));
         Ok(n)
     }
@@ -295,7 +300,8 @@ impl SourceSyncer {
 
         // Read everything first from the directory's point of view: any failure here ends
         // the sync before a single suspension.
-        let mut conn = ldap::connect(&source, &password).await.map_err(directory_error)?;
+        let mut conn =
+            ldap::connect(&source, &password, &self.engine.config().outbound).await.map_err(directory_error)?;
         let watermark = if full { None } else { cursor.watermark.clone() };
         let mut reader =
             ldap::search_people(&mut conn, &source, watermark.as_deref()).await.map_err(directory_error)?;
@@ -321,9 +327,10 @@ impl SourceSyncer {
             for (user, link) in &plan.batch.creates {
                 stable_of.insert(user.id, link.stable_id.clone());
             }
+            // Counted before the writes: `apply` takes back the creates the store skipped.
+            sync.counts.created += plan.created;
             self.apply(&source, &plan.batch, sync).await?;
             let c = &mut sync.counts;
-            c.created += plan.created;
             c.updated += plan.updated;
             c.reactivated += plan.reactivated;
             c.unchanged += plan.unchanged;
@@ -455,7 +462,8 @@ impl SourceSyncer {
             state.by_dn.insert(dn_key(&l.dn), l.user_id);
             known.insert(l.user_id);
         }
-        let mut conn = ldap::connect(source, password).await.map_err(directory_error)?;
+        let mut conn =
+            ldap::connect(source, password, &self.engine.config().outbound).await.map_err(directory_error)?;
         let watermark = if full { None } else { cursor.watermark.clone() };
         let mut reader = ldap::search_people(&mut conn, source, watermark.as_deref()).await.map_err(directory_error)?;
         let mut counts = SyncCounts::default();

@@ -104,6 +104,9 @@ pub struct ClientConfig {
     pub retry_after_max: Duration,
     /// An OAuth2 token is refreshed this long before it expires.
     pub token_expiry_margin: Duration,
+    /// Which addresses the client may connect to (checked after DNS, on the address
+    /// connected to; redirects are never followed and no proxy is used).
+    pub targets: outbound::TargetPolicy,
 }
 
 impl ClientConfig {
@@ -120,6 +123,7 @@ impl ClientConfig {
             backoff_max: Duration::from_secs(30),
             retry_after_max: Duration::from_secs(120),
             token_expiry_margin: Duration::from_secs(60),
+            targets: outbound::TargetPolicy::default(),
         }
     }
 }
@@ -203,7 +207,10 @@ impl Client {
         base.set_query(None);
         base.set_fragment(None);
         if let Auth::OAuth2ClientCredentials { token_url, .. } = &config.auth {
-            Url::parse(token_url).map_err(|e| ScimError::Config(format!("invalid token URL: {e}")))?;
+            let url = Url::parse(token_url).map_err(|e| ScimError::Config(format!("invalid token URL: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+                return Err(ScimError::Config("the token URL must be an http(s) URL with a host".to_string()));
+            }
         }
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static(ACCEPT_VALUE));
@@ -213,6 +220,11 @@ impl Client {
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(60))
+            // The credential goes only where the settings say: a redirect is an error (see
+            // `Attempt`), the connection is direct, and every address is checked.
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(config.targets.resolver())
             .build()
             .map_err(|e| ScimError::Config(format!("cannot build the HTTP client: {e}")))?;
         let permits = Semaphore::new(config.max_concurrency.max(1));
@@ -259,10 +271,12 @@ impl Client {
             form.push(("scope", scope));
         }
         tracing::debug!(token_url = %token_url, "fetching an OAuth2 access token");
+        let url = Url::parse(token_url).map_err(|e| ScimError::Config(format!("invalid token URL: {e}")))?;
+        self.check_target(&url)?;
         let resp = self
             .inner
             .http
-            .post(token_url)
+            .post(url)
             .basic_auth(client_id, Some(client_secret))
             .header(ACCEPT, "application/json")
             .form(&form)
@@ -270,6 +284,9 @@ impl Client {
             .await
             .map_err(map_reqwest_error)?;
         let status = resp.status();
+        if status.is_redirection() {
+            return Err(redirected(status, resp.headers(), "token endpoint"));
+        }
         let retry_after = parse_retry_after(resp.headers());
         let body = resp.bytes().await.map_err(map_reqwest_error)?;
         if !status.is_success() {
@@ -320,6 +337,12 @@ impl Client {
 
     // ----- request execution -----
 
+    /// Refuses a URL whose host is an IP address the target policy refuses (the resolver,
+    /// which checks host names, is not asked for those).
+    fn check_target(&self, url: &Url) -> Result<(), ScimError> {
+        self.inner.config.targets.check_url(url).map_err(|e| ScimError::TargetRefused(e.to_string()))
+    }
+
     async fn attempt(
         &self,
         method: &Method,
@@ -328,6 +351,9 @@ impl Client {
         if_match: Option<&str>,
         oauth_token: Option<&str>,
     ) -> Attempt {
+        if let Err(error) = self.check_target(url) {
+            return Attempt::Failed { error, retry_after: None };
+        }
         let mut req = self.inner.http.request(method.clone(), url.clone());
         match &self.inner.config.auth {
             Auth::None => {}
@@ -356,6 +382,9 @@ impl Client {
             Err(e) => return Attempt::Failed { error: map_reqwest_error(e), retry_after: None },
         };
         let status = resp.status();
+        if status.is_redirection() {
+            return Attempt::Failed { error: redirected(status, resp.headers(), "app"), retry_after: None };
+        }
         let retry_after = parse_retry_after(resp.headers());
         let body = match resp.bytes().await {
             Ok(b) => b.to_vec(),
@@ -788,7 +817,20 @@ pub(crate) fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
     Some(delta.to_std().unwrap_or(Duration::ZERO))
 }
 
+/// A 3xx answer: never followed, so that no credential goes anywhere but the configured URL.
+fn redirected(status: StatusCode, headers: &HeaderMap, who: &str) -> ScimError {
+    let location = headers
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|l| truncate(l.trim(), 200))
+        .filter(|l| !l.is_empty());
+    ScimError::Redirected { status: status.as_u16(), location, who: who.to_owned() }
+}
+
 fn map_reqwest_error(e: reqwest::Error) -> ScimError {
+    if let Some(t) = outbound::TargetError::find(&e).filter(|t| t.is_refused()) {
+        return ScimError::TargetRefused(t.to_string());
+    }
     if e.is_timeout() {
         return ScimError::Timeout;
     }

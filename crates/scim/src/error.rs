@@ -31,6 +31,13 @@ pub enum ScimError {
     /// Any other unexpected HTTP status (e.g. 405, 413, 415).
     #[error("Unexpected HTTP status {status}{}", fmt_detail(.detail))]
     UnexpectedStatus { status: u16, detail: Option<String> },
+    /// The app (or its token endpoint) answered with a redirect. Redirects are never
+    /// followed: the credential is sent only to the configured URL.
+    #[error("The {who} redirected (HTTP {status}{}): redirects are not followed, and the credential was not sent there", match .location { Some(l) => format!(" to {l}"), None => String::new() })]
+    Redirected { status: u16, location: Option<String>, who: String },
+    /// The outbound target policy refuses the address (link-local, multicast...).
+    #[error("{0}")]
+    TargetRefused(String),
     /// Connection refused/reset, DNS, TLS...
     #[error("Network error: {0}")]
     Network(String),
@@ -76,6 +83,8 @@ impl ScimError {
             | ScimError::UnexpectedStatus { .. }
             | ScimError::InvalidResponse(_)
             | ScimError::InvalidInput(_)
+            | ScimError::Redirected { .. }
+            | ScimError::TargetRefused(_)
             | ScimError::Config(_) => false,
         }
     }
@@ -84,6 +93,7 @@ impl ScimError {
     pub fn status(&self) -> Option<u16> {
         match self {
             ScimError::InvalidAuthentication { status, .. }
+            | ScimError::Redirected { status, .. }
             | ScimError::Server { status, .. }
             | ScimError::UnexpectedStatus { status, .. } => Some(*status),
             ScimError::Conflict { .. } => Some(409),
@@ -138,6 +148,12 @@ impl ScimError {
                 "Check the app's matching attribute and mappings."
             }
             ScimError::Config(_) => "Fix the app's connection settings (base URL, token URL).",
+            ScimError::Redirected { .. } => {
+                "Set the URL the app redirects to as its URL (often https:// instead of http://, or a trailing path), re-entering the credential."
+            }
+            ScimError::TargetRefused(_) => {
+                "Correct the app's URL; if the address is really meant, allow its range with --allow-target."
+            }
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The admin REST API under `/api/v1`. Handlers are thin: extract, call the service, answer.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -16,7 +16,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::error::{Problem, Result};
-use crate::extract::{etag, ApiJson, ApiQuery, IfMatch, MergePatch};
+use crate::extract::{etag, ApiJson, ApiQuery, IfMatch, MergePatch, Path};
 use crate::service::page;
 use crate::AppState;
 
@@ -33,6 +33,7 @@ fn all<T: Serialize>(items: Vec<T>) -> Json<Page<T>> {
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_users, create_user))
+        .routes(routes!(email_conflicts))
         .routes(routes!(get_user, patch_user, delete_user))
         .routes(routes!(user_roles))
         .routes(routes!(list_roles, create_role))
@@ -111,6 +112,25 @@ pub struct ListUsersParams {
 async fn list_users(State(s): State<AppState>, ApiQuery(p): ApiQuery<ListUsersParams>) -> Result<Json<Page<User>>> {
     let query = UserQuery { q: p.q, status: p.status, role: p.role, page: page(p.limit, p.cursor)? };
     Ok(Json(s.service.list_users(&query).await?))
+}
+
+/// An e-mail address that more than one user (not deleted) has.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EmailConflict {
+    /// The address, as compared: trimmed, Unicode NFKC, lower-cased.
+    pub email: String,
+    /// The users who have it, by username.
+    pub users: Vec<User>,
+}
+
+/// E-mail addresses shared by more than one user, stored before addresses were unique. Each
+/// person needs their own (it is their SAML NameID): change or remove the address of all but
+/// one; until then a SAML sign-in by any of them with the address as NameID is refused.
+#[utoipa::path(get, path = "/users/email-conflicts", tag = "users",
+    responses((status = 200, body = Page<EmailConflict>)))]
+async fn email_conflicts(State(s): State<AppState>) -> Result<Json<Page<EmailConflict>>> {
+    let items = s.service.email_conflicts().await?;
+    Ok(all(items.into_iter().map(|c| EmailConflict { email: c.email_key, users: c.users }).collect()))
 }
 
 /// Create a user.
@@ -408,8 +428,9 @@ async fn get_app(State(s): State<AppState>, Path(id): Path<Uuid>) -> Result<Resp
 }
 
 /// Change an app with a JSON merge patch. Leave the secret out to keep the stored one; a
-/// `connection.auth` of another `type` replaces the credential. With `?dry_run=true` it
-/// answers a `DryRun` instead and writes nothing.
+/// `connection.auth` of another `type` replaces the credential. Moving `connection.base_url` or
+/// `connection.auth.token_url` to another scheme, host or port needs the secret again (422 naming it).
+/// With `?dry_run=true` it answers a `DryRun` instead and writes nothing.
 #[utoipa::path(patch, path = "/apps/{id}", tag = "apps", params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), AppWriteParams),
     request_body(content = Object, content_type = "application/merge-patch+json"),
     responses((status = 200, body = App), (status = 412, body = Problem, content_type = "application/problem+json"),

@@ -1,6 +1,6 @@
 //! `/api/v1/sources`: directory sources (LDAP / Active Directory) and their syncs.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::api::DryRunParams;
 use crate::error::{Problem, Result};
-use crate::extract::{etag, ApiJson, ApiQuery, IfMatch, MergePatch};
+use crate::extract::{etag, ApiJson, ApiQuery, IfMatch, MergePatch, Path};
 use crate::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -66,6 +66,7 @@ async fn get_source(State(s): State<AppState>, Path(id): Path<Uuid>) -> Result<R
 }
 
 /// Change a directory source with a JSON merge patch; `bind_password` replaces the password.
+/// Moving `url` to another scheme, host or port needs `bind_password` again (422 naming it).
 /// With `?dry_run=true` nothing is saved: the answer (a `SyncDryRun`) says what a full sync
 /// with the changed settings would do.
 #[utoipa::path(patch, path = "/sources/{id}", tag = "sources", params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header), DryRunParams),

@@ -67,6 +67,12 @@ impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound => Self::NotFound("resource"),
+            StoreError::Duplicate { field: "email" } => Self::Conflict {
+                field: "email".into(),
+                reason: "is already the e-mail address of another user; each person needs their own (it is their \
+                         SAML NameID)"
+                    .into(),
+            },
             StoreError::Duplicate { field } => {
                 Self::Conflict { field: field.to_owned(), reason: "is already taken".into() }
             }

@@ -161,6 +161,33 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
     }
 }
 
+/// Path parameters (axum's `Path`), with errors as problems naming the parameter
+/// (`/api/v1/users/not-a-uuid` answers 400 `application/problem+json` naming `id`).
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        use axum::extract::path::ErrorKind;
+        use axum::extract::rejection::PathRejection;
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Path(v)),
+            Err(PathRejection::FailedToDeserializePathParams(e)) => {
+                let field = match e.kind() {
+                    ErrorKind::ParseErrorAtKey { key, .. } | ErrorKind::DeserializeError { key, .. } => key.clone(),
+                    _ => "path".to_owned(),
+                };
+                let text = e.body_text();
+                let reason =
+                    if text.to_ascii_lowercase().contains("uuid") { "is not an id (a UUID)".to_owned() } else { text };
+                Err(Error::bad_request(field, reason))
+            }
+            Err(e) => Err(Error::bad_request("path", e.body_text())),
+        }
+    }
+}
+
 /// Query parameters, with errors as problems naming the parameter.
 pub struct ApiQuery<T>(pub T);
 

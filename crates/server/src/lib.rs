@@ -56,6 +56,37 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// Sets the URL people and apps reach this service at (`--public-url`, an `http(s)://` URL
+    /// with a host): SAML entity IDs, endpoints and invitation links are made from it. An
+    /// `https` URL means the service is reached over TLS: every cookie is then `Secure`.
+    pub fn set_public_url(&mut self, url: &str) -> Result<(), String> {
+        let url = url.trim().trim_end_matches('/').to_owned();
+        let parsed = url::Url::parse(&url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none_or(str::is_empty) {
+            return Err(format!("{url:?} must be an http(s) URL with a host"));
+        }
+        let mut config = self.console.config.clone();
+        config.secure_cookies |= parsed.scheme() == "https";
+        let mut idp = saml::IdpState::new(self.service.store().clone(), Some(self.service.sources().clone()))
+            .with_config(config.clone());
+        idp.passwords = self.idp.passwords.clone();
+        if let Some(listen) = self.idp.listen_url.get() {
+            let _ = idp.listen_url.set(listen.clone());
+        }
+        idp.public_url = Some(url);
+        self.idp = Arc::new(idp);
+        self.console = Arc::new(console::ConsoleState::new(config));
+        Ok(())
+    }
+
+    /// Tells the SAML IdP the address the service listens on: without a public URL, its entity
+    /// IDs and endpoints are made from it (never from a request's `Host`).
+    pub fn set_listen_addr(&self, addr: std::net::SocketAddr) {
+        let _ = self.idp.listen_url.set(format!("http://{addr}"));
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Provisioner API", description = "Admin API of Provisioner, an identity provisioning engine. \
@@ -114,6 +145,44 @@ fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
     Error::Internal(format!("a request handler panicked: {what}")).into_response()
 }
 
+/// Marks every cookie `Secure` when the service is reached over TLS (an `https` public URL,
+/// `--secure-cookies`, or a proxy's `X-Forwarded-Proto: https`), whichever page set it.
+async fn secure_cookies(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let tls = console::over_tls(req.headers(), &state.console.config);
+    let mut resp = next.run(req).await;
+    if tls {
+        let cookies: Vec<_> = resp.headers().get_all(header::SET_COOKIE).iter().cloned().collect();
+        if cookies.iter().any(|c| !c.to_str().is_ok_and(|v| v.contains("; Secure"))) {
+            resp.headers_mut().remove(header::SET_COOKIE);
+            for c in cookies {
+                let value = match c.to_str() {
+                    Ok(v) if !v.contains("; Secure") => {
+                        header::HeaderValue::from_str(&format!("{v}; Secure")).unwrap_or(c)
+                    }
+                    _ => c,
+                };
+                resp.headers_mut().append(header::SET_COOKIE, value);
+            }
+        }
+    }
+    resp
+}
+
+/// The request span of the trace layer: method and path, with secrets in paths redacted
+/// (`/invite/[redacted]`: an invitation token is a password-setting credential) and without the
+/// query string (which may carry a SAML request or a return path).
+fn request_span(req: &Request) -> tracing::Span {
+    tracing::debug_span!("request", method = %req.method(), path = %redact_path(req.uri().path()))
+}
+
+/// A path as it may be logged.
+pub fn redact_path(path: &str) -> String {
+    match path.strip_prefix("/invite/") {
+        Some(_) => "/invite/[redacted]".to_owned(),
+        None => path.to_owned(),
+    }
+}
+
 async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, Error> {
     state.service.health().await?;
     Ok(Json(serde_json::json!({"status": "ok"})))
@@ -125,7 +194,7 @@ pub fn health_router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .fallback(|| async { Error::NotFound("route") })
         .layer(CatchPanicLayer::custom(panicked))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)
 }
 
@@ -144,8 +213,9 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { Error::NotFound("route") })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed.into_response() })
         .layer(DefaultBodyLimit::max(extract::MAX_BODY))
+        .layer(middleware::from_fn_with_state(state.clone(), secure_cookies))
         .layer(CatchPanicLayer::custom(panicked))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)
 }
 

@@ -51,6 +51,53 @@ fn to_doc<T: serde::Serialize>(v: &T) -> Result<Value> {
     serde_json::to_value(v).map_err(Error::internal)
 }
 
+/// A search text with a control character (`q=%00`) is refused: it is no text anyone types, and
+/// a store may read a NUL as the end of the pattern (which then matches everyone).
+pub(crate) fn check_search(field: &str, q: Option<&str>) -> Result<()> {
+    match q {
+        Some(q) if q.chars().any(char::is_control) => {
+            Err(Error::bad_request(field, "must not contain control characters"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// How far up a manager chain is followed when looking for a cycle.
+const MAX_MANAGER_CHAIN: usize = 1000;
+
+/// What is wrong with making `manager` the manager of `this` (a new user when `None`): no such
+/// user, the user themself, or a manager chain that leads back to them (a cycle).
+pub(crate) async fn manager_problem(
+    store: &dyn Store,
+    this: Option<Uuid>,
+    manager: Uuid,
+) -> Result<Option<String>, StoreError> {
+    if Some(manager) == this {
+        return Ok(Some("a user cannot be their own manager".into()));
+    }
+    let Some(m) = store.get_user(manager).await?.filter(|m| m.status != UserStatus::Deleted) else {
+        return Ok(Some("refers to no user".into()));
+    };
+    let Some(this) = this else { return Ok(None) };
+    let mut chain = vec![m.username.clone()];
+    let mut next = m.manager_id;
+    while let Some(id) = next {
+        if id == this {
+            return Ok(Some(format!(
+                "would make a cycle: the manager chain {} leads back to this user",
+                chain.join(" -> ")
+            )));
+        }
+        if chain.len() >= MAX_MANAGER_CHAIN {
+            return Ok(Some(format!("the manager chain is longer than {MAX_MANAGER_CHAIN} people")));
+        }
+        let Some(u) = store.get_user(id).await? else { break };
+        chain.push(u.username.clone());
+        next = u.manager_id;
+    }
+    Ok(None)
+}
+
 fn check_if_match(current: i64, if_match: Option<i64>) -> Result<()> {
     match if_match {
         Some(v) if v != current => Err(Error::PreconditionFailed { current }),
@@ -234,13 +281,33 @@ impl Service {
             Err(e) => e,
         };
         if let Some(manager) = input.manager_id {
-            if Some(manager) == this {
-                errors.push("manager_id", "a user cannot be their own manager");
-            } else if !matches!(self.store.get_user(manager).await?, Some(m) if m.status != UserStatus::Deleted) {
-                errors.push("manager_id", "refers to no user");
+            if let Some(why) = manager_problem(self.store.as_ref(), this, manager).await? {
+                errors.push("manager_id", why);
             }
         }
         Ok(errors.into_result()?)
+    }
+
+    /// Addresses more than one user has (see [`Store::email_conflicts`]).
+    pub async fn email_conflicts(&self) -> Result<Vec<store::EmailConflict>> {
+        Ok(self.store.email_conflicts().await?)
+    }
+
+    /// Says in the log, at start-up, how many e-mail addresses more than one user has (stored
+    /// before addresses were unique), and where to see them.
+    pub async fn warn_email_conflicts(&self) -> Result<usize> {
+        let conflicts = self.store.email_conflicts().await?;
+        if !conflicts.is_empty() {
+            let users: usize = conflicts.iter().map(|c| c.users.len()).sum();
+            tracing::warn!(
+                addresses = conflicts.len(),
+                users,
+                "{} e-mail address(es) are shared by {users} users: each person needs their own (it is their SAML \
+                 NameID), and SAML sign-ins with a shared one are refused. See GET /api/v1/users/email-conflicts.",
+                conflicts.len()
+            );
+        }
+        Ok(conflicts.len())
     }
 
     pub async fn create_user(&self, actor: &Actor, mut input: UserInput, source: UserSource) -> Result<User> {
@@ -259,6 +326,7 @@ impl Service {
     }
 
     pub async fn list_users(&self, query: &UserQuery) -> Result<Page<User>> {
+        check_search("q", query.q.as_deref())?;
         Ok(self.store.list_users(query).await?)
     }
 
@@ -321,6 +389,7 @@ impl Service {
     }
 
     pub async fn list_roles(&self, query: &NameQuery) -> Result<Page<Role>> {
+        check_search("q", query.q.as_deref())?;
         Ok(self.store.list_roles(query).await?)
     }
 
@@ -415,6 +484,7 @@ impl Service {
     }
 
     pub async fn list_apps(&self, query: &NameQuery) -> Result<Page<App>> {
+        check_search("q", query.q.as_deref())?;
         Ok(self.store.list_apps(query).await?)
     }
 
@@ -462,7 +532,7 @@ impl Service {
         }
         let existing_ct = self.store.get_app_credential(id).await?.ok_or(Error::NotFound("app"))?;
         let existing = store::secrets::decrypt_credential(&self.keyring, id, &existing_ct).map_err(Error::internal)?;
-        let (validated, secret) = input.validate(Some(&existing))?;
+        let (validated, secret) = input.validate_change(&current, &existing)?;
         // Re-encrypt when the secret changed, or when it was made with a retired key.
         let credential = if secret != existing || self.keyring.is_stale(&existing_ct) {
             Some(self.encrypt_secret(id, &secret)?)
@@ -510,6 +580,7 @@ impl Service {
     }
 
     pub async fn list_events(&self, query: &EventQuery) -> Result<Page<Event>> {
+        check_search("q", query.q.as_deref())?;
         Ok(self.store.list_events(query).await?)
     }
 

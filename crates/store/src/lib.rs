@@ -96,6 +96,14 @@ pub struct AuditQuery {
     pub page: PageRequest,
 }
 
+/// An e-mail address more than one user (not deleted) has.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmailConflict {
+    /// The address's key (trimmed, NFKC, lower-cased): what the users share.
+    pub email_key: String,
+    pub users: Vec<User>,
+}
+
 /// A page request: at most `limit` items after the opaque `cursor`.
 #[derive(Debug, Clone)]
 pub struct PageRequest {
@@ -187,6 +195,11 @@ pub trait Store:
     async fn list_users(&self, query: &UserQuery) -> Result<Page<User>>;
     /// Replaces a user whose stored version is `expected_version`.
     async fn update_user(&self, user: &User, expected_version: i64, actor: &Actor) -> Result<()>;
+    /// The users not deleted whose e-mail address has this key ([`User::email_key`] of `email`).
+    async fn users_by_email(&self, email: &str) -> Result<Vec<User>>;
+    /// E-mail addresses that more than one user (not deleted) has: stored before addresses were
+    /// unique, for an admin to resolve. By address key, each with its users by username.
+    async fn email_conflicts(&self) -> Result<Vec<EmailConflict>>;
     /// Marks a user deleted (the row stays for the engine and the audit log) and removes them
     /// from their roles. Returns the deleted user.
     async fn delete_user(&self, id: Uuid, expected_version: Option<i64>, actor: &Actor) -> Result<User>;

@@ -412,6 +412,39 @@ async fn console_mapping_editors_work_without_javascript() {
     assert_eq!((audit.items[0].action.as_str(), audit.items[0].actor.kind.as_str()), ("app.mapping", "admin"));
 }
 
+/// Issue 15: the configuration form cannot send a kept token to a new host either.
+#[tokio::test]
+async fn console_configuration_form_cannot_move_a_kept_token() {
+    let c = Console::start(Default::default()).await;
+    let (session, csrf) = c.login().await;
+    let input: directory::AppInput = serde_json::from_value(json!({
+        "name": "Plain", "connection": {"base_url": "http://127.0.0.1:9/scim/v2", "auth": {"type": "bearer", "token": "kept-t0ken"}}
+    }))
+    .unwrap();
+    let app = c.state.service.create_app(&directory::Actor::admin(ADMIN), input).await.unwrap();
+    let path = format!("/console/apps/{}/configuration", app.id);
+    let v = app.version.to_string();
+    let mut form = vec![
+        ("csrf", csrf.as_str()),
+        ("version", v.as_str()),
+        ("name", "Plain"),
+        ("base_url", "https://collect.attacker.example/scim/v2"),
+        ("auth_type", "bearer"),
+        ("token", ""),
+    ];
+    let r = c.post(&path, &session, &form).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let html = r.text().await.unwrap();
+    assert!(html.contains("must be given again"), "{html}");
+    assert_eq!(c.state.service.get_app(app.id).await.unwrap().connection.base_url, "http://127.0.0.1:9/scim/v2");
+    form[5] = ("token", "n3w-t0ken");
+    assert_eq!(c.post(&path, &session, &form).await.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        c.state.service.app_secret(app.id).await.unwrap(),
+        directory::Secret::Bearer { token: "n3w-t0ken".into() }
+    );
+}
+
 // ---- the walkthrough in a real browser ----
 
 /// chromedriver on a free port of 127.0.0.1, stopped on drop.

@@ -456,7 +456,7 @@ async fn passwords_are_verified_against_the_directory(backend: Backend) {
     let verify = |dn: String, password: &'static str| {
         let src = src.clone();
         let pw = pw.clone();
-        async move { connectors::ldap::verify_password(&src, &pw, &dn, password).await.unwrap() }
+        async move { connectors::ldap::verify_password(&src, &pw, &dn, password, &Default::default()).await.unwrap() }
     };
     assert!(verify(link.dn.clone(), "ada-pw").await);
     assert!(!verify(link.dn.clone(), "wrong").await);

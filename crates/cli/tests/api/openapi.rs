@@ -57,6 +57,7 @@ async fn openapi_document_covers_every_route() {
         ("/api/v1/apps/{id}/saml", &["get", "put"]),
         ("/api/v1/users/{id}/password", &["put"]),
         ("/api/v1/users/{id}/invitations", &["post"]),
+        ("/api/v1/users/email-conflicts", &["get"]),
         ("/api/v1/saml/certificates", &["get"]),
         ("/api/v1/saml/certificates/rotate", &["post"]),
         ("/api/v1/saml/certificates/activate", &["post"]),

@@ -77,6 +77,21 @@ impl TestServer {
 
     /// [`Self::start_on`] with the engine's settings changed by `configure` first.
     pub async fn start_with(backend: Backend, configure: impl FnOnce(&mut engine::EngineConfig)) -> Self {
+        Self::start_configured(backend, configure, |_| {}).await
+    }
+
+    /// [`Self::start_on`] with a public URL (`--public-url`).
+    pub async fn start_with_public_url(backend: Backend, url: &str) -> Self {
+        let url = url.to_owned();
+        Self::start_configured(backend, |_| {}, move |state| state.set_public_url(&url).unwrap()).await
+    }
+
+    /// [`Self::start_with`], with the service's state changed by `state_fn` before it serves.
+    pub async fn start_configured(
+        backend: Backend,
+        configure: impl FnOnce(&mut engine::EngineConfig),
+        state_fn: impl FnOnce(&mut AppState),
+    ) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         let (store, database): (Arc<dyn store::Store>, _) = match backend {
             Backend::Sqlite => {
@@ -103,16 +118,49 @@ impl TestServer {
             ..Default::default()
         };
         configure(&mut config);
-        let state = AppState::new(store, Arc::new(keyring), config);
+        let mut state = AppState::new(store, Arc::new(keyring), config);
         state.service.bootstrap(Some(TOKEN)).await.unwrap();
         state.service.engine().start().await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        state.set_listen_addr(addr);
+        state_fn(&mut state);
         let app = server::router(state.clone());
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
         Self { addr, state, client: reqwest::Client::new(), _data_dir: data_dir, task, _database: database }
+    }
+
+    /// Sets a user's e-mail address in the database directly, bypassing every check: what a
+    /// version without unique addresses may have stored.
+    pub async fn set_email_behind_the_back(&self, user: &str, email: &str) {
+        let key = directory::User::email_key(email);
+        match &self._database {
+            None => {
+                let path = self._data_dir.path().join("provisioner.db");
+                let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+                sqlx::query("UPDATE users SET email = ?, email_key = ? WHERE id = ?")
+                    .bind(email)
+                    .bind(key)
+                    .bind(user)
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                pool.close().await;
+            }
+            Some(db) => {
+                let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+                sqlx::query("UPDATE users SET email = $1, email_key = $2 WHERE id = $3::uuid")
+                    .bind(email)
+                    .bind(key)
+                    .bind(user)
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                pool.close().await;
+            }
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -180,6 +180,40 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
+/// Whether `next` (where to go after signing in) is a path on this site: it starts with one
+/// `/` (not `//` or `/\\`, which browsers read as another host), has no backslash, and no
+/// control or whitespace character, as given or percent-decoded (`/%09/evil.example.com/`
+/// is refused: browsers drop the tab and go to `//evil.example.com/`).
+pub fn is_local_path(next: &str) -> bool {
+    fn ok(p: &str) -> bool {
+        p.starts_with('/')
+            && !p.starts_with("//")
+            && !p.contains('\\')
+            && !p.chars().any(|c| c.is_control() || c.is_whitespace())
+    }
+    next.len() <= 16 * 1024 && ok(next) && ok(&percent_decode(next))
+}
+
+/// `%XX` sequences decoded once; invalid UTF-8 becomes a NUL (which is then refused).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+            if let Some(b) = hex {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_else(|_| "\0".to_owned())
+}
+
 /// Whether the request reached us over TLS (directly, or through a proxy that says so).
 pub fn over_tls(headers: &HeaderMap, config: &ConsoleConfig) -> bool {
     config.secure_cookies
@@ -335,6 +369,29 @@ mod tests {
         s.record_failure("alice", "ip");
         std::thread::sleep(Duration::from_millis(2));
         assert!(!s.locked_out("alice", "ip"));
+    }
+
+    #[test]
+    fn next_is_a_path_on_this_site() {
+        for ok in ["/", "/console/users?q=a", "/saml/x/sso?SAMLRequest=ab%2Bc%3D&RelayState=r"] {
+            assert!(is_local_path(ok), "{ok}");
+        }
+        for bad in [
+            "https://evil.example.com/",
+            "//evil.example.com",
+            "/\\evil.example.com",
+            "/%09/evil.example.com/",
+            "/\t/evil.example.com/",
+            "/%2F/evil.example.com",
+            "/%5Cevil.example.com",
+            "/a b",
+            "/a%20b",
+            "/%0d%0aSet-Cookie:x",
+            "/%FF",
+            "evil",
+        ] {
+            assert!(!is_local_path(bad), "{bad}");
+        }
     }
 
     #[test]

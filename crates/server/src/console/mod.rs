@@ -25,7 +25,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 
-pub(crate) use auth::{cookie, over_tls, random_token, same, ClientIp};
+pub(crate) use auth::{cookie, is_local_path, over_tls, random_token, same, ClientIp};
 pub use auth::{ConsoleConfig, ConsoleState, Session, CSRF_HEADER, SESSION_COOKIE};
 
 use crate::{AppState, Error};
@@ -133,9 +133,7 @@ struct LoginParams {
 /// Only console paths are followed after sign-in (no open redirect).
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with("/console") && !n.starts_with("//") && !n.contains('\\') && !n.contains("/login") => {
-            n.to_owned()
-        }
+        Some(n) if n.starts_with("/console") && auth::is_local_path(n) && !n.contains("/login") => n.to_owned(),
         _ => "/console/users".to_owned(),
     }
 }

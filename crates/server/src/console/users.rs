@@ -229,11 +229,15 @@ async fn create(State(state): State<AppState>, session: Session, headers: Header
             &format!("Created {}. Add them to a role to give them apps.", user.username),
         )),
         Err(e) => {
+            let status = match e {
+                crate::Error::Conflict { .. } => StatusCode::CONFLICT,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            };
             let errors = field_errors(e)?;
             let layout = Layout::new(&session, &headers, "users", "New user");
             let fields = profile_fields(&|name| form.text(name), &errors);
             let other_errors = errors.other(&PROFILE_FIELDS.map(|(n, _)| n));
-            view::page(&NewPage { layout, fields, other_errors }, StatusCode::UNPROCESSABLE_ENTITY)
+            view::page(&NewPage { layout, fields, other_errors }, status)
         }
     }
 }

@@ -1,8 +1,8 @@
 //! The admin API of SAML sign-in, under `/api/v1`: apps' SAML settings, end users'
 //! passwords and invitations, and the IdP's certificates and their rotation.
 
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::service::LiveKey;
 use crate::error::{Problem, Result};
-use crate::extract::{etag, ApiJson, IfMatch};
+use crate::extract::{etag, ApiJson, IfMatch, Path};
 use crate::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -43,8 +43,8 @@ pub struct SamlSettingsView {
     pub version: i64,
 }
 
-fn view(state: &AppState, headers: &HeaderMap, app: Uuid, r: store::SamlSettingsRecord) -> Response {
-    let base = super::base_url(state, headers);
+fn view(state: &AppState, app: Uuid, r: store::SamlSettingsRecord) -> Response {
+    let base = super::base_url(state);
     let metadata_url = super::entity_id(&base, app);
     let body = SamlSettingsView {
         settings: r.settings,
@@ -60,9 +60,9 @@ fn view(state: &AppState, headers: &HeaderMap, app: Uuid, r: store::SamlSettings
 /// An app's SAML settings.
 #[utoipa::path(get, path = "/apps/{id}/saml", tag = "saml", params(("id" = Uuid, Path)),
     responses((status = 200, body = SamlSettingsView), (status = 404, body = Problem, content_type = "application/problem+json")))]
-async fn get_saml(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<Uuid>) -> Result<Response> {
+async fn get_saml(State(s): State<AppState>, Path(id): Path<Uuid>) -> Result<Response> {
     let r = s.service.saml_settings(id).await?;
-    Ok(view(&s, &headers, id, r))
+    Ok(view(&s, id, r))
 }
 
 /// Create or replace an app's SAML settings (what GET answers may be sent back as it is).
@@ -75,7 +75,6 @@ async fn get_saml(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<
 async fn put_saml(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
-    headers: HeaderMap,
     Path(id): Path<Uuid>,
     IfMatch(v): IfMatch,
     ApiJson(mut input): ApiJson<serde_json::Value>,
@@ -88,7 +87,7 @@ async fn put_saml(
     }
     let input: SamlSettings = crate::extract::from_value(input)?;
     let r = s.service.put_saml_settings(&actor, id, input, v).await?;
-    Ok(view(&s, &headers, id, r))
+    Ok(view(&s, id, r))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -115,9 +114,15 @@ async fn set_password(
 /// A one-time invitation link.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Invitation {
-    /// The link the user opens to choose a password. Shown only once.
-    pub url: String,
+    /// The link the user opens to choose a password. Shown only once. `null` when no public URL
+    /// is configured (`--public-url`): links are never made from a request's `Host` header.
+    pub url: Option<String>,
+    /// The link's path on this server (`/invite/prvinv_...`). Shown only once.
+    pub path: String,
     pub expires_at: DateTime<Utc>,
+    /// Why there is no `url`, and how to get one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// Invite a user to choose a password: a one-time link, valid for 72 hours.
@@ -126,12 +131,23 @@ pub struct Invitation {
 async fn create_invitation(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
-    headers: HeaderMap,
     Path(id): Path<Uuid>,
 ) -> Result<(StatusCode, Json<Invitation>)> {
     let (token, expires_at) = s.service.create_invitation(&actor, id).await?;
-    let url = format!("{}/invite/{token}", super::base_url(&s, &headers));
-    Ok((StatusCode::CREATED, Json(Invitation { url, expires_at })))
+    let path = format!("/invite/{token}");
+    let (url, note) = match &s.idp.public_url {
+        Some(base) => (Some(format!("{}{path}", base.trim_end_matches('/'))), None),
+        None => (
+            None,
+            Some(
+                "No public URL is configured, so no link is made (it would name whatever host the request \
+                 gave). Start the service with --public-url https://id.example.com (or PROVISIONER_PUBLIC_URL), or \
+                 give the person this path on the address they reach the service at."
+                    .to_owned(),
+            ),
+        ),
+    };
+    Ok((StatusCode::CREATED, Json(Invitation { url, path, expires_at, note })))
 }
 
 /// An IdP signing certificate.

@@ -36,9 +36,14 @@ pub const USER_FORM_COOKIE: &str = "prv_idp_form";
 
 /// What the IdP keeps in memory: its settings, the password check, and recent failed sign-ins.
 pub struct IdpState {
-    /// The URL the IdP is reached at (e.g. `https://id.example.com`); by default it is taken
-    /// from each request's `Host` (and `X-Forwarded-Proto`).
+    /// The URL the IdP is reached at (e.g. `https://id.example.com`, `--public-url`): its
+    /// entity IDs, endpoints and invitation links are made from it. Set it with
+    /// [`crate::AppState::set_public_url`].
     pub public_url: Option<String>,
+    /// Without a public URL, entity IDs and endpoints are made from the address the service
+    /// listens on (`http://127.0.0.1:8080`), never from a request's `Host` header, which the
+    /// client chooses. Set once the listener is bound.
+    pub listen_url: std::sync::OnceLock<String>,
     pub passwords: Arc<dyn PasswordCheck>,
     limiter: ConsoleState,
 }
@@ -48,6 +53,7 @@ impl IdpState {
     pub fn new(store: Arc<dyn Store>, sources: Option<Arc<engine::SourceSyncer>>) -> Self {
         Self {
             public_url: None,
+            listen_url: std::sync::OnceLock::new(),
             passwords: Arc::new(DirectoryPasswords { store, sources }),
             limiter: ConsoleState::new(ConsoleConfig::default()),
         }
@@ -190,18 +196,16 @@ async fn current_user(state: &AppState, headers: &HeaderMap) -> Result<Option<En
     Ok(Some(EndUser { user, session }))
 }
 
-/// The IdP's base URL, without a trailing slash.
-fn base_url(state: &AppState, headers: &HeaderMap) -> String {
+/// The IdP's base URL, without a trailing slash: the public URL, else the listen address
+/// (never the request's `Host`, which would let a client choose the entity ID and endpoints).
+fn base_url(state: &AppState) -> String {
     if let Some(u) = &state.idp.public_url {
         return u.trim_end_matches('/').to_owned();
     }
-    let scheme = if secure(state, headers) { "https" } else { "http" };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c)))
-        .unwrap_or("localhost");
-    format!("{scheme}://{host}")
+    match state.idp.listen_url.get() {
+        Some(u) => u.trim_end_matches('/').to_owned(),
+        None => "http://127.0.0.1:8080".to_owned(),
+    }
 }
 
 /// The IdP's entity ID for an app: its metadata URL.
@@ -212,9 +216,7 @@ fn entity_id(base: &str, app: Uuid) -> String {
 /// Only local paths are followed after sign-in (no open redirect).
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') && n.len() <= 16 * 1024 => {
-            n.to_owned()
-        }
+        Some(n) if crate::console::is_local_path(n) => n.to_owned(),
         _ => "/".to_owned(),
     }
 }
@@ -541,7 +543,7 @@ async fn app_and_settings(state: &AppState, app: &str) -> Result<(App, SamlSetti
     }
 }
 
-async fn metadata(State(state): State<AppState>, headers: HeaderMap, Path(app): Path<String>) -> Response {
+async fn metadata(State(state): State<AppState>, Path(app): Path<String>) -> Response {
     let (app, settings) = match app_and_settings(&state, &app).await {
         Ok(x) => x,
         Err(r) => return r,
@@ -550,7 +552,7 @@ async fn metadata(State(state): State<AppState>, headers: HeaderMap, Path(app): 
         Ok(k) => k,
         Err(e) => return error_page(e),
     };
-    let base = base_url(&state, &headers);
+    let base = base_url(&state);
     let certs: Vec<String> = keys.iter().map(|k| k.key.cert_base64()).collect();
     let xml = saml::metadata::idp_metadata(
         &entity_id(&base, app.id),
@@ -670,7 +672,7 @@ async fn sso(
         }
         Err(e) => return error_page(e.into()),
     }
-    respond(&state, &headers, &app, &settings, me.user, acs, Some(req.id), relay_state).await
+    respond(&state, &app, &settings, me.user, acs, Some(req.id), relay_state).await
 }
 
 async fn idp_initiated(
@@ -694,7 +696,7 @@ async fn idp_initiated(
     };
     let relay = field(&f, "relay_state").map(str::to_owned).filter(|r| !r.is_empty() && r.len() <= 1024);
     let acs = settings.settings.acs_urls.first().cloned().unwrap_or_default();
-    respond(&state, &headers, &app, &settings, me.user, acs, None, relay).await
+    respond(&state, &app, &settings, me.user, acs, None, relay).await
 }
 
 /// Checks that `user` may sign in to `app` and answers with the auto-submitting form that
@@ -702,7 +704,6 @@ async fn idp_initiated(
 #[allow(clippy::too_many_arguments)]
 async fn respond(
     state: &AppState,
-    headers: &HeaderMap,
     app: &App,
     settings: &SamlSettingsRecord,
     user: User,
@@ -737,6 +738,26 @@ async fn respond(
             ))
         }
     };
+    // One person, one NameID: an address another person has too would sign one into the
+    // other's account at an app keyed on the NameID.
+    if s.name_id_attribute == "email" {
+        match state.service.nameid_shared(app, &user, &name_id).await {
+            Ok(None) => {}
+            Ok(Some(others)) => {
+                return message(
+                    StatusCode::CONFLICT,
+                    "Sign-in refused: your e-mail address is not yours alone",
+                    &format!(
+                        "{} identifies people by their e-mail address ({name_id}), and {others} other account(s) in \
+                         the directory have the same address, so {} could not tell you apart. No sign-in was sent. \
+                         Ask your administrator to give each person their own address.",
+                        app.name, app.name
+                    ),
+                )
+            }
+            Err(e) => return error_page(e),
+        }
+    }
     let keys = match state.service.idp_keys().await {
         Ok(k) => k,
         Err(e) => return error_page(e),
@@ -746,7 +767,7 @@ async fn respond(
     };
     let now = chrono::Utc::now();
     let input = saml::ResponseInput {
-        issuer: entity_id(&base_url(state, headers), app.id),
+        issuer: entity_id(&base_url(state), app.id),
         destination: acs.clone(),
         in_response_to,
         audience: s.sp_entity_id.clone(),

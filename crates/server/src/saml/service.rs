@@ -15,6 +15,19 @@ use crate::error::{Error, Result};
 use crate::service::Service;
 use crate::tokens;
 
+/// Invitation tokens start with this: not the API tokens' `prv_`, so that one is never taken
+/// for the other (by a person, a secret scanner or a log filter).
+pub const INVITATION_PREFIX: &str = "prvinv_";
+
+/// A fresh invitation token (256 random bits).
+fn invitation_token() -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut raw = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    format!("{INVITATION_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw))
+}
+
 /// How long an invitation link works.
 pub const INVITATION_TTL: chrono::Duration = chrono::Duration::hours(72);
 
@@ -285,7 +298,7 @@ impl Service {
         if u.status == UserStatus::Deleted {
             return Err(Error::InvalidState("the user is deleted".into()));
         }
-        let token = tokens::generate();
+        let token = invitation_token();
         let now = directory::now();
         let record = InvitationRecord {
             id: Uuid::now_v7(),
@@ -356,6 +369,26 @@ impl Service {
     }
 
     /// Records a sign-in (an event for a JIT-only app; the audit log for every app).
+    /// How many other people (not deleted) share `user`'s NameID `name_id` (their e-mail
+    /// address) - `None` when nobody does. A shared one refuses the sign-in, recorded in the
+    /// audit log (`user.saml_sign_in_refused`, with the app and the reason).
+    pub async fn nameid_shared(&self, app: &directory::App, user: &User, name_id: &str) -> Result<Option<usize>> {
+        let others = self.store().users_by_email(name_id).await?.into_iter().filter(|u| u.id != user.id).count();
+        if others == 0 {
+            return Ok(None);
+        }
+        let actor = Actor { kind: "user".into(), name: user.username.clone() };
+        let details = serde_json::json!({
+            "app_id": app.id, "app_name": app.name,
+            "reason": format!("the NameID (e-mail address) is shared with {others} other user(s)"),
+        });
+        self.store()
+            .append_audit(&actor, "user.saml_sign_in_refused", "user", &user.id.to_string(), Some(details))
+            .await?;
+        tracing::warn!(user = %user.id, app = %app.id, others, "SAML sign-in refused: the NameID is shared");
+        Ok(Some(others))
+    }
+
     pub async fn record_sign_in(&self, app: Uuid, user: &User, jit_only: bool, attributes: &Value) -> Result<()> {
         let actor = Actor { kind: "user".into(), name: user.username.clone() };
         self.store().record_saml_sign_in(app, user.id, jit_only, attributes, &actor).await?;

@@ -2,7 +2,7 @@
 //! clients (identity providers, HR systems) push with. A token is shown once; only its
 //! argon2id hash is kept. Each client has a scope: the users and roles it sees and changes.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -16,7 +16,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::error::{Error, Problem, Result};
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, Path};
 use crate::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {

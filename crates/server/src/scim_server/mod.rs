@@ -105,6 +105,10 @@ impl From<StoreError> for Fail {
         Self(
             match e {
                 StoreError::NotFound => ScimError::not_found("no such resource"),
+                StoreError::Duplicate { field: "email" } => ScimError::uniqueness(
+                    "emails[type eq \"work\"].value is already the e-mail address of another user; each person \
+                     needs their own",
+                ),
                 StoreError::Duplicate { field } => ScimError::uniqueness(format!(
                     "{} is already taken",
                     if field == "username" {

@@ -378,10 +378,8 @@ async fn validate(
         Err(e) => e,
     };
     if let Some(manager) = input.manager_id {
-        if Some(manager) == this {
-            errors.push("manager_id", "a user cannot be their own manager");
-        } else if !matches!(state.store().get_user(manager).await?, Some(m) if m.status != UserStatus::Deleted) {
-            errors.push("manager_id", "refers to no user");
+        if let Some(why) = crate::service::manager_problem(state.store().as_ref(), this, manager).await? {
+            errors.push("manager_id", why);
         }
     }
     errors.into_result().map_err(|e| Fail(validation(e), None))

@@ -22,12 +22,16 @@ impl Service {
         &self.sources
     }
 
-    async fn validate_source(&self, input: &mut SourceInput, creating: bool) -> Result<()> {
+    /// `current`: the stored source a change applies to (`None` when creating).
+    async fn validate_source(&self, input: &mut SourceInput, current: Option<&DirectorySource>) -> Result<()> {
         let defs = self.store.list_attribute_defs().await?;
-        let mut errors = match input.normalize_and_validate(&defs, creating) {
+        let mut errors = match input.normalize_and_validate(&defs, current.is_none()) {
             Ok(()) => ValidationErrors::default(),
             Err(e) => e,
         };
+        if let Some(current) = current {
+            input.check_password_bound(current, &mut errors);
+        }
         for (i, g) in input.groups.iter().enumerate() {
             if self.store.get_role(g.role_id).await?.is_none() {
                 errors.push(format!("groups[{i}].role_id"), "refers to no role");
@@ -46,7 +50,7 @@ impl Service {
     }
 
     pub async fn create_source(&self, actor: &Actor, mut input: SourceInput) -> Result<DirectorySource> {
-        self.validate_source(&mut input, true).await?;
+        self.validate_source(&mut input, None).await?;
         if self.store.list_sources().await?.len() >= MAX_SOURCES {
             return Err(Error::InvalidState(format!("at most {MAX_SOURCES} sources can be configured")));
         }
@@ -79,7 +83,7 @@ impl Service {
             let doc =
                 merge(to_doc(&SourceInput::from_source(&current))?, patch, directory::source::READ_ONLY_SOURCE_FIELDS)?;
             let mut input: SourceInput = from_value(doc)?;
-            self.validate_source(&mut input, false).await?;
+            self.validate_source(&mut input, Some(&current)).await?;
             let password = match input.bind_password.take() {
                 Some(p) => Some(encrypt_password(&self.keyring, id, &p).map_err(Error::internal)?),
                 None => None,
@@ -102,7 +106,7 @@ impl Service {
     /// What adding this source would do: validated as usual, nothing saved; the directory is
     /// read as its first (full) sync would.
     pub async fn dry_run_create_source(&self, mut input: SourceInput) -> Result<engine::SyncDryRun> {
-        self.validate_source(&mut input, true).await?;
+        self.validate_source(&mut input, None).await?;
         let sources = self.store.list_sources().await?;
         if sources.len() >= MAX_SOURCES {
             return Err(Error::InvalidState(format!("at most {MAX_SOURCES} sources can be configured")));
@@ -129,7 +133,8 @@ impl Service {
         let doc =
             merge(to_doc(&SourceInput::from_source(&current))?, patch, directory::source::READ_ONLY_SOURCE_FIELDS)?;
         let mut input: SourceInput = from_value(doc)?;
-        self.validate_source(&mut input, false).await?;
+        // A moved url needs the password again: the stored one is not read against a new host.
+        self.validate_source(&mut input, Some(&current)).await?;
         let password = match input.bind_password.take() {
             Some(p) => p,
             None => self.sources.password(id).await?,

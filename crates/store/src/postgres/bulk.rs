@@ -12,7 +12,8 @@ impl BulkStore for PostgresStore {
         }
         let now = directory::now();
         for chunk in users.chunks(BULK_ROWS) {
-            let mut qb = QueryBuilder::<Postgres>::new(format!("INSERT INTO users (username_key, {USER_COLUMNS}) "));
+            let mut qb =
+                QueryBuilder::<Postgres>::new(format!("INSERT INTO users (username_key, email_key, {USER_COLUMNS}) "));
             let mut failed = None;
             qb.push_values(chunk, |mut b, user| {
                 let attributes = match to_json(&user.attributes) {
@@ -23,6 +24,7 @@ impl BulkStore for PostgresStore {
                     }
                 };
                 b.push_bind(User::username_key(&user.username))
+                    .push_bind(user.email.as_deref().map(User::email_key))
                     .push_bind(user.id)
                     .push_bind(user.username.clone())
                     .push_bind(user.email.clone())
@@ -45,6 +47,26 @@ impl BulkStore for PostgresStore {
                 return Err(e);
             }
             qb.build().execute(tx.c()).await.map_err(backend)?;
+            // One person, one NameID: no address given twice among the users not deleted.
+            sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+                .bind(EMAIL_LOCK.0)
+                .bind(EMAIL_LOCK.1)
+                .execute(tx.c())
+                .await
+                .map_err(backend)?;
+            let keys: Vec<String> = chunk.iter().filter_map(|u| u.email.as_deref().map(User::email_key)).collect();
+            let taken = sqlx::query(
+                "SELECT 1 FROM users WHERE status <> 'deleted' AND email_key = ANY($1) \
+                 GROUP BY email_key HAVING COUNT(*) > 1 LIMIT 1",
+            )
+            .bind(&keys)
+            .fetch_optional(tx.c())
+            .await
+            .map_err(backend)?;
+            if taken.is_some() {
+                let _ = tx.rollback().await;
+                return Err(StoreError::Duplicate { field: "email" });
+            }
 
             if !roles.is_empty() {
                 let links: Vec<(Uuid, Uuid)> =

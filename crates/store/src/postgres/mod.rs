@@ -61,6 +61,12 @@ const CHANGE_FEED_LOCK: (i32, i32) = (0x7072_6f76, 1);
 /// First key of the per-app claim lock; the second is `hashtext(app_id::text)`.
 const CLAIM_LOCK: i32 = 0x7072_6f76;
 
+/// `pg_advisory_xact_lock(EMAIL_LOCK.0, EMAIL_LOCK.1)`: held from the check that no other user
+/// has an e-mail address to the commit of the write that gives it to a user. One key for every
+/// address, so that a batch of users never takes locks in crossing orders; taken only by writes
+/// that change a user's address (or create a user with one).
+pub(crate) const EMAIL_LOCK: (i32, i32) = (0x656d_6169, 0x6c6b_6579);
+
 /// The channel told about new rows in the change feed.
 pub const CHANGES_CHANNEL: &str = "provisioner_changes";
 /// The channel told when operations may have become runnable.
@@ -551,6 +557,7 @@ impl PostgresStore {
             }
         };
         MIGRATOR.run(&pool).await.map_err(|e| StoreError::Backend(format!("migration failed: {e}")))?;
+        backfill_email_keys(&pool).await?;
         let (wakeups, _) = broadcast::channel(64);
         let listener = if options.listen {
             // A pool of its own: the LISTEN connection is held for good, and must not take a
@@ -887,7 +894,11 @@ impl Store for PostgresStore {
 
     async fn create_user(&self, user: &User, actor: &Actor) -> Result<()> {
         let mut tx = self.begin().await?;
-        insert_user_row(tx.c(), user, None, false).await?;
+        // A refused write ends its transaction at once: it may hold the e-mail lock.
+        if let Err(e) = insert_user_row(tx.c(), user, None, false).await {
+            let _ = tx.rollback().await;
+            return Err(e);
+        }
         tx.change(NewChange::user(user.id));
         record_audit(
             &mut tx,
@@ -946,6 +957,33 @@ impl Store for PostgresStore {
         Ok(paginate(users, &query.page, |u| vec![User::username_key(&u.username), u.id.to_string()]))
     }
 
+    async fn users_by_email(&self, email: &str) -> Result<Vec<User>> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE email_key = $1 AND status <> 'deleted' ORDER BY username_key, id"
+        );
+        let rows = sqlx::query(&sql).bind(User::email_key(email)).fetch_all(&self.pool).await.map_err(backend)?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    async fn email_conflicts(&self) -> Result<Vec<crate::EmailConflict>> {
+        let sql = format!(
+            "SELECT email_key AS conflict_key, {USER_COLUMNS} FROM users WHERE status <> 'deleted' AND email_key IN \
+             (SELECT email_key FROM users WHERE status <> 'deleted' AND email_key IS NOT NULL \
+              GROUP BY email_key HAVING COUNT(*) > 1) ORDER BY email_key, username_key, id"
+        );
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await.map_err(backend)?;
+        let mut out: Vec<crate::EmailConflict> = Vec::new();
+        for row in &rows {
+            let key: String = get(row, "conflict_key")?;
+            let user = user_from_row(row)?;
+            match out.last_mut() {
+                Some(c) if c.email_key == key => c.users.push(user),
+                _ => out.push(crate::EmailConflict { email_key: key, users: vec![user] }),
+            }
+        }
+        Ok(out)
+    }
+
     async fn update_user(&self, user: &User, expected_version: i64, actor: &Actor) -> Result<()> {
         let mut tx = self.begin().await?;
         let before = Self::user_in(&mut tx, user.id).await?;
@@ -953,7 +991,11 @@ impl Store for PostgresStore {
             return Err(StoreError::NotFound);
         }
         check_version(before.version, Some(expected_version))?;
-        write_user_row(tx.c(), user).await?;
+        // A refused write ends its transaction at once: it may hold the e-mail lock.
+        if let Err(e) = write_user_row(tx.c(), user).await {
+            let _ = tx.rollback().await;
+            return Err(e);
+        }
         tx.change(NewChange::user(user.id));
         let action = if before.status != user.status {
             match user.status {
@@ -1446,13 +1488,25 @@ pub(crate) async fn insert_user_row(
     scim_external_id: Option<&str>,
     skip_taken: bool,
 ) -> Result<bool> {
+    // A taken username is said first (the unique index enforces it at the INSERT, racing
+    // writers included); then the e-mail address is checked.
+    let taken = sqlx::query("SELECT 1 FROM users WHERE username_key = $1 AND status <> 'deleted' LIMIT 1")
+        .bind(User::username_key(&user.username))
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(backend)?;
+    if taken.is_some() {
+        return if skip_taken { Ok(false) } else { Err(StoreError::Duplicate { field: "username" }) };
+    }
+    check_email(conn, user).await?;
     let sql = format!(
-        "INSERT INTO users (username_key, scim_external_id, {USER_COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19){}",
+        "INSERT INTO users (username_key, email_key, scim_external_id, {USER_COLUMNS}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20){}",
         if skip_taken { " ON CONFLICT DO NOTHING" } else { "" }
     );
     let done = sqlx::query(&sql)
         .bind(User::username_key(&user.username))
+        .bind(user.email.as_deref().map(User::email_key))
         .bind(scim_external_id)
         .bind(user.id)
         .bind(&user.username)
@@ -1478,10 +1532,11 @@ pub(crate) async fn insert_user_row(
 }
 
 pub(crate) async fn write_user_row(conn: &mut PgConnection, user: &User) -> Result<()> {
+    check_email(conn, user).await?;
     sqlx::query(
         "UPDATE users SET username = $1, username_key = $2, email = $3, first_name = $4, last_name = $5, \
          display_name = $6, title = $7, department = $8, manager_id = $9, phone = $10, employee_number = $11, \
-         attributes = $12, status = $13, updated_at = $14, version = $15 WHERE id = $16",
+         attributes = $12, status = $13, updated_at = $14, version = $15, email_key = $17 WHERE id = $16",
     )
     .bind(&user.username)
     .bind(User::username_key(&user.username))
@@ -1499,8 +1554,70 @@ pub(crate) async fn write_user_row(conn: &mut PgConnection, user: &User) -> Resu
     .bind(user.updated_at)
     .bind(user.version)
     .bind(user.id)
+    .bind(user.email.as_deref().map(User::email_key))
     .execute(conn)
     .await
     .map_err(backend)?;
     Ok(())
+}
+
+/// One person, one NameID: refuses (`Duplicate { field: "email" }`) a write that gives a user
+/// who is not deleted an e-mail address (compared by [`User::email_key`]) that another user who
+/// is not deleted has. A user keeping their address is not checked, so that addresses shared
+/// before the upgrade do not block other changes. Race-free across processes: the check runs
+/// under [`EMAIL_LOCK`], held until the write commits (a second writer waits, then sees the
+/// first one's row).
+pub(crate) async fn check_email(conn: &mut PgConnection, user: &User) -> Result<()> {
+    let Some(key) = user.email.as_deref().map(User::email_key).filter(|_| user.status != UserStatus::Deleted) else {
+        return Ok(());
+    };
+    let current: Option<Option<String>> = sqlx::query_scalar("SELECT email_key FROM users WHERE id = $1")
+        .bind(user.id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(backend)?;
+    if current.flatten().as_deref() == Some(key.as_str()) {
+        return Ok(());
+    }
+    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+        .bind(EMAIL_LOCK.0)
+        .bind(EMAIL_LOCK.1)
+        .execute(&mut *conn)
+        .await
+        .map_err(backend)?;
+    let taken = sqlx::query("SELECT 1 FROM users WHERE email_key = $1 AND status <> 'deleted' AND id <> $2 LIMIT 1")
+        .bind(&key)
+        .bind(user.id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(backend)?;
+    match taken {
+        Some(_) => Err(StoreError::Duplicate { field: "email" }),
+        None => Ok(()),
+    }
+}
+
+/// Gives the rows stored before e-mail keys existed their key (computed here, as for every
+/// write, so that both stores and every process agree on it).
+async fn backfill_email_keys(pool: &PgPool) -> Result<()> {
+    loop {
+        let rows: Vec<(Uuid, String)> =
+            sqlx::query_as("SELECT id, email FROM users WHERE email IS NOT NULL AND email_key IS NULL LIMIT 500")
+                .fetch_all(pool)
+                .await
+                .map_err(backend)?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
+        let keys: Vec<String> = rows.iter().map(|r| User::email_key(&r.1)).collect();
+        sqlx::query(
+            "UPDATE users SET email_key = v.k FROM unnest($1::uuid[], $2::text[]) AS v(id, k) WHERE users.id = v.id",
+        )
+        .bind(&ids)
+        .bind(&keys)
+        .execute(pool)
+        .await
+        .map_err(backend)?;
+    }
 }

@@ -251,7 +251,11 @@ impl ScimStore for PostgresStore {
         let mut tx = self.begin().await?;
         let before = match expected_version {
             None => {
-                insert_user_row(tx.c(), user, su.external_id.as_deref(), false).await?;
+                // A refused write ends its transaction at once: it may hold the e-mail lock.
+                if let Err(e) = insert_user_row(tx.c(), user, su.external_id.as_deref(), false).await {
+                    let _ = tx.rollback().await;
+                    return Err(e);
+                }
                 if let Some(owner) = su.owner {
                     sqlx::query("UPDATE users SET scim_client_id = $1 WHERE id = $2")
                         .bind(owner)
@@ -268,10 +272,15 @@ impl ScimStore for PostgresStore {
                     return Err(StoreError::NotFound);
                 }
                 check_version(before.version, Some(expected))?;
-                sqlx::query(
+                if let Err(e) = super::check_email(tx.c(), user).await {
+                    let _ = tx.rollback().await;
+                    return Err(e);
+                }
+                let updated = sqlx::query(
                     "UPDATE users SET username = $1, username_key = $2, email = $3, first_name = $4, last_name = $5, \
                      display_name = $6, title = $7, department = $8, manager_id = $9, phone = $10, employee_number = $11, \
-                     attributes = $12, status = $13, updated_at = $14, version = $15, scim_external_id = $16 WHERE id = $17",
+                     attributes = $12, status = $13, updated_at = $14, version = $15, scim_external_id = $16, \
+                     email_key = $18 WHERE id = $17",
                 )
                 .bind(&user.username)
                 .bind(User::username_key(&user.username))
@@ -290,9 +299,14 @@ impl ScimStore for PostgresStore {
                 .bind(user.version)
                 .bind(&su.external_id)
                 .bind(user.id)
+                .bind(user.email.as_deref().map(User::email_key))
                 .execute(tx.c())
                 .await
-                .map_err(backend)?;
+                .map_err(backend);
+                if let Err(e) = updated {
+                    let _ = tx.rollback().await;
+                    return Err(e);
+                }
                 Some(before)
             }
         };

@@ -465,7 +465,13 @@ impl SourceStore for PostgresStore {
         let mut tx = self.begin().await?;
         source_in(&mut tx, source).await?;
         for (user, link) in &batch.creates {
-            let inserted = super::insert_user_row(tx.c(), user, None, true).await?;
+            let inserted = match super::insert_user_row(tx.c(), user, None, true).await {
+                Err(StoreError::Duplicate { field: "email" }) => {
+                    skipped.push(email_taken(user, &link.stable_id));
+                    continue;
+                }
+                other => other?,
+            };
             if !inserted {
                 skipped.push(SkippedWrite {
                     user_id: user.id,
@@ -527,7 +533,13 @@ impl SourceStore for PostgresStore {
                     continue;
                 }
             }
-            super::write_user_row(tx.c(), user).await?;
+            match super::write_user_row(tx.c(), user).await {
+                Err(StoreError::Duplicate { field: "email" }) => {
+                    skipped.push(email_taken(user, &update.link.stable_id));
+                    continue;
+                }
+                other => other?,
+            }
             upsert_link(&mut tx, &update.link).await?;
             tx.change(NewChange::user(user.id));
             record_audit(
@@ -592,5 +604,18 @@ impl SourceStore for PostgresStore {
             .await
             .map_err(backend)?;
         row.as_ref().map(link_from_row).transpose()
+    }
+}
+
+/// A person whose e-mail address another person already has is not imported (one person, one
+/// SAML NameID); the rest of the sync goes on.
+fn email_taken(user: &User, stable_id: &str) -> SkippedWrite {
+    SkippedWrite {
+        user_id: user.id,
+        stable_id: stable_id.to_owned(),
+        reason: format!(
+            "e-mail address {:?} is already used by another user (each person needs their own address)",
+            user.email.as_deref().unwrap_or_default()
+        ),
     }
 }

@@ -12,7 +12,8 @@ impl BulkStore for SqliteStore {
         }
         let now = ts(&directory::now());
         for chunk in users.chunks(BULK_ROWS) {
-            let mut qb = QueryBuilder::<Sqlite>::new(format!("INSERT INTO users (username_key, {USER_COLUMNS}) "));
+            let mut qb =
+                QueryBuilder::<Sqlite>::new(format!("INSERT INTO users (username_key, email_key, {USER_COLUMNS}) "));
             let mut failed = None;
             qb.push_values(chunk, |mut b, user| {
                 let attributes = match to_json(&user.attributes) {
@@ -23,6 +24,7 @@ impl BulkStore for SqliteStore {
                     }
                 };
                 b.push_bind(User::username_key(&user.username))
+                    .push_bind(user.email.as_deref().map(User::email_key))
                     .push_bind(user.id.to_string())
                     .push_bind(user.username.clone())
                     .push_bind(user.email.clone())
@@ -45,6 +47,18 @@ impl BulkStore for SqliteStore {
                 return Err(e);
             }
             qb.build().execute(&mut *tx).await.map_err(backend)?;
+            // One person, one NameID: no address given twice among the users not deleted.
+            let keys: Vec<String> = chunk.iter().filter_map(|u| u.email.as_deref().map(User::email_key)).collect();
+            let mut qb =
+                QueryBuilder::<Sqlite>::new("SELECT 1 FROM users WHERE status <> 'deleted' AND email_key IN (");
+            let mut sep = qb.separated(", ");
+            for k in &keys {
+                sep.push_bind(k.clone());
+            }
+            qb.push(") GROUP BY email_key HAVING COUNT(*) > 1 LIMIT 1");
+            if !keys.is_empty() && qb.build().fetch_optional(&mut *tx).await.map_err(backend)?.is_some() {
+                return Err(StoreError::Duplicate { field: "email" });
+            }
 
             if !roles.is_empty() {
                 let links: Vec<(Uuid, Uuid)> =

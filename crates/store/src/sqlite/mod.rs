@@ -322,6 +322,7 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         MIGRATOR.run(&writer).await.map_err(|e| StoreError::Backend(format!("migration failed: {e}")))?;
+        backfill_email_keys(&writer).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .test_before_acquire(false)
@@ -627,6 +628,33 @@ impl Store for SqliteStore {
         let rows = qb.build().fetch_all(&self.reader).await.map_err(backend)?;
         let users = rows.iter().map(user_from_row).collect::<Result<Vec<_>>>()?;
         Ok(paginate(users, &query.page, |u| vec![User::username_key(&u.username), u.id.to_string()]))
+    }
+
+    async fn users_by_email(&self, email: &str) -> Result<Vec<User>> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE email_key = ? AND status <> 'deleted' ORDER BY username_key, id"
+        );
+        let rows = sqlx::query(&sql).bind(User::email_key(email)).fetch_all(&self.reader).await.map_err(backend)?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    async fn email_conflicts(&self) -> Result<Vec<crate::EmailConflict>> {
+        let sql = format!(
+            "SELECT email_key AS conflict_key, {USER_COLUMNS} FROM users WHERE status <> 'deleted' AND email_key IN \
+             (SELECT email_key FROM users WHERE status <> 'deleted' AND email_key IS NOT NULL \
+              GROUP BY email_key HAVING COUNT(*) > 1) ORDER BY email_key, username_key, id"
+        );
+        let rows = sqlx::query(&sql).fetch_all(&self.reader).await.map_err(backend)?;
+        let mut out: Vec<crate::EmailConflict> = Vec::new();
+        for row in &rows {
+            let key: String = get(row, "conflict_key")?;
+            let user = user_from_row(row)?;
+            match out.last_mut() {
+                Some(c) if c.email_key == key => c.users.push(user),
+                _ => out.push(crate::EmailConflict { email_key: key, users: vec![user] }),
+            }
+        }
+        Ok(out)
     }
 
     async fn update_user(&self, user: &User, expected_version: i64, actor: &Actor) -> Result<()> {
@@ -1140,13 +1168,25 @@ pub(crate) async fn insert_user_row(
     scim_external_id: Option<&str>,
     skip_taken: bool,
 ) -> Result<bool> {
+    // A taken username is said first (the unique index enforces it at the INSERT, racing
+    // writers included); then the e-mail address is checked.
+    let taken = sqlx::query("SELECT 1 FROM users WHERE username_key = ? AND status <> 'deleted' LIMIT 1")
+        .bind(User::username_key(&user.username))
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(backend)?;
+    if taken.is_some() {
+        return if skip_taken { Ok(false) } else { Err(StoreError::Duplicate { field: "username" }) };
+    }
+    check_email(conn, user).await?;
     let sql = format!(
-        "INSERT INTO users (username_key, scim_external_id, {USER_COLUMNS}) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?){}",
+        "INSERT INTO users (username_key, email_key, scim_external_id, {USER_COLUMNS}) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?){}",
         if skip_taken { " ON CONFLICT DO NOTHING" } else { "" }
     );
     let done = sqlx::query(&sql)
         .bind(User::username_key(&user.username))
+        .bind(user.email.as_deref().map(User::email_key))
         .bind(scim_external_id)
         .bind(user.id.to_string())
         .bind(&user.username)
@@ -1172,14 +1212,16 @@ pub(crate) async fn insert_user_row(
 }
 
 pub(crate) async fn write_user_row(conn: &mut sqlx::SqliteConnection, user: &User) -> Result<()> {
+    check_email(conn, user).await?;
     sqlx::query(
-        "UPDATE users SET username = ?, username_key = ?, email = ?, first_name = ?, last_name = ?, \
+        "UPDATE users SET username = ?, username_key = ?, email = ?, email_key = ?, first_name = ?, last_name = ?, \
          display_name = ?, title = ?, department = ?, manager_id = ?, phone = ?, employee_number = ?, \
          attributes = ?, status = ?, updated_at = ?, version = ? WHERE id = ?",
     )
     .bind(&user.username)
     .bind(User::username_key(&user.username))
     .bind(&user.email)
+    .bind(user.email.as_deref().map(User::email_key))
     .bind(&user.first_name)
     .bind(&user.last_name)
     .bind(&user.display_name)
@@ -1197,4 +1239,57 @@ pub(crate) async fn write_user_row(conn: &mut sqlx::SqliteConnection, user: &Use
     .await
     .map_err(backend)?;
     Ok(())
+}
+
+/// One person, one NameID: refuses (`Duplicate { field: "email" }`) a write that gives a user
+/// who is not deleted an e-mail address (compared by [`User::email_key`]) that another user who
+/// is not deleted has. A user keeping their address is not checked, so that addresses shared
+/// before the upgrade do not block other changes. Race-free: SQLite has one writer connection,
+/// so the check and the write are not interleaved with another write.
+pub(crate) async fn check_email(conn: &mut sqlx::SqliteConnection, user: &User) -> Result<()> {
+    let Some(key) = user.email.as_deref().map(User::email_key).filter(|_| user.status != UserStatus::Deleted) else {
+        return Ok(());
+    };
+    let current: Option<Option<String>> = sqlx::query_scalar("SELECT email_key FROM users WHERE id = ?")
+        .bind(user.id.to_string())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(backend)?;
+    if current.flatten().as_deref() == Some(key.as_str()) {
+        return Ok(());
+    }
+    let taken = sqlx::query("SELECT 1 FROM users WHERE email_key = ? AND status <> 'deleted' AND id <> ? LIMIT 1")
+        .bind(&key)
+        .bind(user.id.to_string())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(backend)?;
+    match taken {
+        Some(_) => Err(StoreError::Duplicate { field: "email" }),
+        None => Ok(()),
+    }
+}
+
+/// Gives the rows stored before e-mail keys existed their key (SQL has no NFKC).
+async fn backfill_email_keys(writer: &SqlitePool) -> Result<()> {
+    loop {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT id, email FROM users WHERE email IS NOT NULL AND email_key IS NULL LIMIT 500")
+                .fetch_all(writer)
+                .await
+                .map_err(backend)?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut tx = writer.begin().await.map_err(backend)?;
+        for (id, email) in &rows {
+            sqlx::query("UPDATE users SET email_key = ? WHERE id = ?")
+                .bind(User::email_key(email))
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+    }
 }

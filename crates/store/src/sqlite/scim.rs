@@ -269,14 +269,17 @@ impl ScimStore for SqliteStore {
                     return Err(StoreError::NotFound);
                 }
                 check_version(before.version, Some(expected))?;
+                super::check_email(&mut tx, user).await?;
                 sqlx::query(
-                    "UPDATE users SET username = ?, username_key = ?, email = ?, first_name = ?, last_name = ?, \
-                     display_name = ?, title = ?, department = ?, manager_id = ?, phone = ?, employee_number = ?, \
-                     attributes = ?, status = ?, updated_at = ?, version = ?, scim_external_id = ? WHERE id = ?",
+                    "UPDATE users SET username = ?, username_key = ?, email = ?, email_key = ?, first_name = ?, \
+                     last_name = ?, display_name = ?, title = ?, department = ?, manager_id = ?, phone = ?, \
+                     employee_number = ?, attributes = ?, status = ?, updated_at = ?, version = ?, \
+                     scim_external_id = ? WHERE id = ?",
                 )
                 .bind(&user.username)
                 .bind(User::username_key(&user.username))
                 .bind(&user.email)
+                .bind(user.email.as_deref().map(User::email_key))
                 .bind(&user.first_name)
                 .bind(&user.last_name)
                 .bind(&user.display_name)

@@ -304,7 +304,64 @@ pub async fn change_feed_is_ordered_and_resumable(s: Arc<dyn Store>) {
     assert!(all.windows(2).all(|w| w[0] < w[1]));
 }
 
+fn with_email(username: &str, email: &str) -> User {
+    let mut u = user(username);
+    u.email = Some(email.into());
+    u
+}
+
+fn email_taken<T: std::fmt::Debug>(r: Result<T, StoreError>) -> bool {
+    matches!(r, Err(StoreError::Duplicate { field: "email" }))
+}
+
+pub async fn two_users_cannot_share_an_email_in_any_case(s: Arc<dyn Store>) {
+    let ada = with_email("ada", "Ada@Example.com");
+    s.create_user(&ada, &actor()).await.unwrap();
+    let seq = last_seq(&*s).await;
+    // Any case, spaces around, NFKC (a full-width "a").
+    for email in ["ada@example.com", " ADA@EXAMPLE.COM", "\u{FF41}da@example.com"] {
+        assert!(email_taken(s.create_user(&with_email("other", email), &actor()).await), "{email}");
+    }
+    let bob = with_email("bob", "bob@example.com");
+    s.create_user(&bob, &actor()).await.unwrap();
+    let moved = User { email: Some("ADA@example.com".into()), version: bob.version + 1, ..bob.clone() };
+    assert!(email_taken(s.update_user(&moved, bob.version, &actor()).await));
+    assert_eq!(s.get_user(bob.id).await.unwrap(), Some(bob.clone()), "a refused write changes nothing");
+    assert_eq!(last_seq(&*s).await, seq + 1, "only Bob's creation is in the feed");
+    // A user keeps their own address (in another case too); a taken username is said first.
+    let recased = User { email: Some("ada@EXAMPLE.com".into()), version: ada.version + 1, ..ada.clone() };
+    s.update_user(&recased, ada.version, &actor()).await.unwrap();
+    let dup = s.create_user(&with_email("ADA", "ada@example.com"), &actor()).await;
+    assert!(matches!(dup, Err(StoreError::Duplicate { field: "username" })), "{dup:?}");
+    assert_eq!(s.users_by_email("ADA@example.COM").await.unwrap().iter().map(|u| u.id).collect::<Vec<_>>(), [ada.id]);
+    // A deleted user's address is free again.
+    s.delete_user(ada.id, None, &actor()).await.unwrap();
+    s.create_user(&with_email("ada2", "ada@example.com"), &actor()).await.unwrap();
+    assert!(s.email_conflicts().await.unwrap().is_empty());
+}
+
+pub async fn racing_writers_cannot_both_take_one_email(s: Arc<dyn Store>) {
+    let mut racers = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let s = s.clone();
+        racers
+            .spawn(async move { s.create_user(&with_email(&format!("racer{i}"), "Race@example.com"), &actor()).await });
+    }
+    let (mut won, mut refused) = (0, 0);
+    while let Some(r) = racers.join_next().await {
+        match r.unwrap() {
+            Ok(()) => won += 1,
+            Err(StoreError::Duplicate { field: "email" }) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!((won, refused), (1, 7));
+    assert_eq!(s.users_by_email("race@example.com").await.unwrap().len(), 1);
+}
+
 crate::contract!(
+    two_users_cannot_share_an_email_in_any_case,
+    racing_writers_cannot_both_take_one_email,
     user_round_trip_records_change_and_audit,
     duplicate_username_is_refused_case_insensitively,
     stale_version_changes_nothing,

@@ -1,0 +1,8 @@
+-- One person, one NameID: the primary e-mail address is unique among users that are not
+-- deleted, compared by its key (trimmed, Unicode NFKC, lower-cased). The key is computed by
+-- the service (the same code for both stores): rows stored before this migration get it when
+-- the store opens. No unique index: addresses shared before the upgrade stay (they are listed
+-- by `GET /api/v1/users/email-conflicts`); every write that gives a user a new address checks
+-- it under an advisory lock.
+ALTER TABLE users ADD COLUMN email_key text COLLATE "C";
+CREATE INDEX users_email_key ON users (email_key) WHERE status <> 'deleted';
