@@ -229,14 +229,21 @@ impl SourceInput {
     /// sent where it was given for.
     pub fn check_password_bound(&self, current: &DirectorySource, errors: &mut ValidationErrors) {
         let url = self.url.trim();
-        if self.bind_password.is_none()
-            && crate::validation::url_target(url).is_some()
-            && !crate::validation::same_target(url, &current.url)
-        {
+        if self.bind_password.is_some() || crate::validation::url_target(url).is_none() {
+            return;
+        }
+        if !crate::validation::same_target(url, &current.url) {
             errors.push(
                 "bind_password",
                 "must be given again: url now points at another scheme, host or port, and the stored \
                  bind password is only ever sent where it was given for",
+            );
+        } else if current.starttls && !self.starttls {
+            // Same host, but the password would now cross the network in clear text.
+            errors.push(
+                "bind_password",
+                "must be given again: turning starttls off would send the stored bind password \
+                 unencrypted, and it was given for an encrypted connection",
             );
         }
     }
@@ -589,6 +596,19 @@ mod tests {
             assert!(check(same, None).is_empty(), "{same}");
         }
         assert!(check("ldap:///nohost", None).is_empty(), "an unusable URL is named as such by the validation");
+        // Same host, STARTTLS switched off: the stored password would go out in clear text.
+        let mut tls = SourceInput::from_source(&current);
+        tls.starttls = true;
+        let encrypted = tls.into_source(current.id, current.created_at, current.updated_at, 1);
+        let mut change = SourceInput::from_source(&encrypted);
+        change.starttls = false;
+        let mut errors = ValidationErrors::default();
+        change.check_password_bound(&encrypted, &mut errors);
+        assert_eq!(errors.0.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), ["bind_password"]);
+        change.bind_password = Some("again".into());
+        let mut errors = ValidationErrors::default();
+        change.check_password_bound(&encrypted, &mut errors);
+        assert!(errors.0.is_empty(), "given again, the downgrade is the admin's choice");
         let mut i = input();
         i.url = "ldap:///dc=example".into();
         assert_eq!(i.normalize_and_validate(&[], true).unwrap_err().0[0].field, "url");

@@ -136,6 +136,7 @@ async fn existing_duplicate_emails_are_listed_and_their_nameid_is_refused(backen
     let names: Vec<&str> =
         items[0]["users"].as_array().unwrap().iter().map(|u| u["username"].as_str().unwrap()).collect();
     assert_eq!(names, ["sally", "sam"]);
+    assert_eq!(w.s.state.service.warn_email_conflicts().await.unwrap(), 1, "the start-up warning counts it");
     // They stay editable (the address is not what changes).
     let a = w.s.patch(&format!("/api/v1/users/{}", w.sally), json!({"title": "Lead"})).await;
     assert_eq!(a.status, StatusCode::OK, "{a:#?}");
