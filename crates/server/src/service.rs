@@ -65,6 +65,9 @@ pub(crate) fn check_search(field: &str, q: Option<&str>) -> Result<()> {
 /// How far up a manager chain is followed when looking for a cycle.
 const MAX_MANAGER_CHAIN: usize = 1000;
 
+/// What is said of a manager id that names nobody (or nobody the writer may see).
+pub(crate) const NO_SUCH_MANAGER: &str = "refers to no user";
+
 /// What is wrong with making `manager` the manager of `this` (a new user when `None`): no such
 /// user, the user themself, or a manager chain that leads back to them (a cycle).
 pub(crate) async fn manager_problem(
@@ -76,7 +79,7 @@ pub(crate) async fn manager_problem(
         return Ok(Some("a user cannot be their own manager".into()));
     }
     let Some(m) = store.get_user(manager).await?.filter(|m| m.status != UserStatus::Deleted) else {
-        return Ok(Some("refers to no user".into()));
+        return Ok(Some(NO_SUCH_MANAGER.into()));
     };
     let Some(this) = this else { return Ok(None) };
     let mut chain = vec![m.username.clone()];

@@ -60,11 +60,26 @@ async fn a_new_client_sees_only_the_users_it_created() {
         )
         .await;
     assert_eq!(own.status, StatusCode::OK, "{own:#?}");
+    // Nor can it name the admin's user as a manager: the same answer as for an id that does not exist.
+    let manager = |id: &str| {
+        json!([{"op": "add", "path": "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager",
+                "value": {"value": id}}])
+    };
+    let own_path = format!("/Users/{}", mine["id"].as_str().unwrap());
+    let named = c.patch(&own_path, manager(ada_id)).await;
+    scim_error(&named, 400, Some("invalidValue"));
+    let nobody_id = Uuid::now_v7().to_string();
+    let nobody = c.patch(&own_path, manager(&nobody_id)).await;
+    scim_error(&nobody, 400, Some("invalidValue"));
+    assert_eq!(
+        named.body["detail"].as_str().unwrap().replace(ada_id, "ID"),
+        nobody.body["detail"].as_str().unwrap().replace(&nobody_id, "ID")
+    );
     // Nothing changed; each refusal is audited with the client's name, never a token.
     let a = c.s.get(&format!("/api/v1/users/{ada_id}")).await;
     assert_eq!((a.status, a.body["version"].clone()), (StatusCode::OK, ada["version"].clone()));
     let refused = refusals(&c.s, ada_id).await;
-    assert_eq!(refused.len(), 4, "{refused:#?}");
+    assert_eq!(refused.len(), 5, "GET, PATCH, PUT, DELETE, named as a manager: {refused:#?}");
     assert_eq!(refused[0]["actor"], json!({"kind": "scim_client", "name": "Entra ID"}));
     assert_eq!(refused[0]["after"]["client"], "Entra ID");
     assert!(refused[0]["after"]["reason"].as_str().unwrap().contains("out of the client's scope"));

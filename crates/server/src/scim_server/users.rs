@@ -366,20 +366,32 @@ async fn load(state: &ScimState, client: &Client, id: &str) -> ScimResult<ScimUs
     scope::load_user(state, client, id).await
 }
 
-/// Checks the input against the directory's rules (as the admin API does).
+/// Checks the input against the directory's rules (as the admin API does). `current` is the
+/// stored user a PUT or PATCH changes. A manager the client cannot see may stay where an admin
+/// put it, but a client cannot name one: to the client it does not exist.
 async fn validate(
     state: &ScimState,
+    client: &Client,
     input: &mut UserInput,
     defs: &[AttributeDef],
-    this: Option<Uuid>,
+    current: Option<&User>,
 ) -> ScimResult<()> {
     let mut errors = match input.normalize_and_validate(defs) {
         Ok(()) => ValidationErrors::default(),
         Err(e) => e,
     };
     if let Some(manager) = input.manager_id {
-        if let Some(why) = crate::service::manager_problem(state.store().as_ref(), this, manager).await? {
-            errors.push("manager_id", why);
+        let unchanged = current.is_some_and(|u| u.manager_id == Some(manager));
+        if !unchanged && !scope::visible_users(state, client, &[manager]).await?.contains(&manager) {
+            let reason = "named as a manager, but out of the client's scope";
+            scope::refuse(state, client, "user", &manager.to_string(), reason).await?;
+            // The very words said of an id that exists nowhere.
+            errors.push("manager_id", crate::service::NO_SUCH_MANAGER);
+        } else {
+            let this = current.map(|u| u.id);
+            if let Some(why) = crate::service::manager_problem(state.store().as_ref(), this, manager).await? {
+                errors.push("manager_id", why);
+            }
         }
     }
     errors.into_result().map_err(|e| Fail(validation(e), None))
@@ -482,7 +494,7 @@ pub(crate) async fn create(
 ) -> ScimResult {
     let defs = state.store().list_attribute_defs().await?;
     let (mut input, external_id) = from_json(&body, None, &defs)?;
-    validate(&state, &mut input, &defs, None).await?;
+    validate(&state, &client, &mut input, &defs, None).await?;
     let su =
         ScimUser { user: User::new(input, UserSource::Scim, directory::now()), external_id, owner: Some(client.id) };
     state.store().scim_save_user(&su, None, &client.actor).await?;
@@ -521,7 +533,7 @@ pub(crate) async fn replace(
     }
     let defs = state.store().list_attribute_defs().await?;
     let (mut input, external_id) = from_json(&body, Some(&current.user), &defs)?;
-    validate(&state, &mut input, &defs, Some(current.user.id)).await?;
+    validate(&state, &client, &mut input, &defs, Some(&current.user)).await?;
     let su = save(&state, &client.actor, &current, input, external_id).await?;
     answer(&state, &client, &headers, &su, StatusCode::OK, &q).await
 }
@@ -544,7 +556,7 @@ pub(crate) async fn patch(
         let mut doc = resource(&state, &client, &current, &defs, &base, false).await?;
         patch::apply(&mut doc, &ops, &rs)?;
         let (mut input, external_id) = from_json(&doc, Some(&current.user), &defs)?;
-        validate(&state, &mut input, &defs, Some(current.user.id)).await?;
+        validate(&state, &client, &mut input, &defs, Some(&current.user)).await?;
         if input == UserInput::from_user(&current.user) && external_id == current.external_id {
             return answer(&state, &client, &headers, &current, StatusCode::OK, &q).await;
         }
