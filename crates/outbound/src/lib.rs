@@ -27,76 +27,49 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
 
-/// A range of addresses: `10.0.0.0/8`, `fe80::/10`; a bare address is a range of one.
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+/// A range of addresses: `10.0.0.0/8`, `fe80::/10`; a bare address is a range of one. The
+/// arithmetic is `ipnet`'s; this type adds the reading an operator expects of a flag (a bare or
+/// bracketed address, host bits cleared) and messages that say what a range looks like.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Cidr {
-    network: IpAddr,
-    prefix: u8,
-}
+pub struct Cidr(IpNet);
 
 impl Cidr {
     const fn v4(a: u8, b: u8, c: u8, d: u8, prefix: u8) -> Self {
-        Self { network: IpAddr::V4(Ipv4Addr::new(a, b, c, d)), prefix }
+        Self(IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(a, b, c, d), prefix)))
     }
 
     const fn v6(first: u16, last: u16, prefix: u8) -> Self {
-        Self { network: IpAddr::V6(Ipv6Addr::new(first, 0, 0, 0, 0, 0, 0, last)), prefix }
+        Self(IpNet::V6(Ipv6Net::new_assert(Ipv6Addr::new(first, 0, 0, 0, 0, 0, 0, last), prefix)))
     }
 
     /// The range of `prefix` leading bits of `network` (the other bits are cleared).
     pub fn new(network: IpAddr, prefix: u8) -> Result<Self, CidrError> {
         let max = if network.is_ipv4() { 32 } else { 128 };
-        if prefix > max {
-            return Err(CidrError(format!(
-                "the prefix length of an IPv{} range is at most {max}",
-                if max == 32 { 4 } else { 6 }
-            )));
-        }
-        let network = match network {
-            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask32(prefix))),
-            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask128(prefix))),
-        };
-        Ok(Self { network, prefix })
+        IpNet::new(network, prefix).map(|n| Self(n.trunc())).map_err(|_| {
+            CidrError(format!("the prefix length of an IPv{} range is at most {max}", if max == 32 { 4 } else { 6 }))
+        })
     }
 
     pub fn network(&self) -> IpAddr {
-        self.network
+        self.0.network()
     }
 
     pub fn prefix(&self) -> u8 {
-        self.prefix
+        self.0.prefix_len()
     }
 
     /// Whether `ip` is in the range (an IPv4 address is never in an IPv6 range, nor the
     /// other way round: compare [`canonical`] addresses).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.network, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => u32::from(a) & mask32(self.prefix) == u32::from(n),
-            (IpAddr::V6(n), IpAddr::V6(a)) => u128::from(a) & mask128(self.prefix) == u128::from(n),
-            _ => false,
-        }
-    }
-}
-
-fn mask32(prefix: u8) -> u32 {
-    if prefix == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(prefix.min(32)))
-    }
-}
-
-fn mask128(prefix: u8) -> u128 {
-    if prefix == 0 {
-        0
-    } else {
-        u128::MAX << (128 - u32::from(prefix.min(128)))
+        self.0.contains(&ip)
     }
 }
 
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix)
+        self.0.fmt(f)
     }
 }
 
