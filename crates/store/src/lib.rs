@@ -104,6 +104,21 @@ pub struct EmailConflict {
     pub users: Vec<User>,
 }
 
+impl EmailConflict {
+    /// Groups `(key, user)` rows, ordered by key, into one conflict per key (both backends read
+    /// the same query).
+    pub(crate) fn group(rows: impl IntoIterator<Item = (String, User)>) -> Vec<Self> {
+        let mut out: Vec<Self> = Vec::new();
+        for (key, user) in rows {
+            match out.last_mut() {
+                Some(c) if c.email_key == key => c.users.push(user),
+                _ => out.push(Self { email_key: key, users: vec![user] }),
+            }
+        }
+        out
+    }
+}
+
 /// A page request: at most `limit` items after the opaque `cursor`.
 #[derive(Debug, Clone)]
 pub struct PageRequest {

@@ -645,16 +645,8 @@ impl Store for SqliteStore {
               GROUP BY email_key HAVING COUNT(*) > 1) ORDER BY email_key, username_key, id"
         );
         let rows = sqlx::query(&sql).fetch_all(&self.reader).await.map_err(backend)?;
-        let mut out: Vec<crate::EmailConflict> = Vec::new();
-        for row in &rows {
-            let key: String = get(row, "conflict_key")?;
-            let user = user_from_row(row)?;
-            match out.last_mut() {
-                Some(c) if c.email_key == key => c.users.push(user),
-                _ => out.push(crate::EmailConflict { email_key: key, users: vec![user] }),
-            }
-        }
-        Ok(out)
+        let rows = rows.iter().map(|row| Ok((get(row, "conflict_key")?, user_from_row(row)?)));
+        Ok(crate::EmailConflict::group(rows.collect::<Result<Vec<_>>>()?))
     }
 
     async fn update_user(&self, user: &User, expected_version: i64, actor: &Actor) -> Result<()> {
