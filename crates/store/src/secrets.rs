@@ -13,6 +13,7 @@ use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
@@ -35,26 +36,19 @@ pub enum SecretError {
 struct Key {
     id: String,
     cipher: Aes256Gcm,
-    /// The key token lookups are made with, derived from this key.
-    lookup: [u8; 32],
+    /// The HMAC token lookups are made with, keyed by a key derived from this key.
+    lookup: HmacSha256,
 }
 
+type HmacSha256 = Hmac<Sha256>;
+
 /// HMAC-SHA256 (RFC 2104) of `msg` under `key`.
-pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
-    const BLOCK: usize = 64;
-    let mut k = [0u8; BLOCK];
-    if key.len() > BLOCK {
-        k[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let mut inner = Sha256::new();
-    inner.update(k.map(|b| b ^ 0x36));
-    inner.update(msg);
-    let mut outer = Sha256::new();
-    outer.update(k.map(|b| b ^ 0x5c));
-    outer.update(inner.finalize());
-    outer.finalize().into()
+pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> Result<[u8; 32], SecretError> {
+    Ok(hmac_keyed(key)?.chain_update(msg).finalize().into_bytes().into())
+}
+
+fn hmac_keyed(key: &[u8]) -> Result<HmacSha256, SecretError> {
+    <HmacSha256 as Mac>::new_from_slice(key).map_err(|_| SecretError::BadKey("unusable as an HMAC key".into()))
 }
 
 /// The keys secrets are encrypted with. Never printed.
@@ -86,7 +80,7 @@ impl Keyring {
             }
             let cipher = Aes256Gcm::new_from_slice(&raw)
                 .map_err(|_| SecretError::BadKey(format!("key {} is unusable", i + 1)))?;
-            let lookup = hmac_sha256(&raw, b"provisioner token lookup v1");
+            let lookup = hmac_keyed(&hmac_sha256(&raw, b"provisioner token lookup v1")?)?;
             out.push(Key { id: key_id(&raw), cipher, lookup });
         }
         if out.is_empty() {
@@ -137,7 +131,10 @@ impl Keyring {
     /// the rows made under it, which are then re-keyed). Without the secret key, a copy of
     /// the database does not let anyone test guesses of a token.
     pub fn token_lookups(&self, token: &str) -> Vec<String> {
-        self.keys.iter().map(|k| hex::encode(hmac_sha256(&k.lookup, token.as_bytes()))).collect()
+        self.keys
+            .iter()
+            .map(|k| hex::encode(k.lookup.clone().chain_update(token.as_bytes()).finalize().into_bytes()))
+            .collect()
     }
 
     /// The id of the key new secrets are encrypted with.
@@ -212,7 +209,7 @@ mod tests {
     #[test]
     fn hmac_matches_rfc_4231_and_lookups_follow_the_ring() {
         // RFC 4231, test case 2.
-        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?").unwrap();
         assert_eq!(hex::encode(mac), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
         let (a, b) = (Keyring::generate_key(), Keyring::generate_key());
         let one = Keyring::from_base64(&[&a]).unwrap();
