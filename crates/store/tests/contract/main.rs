@@ -1,7 +1,8 @@
 //! The storage contract: every `Store` implementation must pass these, each test on a fresh
 //! database. Each module lists its tests once, with [`contract!`], which runs each of them on
 //! every backend: SQLite (a temporary file) and PostgreSQL (a database of its own, see
-//! `testkit::postgres`). Tests of one backend only live in `postgres_only`.
+//! `testkit::postgres`). Tests of one backend only live in `postgres_only`; `release_fixture`
+//! opens databases written by an earlier release (upgrades).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ mod directory;
 mod health;
 mod postgres_only;
 mod provisioning;
+mod release_fixture;
 mod saml;
 mod scim;
 mod sources;
