@@ -69,6 +69,18 @@ fn names<T>(items: &[T], name: impl Fn(&T) -> &str) -> BTreeSet<String> {
     items.iter().map(|i| name(i).to_owned()).collect()
 }
 
+/// An app's stored credential: ciphertext, which the key of the time decrypts.
+async fn secret(s: &dyn Store, keyring: &Keyring, app: Uuid) -> Secret {
+    let ciphertext = s.get_app_credential(app).await.unwrap().expect("a stored credential");
+    assert!(!ciphertext.contains(WIKI_TOKEN) && !ciphertext.contains(CRM_PASSWORD));
+    decrypt_credential(keyring, app, &ciphertext).unwrap()
+}
+
+async fn events(s: &dyn Store, app: Uuid, status: Option<EventStatus>) -> Vec<directory::Event> {
+    let q = EventQuery { app: Some(app), status, page: PageRequest { limit: 500, cursor: None }, ..Default::default() };
+    s.list_events(&q).await.unwrap().items
+}
+
 async fn release_data_is_all_there_and_works(s: Arc<dyn Store>) {
     let keyring = Keyring::from_base64(&[SECRET_KEY]).unwrap();
     let everything = NameQuery { q: None, page: PageRequest { limit: 500, cursor: None } };
@@ -128,13 +140,8 @@ async fn release_data_is_all_there_and_works(s: Arc<dyn Store>) {
     assert_eq!(s.get_app(wiki.id).await.unwrap().as_ref(), Some(&wiki));
     assert_eq!(names(&s.apps_of_role(engineers.id).await.unwrap(), |a| &a.name), ["Wiki".to_owned()].into());
     assert_eq!(names(&s.roles_of_app(crm.id).await.unwrap(), |r: &Role| &r.name), ["Everyone".to_owned()].into());
-    let secret = |app: Uuid| async move {
-        let ciphertext = s.get_app_credential(app).await.unwrap().expect("a stored credential");
-        assert!(!ciphertext.contains(WIKI_TOKEN) && !ciphertext.contains(CRM_PASSWORD));
-        decrypt_credential(&keyring, app, &ciphertext).unwrap()
-    };
-    assert!(matches!(secret(wiki.id).await, Secret::Bearer { token } if token == WIKI_TOKEN));
-    assert!(matches!(secret(crm.id).await, Secret::Basic { password } if password == CRM_PASSWORD));
+    assert!(matches!(secret(&*s, &keyring, wiki.id).await, Secret::Bearer { token } if token == WIKI_TOKEN));
+    assert!(matches!(secret(&*s, &keyring, crm.id).await, Secret::Basic { password } if password == CRM_PASSWORD));
 
     // Accounts, operations and events.
     let accounts = s.list_accounts(&AccountQuery { app: Some(wiki.id), ..Default::default() }).await.unwrap().items;
@@ -150,22 +157,10 @@ async fn release_data_is_all_there_and_works(s: Arc<dyn Store>) {
         assert!(account(name).remote_id.is_some());
     }
     assert_eq!(s.get_account(wiki.id, ada.id).await.unwrap().as_ref(), Some(account("ada")));
-    let events = |app: Uuid, status| {
-        let s = s.clone();
-        async move {
-            let q = EventQuery {
-                app: Some(app),
-                status,
-                page: PageRequest { limit: 500, cursor: None },
-                ..Default::default()
-            };
-            s.list_events(&q).await.unwrap().items
-        }
-    };
-    assert!(events(wiki.id, Some(EventStatus::Provisioned)).await.len() >= 3);
-    let failed = events(crm.id, Some(EventStatus::Failed)).await;
+    assert!(events(&*s, wiki.id, Some(EventStatus::Provisioned)).await.len() >= 3);
+    let failed = events(&*s, crm.id, Some(EventStatus::Failed)).await;
     assert!(!failed.is_empty() && failed.iter().all(|e| e.reason.is_some()), "{failed:?}");
-    let pending = events(wiki.id, Some(EventStatus::Pending)).await;
+    let pending = events(&*s, wiki.id, Some(EventStatus::Pending)).await;
     assert_eq!(names(&pending, |e| &e.username), ["linus".to_owned()].into(), "linus's deletion awaits approval");
     assert!(s.engine_cursor().await.unwrap() > 0);
     let changes = s.changes_after(0, 100_000).await.unwrap();
