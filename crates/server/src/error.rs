@@ -82,8 +82,11 @@ impl From<StoreError> for Error {
             }
             StoreError::InvalidCursor => Self::bad_request("cursor", "is not a cursor this service returned"),
             StoreError::Unavailable(m) => Self::Unavailable(m),
+            e @ StoreError::Unreachable(_) => Self::Unavailable(e.chain()),
             StoreError::InvalidState(m) => Self::InvalidState(m),
             StoreError::Backend(m) => Self::Internal(m),
+            // The whole chain, down to the driver's error, reaches the log line.
+            e @ StoreError::Database(_) => Self::Internal(e.chain()),
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod saml;
 pub mod scim;
 pub mod secrets;
 pub mod sources;
+pub mod sql;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -61,8 +62,35 @@ pub enum StoreError {
     /// The database cannot be reached.
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
+    /// The database cannot be reached; the driver's error is the source.
+    #[error("the database is unavailable")]
+    Unreachable(#[source] Box<sqlx::Error>),
+    /// The database refused a statement; the driver's error is the source.
+    #[error("storage error")]
+    Database(#[source] Box<sqlx::Error>),
+    /// Stored data the store cannot read back (a bad id, time, JSON or enum name).
     #[error("storage error: {0}")]
     Backend(String),
+}
+
+impl StoreError {
+    /// The error and every source under it, outermost first, joined by `": "`: what a log line
+    /// or an internal-error response shows.
+    pub fn chain(&self) -> String {
+        let mut out = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(e) = source {
+            out.push_str(": ");
+            out.push_str(&e.to_string());
+            source = e.source();
+        }
+        out
+    }
+
+    /// Whether the database could not be reached (a caller may retry later).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::Unreachable(_))
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

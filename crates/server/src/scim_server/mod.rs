@@ -128,12 +128,12 @@ impl From<StoreError> for Fail {
                 StoreError::InvalidState(m) if m.starts_with("invalid filter") => ScimError::invalid_filter(m),
                 StoreError::InvalidState(m) => ScimError::new(409, None, m),
                 StoreError::InvalidCursor => ScimError::invalid_value("bad cursor"),
-                StoreError::Unavailable(m) => {
-                    tracing::warn!(error = %m, "database unavailable");
+                e @ (StoreError::Unavailable(_) | StoreError::Unreachable(_)) => {
+                    tracing::warn!(error = %e.chain(), "database unavailable");
                     ScimError::new(503, None, "the database is unavailable")
                 }
-                StoreError::Backend(m) => {
-                    tracing::error!(error = %m, "internal error");
+                e @ (StoreError::Backend(_) | StoreError::Database(_)) => {
+                    tracing::error!(error = %e.chain(), "internal error");
                     ScimError::new(500, None, "internal error")
                 }
             },

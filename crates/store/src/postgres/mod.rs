@@ -31,8 +31,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use directory::{
-    Actor, App, AttributeDef, AttributeType, AuditEntry, Change, ChangeKind, NewChange, Page, Role, User, UserSource,
-    UserStatus,
+    Actor, App, AttributeDef, AttributeType, AuditEntry, Change, ChangeKind, NewChange, Page, Role, User, UserStatus,
 };
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
@@ -40,12 +39,14 @@ use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use crate::{
-    cursor, AuditQuery, NameQuery, PageRequest, Result, Store, StoreError, TokenRecord, UserQuery, Wakeup, MAX_PAGE,
-};
+use crate::{cursor, AuditQuery, NameQuery, Result, Store, StoreError, TokenRecord, UserQuery, Wakeup};
+
+pub(crate) use crate::sql::rows::*;
+pub(crate) use crate::sql::{check_version, cursor_uuid, db_error as backend, like_pattern, limit_of, paginate};
 
 mod admins;
 mod bulk;
+mod dialect;
 mod entitlements;
 mod health;
 mod provisioning;
@@ -60,12 +61,6 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 const CHANGE_FEED_LOCK: (i32, i32) = (0x7072_6f76, 1);
 /// First key of the per-app claim lock; the second is `hashtext(app_id::text)`.
 const CLAIM_LOCK: i32 = 0x7072_6f76;
-
-/// `pg_advisory_xact_lock(EMAIL_LOCK.0, EMAIL_LOCK.1)`: held from the check that no other user
-/// has an e-mail address to the commit of the write that gives it to a user. One key for every
-/// address, so that a batch of users never takes locks in crossing orders; taken only by writes
-/// that change a user's address (or create a user with one).
-pub(crate) const EMAIL_LOCK: (i32, i32) = (0x656d_6169, 0x6c6b_6579);
 
 /// The channel told about new rows in the change feed.
 pub const CHANGES_CHANNEL: &str = "provisioner_changes";
@@ -124,48 +119,6 @@ impl Drop for ListenerTask {
     }
 }
 
-/// Whether an error means the server cannot be reached (rather than a refused statement).
-fn is_unreachable(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
-        sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => {
-            // Class 08: connection exception; 57P01-57P03: the server is shutting down or
-            // starting.
-            let code = db.code().unwrap_or_default();
-            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")
-        }
-        _ => false,
-    }
-}
-
-pub(crate) fn backend(e: sqlx::Error) -> StoreError {
-    if is_unreachable(&e) {
-        return StoreError::Unavailable(e.to_string());
-    }
-    match e {
-        sqlx::Error::RowNotFound => StoreError::NotFound,
-        sqlx::Error::Database(db) => {
-            if db.is_unique_violation() {
-                let constraint = db.constraint().unwrap_or_default();
-                let field = if constraint.contains("username_key") {
-                    "username"
-                } else if constraint.contains("name_key") || constraint.starts_with("attribute_defs") {
-                    "name"
-                } else {
-                    "id"
-                };
-                StoreError::Duplicate { field }
-            } else if db.is_foreign_key_violation() {
-                StoreError::MissingReference { field: "reference" }
-            } else {
-                StoreError::Backend(db.message().to_owned())
-            }
-        }
-        other => StoreError::Backend(other.to_string()),
-    }
-}
-
 pub(crate) fn get<'r, T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>>(row: &'r PgRow, col: &str) -> Result<T> {
     row.try_get(col).map_err(backend)
 }
@@ -181,120 +134,6 @@ pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> Result<Value> {
 
 pub(crate) fn to_value<T: serde::Serialize>(v: &T) -> Option<Value> {
     serde_json::to_value(v).ok()
-}
-
-/// `%text%` for LIKE, with LIKE's wildcards escaped (ESCAPE '\').
-pub(crate) fn like_pattern(q: &str) -> String {
-    let mut out = String::from("%");
-    for c in q.to_lowercase().chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('%');
-    out
-}
-
-pub(crate) fn limit_of(page: &PageRequest) -> i64 {
-    i64::from(page.limit.clamp(1, MAX_PAGE))
-}
-
-/// A page cursor's id component.
-pub(crate) fn cursor_uuid(s: &str) -> Result<Uuid> {
-    Uuid::parse_str(s).map_err(|_| StoreError::InvalidCursor)
-}
-
-/// Cuts the extra row fetched to know whether another page follows.
-pub(crate) fn paginate<T>(mut items: Vec<T>, page: &PageRequest, key: impl Fn(&T) -> Vec<String>) -> Page<T> {
-    let limit = page.limit.clamp(1, MAX_PAGE) as usize;
-    let next_cursor = if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(|last| cursor::encode(&key(last)))
-    } else {
-        None
-    };
-    Page { items, next_cursor }
-}
-
-const USER_COLUMNS: &str = "id, username, email, first_name, last_name, display_name, title, \
-    department, manager_id, phone, employee_number, attributes, status, source, created_at, \
-    updated_at, version";
-
-pub(crate) fn user_from_row(row: &PgRow) -> Result<User> {
-    let status: String = get(row, "status")?;
-    let source: String = get(row, "source")?;
-    Ok(User {
-        id: get(row, "id")?,
-        username: get(row, "username")?,
-        email: get(row, "email")?,
-        first_name: get(row, "first_name")?,
-        last_name: get(row, "last_name")?,
-        display_name: get(row, "display_name")?,
-        title: get(row, "title")?,
-        department: get(row, "department")?,
-        manager_id: get(row, "manager_id")?,
-        phone: get(row, "phone")?,
-        employee_number: get(row, "employee_number")?,
-        attributes: get_json(row, "attributes")?,
-        status: UserStatus::parse(&status).ok_or_else(|| StoreError::Backend(format!("bad status {status}")))?,
-        source: UserSource::parse(&source).ok_or_else(|| StoreError::Backend(format!("bad source {source}")))?,
-        created_at: get(row, "created_at")?,
-        updated_at: get(row, "updated_at")?,
-        version: get(row, "version")?,
-    })
-}
-
-const TOKEN_COLUMNS: &str = "id, name, lookup, hash, created_at, revoked_at, last_used_at";
-
-fn token_from_row(r: &PgRow) -> Result<TokenRecord> {
-    Ok(TokenRecord {
-        id: get(r, "id")?,
-        name: get(r, "name")?,
-        lookup: get(r, "lookup")?,
-        hash: get(r, "hash")?,
-        created_at: get(r, "created_at")?,
-        revoked_at: get(r, "revoked_at")?,
-        last_used_at: get(r, "last_used_at")?,
-    })
-}
-
-const ROLE_COLUMNS: &str = "id, name, description, pushable, created_at, updated_at, version";
-
-fn role_from_row(row: &PgRow) -> Result<Role> {
-    Ok(Role {
-        id: get(row, "id")?,
-        name: get(row, "name")?,
-        description: get(row, "description")?,
-        pushable: get(row, "pushable")?,
-        created_at: get(row, "created_at")?,
-        updated_at: get(row, "updated_at")?,
-        version: get(row, "version")?,
-    })
-}
-
-const APP_COLUMNS: &str =
-    "id, name, description, connector, connection, provisioning, parameters, rules, created_at, updated_at, version";
-
-pub(crate) fn app_from_row(row: &PgRow) -> Result<App> {
-    let connector: String = get(row, "connector")?;
-    let parameters: Option<Value> = get(row, "parameters")?;
-    Ok(App {
-        id: get(row, "id")?,
-        name: get(row, "name")?,
-        description: get(row, "description")?,
-        connector: serde_json::from_value(Value::String(connector)).map_err(|e| StoreError::Backend(e.to_string()))?,
-        connection: get_json(row, "connection")?,
-        provisioning: get_json(row, "provisioning")?,
-        parameters: parameters
-            .map(serde_json::from_value)
-            .transpose()
-            .map_err(|e| StoreError::Backend(format!("bad JSON in parameters: {e}")))?,
-        rules: get_json(row, "rules")?,
-        created_at: get(row, "created_at")?,
-        updated_at: get(row, "updated_at")?,
-        version: get(row, "version")?,
-    })
 }
 
 /// What a transaction writes to an account record at commit (see [`Tx`]).
@@ -319,7 +158,7 @@ struct PairWork {
 /// A write transaction. Change rows, account-record writes and notifications are collected
 /// and done at [`Tx::commit`], in an order that keeps the change feed in commit order and
 /// cannot deadlock (see the module documentation).
-pub(crate) struct Tx {
+pub struct Tx {
     tx: sqlx::Transaction<'static, Postgres>,
     /// Changes to write at commit, each with the audit entry it is attributed to.
     changes: Vec<(NewChange, Option<i64>)>,
@@ -481,42 +320,6 @@ async fn write_account(tx: &mut Tx, app: Uuid, user: Uuid, set: &AccountSet) -> 
     Ok(())
 }
 
-pub(crate) struct AuditRecord<'a> {
-    pub action: &'a str,
-    pub target_type: &'a str,
-    pub target_id: String,
-    pub before: Option<Value>,
-    pub after: Option<Value>,
-}
-
-/// Records an audit entry; the changes this transaction recorded before it are attributed to it.
-pub(crate) async fn record_audit(tx: &mut Tx, actor: &Actor, rec: AuditRecord<'_>) -> Result<()> {
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO audit_log (at, actor_kind, actor_name, action, target_type, target_id, before, after) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-    )
-    .bind(directory::now())
-    .bind(&actor.kind)
-    .bind(&actor.name)
-    .bind(rec.action)
-    .bind(rec.target_type)
-    .bind(rec.target_id)
-    .bind(rec.before)
-    .bind(rec.after)
-    .fetch_one(tx.c())
-    .await
-    .map_err(backend)?;
-    tx.attribute_changes(id);
-    Ok(())
-}
-
-fn check_version(current: i64, expected: Option<i64>) -> Result<()> {
-    match expected {
-        Some(v) if v != current => Err(StoreError::VersionConflict { current }),
-        _ => Ok(()),
-    }
-}
-
 /// `host:port` of a URL, for messages.
 fn server_of(opts: &PgConnectOptions) -> String {
     format!("{}:{}", opts.get_host(), opts.get_port())
@@ -543,12 +346,12 @@ impl PostgresStore {
                 .await;
             match attempt {
                 Ok(pool) => break pool,
-                Err(e) if is_unreachable(&e) && tokio::time::Instant::now() + backoff < deadline => {
+                Err(e) if crate::sql::is_unreachable(&e) && tokio::time::Instant::now() + backoff < deadline => {
                     tracing::warn!(%server, error = %e, retry_in = ?backoff, "cannot reach PostgreSQL yet");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
-                Err(e) if is_unreachable(&e) => {
+                Err(e) if crate::sql::is_unreachable(&e) => {
                     return Err(StoreError::Unavailable(format!("cannot reach PostgreSQL at {server}: {e}")))
                 }
                 Err(e) => {
@@ -557,7 +360,7 @@ impl PostgresStore {
             }
         };
         MIGRATOR.run(&pool).await.map_err(|e| StoreError::Backend(format!("migration failed: {e}")))?;
-        backfill_email_keys(&pool).await?;
+        backfill_email_keys(&mut crate::sql::Conn(pool.acquire().await.map_err(backend)?)).await?;
         let (wakeups, _) = broadcast::channel(64);
         let listener = if options.listen {
             // A pool of its own: the LISTEN connection is held for good, and must not take a
@@ -722,13 +525,6 @@ async fn listen(pool: PgPool, tx: broadcast::Sender<Wakeup>) {
 enum Link {
     User,
     App,
-}
-
-fn connector_str(app: &App) -> Result<String> {
-    match serde_json::to_value(app.connector) {
-        Ok(Value::String(s)) => Ok(s),
-        _ => Err(StoreError::Backend("connector kind".into())),
-    }
 }
 
 /// Lists roles or apps by name, with text search and keyset pagination.
@@ -1467,149 +1263,5 @@ impl Store for PostgresStore {
                 })
             })
             .collect()
-    }
-}
-
-/// Writes every field of a user row (the one statement for a user update).
-/// Inserts a user row (with the SCIM `externalId` an inbound SCIM client gave, if any). With
-/// `skip_taken`, a row whose id or username is taken is not inserted (`false`) instead of
-/// failing as a conflict.
-pub(crate) async fn insert_user_row(
-    conn: &mut PgConnection,
-    user: &User,
-    scim_external_id: Option<&str>,
-    skip_taken: bool,
-) -> Result<bool> {
-    // A taken username is said first (the unique index enforces it at the INSERT, racing
-    // writers included); then the e-mail address is checked.
-    let taken = sqlx::query("SELECT 1 FROM users WHERE username_key = $1 AND status <> 'deleted' LIMIT 1")
-        .bind(User::username_key(&user.username))
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(backend)?;
-    if taken.is_some() {
-        return if skip_taken { Ok(false) } else { Err(StoreError::Duplicate { field: "username" }) };
-    }
-    check_email(conn, user).await?;
-    let sql = format!(
-        "INSERT INTO users (username_key, email_key, scim_external_id, {USER_COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20){}",
-        if skip_taken { " ON CONFLICT DO NOTHING" } else { "" }
-    );
-    let done = sqlx::query(&sql)
-        .bind(User::username_key(&user.username))
-        .bind(user.email.as_deref().map(User::email_key))
-        .bind(scim_external_id)
-        .bind(user.id)
-        .bind(&user.username)
-        .bind(&user.email)
-        .bind(&user.first_name)
-        .bind(&user.last_name)
-        .bind(&user.display_name)
-        .bind(&user.title)
-        .bind(&user.department)
-        .bind(user.manager_id)
-        .bind(&user.phone)
-        .bind(&user.employee_number)
-        .bind(to_json(&user.attributes)?)
-        .bind(user.status.as_str())
-        .bind(user.source.as_str())
-        .bind(user.created_at)
-        .bind(user.updated_at)
-        .bind(user.version)
-        .execute(conn)
-        .await
-        .map_err(backend)?;
-    Ok(done.rows_affected() > 0)
-}
-
-pub(crate) async fn write_user_row(conn: &mut PgConnection, user: &User) -> Result<()> {
-    check_email(conn, user).await?;
-    sqlx::query(
-        "UPDATE users SET username = $1, username_key = $2, email = $3, first_name = $4, last_name = $5, \
-         display_name = $6, title = $7, department = $8, manager_id = $9, phone = $10, employee_number = $11, \
-         attributes = $12, status = $13, updated_at = $14, version = $15, email_key = $17 WHERE id = $16",
-    )
-    .bind(&user.username)
-    .bind(User::username_key(&user.username))
-    .bind(&user.email)
-    .bind(&user.first_name)
-    .bind(&user.last_name)
-    .bind(&user.display_name)
-    .bind(&user.title)
-    .bind(&user.department)
-    .bind(user.manager_id)
-    .bind(&user.phone)
-    .bind(&user.employee_number)
-    .bind(to_json(&user.attributes)?)
-    .bind(user.status.as_str())
-    .bind(user.updated_at)
-    .bind(user.version)
-    .bind(user.id)
-    .bind(user.email.as_deref().map(User::email_key))
-    .execute(conn)
-    .await
-    .map_err(backend)?;
-    Ok(())
-}
-
-/// One person, one NameID: refuses (`Duplicate { field: "email" }`) a write that gives a user
-/// who is not deleted an e-mail address (compared by [`User::email_key`]) that another user who
-/// is not deleted has. A user keeping their address is not checked, so that addresses shared
-/// before the upgrade do not block other changes. Race-free across processes: the check runs
-/// under [`EMAIL_LOCK`], held until the write commits (a second writer waits, then sees the
-/// first one's row).
-pub(crate) async fn check_email(conn: &mut PgConnection, user: &User) -> Result<()> {
-    let Some(key) = user.email.as_deref().map(User::email_key).filter(|_| user.status != UserStatus::Deleted) else {
-        return Ok(());
-    };
-    let current: Option<Option<String>> = sqlx::query_scalar("SELECT email_key FROM users WHERE id = $1")
-        .bind(user.id)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(backend)?;
-    if current.flatten().as_deref() == Some(key.as_str()) {
-        return Ok(());
-    }
-    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
-        .bind(EMAIL_LOCK.0)
-        .bind(EMAIL_LOCK.1)
-        .execute(&mut *conn)
-        .await
-        .map_err(backend)?;
-    let taken = sqlx::query("SELECT 1 FROM users WHERE email_key = $1 AND status <> 'deleted' AND id <> $2 LIMIT 1")
-        .bind(&key)
-        .bind(user.id)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(backend)?;
-    match taken {
-        Some(_) => Err(StoreError::Duplicate { field: "email" }),
-        None => Ok(()),
-    }
-}
-
-/// Gives the rows stored before e-mail keys existed their key (computed here, as for every
-/// write, so that both stores and every process agree on it).
-async fn backfill_email_keys(pool: &PgPool) -> Result<()> {
-    loop {
-        let rows: Vec<(Uuid, String)> =
-            sqlx::query_as("SELECT id, email FROM users WHERE email IS NOT NULL AND email_key IS NULL LIMIT 500")
-                .fetch_all(pool)
-                .await
-                .map_err(backend)?;
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
-        let keys: Vec<String> = rows.iter().map(|r| User::email_key(&r.1)).collect();
-        sqlx::query(
-            "UPDATE users SET email_key = v.k FROM unnest($1::uuid[], $2::text[]) AS v(id, k) WHERE users.id = v.id",
-        )
-        .bind(&ids)
-        .bind(&keys)
-        .execute(pool)
-        .await
-        .map_err(backend)?;
     }
 }

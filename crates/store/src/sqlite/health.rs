@@ -199,7 +199,7 @@ impl HealthStore for SqliteStore {
         .await
         .map_err(backend)?;
         // Planned again: what failed is retried, level-triggered.
-        record_change(&mut tx, NewChange::app(app)).await?;
+        WriteTx::change(&mut tx, NewChange::app(app)).await?;
         record_audit(
             &mut tx,
             actor,

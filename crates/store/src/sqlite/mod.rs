@@ -8,8 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use directory::{
-    Actor, App, AttributeDef, AttributeType, AuditEntry, Change, ChangeKind, NewChange, Page, Role, User, UserSource,
-    UserStatus,
+    Actor, App, AttributeDef, AttributeType, AuditEntry, Change, ChangeKind, NewChange, Page, Role, User, UserStatus,
 };
 use serde_json::Value;
 use sqlx::sqlite::{
@@ -18,10 +17,14 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use uuid::Uuid;
 
-use crate::{cursor, AuditQuery, NameQuery, PageRequest, Result, Store, StoreError, TokenRecord, UserQuery, MAX_PAGE};
+use crate::{cursor, AuditQuery, NameQuery, Result, Store, StoreError, TokenRecord, UserQuery};
+
+pub(crate) use crate::sql::rows::*;
+pub(crate) use crate::sql::{check_version, db_error as backend, like_pattern, limit_of, paginate, WriteTx};
 
 mod admins;
 mod bulk;
+mod dialect;
 mod entitlements;
 mod health;
 mod provisioning;
@@ -41,33 +44,6 @@ pub struct SqliteStore {
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SqliteStore")
-    }
-}
-
-fn backend(e: sqlx::Error) -> StoreError {
-    match e {
-        sqlx::Error::RowNotFound => StoreError::NotFound,
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-            StoreError::Unavailable(e.to_string())
-        }
-        sqlx::Error::Database(db) => {
-            let msg = db.message().to_owned();
-            if db.is_unique_violation() {
-                let field = if msg.contains("username_key") {
-                    "username"
-                } else if msg.contains("name_key") || msg.contains("attribute_defs.name") {
-                    "name"
-                } else {
-                    "id"
-                };
-                StoreError::Duplicate { field }
-            } else if db.is_foreign_key_violation() {
-                StoreError::MissingReference { field: "reference" }
-            } else {
-                StoreError::Backend(msg)
-            }
-        }
-        other => StoreError::Backend(other.to_string()),
     }
 }
 
@@ -118,178 +94,7 @@ fn to_value<T: serde::Serialize>(v: &T) -> Option<Value> {
     serde_json::to_value(v).ok()
 }
 
-/// `%text%` for LIKE, with LIKE's wildcards escaped (ESCAPE '\').
-fn like_pattern(q: &str) -> String {
-    let mut out = String::from("%");
-    for c in q.to_lowercase().chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('%');
-    out
-}
-
-fn limit_of(page: &PageRequest) -> i64 {
-    i64::from(page.limit.clamp(1, MAX_PAGE))
-}
-
-/// Cuts the extra row fetched to know whether another page follows.
-fn paginate<T>(mut items: Vec<T>, page: &PageRequest, key: impl Fn(&T) -> Vec<String>) -> Page<T> {
-    let limit = page.limit.clamp(1, MAX_PAGE) as usize;
-    let next_cursor = if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(|last| cursor::encode(&key(last)))
-    } else {
-        None
-    };
-    Page { items, next_cursor }
-}
-
-const USER_COLUMNS: &str = "id, username, email, first_name, last_name, display_name, title, \
-    department, manager_id, phone, employee_number, attributes, status, source, created_at, \
-    updated_at, version";
-
-fn user_from_row(row: &SqliteRow) -> Result<User> {
-    let status: String = get(row, "status")?;
-    let source: String = get(row, "source")?;
-    Ok(User {
-        id: get_uuid(row, "id")?,
-        username: get(row, "username")?,
-        email: get(row, "email")?,
-        first_name: get(row, "first_name")?,
-        last_name: get(row, "last_name")?,
-        display_name: get(row, "display_name")?,
-        title: get(row, "title")?,
-        department: get(row, "department")?,
-        manager_id: get_opt_uuid(row, "manager_id")?,
-        phone: get(row, "phone")?,
-        employee_number: get(row, "employee_number")?,
-        attributes: get_json(row, "attributes")?,
-        status: UserStatus::parse(&status).ok_or_else(|| StoreError::Backend(format!("bad status {status}")))?,
-        source: UserSource::parse(&source).ok_or_else(|| StoreError::Backend(format!("bad source {source}")))?,
-        created_at: get_ts(row, "created_at")?,
-        updated_at: get_ts(row, "updated_at")?,
-        version: get(row, "version")?,
-    })
-}
-
-const TOKEN_COLUMNS: &str = "id, name, lookup, hash, created_at, revoked_at, last_used_at";
-
-fn token_from_row(r: &SqliteRow) -> Result<TokenRecord> {
-    Ok(TokenRecord {
-        id: get_uuid(r, "id")?,
-        name: get(r, "name")?,
-        lookup: get(r, "lookup")?,
-        hash: get(r, "hash")?,
-        created_at: get_ts(r, "created_at")?,
-        revoked_at: get_opt_ts(r, "revoked_at")?,
-        last_used_at: get_opt_ts(r, "last_used_at")?,
-    })
-}
-
-const ROLE_COLUMNS: &str = "id, name, description, pushable, created_at, updated_at, version";
-
-fn role_from_row(row: &SqliteRow) -> Result<Role> {
-    Ok(Role {
-        id: get_uuid(row, "id")?,
-        name: get(row, "name")?,
-        description: get(row, "description")?,
-        pushable: get(row, "pushable")?,
-        created_at: get_ts(row, "created_at")?,
-        updated_at: get_ts(row, "updated_at")?,
-        version: get(row, "version")?,
-    })
-}
-
-const APP_COLUMNS: &str =
-    "id, name, description, connector, connection, provisioning, parameters, rules, created_at, updated_at, version";
-
-fn app_from_row(row: &SqliteRow) -> Result<App> {
-    let connector: String = get(row, "connector")?;
-    Ok(App {
-        id: get_uuid(row, "id")?,
-        name: get(row, "name")?,
-        description: get(row, "description")?,
-        connector: serde_json::from_value(Value::String(connector)).map_err(|e| StoreError::Backend(e.to_string()))?,
-        connection: get_json(row, "connection")?,
-        provisioning: get_json(row, "provisioning")?,
-        parameters: get::<Option<String>>(row, "parameters")?
-            .map(|t| serde_json::from_str(&t))
-            .transpose()
-            .map_err(|e| StoreError::Backend(format!("bad JSON in parameters: {e}")))?,
-        rules: get_json(row, "rules")?,
-        created_at: get_ts(row, "created_at")?,
-        updated_at: get_ts(row, "updated_at")?,
-        version: get(row, "version")?,
-    })
-}
-
-type Tx<'a> = Transaction<'a, Sqlite>;
-
-async fn record_change(tx: &mut Tx<'_>, change: NewChange) -> Result<()> {
-    // Attributed to the write's audit entry when it is recorded (see `record_audit`); an
-    // account change has none.
-    sqlx::query(
-        "INSERT INTO changes (at, kind, user_id, role_id, app_id, audit_id) \
-         VALUES (?1, ?2, ?3, ?4, ?5, CASE WHEN ?2 = 'account' THEN 0 END)",
-    )
-    .bind(ts(&directory::now()))
-    .bind(change.kind.as_str())
-    .bind(change.user_id.map(|u| u.to_string()))
-    .bind(change.role_id.map(|u| u.to_string()))
-    .bind(change.app_id.map(|u| u.to_string()))
-    .execute(&mut **tx)
-    .await
-    .map_err(backend)?;
-    Ok(())
-}
-
-struct AuditRecord<'a> {
-    action: &'a str,
-    target_type: &'a str,
-    target_id: String,
-    before: Option<Value>,
-    after: Option<Value>,
-}
-
-/// Records an audit entry; the changes this transaction recorded before it are attributed to it.
-async fn record_audit(tx: &mut Tx<'_>, actor: &Actor, rec: AuditRecord<'_>) -> Result<()> {
-    let row = sqlx::query(
-        "INSERT INTO audit_log (at, actor_kind, actor_name, action, target_type, target_id, before, after) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-    )
-    .bind(ts(&directory::now()))
-    .bind(&actor.kind)
-    .bind(&actor.name)
-    .bind(rec.action)
-    .bind(rec.target_type)
-    .bind(rec.target_id)
-    .bind(rec.before.map(|v| v.to_string()))
-    .bind(rec.after.map(|v| v.to_string()))
-    .fetch_one(&mut **tx)
-    .await
-    .map_err(backend)?;
-    attribute_changes(tx, get::<i64>(&row, "id")?).await
-}
-
-/// Attributes the changes of this transaction not yet attributed to the audit entry `id`.
-pub(crate) async fn attribute_changes(tx: &mut Tx<'_>, id: i64) -> Result<()> {
-    sqlx::query("UPDATE changes SET audit_id = ? WHERE audit_id IS NULL")
-        .bind(id)
-        .execute(&mut **tx)
-        .await
-        .map_err(backend)?;
-    Ok(())
-}
-
-fn check_version(current: i64, expected: Option<i64>) -> Result<()> {
-    match expected {
-        Some(v) if v != current => Err(StoreError::VersionConflict { current }),
-        _ => Ok(()),
-    }
-}
+pub(crate) type Tx = Transaction<'static, Sqlite>;
 
 impl SqliteStore {
     /// Opens (creating when missing) the database file and applies pending migrations.
@@ -322,7 +127,7 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         MIGRATOR.run(&writer).await.map_err(|e| StoreError::Backend(format!("migration failed: {e}")))?;
-        backfill_email_keys(&writer).await?;
+        backfill_email_keys(&mut crate::sql::Conn(writer.acquire().await.map_err(backend)?)).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .test_before_acquire(false)
@@ -339,13 +144,13 @@ impl SqliteStore {
         self.writer.close().await;
     }
 
-    async fn begin(&self) -> Result<Tx<'static>> {
+    async fn begin(&self) -> Result<Tx> {
         self.writer.begin().await.map_err(backend)
     }
 
     /// One row by id, inside a transaction; `NotFound` when missing.
     async fn row_in<T>(
-        tx: &mut Tx<'_>,
+        tx: &mut Tx,
         table: &str,
         columns: &str,
         id: Uuid,
@@ -361,19 +166,19 @@ impl SqliteStore {
         map(&row)
     }
 
-    async fn user_in(tx: &mut Tx<'_>, id: Uuid) -> Result<User> {
+    async fn user_in(tx: &mut Tx, id: Uuid) -> Result<User> {
         Self::row_in(tx, "users", USER_COLUMNS, id, user_from_row).await
     }
 
-    async fn role_in(tx: &mut Tx<'_>, id: Uuid) -> Result<Role> {
+    async fn role_in(tx: &mut Tx, id: Uuid) -> Result<Role> {
         Self::row_in(tx, "roles", ROLE_COLUMNS, id, role_from_row).await
     }
 
-    async fn app_in(tx: &mut Tx<'_>, id: Uuid) -> Result<App> {
+    async fn app_in(tx: &mut Tx, id: Uuid) -> Result<App> {
         Self::row_in(tx, "apps", APP_COLUMNS, id, app_from_row).await
     }
 
-    async fn ids_in(tx: &mut Tx<'_>, sql: &str, id: Uuid) -> Result<Vec<Uuid>> {
+    async fn ids_in(tx: &mut Tx, sql: &str, id: Uuid) -> Result<Vec<Uuid>> {
         let rows = sqlx::query(sql).bind(id.to_string()).fetch_all(&mut **tx).await.map_err(backend)?;
         rows.iter().map(|r| get_uuid(r, "id")).collect()
     }
@@ -412,7 +217,7 @@ impl SqliteStore {
         .rows_affected()
             > 0;
         if done {
-            record_change(&mut tx, change).await?;
+            WriteTx::change(&mut tx, change).await?;
             let link_value = serde_json::json!({ "role_id": role, format!("{noun}_id"): other });
             let action = format!("role.{}_{noun}", if add { "add" } else { "remove" });
             let (before, after) = if add { (None, Some(link_value)) } else { (Some(link_value), None) };
@@ -572,7 +377,7 @@ impl Store for SqliteStore {
     async fn create_user(&self, user: &User, actor: &Actor) -> Result<()> {
         let mut tx = self.begin().await?;
         insert_user_row(&mut tx, user, None, false).await?;
-        record_change(&mut tx, NewChange::user(user.id)).await?;
+        WriteTx::change(&mut tx, NewChange::user(user.id)).await?;
         record_audit(
             &mut tx,
             actor,
@@ -657,7 +462,7 @@ impl Store for SqliteStore {
         }
         check_version(before.version, Some(expected_version))?;
         write_user_row(&mut tx, user).await?;
-        record_change(&mut tx, NewChange::user(user.id)).await?;
+        WriteTx::change(&mut tx, NewChange::user(user.id)).await?;
         let action = if before.status != user.status {
             match user.status {
                 UserStatus::Suspended => "user.suspend",
@@ -708,9 +513,9 @@ impl Store for SqliteStore {
             .await
             .map_err(backend)?;
         for role in roles {
-            record_change(&mut tx, NewChange::membership(role, id)).await?;
+            WriteTx::change(&mut tx, NewChange::membership(role, id)).await?;
         }
-        record_change(&mut tx, NewChange::user(id)).await?;
+        WriteTx::change(&mut tx, NewChange::user(id)).await?;
         record_audit(
             &mut tx,
             actor,
@@ -741,7 +546,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        record_change(&mut tx, NewChange::role(role.id)).await?;
+        WriteTx::change(&mut tx, NewChange::role(role.id)).await?;
         record_audit(
             &mut tx,
             actor,
@@ -787,7 +592,7 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
-        record_change(&mut tx, NewChange::role(role.id)).await?;
+        WriteTx::change(&mut tx, NewChange::role(role.id)).await?;
         record_audit(
             &mut tx,
             actor,
@@ -812,12 +617,12 @@ impl Store for SqliteStore {
         sqlx::query("DELETE FROM roles WHERE id = ?").bind(id.to_string()).execute(&mut *tx).await.map_err(backend)?;
         // Members lose what the role granted: each of them is a change for the engine.
         for user in &users {
-            record_change(&mut tx, NewChange::membership(id, *user)).await?;
+            WriteTx::change(&mut tx, NewChange::membership(id, *user)).await?;
         }
         for app in &apps {
-            record_change(&mut tx, NewChange::role_app(id, *app)).await?;
+            WriteTx::change(&mut tx, NewChange::role_app(id, *app)).await?;
         }
-        record_change(&mut tx, NewChange::role(id)).await?;
+        WriteTx::change(&mut tx, NewChange::role(id)).await?;
         let mut before_value = to_value(&before).unwrap_or(Value::Null);
         if let Value::Object(map) = &mut before_value {
             map.insert("user_ids".into(), serde_json::json!(users));
@@ -900,7 +705,7 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
-        record_change(&mut tx, NewChange::app(app.id)).await?;
+        WriteTx::change(&mut tx, NewChange::app(app.id)).await?;
         record_audit(
             &mut tx,
             actor,
@@ -955,7 +760,7 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
-        record_change(&mut tx, NewChange::app(app.id)).await?;
+        WriteTx::change(&mut tx, NewChange::app(app.id)).await?;
         let mut after = to_value(app);
         if let (Some(Value::Object(map)), true) = (&mut after, credential.is_some()) {
             // Say that the credential changed, never what it is.
@@ -989,7 +794,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        record_change(&mut tx, NewChange::app(app.id)).await?;
+        WriteTx::change(&mut tx, NewChange::app(app.id)).await?;
         let mapping = |a: &App| serde_json::json!({"parameters": a.parameters, "rules": a.rules});
         record_audit(
             &mut tx,
@@ -1011,7 +816,7 @@ impl Store for SqliteStore {
         let before = Self::app_in(&mut tx, id).await?;
         check_version(before.version, expected_version)?;
         sqlx::query("DELETE FROM apps WHERE id = ?").bind(id.to_string()).execute(&mut *tx).await.map_err(backend)?;
-        record_change(&mut tx, NewChange::app(id)).await?;
+        WriteTx::change(&mut tx, NewChange::app(id)).await?;
         record_audit(
             &mut tx,
             actor,
@@ -1129,13 +934,6 @@ impl Store for SqliteStore {
     }
 }
 
-fn connector_str(app: &App) -> Result<String> {
-    match serde_json::to_value(app.connector) {
-        Ok(Value::String(s)) => Ok(s),
-        _ => Err(StoreError::Backend("connector kind".into())),
-    }
-}
-
 /// Lists roles or apps by name, with text search and keyset pagination.
 async fn list_named(pool: &SqlitePool, table: &str, columns: &str, query: &NameQuery) -> Result<Vec<SqliteRow>> {
     let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!("SELECT {columns} FROM {table} WHERE 1 = 1"));
@@ -1148,140 +946,4 @@ async fn list_named(pool: &SqlitePool, table: &str, columns: &str, query: &NameQ
     }
     qb.push(" ORDER BY name_key, id LIMIT ").push_bind(limit_of(&query.page) + 1);
     qb.build().fetch_all(pool).await.map_err(backend)
-}
-
-/// Writes every field of a user row (the one statement for a user update).
-/// Inserts a user row (with the SCIM `externalId` an inbound SCIM client gave, if any). With
-/// `skip_taken`, a row whose id or username is taken is not inserted (`false`) instead of
-/// failing as a conflict.
-pub(crate) async fn insert_user_row(
-    conn: &mut sqlx::SqliteConnection,
-    user: &User,
-    scim_external_id: Option<&str>,
-    skip_taken: bool,
-) -> Result<bool> {
-    // A taken username is said first (the unique index enforces it at the INSERT, racing
-    // writers included); then the e-mail address is checked.
-    let taken = sqlx::query("SELECT 1 FROM users WHERE username_key = ? AND status <> 'deleted' LIMIT 1")
-        .bind(User::username_key(&user.username))
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(backend)?;
-    if taken.is_some() {
-        return if skip_taken { Ok(false) } else { Err(StoreError::Duplicate { field: "username" }) };
-    }
-    check_email(conn, user).await?;
-    let sql = format!(
-        "INSERT INTO users (username_key, email_key, scim_external_id, {USER_COLUMNS}) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?){}",
-        if skip_taken { " ON CONFLICT DO NOTHING" } else { "" }
-    );
-    let done = sqlx::query(&sql)
-        .bind(User::username_key(&user.username))
-        .bind(user.email.as_deref().map(User::email_key))
-        .bind(scim_external_id)
-        .bind(user.id.to_string())
-        .bind(&user.username)
-        .bind(&user.email)
-        .bind(&user.first_name)
-        .bind(&user.last_name)
-        .bind(&user.display_name)
-        .bind(&user.title)
-        .bind(&user.department)
-        .bind(user.manager_id.map(|m| m.to_string()))
-        .bind(&user.phone)
-        .bind(&user.employee_number)
-        .bind(to_json(&user.attributes)?)
-        .bind(user.status.as_str())
-        .bind(user.source.as_str())
-        .bind(ts(&user.created_at))
-        .bind(ts(&user.updated_at))
-        .bind(user.version)
-        .execute(conn)
-        .await
-        .map_err(backend)?;
-    Ok(done.rows_affected() > 0)
-}
-
-pub(crate) async fn write_user_row(conn: &mut sqlx::SqliteConnection, user: &User) -> Result<()> {
-    check_email(conn, user).await?;
-    sqlx::query(
-        "UPDATE users SET username = ?, username_key = ?, email = ?, email_key = ?, first_name = ?, last_name = ?, \
-         display_name = ?, title = ?, department = ?, manager_id = ?, phone = ?, employee_number = ?, \
-         attributes = ?, status = ?, updated_at = ?, version = ? WHERE id = ?",
-    )
-    .bind(&user.username)
-    .bind(User::username_key(&user.username))
-    .bind(&user.email)
-    .bind(user.email.as_deref().map(User::email_key))
-    .bind(&user.first_name)
-    .bind(&user.last_name)
-    .bind(&user.display_name)
-    .bind(&user.title)
-    .bind(&user.department)
-    .bind(user.manager_id.map(|m| m.to_string()))
-    .bind(&user.phone)
-    .bind(&user.employee_number)
-    .bind(to_json(&user.attributes)?)
-    .bind(user.status.as_str())
-    .bind(ts(&user.updated_at))
-    .bind(user.version)
-    .bind(user.id.to_string())
-    .execute(conn)
-    .await
-    .map_err(backend)?;
-    Ok(())
-}
-
-/// One person, one NameID: refuses (`Duplicate { field: "email" }`) a write that gives a user
-/// who is not deleted an e-mail address (compared by [`User::email_key`]) that another user who
-/// is not deleted has. A user keeping their address is not checked, so that addresses shared
-/// before the upgrade do not block other changes. Race-free: SQLite has one writer connection,
-/// so the check and the write are not interleaved with another write.
-pub(crate) async fn check_email(conn: &mut sqlx::SqliteConnection, user: &User) -> Result<()> {
-    let Some(key) = user.email.as_deref().map(User::email_key).filter(|_| user.status != UserStatus::Deleted) else {
-        return Ok(());
-    };
-    let current: Option<Option<String>> = sqlx::query_scalar("SELECT email_key FROM users WHERE id = ?")
-        .bind(user.id.to_string())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(backend)?;
-    if current.flatten().as_deref() == Some(key.as_str()) {
-        return Ok(());
-    }
-    let taken = sqlx::query("SELECT 1 FROM users WHERE email_key = ? AND status <> 'deleted' AND id <> ? LIMIT 1")
-        .bind(&key)
-        .bind(user.id.to_string())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(backend)?;
-    match taken {
-        Some(_) => Err(StoreError::Duplicate { field: "email" }),
-        None => Ok(()),
-    }
-}
-
-/// Gives the rows stored before e-mail keys existed their key (SQL has no NFKC).
-async fn backfill_email_keys(writer: &SqlitePool) -> Result<()> {
-    loop {
-        let rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT id, email FROM users WHERE email IS NOT NULL AND email_key IS NULL LIMIT 500")
-                .fetch_all(writer)
-                .await
-                .map_err(backend)?;
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let mut tx = writer.begin().await.map_err(backend)?;
-        for (id, email) in &rows {
-            sqlx::query("UPDATE users SET email_key = ? WHERE id = ?")
-                .bind(User::email_key(email))
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-        }
-        tx.commit().await.map_err(backend)?;
-    }
 }

@@ -143,13 +143,13 @@ fn distinct(ids: impl Iterator<Item = Uuid>) -> Vec<String> {
     ids.filter(|id| seen.insert(*id)).map(|id| id.to_string()).collect()
 }
 
-async fn op_in(tx: &mut Tx<'_>, id: Uuid) -> Result<Option<Operation>> {
+async fn op_in(tx: &mut Tx, id: Uuid) -> Result<Option<Operation>> {
     let sql = format!("SELECT {OP_COLUMNS} FROM operations WHERE id = ?");
     let row = sqlx::query(&sql).bind(id.to_string()).fetch_optional(&mut **tx).await.map_err(backend)?;
     row.as_ref().map(op_from_row).transpose()
 }
 
-async fn account_in(tx: &mut Tx<'_>, app: Uuid, user: Uuid) -> Result<Option<Account>> {
+async fn account_in(tx: &mut Tx, app: Uuid, user: Uuid) -> Result<Option<Account>> {
     let sql = format!("{ACCOUNT_SELECT} WHERE a.app_id = ? AND a.user_id = ?");
     let row = sqlx::query(&sql)
         .bind(app.to_string())
@@ -161,7 +161,7 @@ async fn account_in(tx: &mut Tx<'_>, app: Uuid, user: Uuid) -> Result<Option<Acc
 }
 
 /// The pair `(app, user)` of an operation, with its state, if it exists.
-async fn op_pair(tx: &mut Tx<'_>, id: Uuid) -> Result<Option<(Uuid, Uuid, OpState)>> {
+async fn op_pair(tx: &mut Tx, id: Uuid) -> Result<Option<(Uuid, Uuid, OpState)>> {
     let row = sqlx::query("SELECT app_id, user_id, state FROM operations WHERE id = ?")
         .bind(id.to_string())
         .fetch_optional(&mut **tx)
@@ -180,12 +180,12 @@ async fn op_pair(tx: &mut Tx<'_>, id: Uuid) -> Result<Option<(Uuid, Uuid, OpStat
 /// the record when missing): the newest open operation, else the newest finished one that was
 /// not cancelled or rejected, else the newest one. Leaves the record alone when the pair has
 /// no operation.
-pub(super) async fn refresh_account(tx: &mut Tx<'_>, app: Uuid, user: Uuid, now: &str) -> Result<()> {
+pub(super) async fn refresh_account(tx: &mut Tx, app: Uuid, user: Uuid, now: &str) -> Result<()> {
     refresh_pairs(tx, &[(app, user)], now).await
 }
 
 /// [`refresh_account`] for many pairs `(app, user)`, in one statement per few hundred pairs.
-pub(super) async fn refresh_pairs(tx: &mut Tx<'_>, pairs: &[(Uuid, Uuid)], now: &str) -> Result<()> {
+pub(super) async fn refresh_pairs(tx: &mut Tx, pairs: &[(Uuid, Uuid)], now: &str) -> Result<()> {
     let mut seen = HashSet::new();
     let pairs: Vec<&(Uuid, Uuid)> = pairs.iter().filter(|p| seen.insert(**p)).collect();
     for chunk in pairs.chunks(REFRESH_CHUNK) {
@@ -222,7 +222,7 @@ pub(super) async fn refresh_pairs(tx: &mut Tx<'_>, pairs: &[(Uuid, Uuid)], now: 
 /// `None` (nothing written) when the app or the user row does not exist.
 #[allow(clippy::too_many_arguments)]
 async fn enqueue(
-    tx: &mut Tx<'_>,
+    tx: &mut Tx,
     user_id: Uuid,
     app_id: Uuid,
     action: Action,
@@ -277,7 +277,7 @@ type NewOp<'a> = (Uuid, Uuid, Action, Option<&'a Value>, Start<'a>);
 /// Queues many new operations (the plan's `Enqueue` items), in queue order, with a few
 /// statements per hundred; pairs whose app or user row is gone are skipped, as [`enqueue`]
 /// does. Their account records are to be refreshed (`refresh`).
-async fn enqueue_many(tx: &mut Tx<'_>, ops: &[NewOp<'_>], now: &str, refresh: &mut Vec<(Uuid, Uuid)>) -> Result<()> {
+async fn enqueue_many(tx: &mut Tx, ops: &[NewOp<'_>], now: &str, refresh: &mut Vec<(Uuid, Uuid)>) -> Result<()> {
     for chunk in ops.chunks(ENQUEUE_CHUNK) {
         let mut qb: QueryBuilder<Sqlite> =
             QueryBuilder::new("WITH v(ord, id, app_id, user_id, action, desired, state, status, cause) AS (VALUES ");
@@ -325,7 +325,7 @@ async fn enqueue_many(tx: &mut Tx<'_>, ops: &[NewOp<'_>], now: &str, refresh: &m
 }
 
 /// Writes one plan item; the account records of the pairs it touched are to be refreshed.
-async fn apply_item(tx: &mut Tx<'_>, item: &PlanItem, now: &str, refresh: &mut Vec<(Uuid, Uuid)>) -> Result<()> {
+async fn apply_item(tx: &mut Tx, item: &PlanItem, now: &str, refresh: &mut Vec<(Uuid, Uuid)>) -> Result<()> {
     match item {
         PlanItem::Enqueue { user_id, app_id, action, desired, needs_approval, held, cause } => {
             let start = Start { needs_approval: *needs_approval, held: *held, cause: cause.as_ref() };
@@ -439,9 +439,9 @@ async fn apply_item(tx: &mut Tx<'_>, item: &PlanItem, now: &str, refresh: &mut V
 
 /// Has a pair planned again once `op` finishes; if it already has (between the planner's read
 /// and its write), records an account change right away.
-async fn replan(tx: &mut Tx<'_>, op: Uuid, now: &str) -> Result<()> {
+async fn replan(tx: &mut Tx, op: Uuid, now: &str) -> Result<()> {
     match op_pair(tx, op).await? {
-        Some((app, user, OpState::Done)) => record_change(tx, NewChange::account(user, app)).await,
+        Some((app, user, OpState::Done)) => WriteTx::change(tx, NewChange::account(user, app)).await,
         Some(_) => {
             sqlx::query("UPDATE operations SET replan = 1, updated_at = ? WHERE id = ?")
                 .bind(now)
@@ -876,7 +876,7 @@ impl ProvisioningStore for SqliteStore {
                     sets.push((op, app, user, remote_id, ownership, last_applied, outcome.status));
                 }
                 if outcome.replan || marked != 0 {
-                    record_change(&mut tx, NewChange::account(user, app)).await?;
+                    WriteTx::change(&mut tx, NewChange::account(user, app)).await?;
                 }
                 recorded.insert(op, (app, user));
                 refresh.push((app, user));
@@ -1110,7 +1110,7 @@ impl ProvisioningStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        record_change(&mut tx, NewChange::account(op.event.user_id, op.event.app_id)).await?;
+        WriteTx::change(&mut tx, NewChange::account(op.event.user_id, op.event.app_id)).await?;
         record_audit(
             &mut tx,
             actor,
@@ -1161,7 +1161,7 @@ impl ProvisioningStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        record_change(&mut tx, NewChange::app(app)).await?;
+        WriteTx::change(&mut tx, NewChange::app(app)).await?;
         let p = &current.provisioning;
         record_audit(
             &mut tx,
@@ -1266,7 +1266,7 @@ impl ProvisioningStore for SqliteStore {
         .await
         .map_err(backend)?;
         // Planned again: with no values applied yet, the planner queues an update.
-        record_change(&mut tx, NewChange::account(user, app)).await?;
+        WriteTx::change(&mut tx, NewChange::account(user, app)).await?;
         record_audit(
             &mut tx,
             actor,

@@ -110,7 +110,7 @@ impl SamlStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
-        record_change(&mut tx, NewChange { kind: ChangeKind::App, user_id: None, role_id: None, app_id: Some(app) })
+        WriteTx::change(&mut tx, NewChange { kind: ChangeKind::App, user_id: None, role_id: None, app_id: Some(app) })
             .await?;
         record_audit(
             &mut tx,
@@ -499,7 +499,7 @@ impl SamlStore for SqliteStore {
     }
 }
 
-async fn set_password(tx: &mut Tx<'_>, user: Uuid, hash: &str) -> Result<()> {
+async fn set_password(tx: &mut Tx, user: Uuid, hash: &str) -> Result<()> {
     sqlx::query(
         "INSERT INTO user_passwords (user_id, hash, updated_at) VALUES (?, ?, ?) \
          ON CONFLICT (user_id) DO UPDATE SET hash = excluded.hash, updated_at = excluded.updated_at",

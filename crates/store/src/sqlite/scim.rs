@@ -300,7 +300,7 @@ impl ScimStore for SqliteStore {
                 Some(before)
             }
         };
-        record_change(&mut tx, NewChange::user(user.id)).await?;
+        WriteTx::change(&mut tx, NewChange::user(user.id)).await?;
         let action = match &before {
             None => "user.create",
             Some(b) if b.status != user.status => match user.status {
@@ -401,7 +401,7 @@ impl ScimStore for SqliteStore {
                 Some(before)
             }
         };
-        record_change(&mut tx, NewChange::role(role.id)).await?;
+        WriteTx::change(&mut tx, NewChange::role(role.id)).await?;
         let mut after = to_value(role);
         if let Some(Value::Object(m)) = after.as_mut() {
             m.insert("external_id".into(), serde_json::json!(group.external_id));
@@ -441,7 +441,7 @@ impl ScimStore for SqliteStore {
                     .execute(&mut *tx)
                     .await
                     .map_err(backend)?;
-                record_change(&mut tx, NewChange::membership(role.id, *user)).await?;
+                WriteTx::change(&mut tx, NewChange::membership(role.id, *user)).await?;
                 let link = serde_json::json!({"role_id": role.id, "user_id": user});
                 record_audit(
                     &mut tx,
@@ -463,7 +463,7 @@ impl ScimStore for SqliteStore {
                     .execute(&mut *tx)
                     .await
                     .map_err(backend)?;
-                record_change(&mut tx, NewChange::membership(role.id, *user)).await?;
+                WriteTx::change(&mut tx, NewChange::membership(role.id, *user)).await?;
                 let link = serde_json::json!({"role_id": role.id, "user_id": user});
                 record_audit(
                     &mut tx,

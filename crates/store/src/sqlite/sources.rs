@@ -11,8 +11,8 @@ use sqlx::{QueryBuilder, Sqlite};
 use uuid::Uuid;
 
 use super::{
-    backend, check_version, get, get_json, get_opt_ts, get_ts, get_uuid, record_audit, record_change, to_json,
-    to_value, ts, user_from_row, AuditRecord, SqliteStore, Tx, USER_COLUMNS,
+    backend, check_version, get, get_json, get_opt_ts, get_ts, get_uuid, record_audit, to_json, to_value, ts,
+    user_from_row, AuditRecord, SqliteStore, Tx, WriteTx, USER_COLUMNS,
 };
 use crate::sources::{dn_key, LinkedUser, SkippedWrite, SourceBatch, SourceCursor, SourceStore};
 use crate::{Result, StoreError};
@@ -66,7 +66,7 @@ fn config_json(source: &DirectorySource) -> Result<String> {
     to_json(source)
 }
 
-async fn source_in(tx: &mut Tx<'_>, id: Uuid) -> Result<DirectorySource> {
+async fn source_in(tx: &mut Tx, id: Uuid) -> Result<DirectorySource> {
     let row = sqlx::query("SELECT id, config, created_at, updated_at, version FROM sources WHERE id = ?")
         .bind(id.to_string())
         .fetch_optional(&mut **tx)
@@ -76,7 +76,7 @@ async fn source_in(tx: &mut Tx<'_>, id: Uuid) -> Result<DirectorySource> {
     source_from_row(&row)
 }
 
-async fn upsert_link(tx: &mut Tx<'_>, link: &SourceLink) -> Result<()> {
+async fn upsert_link(tx: &mut Tx, link: &SourceLink) -> Result<()> {
     sqlx::query(
         "INSERT INTO source_links (source_id, user_id, stable_id, dn, dn_key, suspended_by_source) \
          VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (source_id, stable_id) DO UPDATE SET dn = excluded.dn, \
@@ -485,7 +485,7 @@ impl SourceStore for SqliteStore {
                 continue;
             }
             upsert_link(&mut tx, link).await?;
-            record_change(&mut tx, NewChange::user(user.id)).await?;
+            WriteTx::change(&mut tx, NewChange::user(user.id)).await?;
             record_audit(
                 &mut tx,
                 actor,
@@ -545,7 +545,7 @@ impl SourceStore for SqliteStore {
                 other => other?,
             }
             upsert_link(&mut tx, &update.link).await?;
-            record_change(&mut tx, NewChange::user(user.id)).await?;
+            WriteTx::change(&mut tx, NewChange::user(user.id)).await?;
             record_audit(
                 &mut tx,
                 actor,
@@ -581,7 +581,7 @@ impl SourceStore for SqliteStore {
                 };
                 let done = result.map_err(backend)?.rows_affected() > 0;
                 if done {
-                    record_change(&mut tx, NewChange::membership(*role, *user)).await?;
+                    WriteTx::change(&mut tx, NewChange::membership(*role, *user)).await?;
                     let value = serde_json::json!({"role_id": role, "user_id": user});
                     let (action, before, after) = if add {
                         ("role.add_user", None, Some(value))

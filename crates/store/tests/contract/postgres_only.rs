@@ -426,7 +426,9 @@ async fn health_turns_unavailable_when_the_server_cannot_be_reached() {
     assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(5), "health took {:?}", started.elapsed());
     let err = s.get_user(Uuid::now_v7()).await.unwrap_err();
-    assert!(matches!(err, StoreError::Unavailable(_)), "a read says the database is unavailable: {err:?}");
+    assert!(err.is_unavailable(), "a read says the database is unavailable: {err:?}");
+    // The driver's error is kept as the source, down to the log line.
+    assert!(err.chain().starts_with("the database is unavailable: "), "{}", err.chain());
 
     // At start, an unreachable server gives a readable error once the retries are spent.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
