@@ -50,7 +50,6 @@ mod admins;
 mod bulk;
 mod dialect;
 mod entitlements;
-mod health;
 mod provisioning;
 mod saml;
 mod scim;

@@ -26,7 +26,6 @@ mod admins;
 mod bulk;
 mod dialect;
 mod entitlements;
-mod health;
 mod provisioning;
 mod saml;
 mod scim;

@@ -914,7 +914,7 @@ impl ProvisioningStore for SqliteStore {
         if recorded.is_empty() {
             tx.rollback().await.map_err(backend)?;
         } else {
-            let minute = super::health::minute_of(&directory::now());
+            let minute = crate::sql::health::minute_of(&directory::now());
             for (app, (n, success)) in finished {
                 sqlx::query(
                     "INSERT INTO app_outcomes (app_id, minute, finished) VALUES (?, ?, ?) ON CONFLICT (app_id, minute) \
@@ -928,7 +928,7 @@ impl ProvisioningStore for SqliteStore {
                 .map_err(backend)?;
                 sqlx::query("DELETE FROM app_outcomes WHERE app_id = ? AND minute < ?")
                     .bind(app.to_string())
-                    .bind(minute - super::health::KEEP_MINUTES)
+                    .bind(minute - crate::sql::health::KEEP_MINUTES)
                     .execute(&mut *tx)
                     .await
                     .map_err(backend)?;
