@@ -15,7 +15,7 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use super::{PostgresStore, Tx};
-use crate::sql::{db_error, Arg, Backend, Conn, Dialect, Exec, Piece, Query, RowGet, WriteTx};
+use crate::sql::{db_error, AccountSet, Arg, Backend, Conn, Dialect, Exec, Piece, Query, RowGet, WriteTx};
 use crate::{Result, StoreError, Wakeup};
 
 fn build(q: &Query) -> Result<QueryBuilder<'static, Postgres>> {
@@ -34,6 +34,7 @@ fn build(q: &Query) -> Result<QueryBuilder<'static, Postgres>> {
                     Arg::Id(v) => b.push_bind(v),
                     Arg::Text(v) => b.push_bind(v),
                     Arg::Int(v) => b.push_bind(v),
+                    Arg::Float(v) => b.push_bind(v),
                     Arg::Bool(v) => b.push_bind(v),
                     Arg::Time(v) => b.push_bind(v),
                     Arg::Json(v) => b.push_bind(v),
@@ -158,6 +159,27 @@ impl WriteTx<Postgres> for Tx {
 
     async fn rollback(self) -> Result<()> {
         Tx::rollback(self).await
+    }
+
+    async fn lock_pair(&mut self, app: Uuid, user: Uuid) -> Result<()> {
+        Tx::lock_pair(self, app, user).await
+    }
+
+    async fn refresh_account(&mut self, app: Uuid, user: Uuid) -> Result<()> {
+        Tx::refresh(self, app, user);
+        Ok(())
+    }
+
+    async fn refresh_accounts(&mut self, pairs: &[(Uuid, Uuid)]) -> Result<()> {
+        for (app, user) in pairs {
+            Tx::refresh(self, *app, *user);
+        }
+        Ok(())
+    }
+
+    async fn set_account(&mut self, app: Uuid, user: Uuid, set: AccountSet) -> Result<()> {
+        Tx::set_account(self, app, user, set);
+        Ok(())
     }
 }
 

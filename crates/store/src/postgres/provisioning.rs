@@ -370,9 +370,9 @@ async fn apply_item(tx: &mut Tx, item: &PlanItem, now: DateTime<Utc>) -> Result<
                 *user_id,
                 AccountSet {
                     remote_id: remote_id.clone(),
-                    ownership: ownership.map(Ownership::as_str),
+                    ownership: *ownership,
                     last_applied: last_applied.clone(),
-                    status: EventStatus::Provisioned.as_str().to_owned(),
+                    status: EventStatus::Provisioned,
                     last_event_id: None,
                 },
             );
@@ -884,9 +884,9 @@ impl ProvisioningStore for PostgresStore {
                     user,
                     AccountSet {
                         remote_id: remote_id.clone(),
-                        ownership: ownership.map(Ownership::as_str),
+                        ownership: *ownership,
                         last_applied: last_applied.clone(),
-                        status: outcome.status.as_str().to_owned(),
+                        status: outcome.status,
                         last_event_id: Some(op),
                     },
                 );
@@ -925,7 +925,7 @@ impl ProvisioningStore for PostgresStore {
                 .await
                 .map_err(backend)?;
             }
-            let minute = super::health::minute_of(&directory::now());
+            let minute = crate::sql::health::minute_of(&directory::now());
             let mut apps: Vec<(Uuid, i64, bool)> = finished.into_iter().map(|(a, (n, ok))| (a, n, ok)).collect();
             // In one order, so that concurrent batches lock the counters without deadlock.
             apps.sort_by_key(|(a, _, _)| *a);
@@ -945,7 +945,7 @@ impl ProvisioningStore for PostgresStore {
                 .map_err(backend)?;
                 sqlx::query("DELETE FROM app_outcomes WHERE app_id = ANY($1) AND minute < $2")
                     .bind(&ids)
-                    .bind(minute - super::health::KEEP_MINUTES)
+                    .bind(minute - crate::sql::health::KEEP_MINUTES)
                     .execute(tx.c())
                     .await
                     .map_err(backend)?;

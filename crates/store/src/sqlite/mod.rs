@@ -21,11 +21,9 @@ use crate::{cursor, Result, StoreError};
 pub(crate) use crate::sql::rows::*;
 pub(crate) use crate::sql::{check_version, db_error as backend, like_pattern, limit_of, paginate, WriteTx};
 
-mod admins;
 mod bulk;
 mod dialect;
 mod entitlements;
-mod health;
 mod provisioning;
 mod saml;
 mod scim;
@@ -175,10 +173,5 @@ impl SqliteStore {
 
     async fn app_in(tx: &mut Tx, id: Uuid) -> Result<App> {
         Self::row_in(tx, "apps", APP_COLUMNS, id, app_from_row).await
-    }
-
-    async fn ids_in(tx: &mut Tx, sql: &str, id: Uuid) -> Result<Vec<Uuid>> {
-        let rows = sqlx::query(sql).bind(id.to_string()).fetch_all(&mut **tx).await.map_err(backend)?;
-        rows.iter().map(|r| get_uuid(r, "id")).collect()
     }
 }
