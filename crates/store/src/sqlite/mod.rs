@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
-use directory::{Actor, App, ChangeKind, NewChange, Page, Role, User, UserStatus};
+use directory::{Actor, ChangeKind, NewChange, Role, User};
 use serde_json::Value;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -16,10 +16,10 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use uuid::Uuid;
 
-use crate::{cursor, Result, StoreError};
+use crate::{Result, StoreError};
 
 pub(crate) use crate::sql::rows::*;
-pub(crate) use crate::sql::{check_version, db_error as backend, like_pattern, limit_of, paginate, WriteTx};
+pub(crate) use crate::sql::{check_version, db_error as backend, paginate, WriteTx};
 
 mod bulk;
 mod dialect;
@@ -72,10 +72,6 @@ fn get_opt_ts(row: &SqliteRow, col: &str) -> Result<Option<DateTime<Utc>>> {
 
 fn get_uuid(row: &SqliteRow, col: &str) -> Result<Uuid> {
     parse_uuid(&get::<String>(row, col)?)
-}
-
-fn get_opt_uuid(row: &SqliteRow, col: &str) -> Result<Option<Uuid>> {
-    get::<Option<String>>(row, col)?.as_deref().map(parse_uuid).transpose()
 }
 
 fn get_json<T: serde::de::DeserializeOwned>(row: &SqliteRow, col: &str) -> Result<T> {
@@ -169,9 +165,5 @@ impl SqliteStore {
 
     async fn role_in(tx: &mut Tx, id: Uuid) -> Result<Role> {
         Self::row_in(tx, "roles", ROLE_COLUMNS, id, role_from_row).await
-    }
-
-    async fn app_in(tx: &mut Tx, id: Uuid) -> Result<App> {
-        Self::row_in(tx, "apps", APP_COLUMNS, id, app_from_row).await
     }
 }
