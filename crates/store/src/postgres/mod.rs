@@ -47,7 +47,6 @@ pub(crate) use crate::sql::{check_version, cursor_uuid, db_error as backend, lik
 mod admins;
 mod bulk;
 mod dialect;
-mod entitlements;
 mod provisioning;
 mod saml;
 mod scim;

@@ -32,6 +32,7 @@ use uuid::Uuid;
 
 use crate::{cursor, PageRequest, Result, StoreError, MAX_PAGE};
 
+pub mod entitlements;
 pub mod health;
 pub mod rows;
 

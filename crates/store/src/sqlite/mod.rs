@@ -25,7 +25,6 @@ pub(crate) use crate::sql::{check_version, db_error as backend, like_pattern, li
 mod admins;
 mod bulk;
 mod dialect;
-mod entitlements;
 mod provisioning;
 mod saml;
 mod scim;
