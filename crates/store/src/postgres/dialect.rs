@@ -12,7 +12,7 @@ use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::{PostgresStore, Tx};
-use crate::sql::{db_error, Arg, Backend, Conn, Dialect, Exec, Piece, Query, RowGet, WriteTx};
+use crate::sql::{db_error, AccountSet, Arg, Backend, Conn, Dialect, Exec, Piece, Query, RowGet, WriteTx};
 use crate::{Result, StoreError};
 
 fn build(q: &Query) -> Result<QueryBuilder<'static, Postgres>> {
@@ -154,6 +154,27 @@ impl WriteTx<Postgres> for Tx {
 
     async fn rollback(self) -> Result<()> {
         Tx::rollback(self).await
+    }
+
+    async fn lock_pair(&mut self, app: Uuid, user: Uuid) -> Result<()> {
+        Tx::lock_pair(self, app, user).await
+    }
+
+    async fn refresh_account(&mut self, app: Uuid, user: Uuid) -> Result<()> {
+        Tx::refresh(self, app, user);
+        Ok(())
+    }
+
+    async fn refresh_accounts(&mut self, pairs: &[(Uuid, Uuid)]) -> Result<()> {
+        for (app, user) in pairs {
+            Tx::refresh(self, *app, *user);
+        }
+        Ok(())
+    }
+
+    async fn set_account(&mut self, app: Uuid, user: Uuid, set: AccountSet) -> Result<()> {
+        Tx::set_account(self, app, user, set);
+        Ok(())
     }
 }
 

@@ -42,7 +42,9 @@ use uuid::Uuid;
 use crate::{cursor, AuditQuery, NameQuery, Result, Store, StoreError, TokenRecord, UserQuery, Wakeup};
 
 pub(crate) use crate::sql::rows::*;
-pub(crate) use crate::sql::{check_version, cursor_uuid, db_error as backend, like_pattern, limit_of, paginate};
+pub(crate) use crate::sql::{
+    check_version, cursor_uuid, db_error as backend, like_pattern, limit_of, paginate, AccountSet,
+};
 
 mod admins;
 mod bulk;
@@ -132,18 +134,6 @@ pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> Result<Value> {
 
 pub(crate) fn to_value<T: serde::Serialize>(v: &T) -> Option<Value> {
     serde_json::to_value(v).ok()
-}
-
-/// What a transaction writes to an account record at commit (see [`Tx`]).
-#[derive(Debug, Clone)]
-pub(crate) struct AccountSet {
-    pub remote_id: Option<String>,
-    pub ownership: Option<&'static str>,
-    pub last_applied: Option<Value>,
-    /// For a new record: its status and last event. An existing record keeps its own (they
-    /// are derived from the operations when the pair is refreshed).
-    pub status: String,
-    pub last_event_id: Option<Uuid>,
 }
 
 /// The account work of one pair at commit.
@@ -243,7 +233,7 @@ impl Tx {
             let mut refresh = (Vec::new(), Vec::new());
             for ((_, app, user), work) in pairs {
                 for set in work.sets {
-                    write_account(&mut self, app, user, &set).await?;
+                    crate::sql::Exec::run(&mut self, crate::sql::upsert_account(app, user, set)).await?;
                 }
                 if work.refresh {
                     refresh.0.push(app);
@@ -294,28 +284,6 @@ impl Tx {
         }
         self.tx.commit().await.map_err(backend)
     }
-}
-
-/// Upserts an account record's remote id, ownership and values.
-async fn write_account(tx: &mut Tx, app: Uuid, user: Uuid, set: &AccountSet) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO accounts (app_id, user_id, remote_id, ownership, status, last_applied, last_event_id, \
-         updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-         ON CONFLICT (app_id, user_id) DO UPDATE SET remote_id = excluded.remote_id, \
-         ownership = excluded.ownership, last_applied = excluded.last_applied, updated_at = excluded.updated_at",
-    )
-    .bind(app)
-    .bind(user)
-    .bind(set.remote_id.as_deref())
-    .bind(set.ownership)
-    .bind(&set.status)
-    .bind(set.last_applied.as_ref())
-    .bind(set.last_event_id)
-    .bind(directory::now())
-    .execute(tx.c())
-    .await
-    .map_err(backend)?;
-    Ok(())
 }
 
 /// `host:port` of a URL, for messages.

@@ -370,9 +370,9 @@ async fn apply_item(tx: &mut Tx, item: &PlanItem, now: DateTime<Utc>) -> Result<
                 *user_id,
                 AccountSet {
                     remote_id: remote_id.clone(),
-                    ownership: ownership.map(Ownership::as_str),
+                    ownership: *ownership,
                     last_applied: last_applied.clone(),
-                    status: EventStatus::Provisioned.as_str().to_owned(),
+                    status: EventStatus::Provisioned,
                     last_event_id: None,
                 },
             );
@@ -884,9 +884,9 @@ impl ProvisioningStore for PostgresStore {
                     user,
                     AccountSet {
                         remote_id: remote_id.clone(),
-                        ownership: ownership.map(Ownership::as_str),
+                        ownership: *ownership,
                         last_applied: last_applied.clone(),
-                        status: outcome.status.as_str().to_owned(),
+                        status: outcome.status,
                         last_event_id: Some(op),
                     },
                 );

@@ -25,7 +25,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
-use directory::{NewChange, Page};
+use directory::{EventStatus, NewChange, Ownership, Page};
 use serde_json::Value;
 use sqlx::pool::PoolConnection;
 use uuid::Uuid;
@@ -286,6 +286,53 @@ pub trait WriteTx<D: Dialect>: Exec<D> + Sized {
     async fn commit(self) -> Result<()>;
     /// Ends the transaction without writing, at once.
     async fn rollback(self) -> Result<()>;
+
+    /// Locks one pair's account record for the rest of the transaction, before writing it
+    /// here rather than at commit (PostgreSQL: an advisory lock on the pair's key; SQLite:
+    /// nothing, its one writer holds the whole database).
+    async fn lock_pair(&mut self, app: Uuid, user: Uuid) -> Result<()>;
+    /// Derives the account record of a pair again from the operations of the pair (creating
+    /// the record when missing): its status and last event are those of the newest open
+    /// operation, else of the newest finished one that was not cancelled or rejected, else of
+    /// the newest one; a record whose pair has no operation is left alone. SQLite does it now;
+    /// PostgreSQL at commit, under the pair's lock, so that it sees every committed operation.
+    async fn refresh_account(&mut self, app: Uuid, user: Uuid) -> Result<()> {
+        self.refresh_accounts(&[(app, user)]).await
+    }
+    /// [`WriteTx::refresh_account`] for many pairs `(app, user)` at once.
+    async fn refresh_accounts(&mut self, pairs: &[(Uuid, Uuid)]) -> Result<()>;
+    /// Writes an account record's remote id, ownership and values (see [`AccountSet`]).
+    /// SQLite does it now; PostgreSQL at commit, under the pair's lock and before the pairs are
+    /// refreshed.
+    async fn set_account(&mut self, app: Uuid, user: Uuid, set: AccountSet) -> Result<()>;
+}
+
+/// What a transaction writes to an account record ([`WriteTx::set_account`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountSet {
+    pub remote_id: Option<String>,
+    pub ownership: Option<Ownership>,
+    pub last_applied: Option<Value>,
+    /// For a new record: its status and last event. An existing record keeps its own (they
+    /// are derived from the operations when the pair is refreshed).
+    pub status: EventStatus,
+    pub last_event_id: Option<Uuid>,
+}
+
+/// Upserts an account record as [`WriteTx::set_account`] says (the statement both backends run).
+pub fn upsert_account(app: Uuid, user: Uuid, set: AccountSet) -> Query {
+    q("INSERT INTO accounts (app_id, user_id, remote_id, ownership, status, last_applied, last_event_id, \
+       updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+       ON CONFLICT (app_id, user_id) DO UPDATE SET remote_id = excluded.remote_id, \
+       ownership = excluded.ownership, last_applied = excluded.last_applied, updated_at = excluded.updated_at")
+    .bind(app)
+    .bind(user)
+    .bind(set.remote_id)
+    .bind(set.ownership.map(Ownership::as_str))
+    .bind(set.status.as_str())
+    .bind(set.last_applied.map(Json))
+    .bind(set.last_event_id)
+    .bind(directory::now())
 }
 
 /// A store backend: where read connections and write transactions come from.

@@ -3,6 +3,8 @@
 //! a write transaction that records its change-feed rows as it goes (one writer at a time, so
 //! rows become visible in `seq` order without further care).
 
+use std::collections::HashSet;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use directory::NewChange;
@@ -12,7 +14,9 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
 use uuid::Uuid;
 
 use super::SqliteStore;
-use crate::sql::{db_error, ts, Arg, Backend, Conn, Dialect, Exec, Piece, Query, RowGet, WriteTx};
+use crate::sql::{
+    db_error, q, ts, upsert_account, AccountSet, Arg, Backend, Conn, Dialect, Exec, Piece, Query, RowGet, WriteTx,
+};
 use crate::{Result, StoreError};
 
 fn build(q: &Query) -> Result<QueryBuilder<'static, Sqlite>> {
@@ -154,10 +158,8 @@ impl WriteTx<Sqlite> for Transaction<'static, Sqlite> {
         // Attributed to the write's audit entry when it is recorded (see `attribute_changes`);
         // an account change has none.
         self.run(
-            crate::sql::q(
-                "INSERT INTO changes (at, kind, user_id, role_id, app_id, audit_id) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, CASE WHEN ?2 = 'account' THEN 0 END)",
-            )
+            q("INSERT INTO changes (at, kind, user_id, role_id, app_id, audit_id) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, CASE WHEN ?2 = 'account' THEN 0 END)")
             .bind(directory::now())
             .bind(change.kind.as_str())
             .bind(change.user_id)
@@ -169,7 +171,7 @@ impl WriteTx<Sqlite> for Transaction<'static, Sqlite> {
     }
 
     async fn attribute_changes(&mut self, id: i64) -> Result<()> {
-        self.run(crate::sql::q("UPDATE changes SET audit_id = ? WHERE audit_id IS NULL").bind(id)).await?;
+        self.run(q("UPDATE changes SET audit_id = ? WHERE audit_id IS NULL").bind(id)).await?;
         Ok(())
     }
 
@@ -184,7 +186,50 @@ impl WriteTx<Sqlite> for Transaction<'static, Sqlite> {
     async fn rollback(self) -> Result<()> {
         Transaction::rollback(self).await.map_err(db_error)
     }
+
+    async fn lock_pair(&mut self, _: Uuid, _: Uuid) -> Result<()> {
+        // The one writer holds the whole database.
+        Ok(())
+    }
+
+    /// One statement per few hundred pairs: the pairs as a `VALUES` list, each joined to the
+    /// operation its record follows.
+    async fn refresh_accounts(&mut self, pairs: &[(Uuid, Uuid)]) -> Result<()> {
+        let mut seen = HashSet::new();
+        let pairs: Vec<&(Uuid, Uuid)> = pairs.iter().filter(|p| seen.insert(**p)).collect();
+        let now = directory::now();
+        for chunk in pairs.chunks(REFRESH_CHUNK) {
+            let mut query = q("WITH p(app_id, user_id) AS (VALUES ");
+            for (i, (app, user)) in chunk.iter().enumerate() {
+                query.push(if i == 0 { "(?, ?)" } else { ", (?, ?)" }).add(*app).add(*user);
+            }
+            query
+                .push(
+                    ") INSERT INTO accounts (app_id, user_id, remote_id, ownership, status, last_applied, \
+                     last_event_id, updated_at) SELECT o.app_id, o.user_id, NULL, NULL, o.status, NULL, o.id, ? \
+                     FROM p JOIN operations o ON o.seq = (SELECT q.seq FROM operations q \
+                       WHERE q.app_id = p.app_id AND q.user_id = p.user_id ORDER BY \
+                       CASE WHEN q.state IN ('queued', 'awaiting_approval', 'running') THEN 0 \
+                            WHEN q.status IN ('cancelled', 'rejected') THEN 2 ELSE 1 END, q.seq DESC LIMIT 1) \
+                     WHERE true ON CONFLICT (app_id, user_id) DO UPDATE SET status = excluded.status, \
+                     last_event_id = excluded.last_event_id, updated_at = excluded.updated_at, \
+                     rejected = CASE WHEN excluded.status IN ('pending', 'provisioning', 'modifying', 'deleting', \
+                       'held') THEN NULL ELSE accounts.rejected END",
+                )
+                .add(now);
+            self.run(query).await?;
+        }
+        Ok(())
+    }
+
+    async fn set_account(&mut self, app: Uuid, user: Uuid, set: AccountSet) -> Result<()> {
+        self.run(upsert_account(app, user, set)).await?;
+        Ok(())
+    }
 }
+
+/// Pairs per account-refresh statement (two bound values each).
+const REFRESH_CHUNK: usize = 400;
 
 #[async_trait]
 impl Backend for SqliteStore {

@@ -41,9 +41,6 @@ const PAIR_CHUNK: usize = 1000;
 /// The most operations one claim may take.
 const MAX_CLAIM: u32 = 1000;
 
-/// Pairs per account-refresh statement (two bound values each).
-const REFRESH_CHUNK: usize = 400;
-
 /// New operations per insert statement (eight bound values each).
 const ENQUEUE_CHUNK: usize = 100;
 
@@ -184,38 +181,9 @@ pub(super) async fn refresh_account(tx: &mut Tx, app: Uuid, user: Uuid, now: &st
     refresh_pairs(tx, &[(app, user)], now).await
 }
 
-/// [`refresh_account`] for many pairs `(app, user)`, in one statement per few hundred pairs.
-pub(super) async fn refresh_pairs(tx: &mut Tx, pairs: &[(Uuid, Uuid)], now: &str) -> Result<()> {
-    let mut seen = HashSet::new();
-    let pairs: Vec<&(Uuid, Uuid)> = pairs.iter().filter(|p| seen.insert(**p)).collect();
-    for chunk in pairs.chunks(REFRESH_CHUNK) {
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("WITH p(app_id, user_id) AS (VALUES ");
-        let mut list = qb.separated(", ");
-        for (app, user) in chunk {
-            list.push("(");
-            list.push_bind_unseparated(app.to_string());
-            list.push_unseparated(", ");
-            list.push_bind_unseparated(user.to_string());
-            list.push_unseparated(")");
-        }
-        qb.push(
-            ") INSERT INTO accounts (app_id, user_id, remote_id, ownership, status, last_applied, last_event_id, \
-             updated_at) SELECT o.app_id, o.user_id, NULL, NULL, o.status, NULL, o.id, ",
-        );
-        qb.push_bind(now);
-        qb.push(
-            " FROM p JOIN operations o ON o.seq = (SELECT q.seq FROM operations q \
-               WHERE q.app_id = p.app_id AND q.user_id = p.user_id ORDER BY \
-               CASE WHEN q.state IN ('queued', 'awaiting_approval', 'running') THEN 0 \
-                    WHEN q.status IN ('cancelled', 'rejected') THEN 2 ELSE 1 END, q.seq DESC LIMIT 1) \
-             WHERE true ON CONFLICT (app_id, user_id) DO UPDATE SET status = excluded.status, \
-             last_event_id = excluded.last_event_id, updated_at = excluded.updated_at, \
-             rejected = CASE WHEN excluded.status IN ('pending', 'provisioning', 'modifying', 'deleting', 'held') \
-               THEN NULL ELSE accounts.rejected END",
-        );
-        qb.build().execute(&mut **tx).await.map_err(backend)?;
-    }
-    Ok(())
+/// [`refresh_account`] for many pairs `(app, user)` (see [`WriteTx::refresh_accounts`]).
+pub(super) async fn refresh_pairs(tx: &mut Tx, pairs: &[(Uuid, Uuid)], _now: &str) -> Result<()> {
+    WriteTx::refresh_accounts(tx, pairs).await
 }
 
 /// Queues a new operation for a pair; its account record is to be refreshed (`refresh`).
