@@ -1,16 +1,19 @@
 //! The inbound-SCIM half of the storage seam: SCIM clients (their tokens' hashes), users and
 //! groups (roles) with the `externalId` a client gave them, and searches with a
-//! storage-neutral filter ([`ResourceFilter`]) that each backend turns into parameterised SQL.
+//! storage-neutral filter ([`ResourceFilter`]) rendered as parameterised SQL.
 //!
 //! The server builds a [`ResourceFilter`] from a parsed SCIM filter, mapping SCIM attribute
-//! paths to [`UserField`]s / [`GroupField`]s; [`to_sql`] renders it as SQL text with every
-//! value a bound parameter ([`Piece`]), never concatenated.
+//! paths to [`UserField`]s / [`GroupField`]s; [`to_sql`] renders it once for both backends
+//! into a [`Query`], every value a bound parameter, never concatenated. What the backends
+//! spell differently (JSON access, substring tests, id columns as text, code-point order) is
+//! asked of [`FilterDialect`].
 
 use async_trait::async_trait;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use directory::{Actor, AttributeType, Role, User};
 use uuid::Uuid;
 
+use crate::sql::{Dialect, Query};
 use crate::Result;
 
 /// A client allowed to push users and groups over SCIM, with its token's hash.
@@ -282,21 +285,37 @@ pub struct ScimQuery<F> {
 #[error("{0}")]
 pub struct FilterSqlError(pub String);
 
-/// Which SQL dialect to render.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    Sqlite,
-    Postgres,
+/// What differs between the backends in the SQL of a filter: implemented for `sqlx::Sqlite`
+/// (in `crate::sqlite`) and `sqlx::Postgres` (in `crate::postgres`); everything else is
+/// rendered once, here.
+pub trait FilterDialect: Dialect {
+    /// What makes a text comparison or sort go by code point: SQLite's default collation
+    /// (BINARY) does, PostgreSQL's default collation does not (` COLLATE "C"`).
+    const BY_CODE_POINT: &'static str;
+    /// An id column as text, to compare with a filter's text (PostgreSQL stores `uuid`).
+    fn id_text(col: &str) -> String;
+    /// What goes before and after a text expression to test that it contains
+    /// ([`CompareOp::Co`]), starts with ([`CompareOp::Sw`]) or ends with ([`CompareOp::Ew`]) a
+    /// value, which is not empty; every `?` after it stands for that value.
+    fn text_match(op: CompareOp) -> (&'static str, &'static str);
+    /// The custom attribute `name` of `users.attributes`, read as `read` says.
+    fn json(q: &mut Query, name: &str, read: JsonRead);
 }
 
-/// A piece of a rendered query: SQL text written by this module, or a value to bind.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Piece {
-    Sql(String),
-    Text(String),
-    Float(f64),
-    Bool(bool),
-    Time(DateTime<Utc>),
+/// How [`FilterDialect::json`] reads a custom attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonRead {
+    /// Its value as text (SQL NULL when missing or JSON null).
+    Text,
+    /// Its value as a number.
+    Number,
+    /// Its value as a boolean.
+    Bool,
+    /// The length of the array it holds.
+    Length,
+    /// A `FROM` item named `je` whose column `value` is each element of the array it holds,
+    /// as text (no row when missing).
+    Elements,
 }
 
 /// How a field's values are stored.
@@ -330,7 +349,7 @@ struct FieldSql {
 /// The SQL of a field (every name here comes from this code, never from input).
 pub trait SqlField: Clone {
     #[doc(hidden)]
-    fn sql(&self, d: Dialect) -> FieldSqlPub;
+    fn sql<D: FilterDialect>(&self) -> FieldSqlPub;
 }
 
 /// The opaque SQL description of a field.
@@ -344,17 +363,10 @@ fn time(expr: &str) -> FieldSqlPub {
     FieldSqlPub(FieldSql { expr: expr.to_owned(), kind: Kind::Time, relation: None })
 }
 
-fn id_expr(d: Dialect, col: &str) -> String {
-    match d {
-        Dialect::Sqlite => col.to_owned(),
-        Dialect::Postgres => format!("{col}::text"),
-    }
-}
-
 impl SqlField for UserField {
-    fn sql(&self, d: Dialect) -> FieldSqlPub {
+    fn sql<D: FilterDialect>(&self) -> FieldSqlPub {
         match self {
-            Self::Id => text(&id_expr(d, "users.id"), true),
+            Self::Id => text(&D::id_text("users.id"), true),
             Self::Username => text("users.username", false),
             Self::Email => text("users.email", false),
             Self::GivenName => text("users.first_name", false),
@@ -367,13 +379,13 @@ impl SqlField for UserField {
             Self::Department => text("users.department", false),
             Self::Phone => text("users.phone", false),
             Self::EmployeeNumber => text("users.employee_number", false),
-            Self::ManagerId => text(&id_expr(d, "users.manager_id"), true),
+            Self::ManagerId => text(&D::id_text("users.manager_id"), true),
             Self::Active => FieldSqlPub(FieldSql { expr: "users.status".into(), kind: Kind::Active, relation: None }),
             Self::ExternalId => text("users.scim_external_id", true),
             Self::Created => time("users.created_at"),
             Self::LastModified => time("users.updated_at"),
             Self::GroupId => FieldSqlPub(FieldSql {
-                expr: id_expr(d, "rel.role_id"),
+                expr: D::id_text("rel.role_id"),
                 kind: Kind::Text { case_exact: true },
                 relation: Some(Relation::UserGroups),
             }),
@@ -382,9 +394,9 @@ impl SqlField for UserField {
                 kind: Kind::Text { case_exact: false },
                 relation: Some(Relation::UserGroups),
             }),
-            Self::Owner => text(&id_expr(d, "users.scim_client_id"), true),
+            Self::Owner => text(&D::id_text("users.scim_client_id"), true),
             Self::SourceId => FieldSqlPub(FieldSql {
-                expr: id_expr(d, "rel.source_id"),
+                expr: D::id_text("rel.source_id"),
                 kind: Kind::Text { case_exact: true },
                 relation: Some(Relation::UserSources),
             }),
@@ -396,15 +408,15 @@ impl SqlField for UserField {
 }
 
 impl SqlField for GroupField {
-    fn sql(&self, d: Dialect) -> FieldSqlPub {
+    fn sql<D: FilterDialect>(&self) -> FieldSqlPub {
         match self {
-            Self::Id => text(&id_expr(d, "roles.id"), true),
+            Self::Id => text(&D::id_text("roles.id"), true),
             Self::DisplayName => text("roles.name", false),
             Self::ExternalId => text("roles.scim_external_id", true),
             Self::Created => time("roles.created_at"),
             Self::LastModified => time("roles.updated_at"),
             Self::MemberId => FieldSqlPub(FieldSql {
-                expr: id_expr(d, "rel.user_id"),
+                expr: D::id_text("rel.user_id"),
                 kind: Kind::Text { case_exact: true },
                 relation: Some(Relation::GroupMembers),
             }),
@@ -413,7 +425,7 @@ impl SqlField for GroupField {
                 kind: Kind::Text { case_exact: false },
                 relation: Some(Relation::GroupMembers),
             }),
-            Self::Owner => text(&id_expr(d, "roles.scim_client_id"), true),
+            Self::Owner => text(&D::id_text("roles.scim_client_id"), true),
             Self::Pushable => FieldSqlPub(FieldSql { expr: "roles.pushable".into(), kind: Kind::Flag, relation: None }),
         }
     }
@@ -424,33 +436,6 @@ fn relation_from(rel: Relation) -> &'static str {
         Relation::UserGroups => "SELECT 1 FROM role_users rel WHERE rel.user_id = users.id",
         Relation::GroupMembers => "SELECT 1 FROM role_users rel WHERE rel.role_id = roles.id",
         Relation::UserSources => "SELECT 1 FROM source_links rel WHERE rel.user_id = users.id",
-    }
-}
-
-/// The times as SQLite stores them (RFC 3339, microseconds, `Z`).
-pub(crate) fn sqlite_ts(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
-struct Out {
-    d: Dialect,
-    pieces: Vec<Piece>,
-}
-
-impl Out {
-    fn sql(&mut self, s: impl Into<String>) -> &mut Self {
-        self.pieces.push(Piece::Sql(s.into()));
-        self
-    }
-    fn bind(&mut self, p: Piece) -> &mut Self {
-        self.pieces.push(p);
-        self
-    }
-    fn fals(&self) -> &'static str {
-        match self.d {
-            Dialect::Sqlite => "0",
-            Dialect::Postgres => "FALSE",
-        }
     }
 }
 
@@ -470,90 +455,79 @@ fn op_sql(op: CompareOp) -> &'static str {
     }
 }
 
-/// `expr op value` for text; `expr` is already lower-cased when the field ignores case.
-fn text_cmp(o: &mut Out, expr: &[Piece], op: CompareOp, value: String) {
-    let d = o.d;
-    let e = |o: &mut Out| {
-        o.pieces.extend(expr.iter().cloned());
-    };
-    match op {
-        CompareOp::Co | CompareOp::Sw | CompareOp::Ew if value.is_empty() => {
-            o.sql("(");
-            e(o);
-            o.sql(") IS NOT NULL");
-        }
-        CompareOp::Co => {
-            o.sql(if d == Dialect::Sqlite { "instr(" } else { "strpos(" });
-            e(o);
-            o.sql(", ").bind(Piece::Text(value)).sql(") > 0");
-        }
-        CompareOp::Sw | CompareOp::Ew => {
-            o.sql(match (d, op) {
-                (Dialect::Sqlite, CompareOp::Sw) => "substr(",
-                (Dialect::Sqlite, _) => "substr(",
-                (Dialect::Postgres, CompareOp::Sw) => "left(",
-                (Dialect::Postgres, _) => "right(",
-            });
-            e(o);
-            o.sql(match (d, op) {
-                (Dialect::Sqlite, CompareOp::Sw) => ", 1, length(",
-                (Dialect::Sqlite, _) => ", -length(",
-                _ => ", length(",
-            });
-            o.bind(Piece::Text(value.clone())).sql(")) = ").bind(Piece::Text(value));
-        }
-        CompareOp::Eq | CompareOp::Ne => {
-            e(o);
-            o.sql(format!(" {} ", op_sql(op))).bind(Piece::Text(value));
-        }
-        _ => {
-            let collate = if d == Dialect::Postgres { " COLLATE \"C\"" } else { "" };
-            o.sql("(");
-            e(o);
-            o.sql(format!("){collate} {} ", op_sql(op))).bind(Piece::Text(value));
-        }
+/// An expression that is SQL text alone (no value to bind).
+fn plain(sql: &str) -> impl Fn(&mut Query) + '_ {
+    move |q| {
+        q.push(sql);
     }
 }
 
-fn json_path(d: Dialect, name: &str) -> String {
-    match d {
-        Dialect::Sqlite => format!("$.{name}"),
-        Dialect::Postgres => name.to_owned(),
+/// `expr op value` for text; `expr` is already lower-cased when the field ignores case.
+fn text_cmp<D: FilterDialect>(q: &mut Query, expr: &dyn Fn(&mut Query), op: CompareOp, value: String) {
+    match op {
+        CompareOp::Co | CompareOp::Sw | CompareOp::Ew if value.is_empty() => {
+            q.push("(");
+            expr(q);
+            q.push(") IS NOT NULL");
+        }
+        CompareOp::Co | CompareOp::Sw | CompareOp::Ew => {
+            let (head, tail) = D::text_match(op);
+            q.push(head);
+            expr(q);
+            q.push(tail);
+            for _ in 0..tail.matches('?').count() {
+                q.add(value.clone());
+            }
+        }
+        CompareOp::Eq | CompareOp::Ne => {
+            expr(q);
+            q.push(format!(" {} ?", op_sql(op))).add(value);
+        }
+        _ => {
+            q.push("(");
+            expr(q);
+            q.push(format!("){} {} ?", D::BY_CODE_POINT, op_sql(op))).add(value);
+        }
     }
 }
 
 /// One comparison (never NULL: wrapped in COALESCE by the caller).
-fn leaf(o: &mut Out, f: &FieldSql, op: CompareOp, value: &FilterValue) -> Result<(), FilterSqlError> {
-    let d = o.d;
+fn leaf<D: FilterDialect>(
+    q: &mut Query,
+    f: &FieldSql,
+    op: CompareOp,
+    value: &FilterValue,
+) -> Result<(), FilterSqlError> {
     match &f.kind {
-        Kind::Text { case_exact } => {
-            let expr = [Piece::Sql(if *case_exact { f.expr.clone() } else { format!("lower({})", f.expr) })];
-            match value {
-                FilterValue::Null => match op {
-                    CompareOp::Eq => {
-                        o.sql(format!("({}) IS NULL", f.expr));
-                    }
-                    CompareOp::Ne => {
-                        o.sql(format!("({}) IS NOT NULL", f.expr));
-                    }
-                    _ => return Err(bad("null can only be compared with eq or ne")),
-                },
-                FilterValue::Text(s) => {
-                    let v = if *case_exact { s.clone() } else { s.to_lowercase() };
-                    text_cmp(o, &expr, op, v);
+        Kind::Text { case_exact } => match value {
+            FilterValue::Null => match op {
+                CompareOp::Eq => {
+                    q.push(format!("({}) IS NULL", f.expr));
                 }
-                FilterValue::Bool(_) | FilterValue::Number(_) => {
-                    return Err(bad("this attribute is a string: compare it with a quoted string"))
+                CompareOp::Ne => {
+                    q.push(format!("({}) IS NOT NULL", f.expr));
                 }
+                _ => return Err(bad("null can only be compared with eq or ne")),
+            },
+            FilterValue::Text(s) => {
+                let (expr, v) = if *case_exact {
+                    (f.expr.clone(), s.clone())
+                } else {
+                    (format!("lower({})", f.expr), s.to_lowercase())
+                };
+                text_cmp::<D>(q, &plain(&expr), op, v);
             }
-        }
+            FilterValue::Bool(_) | FilterValue::Number(_) => {
+                return Err(bad("this attribute is a string: compare it with a quoted string"))
+            }
+        },
         Kind::Time => {
             let t = match value {
                 FilterValue::Text(s) => DateTime::parse_from_rfc3339(s)
                     .map(|t| t.with_timezone(&Utc))
                     .map_err(|_| bad(format!("{s:?} is not a dateTime (e.g. \"2011-05-13T04:42:34Z\")")))?,
                 FilterValue::Null => {
-                    o.sql(if op == CompareOp::Eq { "1 = 0" } else { "1 = 1" });
+                    q.push(if op == CompareOp::Eq { "1 = 0" } else { "1 = 1" });
                     return Ok(());
                 }
                 _ => return Err(bad("this attribute is a dateTime: compare it with a quoted date and time")),
@@ -561,11 +535,7 @@ fn leaf(o: &mut Out, f: &FieldSql, op: CompareOp, value: &FilterValue) -> Result
             if matches!(op, CompareOp::Co | CompareOp::Sw | CompareOp::Ew) {
                 return Err(bad("co, sw and ew do not apply to dateTime attributes"));
             }
-            o.sql(format!("{} {} ", f.expr, op_sql(op)));
-            match d {
-                Dialect::Sqlite => o.bind(Piece::Text(sqlite_ts(&t))),
-                Dialect::Postgres => o.bind(Piece::Time(t)),
-            };
+            q.push(format!("{} {} ?", f.expr, op_sql(op))).add(t);
         }
         Kind::Active => {
             let FilterValue::Bool(b) = value else {
@@ -576,9 +546,9 @@ fn leaf(o: &mut Out, f: &FieldSql, op: CompareOp, value: &FilterValue) -> Result
                 CompareOp::Ne => !*b,
                 _ => return Err(bad("booleans can only be compared with eq or ne")),
             };
-            o.sql(if want_active { "users.status = 'active'" } else { "users.status <> 'active'" });
+            q.push(if want_active { "users.status = 'active'" } else { "users.status <> 'active'" });
         }
-        Kind::Json(name, kind) => json_leaf(o, name, *kind, op, value)?,
+        Kind::Json(name, kind) => json_leaf::<D>(q, name, *kind, op, value)?,
         Kind::Flag => {
             let FilterValue::Bool(b) = value else {
                 return Err(bad("this attribute is a boolean: compare it with true or false"));
@@ -588,51 +558,45 @@ fn leaf(o: &mut Out, f: &FieldSql, op: CompareOp, value: &FilterValue) -> Result
                 CompareOp::Ne => !*b,
                 _ => return Err(bad("booleans can only be compared with eq or ne")),
             };
-            let literal = match (d, want) {
-                (Dialect::Sqlite, true) => "1",
-                (Dialect::Sqlite, false) => "0",
-                (Dialect::Postgres, true) => "TRUE",
-                (Dialect::Postgres, false) => "FALSE",
-            };
-            o.sql(format!("{} = {literal}", f.expr));
+            q.push(format!("{} = {}", f.expr, if want { "TRUE" } else { "FALSE" }));
         }
     }
     Ok(())
 }
 
-fn json_leaf(
-    o: &mut Out,
+fn json_leaf<D: FilterDialect>(
+    q: &mut Query,
     name: &str,
     kind: AttributeType,
     op: CompareOp,
     value: &FilterValue,
 ) -> Result<(), FilterSqlError> {
-    let d = o.d;
-    let path = json_path(d, name);
     if *value == FilterValue::Null {
-        let neg = match op {
-            CompareOp::Eq => true,
-            CompareOp::Ne => false,
+        match op {
+            CompareOp::Eq => {
+                q.push("NOT ");
+            }
+            CompareOp::Ne => {}
             _ => return Err(bad("null can only be compared with eq or ne")),
-        };
-        if neg {
-            o.sql("NOT ");
         }
-        return json_present(o, name, kind);
+        json_present::<D>(q, name, kind);
+        return Ok(());
     }
     match kind {
         AttributeType::String | AttributeType::Date => {
             let FilterValue::Text(s) = value else {
                 return Err(bad(format!("{name} is a string: compare it with a quoted string")));
             };
-            let (pre, post, v) = match (d, kind) {
-                (Dialect::Sqlite, AttributeType::Date) => ("json_extract(users.attributes, ", ")", s.clone()),
-                (Dialect::Postgres, AttributeType::Date) => ("(users.attributes ->> ", ")", s.clone()),
-                (Dialect::Sqlite, _) => ("lower(json_extract(users.attributes, ", "))", s.to_lowercase()),
-                (Dialect::Postgres, _) => ("lower(users.attributes ->> ", ")", s.to_lowercase()),
-            };
-            let expr = [Piece::Sql(pre.into()), Piece::Text(path), Piece::Sql(post.into())];
-            text_cmp(o, &expr, op, v);
+            if kind == AttributeType::Date {
+                text_cmp::<D>(q, &|q| D::json(q, name, JsonRead::Text), op, s.clone());
+            } else {
+                let expr = |q: &mut Query| {
+                    q.push("lower(");
+                    D::json(q, name, JsonRead::Text);
+                    q.push(")");
+                };
+                text_cmp::<D>(q, &expr, op, s.to_lowercase());
+            }
         }
         AttributeType::Number => {
             let FilterValue::Number(n) = value else {
@@ -641,16 +605,8 @@ fn json_leaf(
             if matches!(op, CompareOp::Co | CompareOp::Sw | CompareOp::Ew) {
                 return Err(bad("co, sw and ew do not apply to numbers"));
             }
-            match d {
-                Dialect::Sqlite => o.sql("json_extract(users.attributes, "),
-                Dialect::Postgres => o.sql("(users.attributes ->> "),
-            };
-            o.bind(Piece::Text(path));
-            match d {
-                Dialect::Sqlite => o.sql(format!(") {} ", op_sql(op))),
-                Dialect::Postgres => o.sql(format!(")::float8 {} ", op_sql(op))),
-            };
-            o.bind(Piece::Float(*n));
+            D::json(q, name, JsonRead::Number);
+            q.push(format!(" {} ?", op_sql(op))).add(*n);
         }
         AttributeType::Boolean => {
             let FilterValue::Bool(b) = value else {
@@ -659,78 +615,60 @@ fn json_leaf(
             if !matches!(op, CompareOp::Eq | CompareOp::Ne) {
                 return Err(bad("booleans can only be compared with eq or ne"));
             }
-            match d {
-                Dialect::Sqlite => o.sql("json_extract(users.attributes, "),
-                Dialect::Postgres => o.sql("(users.attributes ->> "),
-            };
-            o.bind(Piece::Text(path));
-            match d {
-                Dialect::Sqlite => o.sql(format!(") {} ", op_sql(op))).bind(Piece::Float(if *b { 1.0 } else { 0.0 })),
-                Dialect::Postgres => o.sql(format!(")::boolean {} ", op_sql(op))).bind(Piece::Bool(*b)),
-            };
+            D::json(q, name, JsonRead::Bool);
+            q.push(format!(" {} ?", op_sql(op))).add(*b);
         }
         AttributeType::StringList => {
             let FilterValue::Text(s) = value else {
                 return Err(bad(format!("{name} holds strings: compare it with a quoted string")));
             };
             if op == CompareOp::Ne {
-                o.sql("NOT ");
-                return json_leaf(o, name, kind, CompareOp::Eq, value);
+                q.push("NOT ");
+                return json_leaf::<D>(q, name, kind, CompareOp::Eq, value);
             }
-            match d {
-                Dialect::Sqlite => o.sql("EXISTS (SELECT 1 FROM json_each(users.attributes, "),
-                Dialect::Postgres => {
-                    o.sql("EXISTS (SELECT 1 FROM jsonb_array_elements_text(COALESCE(users.attributes -> ")
-                }
-            };
-            o.bind(Piece::Text(path));
-            match d {
-                Dialect::Sqlite => o.sql(") je WHERE "),
-                Dialect::Postgres => o.sql(", '[]'::jsonb)) AS je(value) WHERE "),
-            };
-            text_cmp(o, &[Piece::Sql("lower(je.value)".into())], op, s.to_lowercase());
-            o.sql(")");
+            q.push("EXISTS (SELECT 1 FROM ");
+            D::json(q, name, JsonRead::Elements);
+            q.push(" WHERE ");
+            text_cmp::<D>(q, &plain("lower(je.value)"), op, s.to_lowercase());
+            q.push(")");
         }
     }
     Ok(())
 }
 
-fn json_present(o: &mut Out, name: &str, kind: AttributeType) -> Result<(), FilterSqlError> {
-    let path = json_path(o.d, name);
-    match (o.d, kind) {
-        (Dialect::Sqlite, AttributeType::StringList) => {
-            o.sql("COALESCE(json_array_length(users.attributes, ").bind(Piece::Text(path)).sql("), 0) > 0")
+fn json_present<D: FilterDialect>(q: &mut Query, name: &str, kind: AttributeType) {
+    match kind {
+        AttributeType::StringList => {
+            q.push("COALESCE(");
+            D::json(q, name, JsonRead::Length);
+            q.push(", 0) > 0");
         }
-        (Dialect::Postgres, AttributeType::StringList) => {
-            o.sql("COALESCE(jsonb_array_length(users.attributes -> ").bind(Piece::Text(path)).sql("), 0) > 0")
+        AttributeType::String => {
+            q.push("COALESCE(");
+            D::json(q, name, JsonRead::Text);
+            q.push(", '') <> ''");
         }
-        (Dialect::Sqlite, AttributeType::String) => {
-            o.sql("COALESCE(json_extract(users.attributes, ").bind(Piece::Text(path)).sql("), '') <> ''")
+        _ => {
+            D::json(q, name, JsonRead::Text);
+            q.push(" IS NOT NULL");
         }
-        (Dialect::Postgres, AttributeType::String) => {
-            o.sql("COALESCE(users.attributes ->> ").bind(Piece::Text(path)).sql(", '') <> ''")
-        }
-        (Dialect::Sqlite, _) => o.sql("json_extract(users.attributes, ").bind(Piece::Text(path)).sql(") IS NOT NULL"),
-        (Dialect::Postgres, _) => o.sql("(users.attributes ->> ").bind(Piece::Text(path)).sql(") IS NOT NULL"),
-    };
-    Ok(())
+    }
 }
 
-fn present(o: &mut Out, f: &FieldSql) -> Result<(), FilterSqlError> {
+fn present<D: FilterDialect>(q: &mut Query, f: &FieldSql) {
     match &f.kind {
         Kind::Text { .. } => {
-            o.sql(format!("(({0}) IS NOT NULL AND ({0}) <> '')", f.expr));
+            q.push(format!("(({0}) IS NOT NULL AND ({0}) <> '')", f.expr));
         }
         Kind::Time | Kind::Active | Kind::Flag => {
-            o.sql("1 = 1");
+            q.push("1 = 1");
         }
-        Kind::Json(name, kind) => json_present(o, name, *kind)?,
+        Kind::Json(name, kind) => json_present::<D>(q, name, *kind),
     }
-    Ok(())
 }
 
-fn render<F: SqlField>(
-    o: &mut Out,
+fn render<D: FilterDialect, F: SqlField>(
+    q: &mut Query,
     f: &ResourceFilter<F>,
     inside: Option<Relation>,
     depth: usize,
@@ -740,115 +678,112 @@ fn render<F: SqlField>(
     }
     match f {
         ResourceFilter::True => {
-            o.sql("1 = 1");
+            q.push("1 = 1");
         }
         ResourceFilter::False => {
-            o.sql("1 = 0");
+            q.push("1 = 0");
         }
         ResourceFilter::And(a, b) | ResourceFilter::Or(a, b) => {
-            o.sql("(");
-            render(o, a, inside, depth + 1)?;
-            o.sql(if matches!(f, ResourceFilter::And(..)) { " AND " } else { " OR " });
-            render(o, b, inside, depth + 1)?;
-            o.sql(")");
+            q.push("(");
+            render::<D, F>(q, a, inside, depth + 1)?;
+            q.push(if matches!(f, ResourceFilter::And(..)) { " AND " } else { " OR " });
+            render::<D, F>(q, b, inside, depth + 1)?;
+            q.push(")");
         }
         ResourceFilter::Not(a) => {
-            o.sql("NOT (");
-            render(o, a, inside, depth + 1)?;
-            o.sql(")");
+            q.push("NOT (");
+            render::<D, F>(q, a, inside, depth + 1)?;
+            q.push(")");
         }
         ResourceFilter::Any(inner) => {
-            let rel = relation_of(inner).ok_or_else(|| bad("a value filter must name sub-attributes"))?;
+            let rel = relation_of::<D, F>(inner).ok_or_else(|| bad("a value filter must name sub-attributes"))?;
             if inside.is_some() {
                 return Err(bad("value filters cannot nest"));
             }
-            o.sql(format!("EXISTS ({} AND (", relation_from(rel)));
-            render(o, inner, Some(rel), depth + 1)?;
-            o.sql("))");
+            q.push(format!("EXISTS ({} AND (", relation_from(rel)));
+            render::<D, F>(q, inner, Some(rel), depth + 1)?;
+            q.push("))");
         }
         ResourceFilter::Present(field) | ResourceFilter::Compare(field, ..) => {
-            let FieldSqlPub(fs) = field.sql(o.d);
+            let FieldSqlPub(fs) = field.sql::<D>();
             let wrap = match (fs.relation, inside) {
                 (Some(rel), None) => {
-                    o.sql(format!("EXISTS ({} AND ", relation_from(rel)));
+                    q.push(format!("EXISTS ({} AND ", relation_from(rel)));
                     true
                 }
                 (Some(rel), Some(i)) if rel != i => return Err(bad("a value filter mixes attributes")),
                 (None, Some(_)) => return Err(bad("a value filter names an attribute of another resource")),
                 _ => false,
             };
-            let fals = o.fals();
-            o.sql("COALESCE((");
+            q.push("COALESCE((");
             match f {
-                ResourceFilter::Present(_) => present(o, &fs)?,
+                ResourceFilter::Present(_) => present::<D>(q, &fs),
                 ResourceFilter::Compare(_, CompareOp::Ne, v) if *v != FilterValue::Null => {
                     // Not equal: also true when the attribute has no value.
-                    o.sql("NOT COALESCE((");
-                    leaf(o, &fs, CompareOp::Eq, v)?;
-                    o.sql(format!("), {fals})"));
+                    q.push("NOT COALESCE((");
+                    leaf::<D>(q, &fs, CompareOp::Eq, v)?;
+                    q.push("), FALSE)");
                 }
-                ResourceFilter::Compare(_, op, v) => leaf(o, &fs, *op, v)?,
+                ResourceFilter::Compare(_, op, v) => leaf::<D>(q, &fs, *op, v)?,
                 _ => {}
             }
-            o.sql(format!("), {fals})"));
+            q.push("), FALSE)");
             if wrap {
-                o.sql(")");
+                q.push(")");
             }
         }
     }
     Ok(())
 }
 
-fn relation_of<F: SqlField>(f: &ResourceFilter<F>) -> Option<Relation> {
+fn relation_of<D: FilterDialect, F: SqlField>(f: &ResourceFilter<F>) -> Option<Relation> {
     match f {
-        ResourceFilter::And(a, b) | ResourceFilter::Or(a, b) => relation_of(a).or_else(|| relation_of(b)),
-        ResourceFilter::Not(a) | ResourceFilter::Any(a) => relation_of(a),
-        ResourceFilter::Present(x) | ResourceFilter::Compare(x, ..) => x.sql(Dialect::Sqlite).0.relation,
+        ResourceFilter::And(a, b) | ResourceFilter::Or(a, b) => {
+            relation_of::<D, F>(a).or_else(|| relation_of::<D, F>(b))
+        }
+        ResourceFilter::Not(a) | ResourceFilter::Any(a) => relation_of::<D, F>(a),
+        ResourceFilter::Present(x) | ResourceFilter::Compare(x, ..) => x.sql::<D>().0.relation,
         ResourceFilter::True | ResourceFilter::False => None,
     }
 }
 
-/// The `WHERE` condition of a filter, as SQL text and values to bind.
-pub fn to_sql<F: SqlField>(filter: &ResourceFilter<F>, d: Dialect) -> Result<Vec<Piece>, FilterSqlError> {
-    let mut o = Out { d, pieces: vec![] };
-    render(&mut o, filter, None, 0)?;
-    Ok(o.pieces)
+/// Appends the `WHERE` condition of a filter to `q`, every value bound.
+pub fn to_sql<D: FilterDialect, F: SqlField>(q: &mut Query, filter: &ResourceFilter<F>) -> Result<(), FilterSqlError> {
+    render::<D, F>(q, filter, None, 0)
 }
 
-/// The `ORDER BY` list of a sort (missing values last when ascending, first when descending,
-/// as RFC 7644 section 3.4.2.3 says), ending with the id so that pages are stable.
-pub fn order_sql<F: SqlField>(sort: Option<&(F, bool)>, d: Dialect, id: &str) -> Result<Vec<Piece>, FilterSqlError> {
+/// Appends the `ORDER BY` list of a sort to `q` (missing values last when ascending, first when
+/// descending, as RFC 7644 section 3.4.2.3 says), ending with the id so that pages are stable.
+pub fn order_sql<D: FilterDialect, F: SqlField>(
+    q: &mut Query,
+    sort: Option<&(F, bool)>,
+    id: &str,
+) -> Result<(), FilterSqlError> {
     let Some((field, desc)) = sort else {
-        return Ok(vec![Piece::Sql(id.to_owned())]);
+        q.push(id);
+        return Ok(());
     };
-    let FieldSqlPub(fs) = field.sql(d);
+    let FieldSqlPub(fs) = field.sql::<D>();
     if fs.relation.is_some() {
         return Err(bad("cannot sort by a multi-valued attribute"));
     }
     let dir = if *desc { "DESC" } else { "ASC" };
-    let mut out = vec![];
-    let expr = match &fs.kind {
-        Kind::Text { case_exact: true } => fs.expr.clone(),
-        Kind::Text { case_exact: false } => format!("lower({})", fs.expr),
-        Kind::Time | Kind::Active | Kind::Flag => fs.expr.clone(),
+    let (expr, collate) = match &fs.kind {
+        Kind::Text { case_exact: true } => (fs.expr.clone(), D::BY_CODE_POINT),
+        Kind::Text { case_exact: false } => (format!("lower({})", fs.expr), D::BY_CODE_POINT),
+        Kind::Time | Kind::Active | Kind::Flag => (fs.expr.clone(), ""),
         Kind::Json(name, kind) => {
-            let path = json_path(d, name);
-            let (pre, post) = match (d, kind) {
-                (Dialect::Sqlite, _) => ("json_extract(users.attributes, ", ")"),
-                (Dialect::Postgres, AttributeType::Number) => ("((users.attributes ->> ", ")::float8)"),
-                (Dialect::Postgres, _) => ("(users.attributes ->> ", ")"),
-            };
-            out.push(Piece::Sql(format!("({pre}")));
-            out.push(Piece::Text(path.clone()));
-            out.push(Piece::Sql(format!("{post}) IS NULL {dir}, {pre}")));
-            out.push(Piece::Text(path));
-            out.push(Piece::Sql(format!("{post} {dir}, {id}")));
-            return Ok(out);
+            let read = if *kind == AttributeType::Number { JsonRead::Number } else { JsonRead::Text };
+            q.push("(");
+            D::json(q, name, read);
+            q.push(format!(") IS NULL {dir}, "));
+            D::json(q, name, read);
+            q.push(format!(" {dir}, {id}"));
+            return Ok(());
         }
     };
-    let collate = if d == Dialect::Postgres && matches!(fs.kind, Kind::Text { .. }) { " COLLATE \"C\"" } else { "" };
-    out.push(Piece::Sql(format!("({expr}) IS NULL {dir}, ({expr}){collate} {dir}, {id}")));
-    Ok(out)
+    q.push(format!("({expr}) IS NULL {dir}, ({expr}){collate} {dir}, {id}"));
+    Ok(())
 }
 
 #[async_trait]
@@ -895,22 +830,31 @@ pub trait ScimStore: Send + Sync + 'static {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use sqlx::{Postgres, Sqlite};
 
-    fn sql(f: &ResourceFilter<UserField>, d: Dialect) -> (String, Vec<Piece>) {
-        let pieces = to_sql(f, d).unwrap();
-        let mut s = String::new();
-        let mut binds = vec![];
-        for p in pieces {
-            match p {
-                Piece::Sql(t) => s.push_str(&t),
-                other => {
-                    s.push('?');
-                    binds.push(other);
-                }
-            }
-        }
-        (s, binds)
+    use super::*;
+    use crate::sql::{Arg, Piece};
+
+    fn sql<D: FilterDialect>(f: &ResourceFilter<UserField>) -> Result<Query, FilterSqlError> {
+        let mut q = Query::default();
+        to_sql::<D, _>(&mut q, f).map(|()| q)
+    }
+
+    /// Each placeholder in order has its value, and each value its placeholder.
+    fn aligned(q: &Query) -> bool {
+        let (pieces, args) = q.parts();
+        let slots: Vec<usize> = pieces
+            .iter()
+            .filter_map(|p| match p {
+                Piece::Arg(i) => Some(*i),
+                Piece::Sql(_) => None,
+            })
+            .collect();
+        slots == (0..args.len()).collect::<Vec<_>>()
+    }
+
+    fn custom(name: &str, kind: AttributeType) -> UserField {
+        UserField::Custom { name: name.into(), kind }
     }
 
     #[test]
@@ -919,26 +863,59 @@ mod tests {
         let f = ResourceFilter::or(
             ResourceFilter::Compare(UserField::Username, CompareOp::Co, FilterValue::Text(evil.into())),
             ResourceFilter::Compare(
-                UserField::Custom { name: "tags".into(), kind: AttributeType::StringList },
+                custom("tags", AttributeType::StringList),
                 CompareOp::Eq,
                 FilterValue::Text(evil.into()),
             ),
         );
-        for d in [Dialect::Sqlite, Dialect::Postgres] {
-            let (s, binds) = sql(&f, d);
-            assert!(!s.contains("DROP"), "{s}");
-            assert!(binds.contains(&Piece::Text(evil.to_lowercase())), "{binds:?}");
+        for q in [sql::<Sqlite>(&f).unwrap(), sql::<Postgres>(&f).unwrap()] {
+            assert!(!q.sql().contains("DROP"), "{}", q.sql());
+            assert!(q.parts().1.contains(&Arg::Text(Some(evil.to_lowercase()))), "{:?}", q.parts().1);
         }
+    }
+
+    #[test]
+    fn every_placeholder_has_its_value() {
+        let text = |field, op, v: &str| ResourceFilter::Compare(field, op, FilterValue::Text(v.into()));
+        let parts = [
+            text(UserField::Username, CompareOp::Sw, "a"),
+            text(UserField::Email, CompareOp::Ew, "b"),
+            text(UserField::Id, CompareOp::Co, "c"),
+            text(UserField::Title, CompareOp::Gt, "d"),
+            text(UserField::GroupName, CompareOp::Ne, "e"),
+            text(UserField::Created, CompareOp::Ge, "2011-05-13T04:42:34Z"),
+            text(custom("tags", AttributeType::StringList), CompareOp::Ew, "f"),
+            text(custom("tags", AttributeType::StringList), CompareOp::Ne, "g"),
+            text(custom("code", AttributeType::String), CompareOp::Sw, "h"),
+            text(custom("born", AttributeType::Date), CompareOp::Lt, "2000-01-01"),
+            ResourceFilter::Compare(custom("level", AttributeType::Number), CompareOp::Le, FilterValue::Number(2.5)),
+            ResourceFilter::Compare(custom("vip", AttributeType::Boolean), CompareOp::Eq, FilterValue::Bool(true)),
+            ResourceFilter::Compare(custom("level", AttributeType::Number), CompareOp::Eq, FilterValue::Null),
+            ResourceFilter::Present(custom("tags", AttributeType::StringList)),
+            ResourceFilter::Present(UserField::Active),
+        ];
+        let f = parts.into_iter().reduce(ResourceFilter::and).unwrap();
+        let sort = (custom("level", AttributeType::Number), true);
+        check::<Sqlite>(&f, &sort);
+        check::<Postgres>(&f, &sort);
+    }
+
+    fn check<D: FilterDialect>(f: &ResourceFilter<UserField>, sort: &(UserField, bool)) {
+        let mut q = sql::<D>(f).unwrap();
+        assert!(aligned(&q), "{}", q.sql());
+        q.push(" ORDER BY ");
+        order_sql::<D, _>(&mut q, Some(sort), "users.id").unwrap();
+        assert!(aligned(&q), "{}", q.sql());
     }
 
     #[test]
     fn type_mismatches_are_refused() {
         let f = ResourceFilter::Compare(UserField::Active, CompareOp::Gt, FilterValue::Bool(true));
-        assert!(to_sql(&f, Dialect::Sqlite).is_err());
+        assert!(sql::<Sqlite>(&f).is_err());
         let f = ResourceFilter::Compare(UserField::Created, CompareOp::Gt, FilterValue::Text("yesterday".into()));
-        assert!(to_sql(&f, Dialect::Postgres).is_err());
+        assert!(sql::<Postgres>(&f).is_err());
         let f = ResourceFilter::Compare(UserField::Username, CompareOp::Eq, FilterValue::Number(1.0));
-        assert!(to_sql(&f, Dialect::Postgres).is_err());
+        assert!(sql::<Postgres>(&f).is_err());
     }
 
     #[test]
@@ -947,6 +924,6 @@ mod tests {
         for _ in 0..100 {
             f = ResourceFilter::not(f);
         }
-        assert!(to_sql(&f, Dialect::Sqlite).is_err());
+        assert!(sql::<Sqlite>(&f).is_err());
     }
 }

@@ -31,6 +31,7 @@ fn build(q: &Query) -> Result<QueryBuilder<'static, Postgres>> {
                     Arg::Id(v) => b.push_bind(v),
                     Arg::Text(v) => b.push_bind(v),
                     Arg::Int(v) => b.push_bind(v),
+                    Arg::Float(v) => b.push_bind(v),
                     Arg::Bool(v) => b.push_bind(v),
                     Arg::Time(v) => b.push_bind(v),
                     Arg::Json(v) => b.push_bind(v),

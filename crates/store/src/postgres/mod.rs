@@ -46,7 +46,6 @@ pub(crate) use crate::sql::{
     check_version, cursor_uuid, db_error as backend, like_pattern, limit_of, paginate, AccountSet,
 };
 
-mod admins;
 mod bulk;
 mod dialect;
 mod provisioning;

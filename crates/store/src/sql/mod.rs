@@ -32,9 +32,11 @@ use uuid::Uuid;
 
 use crate::{cursor, PageRequest, Result, StoreError, MAX_PAGE};
 
-pub mod entitlements;
-pub mod health;
+mod admins;
+mod entitlements;
+pub(crate) mod health;
 pub mod rows;
+mod scim;
 
 /// A value bound to a placeholder.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +44,7 @@ pub enum Arg {
     Id(Option<Uuid>),
     Text(Option<String>),
     Int(Option<i64>),
+    Float(Option<f64>),
     Bool(Option<bool>),
     Time(Option<DateTime<Utc>>),
     Json(Option<Value>),
@@ -83,6 +86,7 @@ arg_from!(Text, &str, |v: &str| v.to_owned());
 arg_from!(Int, i64, |v| v);
 arg_from!(Int, i32, i64::from);
 arg_from!(Int, u32, i64::from);
+arg_from!(Float, f64, |v| v);
 arg_from!(Bool, bool, |v| v);
 arg_from!(Time, DateTime<Utc>, |v| v);
 arg_from!(Time, &DateTime<Utc>, |v: &DateTime<Utc>| *v);

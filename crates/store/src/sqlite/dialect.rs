@@ -35,6 +35,7 @@ fn build(q: &Query) -> Result<QueryBuilder<'static, Sqlite>> {
                     Arg::Id(v) => b.push_bind(v.map(|u| u.to_string())),
                     Arg::Text(v) => b.push_bind(v),
                     Arg::Int(v) => b.push_bind(v),
+                    Arg::Float(v) => b.push_bind(v),
                     Arg::Bool(v) => b.push_bind(v),
                     Arg::Time(v) => b.push_bind(v.as_ref().map(ts)),
                     Arg::Json(v) => b.push_bind(v.map(|v| v.to_string())),

@@ -22,7 +22,6 @@ use crate::{cursor, AuditQuery, NameQuery, Result, Store, StoreError, TokenRecor
 pub(crate) use crate::sql::rows::*;
 pub(crate) use crate::sql::{check_version, db_error as backend, like_pattern, limit_of, paginate, WriteTx};
 
-mod admins;
 mod bulk;
 mod dialect;
 mod provisioning;
