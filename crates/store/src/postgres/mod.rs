@@ -50,7 +50,6 @@ mod bulk;
 mod dialect;
 mod entitlements;
 mod provisioning;
-mod saml;
 mod scim;
 mod sources;
 

@@ -35,6 +35,7 @@ use crate::{cursor, PageRequest, Result, StoreError, MAX_PAGE};
 mod admins;
 pub mod health;
 pub mod rows;
+mod saml;
 mod scim;
 
 /// A value bound to a placeholder.

@@ -26,7 +26,6 @@ mod bulk;
 mod dialect;
 mod entitlements;
 mod provisioning;
-mod saml;
 mod scim;
 mod sources;
 
