@@ -24,6 +24,9 @@ pub enum Error {
     /// A unique field already holds the value.
     #[error("{field} {reason}")]
     Conflict { field: String, reason: String },
+    /// A field a directory source fills was to be changed here (by an admin or a SCIM client).
+    #[error("{field} {}", source_owned_reason(directory_source))]
+    SourceOwned { field: String, directory_source: String },
     /// `If-Match` named an older version.
     #[error("the resource has changed: current version is {current}")]
     PreconditionFailed { current: i64 },
@@ -52,6 +55,11 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a field a directory source fills cannot be changed here.
+pub fn source_owned_reason(directory_source: &str) -> String {
+    format!("comes from the directory source {directory_source:?} and is read-only here; change it in the directory")
+}
 
 impl Error {
     pub fn bad_request(field: impl Into<String>, reason: impl Into<String>) -> Self {
@@ -132,6 +140,9 @@ impl Error {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", vec![]),
             Self::Conflict { field, reason } => {
                 (StatusCode::CONFLICT, "conflict", vec![FieldError::new(field, reason)])
+            }
+            Self::SourceOwned { field, directory_source } => {
+                (StatusCode::CONFLICT, "conflict", vec![FieldError::new(field, source_owned_reason(directory_source))])
             }
             Self::PreconditionFailed { .. } => (StatusCode::PRECONDITION_FAILED, "precondition-failed", vec![]),
             Self::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", vec![]),

@@ -23,10 +23,11 @@ use crate::extract::from_value;
 use crate::tokens;
 
 pub mod guard;
+mod inbound_scim;
 mod sources;
+mod write;
 
-/// How many times a write without `If-Match` is retried when another write got in between.
-const WRITE_ATTEMPTS: usize = 3;
+pub(crate) use write::{retry_write, Stale};
 
 pub struct Service {
     store: Arc<dyn Store>,
@@ -278,17 +279,7 @@ impl Service {
     // ---- users ----
 
     async fn validate_user(&self, input: &mut UserInput, this: Option<Uuid>) -> Result<()> {
-        let defs = self.store.list_attribute_defs().await?;
-        let mut errors = match input.normalize_and_validate(&defs) {
-            Ok(()) => ValidationErrors::default(),
-            Err(e) => e,
-        };
-        if let Some(manager) = input.manager_id {
-            if let Some(why) = manager_problem(self.store.as_ref(), this, manager).await? {
-                errors.push("manager_id", why);
-            }
-        }
-        Ok(errors.into_result()?)
+        Ok(self.user_problems(input, this, true).await?.into_result()?)
     }
 
     /// Addresses more than one user has (see [`Store::email_conflicts`]).
@@ -340,15 +331,12 @@ impl Service {
         patch: &Map<String, Value>,
         if_match: Option<i64>,
     ) -> Result<User> {
-        for attempt in 1..=WRITE_ATTEMPTS {
+        retry_write("user", if_match.is_some(), || async {
             let (current, updated) = self.patched_user(id, patch, if_match).await?;
-            match self.store.update_user(&updated, current.version, actor).await {
-                Ok(()) => return Ok(self.changed(updated)),
-                Err(StoreError::VersionConflict { .. }) if if_match.is_none() && attempt < WRITE_ATTEMPTS => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(Error::internal("unreachable: write attempts exhausted"))
+            self.store.update_user(&updated, current.version, actor).await?;
+            Ok(self.changed(updated))
+        })
+        .await
     }
 
     /// The user as a patch would leave them, validated (nothing is written).
@@ -403,20 +391,17 @@ impl Service {
         patch: &Map<String, Value>,
         if_match: Option<i64>,
     ) -> Result<Role> {
-        for attempt in 1..=WRITE_ATTEMPTS {
+        retry_write("role", if_match.is_some(), || async {
             let current = self.get_role(id).await?;
             check_if_match(current.version, if_match)?;
             let doc = merge(to_doc(&RoleInput::from_role(&current))?, patch, directory::role::READ_ONLY_ROLE_FIELDS)?;
             let mut input: RoleInput = from_value(doc)?;
             input.normalize_and_validate()?;
             let updated = current.updated(input, directory::now());
-            match self.store.update_role(&updated, current.version, actor).await {
-                Ok(()) => return Ok(updated),
-                Err(StoreError::VersionConflict { .. }) if if_match.is_none() && attempt < WRITE_ATTEMPTS => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(Error::internal("unreachable: write attempts exhausted"))
+            self.store.update_role(&updated, current.version, actor).await?;
+            Ok(updated)
+        })
+        .await
     }
 
     pub async fn delete_role(&self, actor: &Actor, id: Uuid, if_match: Option<i64>) -> Result<()> {
@@ -498,15 +483,12 @@ impl Service {
         patch: &Map<String, Value>,
         if_match: Option<i64>,
     ) -> Result<App> {
-        for attempt in 1..=WRITE_ATTEMPTS {
+        retry_write("app", if_match.is_some(), || async {
             let (current, updated, credential) = self.patched_app(id, patch, if_match).await?;
-            match self.store.update_app(&updated, credential.as_deref(), current.version, actor).await {
-                Ok(()) => return Ok(self.changed(updated)),
-                Err(StoreError::VersionConflict { .. }) if if_match.is_none() && attempt < WRITE_ATTEMPTS => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(Error::internal("unreachable: write attempts exhausted"))
+            self.store.update_app(&updated, credential.as_deref(), current.version, actor).await?;
+            Ok(self.changed(updated))
+        })
+        .await
     }
 
     /// The app as a patch would leave it, validated, with its credential re-encrypted when it
@@ -680,7 +662,7 @@ impl Service {
         if_match: Option<i64>,
     ) -> Result<App> {
         self.validate_mapping(parameters.as_deref(), rules.as_deref()).await?;
-        for attempt in 1..=WRITE_ATTEMPTS {
+        retry_write("app", if_match.is_some(), || async {
             let current = self.get_app(app_id).await?;
             check_if_match(current.version, if_match)?;
             let mut updated = current.clone();
@@ -692,30 +674,24 @@ impl Service {
             }
             updated.updated_at = directory::now();
             updated.version = current.version + 1;
-            match self.store.update_app_mapping(&updated, current.version, actor).await {
-                Ok(()) => return Ok(self.changed(updated)),
-                Err(StoreError::VersionConflict { .. }) if if_match.is_none() && attempt < WRITE_ATTEMPTS => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(Error::internal("unreachable: write attempts exhausted"))
+            self.store.update_app_mapping(&updated, current.version, actor).await?;
+            Ok(self.changed(updated))
+        })
+        .await
     }
 
     /// Drops the app's own parameters: the default mapping applies again, and every user the
     /// app concerns is planned again.
     pub async fn reset_parameters(&self, actor: &Actor, app_id: Uuid, if_match: Option<i64>) -> Result<App> {
-        for attempt in 1..=WRITE_ATTEMPTS {
+        retry_write("app", if_match.is_some(), || async {
             let current = self.get_app(app_id).await?;
             check_if_match(current.version, if_match)?;
             let updated =
                 App { parameters: None, updated_at: directory::now(), version: current.version + 1, ..current.clone() };
-            match self.store.update_app_mapping(&updated, current.version, actor).await {
-                Ok(()) => return Ok(self.changed(updated)),
-                Err(StoreError::VersionConflict { .. }) if if_match.is_none() && attempt < WRITE_ATTEMPTS => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(Error::internal("unreachable: write attempts exhausted"))
+            self.store.update_app_mapping(&updated, current.version, actor).await?;
+            Ok(self.changed(updated))
+        })
+        .await
     }
 
     async fn validate_mapping(&self, parameters: Option<&[Parameter]>, rules: Option<&[Rule]>) -> Result<()> {

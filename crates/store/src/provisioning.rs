@@ -1,15 +1,18 @@
 //! The provisioning half of the storage seam: account records, the durable operation queue
-//! (whose rows are the events admins see), and the planner's cursor into the change feed.
+//! (whose rows are the events admins see), and the planner's cursor into the change feed. What
+//! a write means for them (the state a new operation starts in, what a new account record
+//! starts with) is decided here, once for both backends.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use directory::{Account, Action, App, Cause, Event, EventStatus, Operation, Ownership, Page, User};
+use directory::{Account, Action, App, Cause, Event, EventStatus, OpState, Operation, Ownership, Page, User};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::sql::AccountSet;
 use crate::{PageRequest, Result};
 
 /// Everything the planner needs to know about one (user, app) pair.
@@ -123,6 +126,70 @@ pub struct Outcome {
     pub account: AccountWrite,
     /// Plan the pair again afterwards (e.g. the account vanished from the app).
     pub replan: bool,
+}
+
+// How each write leaves the queue and the account records is decided here, once, for both
+// backends; the store's SQL only writes what these say.
+
+/// The state and event status a new or replaced operation starts with: held by the
+/// deprovisioning guard (it waits, like a pending one, for an admin), pending an admin's
+/// approval, or queued with its action's working status.
+pub(crate) fn initial_state(action: Action, needs_approval: bool, held: bool) -> (OpState, EventStatus) {
+    if held {
+        (OpState::AwaitingApproval, EventStatus::Held)
+    } else if needs_approval {
+        (OpState::AwaitingApproval, EventStatus::Pending)
+    } else {
+        (OpState::Queued, action.working_status())
+    }
+}
+
+/// What the failed event of a [`PlanItem::Fail`] recommends.
+pub(crate) const FAIL_RECOMMENDATION: &str = "Fill in the missing values in the directory, or change the app's \
+    parameters; the account is planned again at the next change.";
+
+impl AccountWrite {
+    /// The account record this write sets, where a record it creates starts with `status` and
+    /// `last_event_id` (an existing record keeps its own: they follow its operations).
+    fn account_set(&self, status: EventStatus, last_event_id: Option<Uuid>) -> Option<AccountSet> {
+        match self {
+            Self::Keep => None,
+            Self::Set { remote_id, ownership, last_applied } => Some(AccountSet {
+                remote_id: remote_id.clone(),
+                ownership: *ownership,
+                last_applied: last_applied.clone(),
+                status,
+                last_event_id,
+            }),
+        }
+    }
+
+    /// What reconciliation writes for an account it saw in the app ([`PlanItem::Observe`]): a
+    /// record it creates is provisioned, with no event.
+    pub(crate) fn observed(&self) -> Option<AccountSet> {
+        self.account_set(EventStatus::Provisioned, None)
+    }
+}
+
+impl Outcome {
+    /// What the finished operation `op` writes to its account record: a record it creates
+    /// takes the outcome's status, and `op` as its last event.
+    pub(crate) fn account_set(&self, op: Uuid) -> Option<AccountSet> {
+        self.account.account_set(self.status, Some(op))
+    }
+}
+
+/// What linking an existing app account to a user writes (Rematch login), over any record
+/// the pair had: the engine manages the account from now on (`linked`), it exists
+/// (`provisioned`), and no values were applied to it yet, so the planner queues an update.
+pub(crate) fn linked_account(remote_id: &str) -> AccountSet {
+    AccountSet {
+        remote_id: Some(remote_id.to_owned()),
+        ownership: Some(Ownership::Linked),
+        last_applied: None,
+        status: EventStatus::Provisioned,
+        last_event_id: None,
+    }
 }
 
 /// Whether a finished operation counts toward its app's finished operations (the quarantine

@@ -129,6 +129,45 @@ async fn a_source_scoped_client_sees_that_sources_users_only() {
     assert_eq!(user_names(&list), ["imported"]);
     let one = s.call_with(Method::GET, &format!("/scim/v2/Users/{}", imported.id), None, Some(token), &[]).await;
     assert_eq!(one.status, StatusCode::OK, "{one:#?}");
+
+    // A field the source fills (here `title`, a default mapping) is read-only to a SCIM client,
+    // as it is to an admin: refused with `mutability`, audited, nothing written. A field the
+    // source does not fill (`phoneNumbers`) is the client's to change, and sending the whole
+    // user back unchanged (PUT) is accepted.
+    let path = format!("/scim/v2/Users/{}", imported.id);
+    let ops = |ops: Value| json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": ops});
+    let refused = s
+        .call_with(
+            Method::PATCH,
+            &path,
+            Some(ops(json!([{"op": "replace", "path": "title", "value": "Boss"}]))),
+            Some(token),
+            &[],
+        )
+        .await;
+    scim_error(&refused, 400, Some("mutability"));
+    let detail = refused.body["detail"].as_str().unwrap();
+    assert!(detail.contains("title") && detail.contains("Corp"), "{detail}");
+    let stored = s.get(&format!("/api/v1/users/{}", imported.id)).await;
+    assert_eq!((stored.body["title"].as_str(), stored.body["version"].as_i64()), (None, Some(imported.version)));
+    let audited = refusals(&s, &imported.id.to_string()).await;
+    assert_eq!(audited.len(), 1, "{audited:#?}");
+    assert!(audited[0]["after"]["reason"].as_str().unwrap().contains("Corp"), "{audited:#?}");
+    let phone = s
+        .call_with(
+            Method::PATCH,
+            &path,
+            Some(ops(
+                json!([{"op": "add", "path": "phoneNumbers", "value": [{"type": "work", "value": "+1 555 0100"}]}]),
+            )),
+            Some(token),
+            &[],
+        )
+        .await;
+    assert_eq!(phone.status, StatusCode::OK, "{phone:#?}");
+    assert_eq!(s.get(&format!("/api/v1/users/{}", imported.id)).await.body["phone"], "+1 555 0100");
+    let same = s.call_with(Method::PUT, &path, Some(phone.body.clone()), Some(token), &[]).await;
+    assert_eq!(same.status, StatusCode::OK, "{same:#?}");
 }
 
 #[tokio::test]

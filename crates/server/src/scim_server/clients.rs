@@ -139,7 +139,7 @@ pub async fn apply_scope(s: &AppState, base: &ScimScope, input: &ScopeInput) -> 
             let Some(id) = input.source_id.or(current.source_id) else {
                 return Err(ValidationErrors::single("scope.source_id", "is required with users \"source\"").into());
             };
-            if s.service.store().get_source(id).await?.is_none() {
+            if let Err(Error::NotFound(_)) = s.service.get_source(id).await {
                 return Err(ValidationErrors::single("scope.source_id", "refers to no directory source").into());
             }
             UserScope::Source(id)
@@ -166,7 +166,7 @@ pub fn view(r: ScimClientRecord) -> ScimClient {
 /// List SCIM clients.
 #[utoipa::path(get, path = "/scim-clients", tag = "scim", responses((status = 200, body = Page<ScimClient>)))]
 async fn list_scim_clients(State(s): State<AppState>) -> Result<Json<Page<ScimClient>>> {
-    let items = s.service.store().list_scim_clients().await?.into_iter().map(view).collect();
+    let items = s.service.scim_clients().await?.into_iter().map(view).collect();
     Ok(Json(Page { items, next_cursor: None }))
 }
 
@@ -178,29 +178,8 @@ async fn create_scim_client(
     Extension(actor): Extension<Actor>,
     ApiJson(input): ApiJson<ScimClientInput>,
 ) -> Result<Response> {
-    let name = input.name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
-        return Err(ValidationErrors::single("name", "must be 1-128 printable characters").into());
-    }
     let scope = apply_scope(&s, &ScimScope::NEW, &input.scope.unwrap_or_default()).await?;
-    let token =
-        format!("{}{}", super::TOKEN_PREFIX, crate::tokens::generate().trim_start_matches(crate::tokens::TOKEN_PREFIX));
-    let owned = token.clone();
-    let hash = tokio::task::spawn_blocking(move || crate::tokens::hash(&owned))
-        .await
-        .map_err(Error::internal)?
-        .map_err(Error::internal)?;
-    let record = ScimClientRecord {
-        id: Uuid::now_v7(),
-        name,
-        lookup: s.service.token_lookup(&token),
-        hash,
-        created_at: directory::now(),
-        revoked_at: None,
-        scope,
-        legacy_scope: false,
-    };
-    s.service.store().create_scim_client(&record, &actor).await?;
+    let (record, token) = s.service.create_scim_client(&actor, &input.name, scope).await?;
     let body = NewScimClient {
         id: record.id,
         name: record.name,
@@ -228,19 +207,9 @@ async fn patch_scim_client(
 
 /// Sets a client's scope (the API and the console).
 pub async fn set_scope(s: &AppState, id: Uuid, input: &ScopeInput, actor: &Actor) -> Result<ScimClientRecord> {
-    let current = s
-        .service
-        .store()
-        .list_scim_clients()
-        .await?
-        .into_iter()
-        .find(|c| c.id == id)
-        .ok_or(Error::NotFound("SCIM client"))?;
+    let current = s.service.scim_client(id).await?;
     let scope = apply_scope(s, &current.scope, input).await?;
-    s.service.store().set_scim_client_scope(id, &scope, actor).await.map_err(|e| match e {
-        store::StoreError::NotFound => Error::NotFound("SCIM client"),
-        other => other.into(),
-    })
+    s.service.set_scim_client_scope(actor, id, &scope).await
 }
 
 /// Revoke a SCIM client's token.
@@ -251,9 +220,6 @@ async fn revoke_scim_client(
     Extension(actor): Extension<Actor>,
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode> {
-    s.service.store().revoke_scim_client(id, &actor).await.map_err(|e| match e {
-        store::StoreError::NotFound => Error::NotFound("SCIM client"),
-        other => other.into(),
-    })?;
+    s.service.revoke_scim_client(&actor, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

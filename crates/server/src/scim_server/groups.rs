@@ -16,11 +16,9 @@ use uuid::Uuid;
 
 use super::{
     base_url, check_if_match, group_resource_schema, list_response, not_modified, not_modified_response, tagged,
-    Client, Fail, ScimBody, ScimResult, ScimState, Search,
+    Client, ScimBody, ScimResult, ScimState, Search,
 };
 use super::{filter, scope};
-
-const WRITE_ATTEMPTS: usize = 3;
 
 /// A role as a SCIM Group.
 pub(crate) fn to_json(g: &ScimGroup, members: Option<&[Member]>, base: &str) -> Value {
@@ -241,8 +239,7 @@ pub(crate) async fn create(
     let role = Role::new(role_input(name, None, false)?, directory::now());
     let members = scope::members_to_write(&state, &client, None, members.unwrap_or_default()).await?;
     let g = ScimGroup { role, external_id, owner: Some(client.id) };
-    state.store().scim_save_group(&g, Some(&members), None, &client.actor).await?;
-    state.changed();
+    state.service().save_scim_group(&client.actor, &g, Some(&members), None).await?;
     answer(&state, &client, &headers, &g, StatusCode::CREATED, &q).await
 }
 
@@ -262,8 +259,7 @@ async fn save(
     let members = scope::members_to_write(state, client, Some(current.role.id), members).await?;
     let input = role_input(name, current.role.description.clone(), current.role.pushable)?;
     let g = ScimGroup { role: current.role.updated(input, directory::now()), external_id, owner: current.owner };
-    state.store().scim_save_group(&g, Some(&members), Some(current.role.version), &client.actor).await?;
-    state.changed();
+    state.service().save_scim_group(&client.actor, &g, Some(&members), Some(current.role.version)).await?;
     Ok(g)
 }
 
@@ -299,7 +295,7 @@ pub(crate) async fn patch(
     let ops = patch::parse_request(&body)?;
     let rs = group_resource_schema();
     let base = base_url(&headers);
-    for attempt in 1..=WRITE_ATTEMPTS {
+    let g = crate::service::retry_write("group", headers.contains_key("if-match"), || async {
         let current = load(&state, &client, &id).await?;
         check_if_match(&headers, current.role.version)?;
         let before_members: Vec<Uuid> =
@@ -316,17 +312,12 @@ pub(crate) async fn patch(
             a == b
         };
         if name == current.role.name && external_id == current.external_id && same_members {
-            return answer(&state, &client, &headers, &current, StatusCode::OK, &q).await;
+            return Ok(current);
         }
-        match save(&state, &client, &current, name, external_id, members).await {
-            Ok(g) => return answer(&state, &client, &headers, &g, StatusCode::OK, &q).await,
-            Err(Fail(e, _)) if e.status == 412 && attempt < WRITE_ATTEMPTS && headers.get("if-match").is_none() => {
-                continue
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Err(ScimError::new(409, None, "the group keeps changing; retry").into())
+        save(&state, &client, &current, name, external_id, members).await
+    })
+    .await?;
+    answer(&state, &client, &headers, &g, StatusCode::OK, &q).await
 }
 
 pub(crate) async fn delete(
@@ -338,7 +329,6 @@ pub(crate) async fn delete(
     let current = load(&state, &client, &id).await?;
     check_if_match(&headers, current.role.version)?;
     scope::check_owns_group(&state, &client, &current).await?;
-    state.store().delete_role(current.role.id, Some(current.role.version), &client.actor).await?;
-    state.changed();
+    state.service().delete_role(&client.actor, current.role.id, Some(current.role.version)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -142,6 +142,57 @@ impl From<StoreError> for Fail {
     }
 }
 
+/// A write refused by the service layer, in SCIM's words (RFC 7644 section 3.12).
+impl From<crate::error::Error> for Fail {
+    fn from(e: crate::error::Error) -> Self {
+        use crate::error::Error;
+        match e {
+            Error::Invalid(v) => users::validation(v).into(),
+            Error::SourceOwned { field, directory_source } => ScimError::mutability(format!(
+                "{} comes from the directory source {directory_source:?}: a SCIM client cannot change it; change it \
+                 in the directory",
+                users::directory_field(&field)
+            ))
+            .into(),
+            Error::Conflict { field, .. } if field == "email" => ScimError::uniqueness(
+                "emails[type eq \"work\"].value is already the e-mail address of another user; each person needs \
+                 their own",
+            )
+            .into(),
+            Error::Conflict { field, reason } => {
+                let name = if field == "name" { "displayName".to_owned() } else { users::directory_field(&field) };
+                ScimError::uniqueness(format!("{name} {reason}")).into()
+            }
+            Error::PreconditionFailed { .. } => {
+                ScimError::new(412, None, "the resource changed since the version named in If-Match").into()
+            }
+            Error::NotFound(_) => ScimError::not_found("no such resource").into(),
+            Error::BadRequest { field, reason } => ScimError::invalid_value(format!("{field}: {reason}")).into(),
+            Error::InvalidState(m) => ScimError::new(409, None, m).into(),
+            e @ Error::Unavailable(_) => {
+                tracing::warn!(error = %e, "database unavailable");
+                ScimError::new(503, None, "the database is unavailable").into()
+            }
+            e => {
+                tracing::error!(error = %e, detail = ?e, "internal error");
+                ScimError::new(500, None, "internal error").into()
+            }
+        }
+    }
+}
+
+/// A SCIM write that met another write is tried again (see [`crate::service::retry_write`]);
+/// after the last attempt the client is told to retry.
+impl crate::service::Stale for Fail {
+    fn is_stale(&self) -> bool {
+        self.0.status == 412
+    }
+
+    fn gave_up(self, what: &'static str) -> Self {
+        ScimError::new(409, None, format!("the {what} keeps changing; retry")).into()
+    }
+}
+
 impl IntoResponse for Fail {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -338,13 +389,15 @@ pub(crate) fn group_resource_schema() -> ResourceSchema {
 }
 
 impl ScimState {
+    /// For reads, and for what only SCIM stores (clients, audit of refusals); every write of a
+    /// user, group or membership goes through [`ScimState::service`].
     pub(crate) fn store(&self) -> &Arc<dyn Store> {
         self.app.service.store()
     }
 
-    /// After a directory write: the engine plans at once.
-    pub(crate) fn changed(&self) {
-        self.app.service.engine().changed();
+    /// The service layer: where users, groups and memberships are written.
+    pub(crate) fn service(&self) -> &crate::service::Service {
+        &self.app.service
     }
 
     /// The client a token belongs to. The row is read on every request (one indexed read), so

@@ -21,10 +21,7 @@ use super::{
 };
 use super::{filter, scope};
 
-/// How many times a PATCH is retried when another write got in between (without If-Match).
-const WRITE_ATTEMPTS: usize = 3;
-
-fn directory_field(field: &str) -> String {
+pub(crate) fn directory_field(field: &str) -> String {
     let scim = match field {
         "username" => "userName",
         "email" => "emails",
@@ -366,34 +363,25 @@ async fn load(state: &ScimState, client: &Client, id: &str) -> ScimResult<ScimUs
     scope::load_user(state, client, id).await
 }
 
-/// Checks the input against the directory's rules (as the admin API does). `current` is the
+/// Checks the input against the directory's rules (the service layer's own check, as for the
+/// admin API) and the client's scope. `current` is the
 /// stored user a PUT or PATCH changes. A manager the client cannot see may stay where an admin
 /// put it, but a client cannot name one: to the client it does not exist.
-async fn validate(
-    state: &ScimState,
-    client: &Client,
-    input: &mut UserInput,
-    defs: &[AttributeDef],
-    current: Option<&User>,
-) -> ScimResult<()> {
-    let mut errors = match input.normalize_and_validate(defs) {
-        Ok(()) => ValidationErrors::default(),
-        Err(e) => e,
-    };
+async fn validate(state: &ScimState, client: &Client, input: &mut UserInput, current: Option<&User>) -> ScimResult<()> {
+    let mut check_manager = true;
+    let mut scope_errors = ValidationErrors::default();
     if let Some(manager) = input.manager_id {
         let unchanged = current.is_some_and(|u| u.manager_id == Some(manager));
         if !unchanged && !scope::visible_users(state, client, &[manager]).await?.contains(&manager) {
             let reason = "named as a manager, but out of the client's scope";
             scope::refuse(state, client, "user", &manager.to_string(), reason).await?;
             // The very words said of an id that exists nowhere.
-            errors.push("manager_id", crate::service::NO_SUCH_MANAGER);
-        } else {
-            let this = current.map(|u| u.id);
-            if let Some(why) = crate::service::manager_problem(state.store().as_ref(), this, manager).await? {
-                errors.push("manager_id", why);
-            }
+            scope_errors.push("manager_id", crate::service::NO_SUCH_MANAGER);
+            check_manager = false;
         }
     }
+    let mut errors = state.service().user_problems(input, current.map(|u| u.id), check_manager).await?;
+    errors.0.extend(scope_errors.0);
     errors.into_result().map_err(|e| Fail(validation(e), None))
 }
 
@@ -494,26 +482,31 @@ pub(crate) async fn create(
 ) -> ScimResult {
     let defs = state.store().list_attribute_defs().await?;
     let (mut input, external_id) = from_json(&body, None, &defs)?;
-    validate(&state, &client, &mut input, &defs, None).await?;
+    validate(&state, &client, &mut input, None).await?;
     let su =
         ScimUser { user: User::new(input, UserSource::Scim, directory::now()), external_id, owner: Some(client.id) };
-    state.store().scim_save_user(&su, None, &client.actor).await?;
-    state.changed();
+    state.service().save_scim_user(&client.actor, &su, None).await?;
     answer(&state, &client, &headers, &su, StatusCode::CREATED, &q).await
 }
 
-/// Writes a new state of an existing user (PUT, PATCH).
+/// Writes a new state of an existing user (PUT, PATCH). A field a directory source fills is
+/// refused (see `crate::service::scim`), with an audit entry.
 async fn save(
     state: &ScimState,
-    actor: &directory::Actor,
+    client: &Client,
     current: &ScimUser,
     input: UserInput,
     external_id: Option<String>,
 ) -> ScimResult<ScimUser> {
     let su = ScimUser { user: current.user.updated(input, directory::now()), external_id, owner: current.owner };
-    state.store().scim_save_user(&su, Some(current.user.version), actor).await?;
-    state.changed();
-    Ok(su)
+    match state.service().save_scim_user(&client.actor, &su, Some(current)).await {
+        Ok(()) => Ok(su),
+        Err(e @ crate::error::Error::SourceOwned { .. }) => {
+            scope::refuse(state, client, "user", &current.user.id.to_string(), &e.to_string()).await?;
+            Err(e.into())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub(crate) async fn replace(
@@ -533,8 +526,8 @@ pub(crate) async fn replace(
     }
     let defs = state.store().list_attribute_defs().await?;
     let (mut input, external_id) = from_json(&body, Some(&current.user), &defs)?;
-    validate(&state, &client, &mut input, &defs, Some(&current.user)).await?;
-    let su = save(&state, &client.actor, &current, input, external_id).await?;
+    validate(&state, &client, &mut input, Some(&current.user)).await?;
+    let su = save(&state, &client, &current, input, external_id).await?;
     answer(&state, &client, &headers, &su, StatusCode::OK, &q).await
 }
 
@@ -550,25 +543,20 @@ pub(crate) async fn patch(
     let defs = state.store().list_attribute_defs().await?;
     let rs = user_resource_schema(&defs);
     let base = base_url(&headers);
-    for attempt in 1..=WRITE_ATTEMPTS {
+    let su = crate::service::retry_write("user", headers.contains_key("if-match"), || async {
         let current = load(&state, &client, &id).await?;
         check_if_match(&headers, current.user.version)?;
         let mut doc = resource(&state, &client, &current, &defs, &base, false).await?;
         patch::apply(&mut doc, &ops, &rs)?;
         let (mut input, external_id) = from_json(&doc, Some(&current.user), &defs)?;
-        validate(&state, &client, &mut input, &defs, Some(&current.user)).await?;
+        validate(&state, &client, &mut input, Some(&current.user)).await?;
         if input == UserInput::from_user(&current.user) && external_id == current.external_id {
-            return answer(&state, &client, &headers, &current, StatusCode::OK, &q).await;
+            return Ok(current);
         }
-        match save(&state, &client.actor, &current, input, external_id).await {
-            Ok(su) => return answer(&state, &client, &headers, &su, StatusCode::OK, &q).await,
-            Err(Fail(e, _)) if e.status == 412 && attempt < WRITE_ATTEMPTS && headers.get("if-match").is_none() => {
-                continue
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Err(ScimError::new(409, None, "the user keeps changing; retry").into())
+        save(&state, &client, &current, input, external_id).await
+    })
+    .await?;
+    answer(&state, &client, &headers, &su, StatusCode::OK, &q).await
 }
 
 pub(crate) async fn delete(
@@ -579,7 +567,6 @@ pub(crate) async fn delete(
 ) -> ScimResult {
     let current = load(&state, &client, &id).await?;
     check_if_match(&headers, current.user.version)?;
-    state.store().delete_user(current.user.id, Some(current.user.version), &client.actor).await?;
-    state.changed();
+    state.service().delete_user(&client.actor, current.user.id, Some(current.user.version)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -9,7 +9,7 @@ use store::sources::encrypt_password;
 use store::StoreError;
 use uuid::Uuid;
 
-use super::{check_if_match, merge, to_doc, Service, WRITE_ATTEMPTS};
+use super::{check_if_match, merge, retry_write, to_doc, Service};
 use crate::error::{Error, Result};
 use crate::extract::from_value;
 
@@ -77,7 +77,7 @@ impl Service {
         patch: &Map<String, Value>,
         if_match: Option<i64>,
     ) -> Result<DirectorySource> {
-        for attempt in 1..=WRITE_ATTEMPTS {
+        retry_write("source", if_match.is_some(), || async {
             let current = self.get_source(id).await?;
             check_if_match(current.version, if_match)?;
             let doc =
@@ -89,13 +89,13 @@ impl Service {
                 None => None,
             };
             let updated = input.into_source(id, current.created_at, directory::now(), current.version + 1);
-            match self.store.update_source(&updated, password.as_deref(), current.version, actor).await {
-                Ok(()) => return Ok(updated),
-                Err(StoreError::VersionConflict { .. }) if if_match.is_none() && attempt < WRITE_ATTEMPTS => continue,
-                Err(e) => return Err(Self::duplicate_name(e)),
-            }
-        }
-        Err(Error::internal("unreachable: write attempts exhausted"))
+            self.store
+                .update_source(&updated, password.as_deref(), current.version, actor)
+                .await
+                .map_err(Self::duplicate_name)?;
+            Ok(updated)
+        })
+        .await
     }
 
     pub async fn delete_source(&self, actor: &Actor, id: Uuid, if_match: Option<i64>) -> Result<()> {
@@ -212,7 +212,8 @@ impl Service {
         }
     }
 
-    /// Refuses a patch of a field that a directory source fills.
+    /// Refuses a patch of a field that a directory source fills (sending the value the user
+    /// already has is harmless).
     pub(super) async fn check_sourced_patch(&self, user: &User, patch: &Map<String, Value>) -> Result<()> {
         let (fields, source) = self.sourced_fields(user).await?;
         let Some(source) = source else { return Ok(()) };
@@ -229,21 +230,75 @@ impl Service {
             for field in touched {
                 let sourced = fields.contains(&field)
                     || (field == "attributes" && fields.iter().any(|f| f.starts_with("attributes.")));
-                // Sending the value the user already has is harmless.
                 let same = match field.strip_prefix("attributes.") {
                     Some(name) => value.get(name) == current.get("attributes").and_then(|a| a.get(name)),
                     None => current.get(&field) == Some(value) || (value.is_null() && current.get(&field).is_none()),
                 };
                 if sourced && !same {
-                    return Err(Error::Conflict {
-                        field,
-                        reason: format!(
-                            "comes from the directory source {source:?} and is read-only here; change it in the directory"
-                        ),
-                    });
+                    return Err(Error::SourceOwned { field, directory_source: source });
                 }
             }
         }
         Ok(())
+    }
+
+    /// Refuses a new state of a user (a SCIM PUT or PATCH) that changes a field a directory
+    /// source fills: the same rule as for an admin's patch.
+    pub(super) async fn check_sourced_change(&self, user: &User, next: &directory::UserInput) -> Result<()> {
+        let before = to_doc(&directory::UserInput::from_user(user))?;
+        let after = to_doc(next)?;
+        let patch = merge_patch_between(&before, &after);
+        self.check_sourced_patch(user, &patch).await
+    }
+}
+
+/// The members of a JSON merge patch (RFC 7396) that takes `before` to `after`, one level into
+/// `attributes` (a removed member is `null`).
+fn merge_patch_between(before: &Value, after: &Value) -> Map<String, Value> {
+    let empty = Map::new();
+    let b = before.as_object().unwrap_or(&empty);
+    let a = after.as_object().unwrap_or(&empty);
+    let mut patch = Map::new();
+    for (key, value) in a {
+        if key == "attributes" {
+            let old = b.get(key).and_then(Value::as_object).unwrap_or(&empty);
+            let new = value.as_object().unwrap_or(&empty);
+            let mut changed = Map::new();
+            for (name, v) in new {
+                if old.get(name) != Some(v) {
+                    changed.insert(name.clone(), v.clone());
+                }
+            }
+            for name in old.keys().filter(|n| !new.contains_key(*n)) {
+                changed.insert(name.clone(), Value::Null);
+            }
+            if !changed.is_empty() {
+                patch.insert(key.clone(), Value::Object(changed));
+            }
+        } else if b.get(key) != Some(value) {
+            patch.insert(key.clone(), value.clone());
+        }
+    }
+    for key in b.keys().filter(|k| !a.contains_key(*k)) {
+        patch.insert(key.clone(), Value::Null);
+    }
+    patch
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::merge_patch_between;
+
+    #[test]
+    fn the_patch_between_two_users_names_only_what_changed() {
+        let before = json!({"username": "ada", "title": "Eng", "phone": "1", "attributes": {"site": "A", "cc": "7"}});
+        let after = json!({"username": "ada", "title": "CTO", "attributes": {"site": "A", "floor": "3"}});
+        let patch = merge_patch_between(&before, &after);
+        assert_eq!(
+            serde_json::Value::Object(patch),
+            json!({"title": "CTO", "phone": null, "attributes": {"floor": "3", "cc": null}})
+        );
     }
 }

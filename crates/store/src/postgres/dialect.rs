@@ -141,7 +141,11 @@ impl WriteTx<Postgres> for Tx {
     }
 
     async fn attribute_changes(&mut self, id: i64) -> Result<()> {
-        Tx::attribute_changes(self, id);
+        for (c, audit) in &mut self.changes {
+            if audit.is_none() && c.kind != directory::ChangeKind::Account {
+                *audit = Some(id);
+            }
+        }
         Ok(())
     }
 
@@ -174,7 +178,7 @@ impl WriteTx<Postgres> for Tx {
     }
 
     async fn set_account(&mut self, app: Uuid, user: Uuid, set: AccountSet) -> Result<()> {
-        Tx::set_account(self, app, user, set);
+        self.pair(app, user).sets.push(set);
         Ok(())
     }
 }

@@ -175,24 +175,14 @@ impl Tx {
         self.changes.push((change, None));
     }
 
-    /// Attributes the changes recorded so far and not yet attributed to the audit entry `id`
-    /// (account changes have none).
-    pub(crate) fn attribute_changes(&mut self, id: i64) {
-        for (c, audit) in &mut self.changes {
-            if audit.is_none() && c.kind != directory::ChangeKind::Account {
-                *audit = Some(id);
-            }
-        }
+    /// The account work of a pair at commit.
+    fn pair(&mut self, app: Uuid, user: Uuid) -> &mut PairWork {
+        self.pairs.entry((pair_key(app, user), app, user)).or_default()
     }
 
     /// Has the account record of a pair derived again from its operations at commit.
     pub(crate) fn refresh(&mut self, app: Uuid, user: Uuid) {
-        self.pairs.entry((pair_key(app, user), app, user)).or_default().refresh = true;
-    }
-
-    /// Writes an account record's remote id, ownership and values at commit.
-    pub(crate) fn set_account(&mut self, app: Uuid, user: Uuid, set: AccountSet) {
-        self.pairs.entry((pair_key(app, user), app, user)).or_default().sets.push(set);
+        self.pair(app, user).refresh = true;
     }
 
     /// Tells the workers (of every process) that operations may be runnable.
@@ -232,7 +222,7 @@ impl Tx {
             let mut refresh = (Vec::new(), Vec::new());
             for ((_, app, user), work) in pairs {
                 for set in work.sets {
-                    crate::sql::Exec::run(&mut self, crate::sql::upsert_account(app, user, set)).await?;
+                    crate::sql::Exec::run(&mut self, crate::sql::upsert_accounts(vec![(app, user, set)])).await?;
                 }
                 if work.refresh {
                     refresh.0.push(app);
@@ -240,7 +230,7 @@ impl Tx {
                 }
             }
             if !refresh.0.is_empty() {
-                provisioning::refresh_accounts(&mut self, &refresh.0, &refresh.1).await?;
+                refresh_accounts(&mut self, &refresh.0, &refresh.1).await?;
             }
         }
         if !self.changes.is_empty() {
@@ -283,6 +273,33 @@ impl Tx {
         }
         self.tx.commit().await.map_err(backend)
     }
+}
+
+/// Derives the account records of the pairs `(apps[i], users[i])` again from their operations
+/// (see [`WriteTx::refresh_account`](crate::sql::WriteTx::refresh_account)), in one statement:
+/// each pair joined laterally to the operation its record follows. Run by [`Tx::commit`] under
+/// the pairs' locks.
+async fn refresh_accounts(tx: &mut Tx, apps: &[Uuid], users: &[Uuid]) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO accounts (app_id, user_id, status, last_event_id, updated_at) \
+         SELECT p.app_id, p.user_id, o.status, o.id, $3 \
+         FROM unnest($1::uuid[], $2::uuid[]) AS p(app_id, user_id) \
+         CROSS JOIN LATERAL (SELECT o.status, o.id FROM operations o \
+           WHERE o.user_id = p.user_id AND o.app_id = p.app_id \
+           ORDER BY CASE WHEN o.state IN ('queued', 'awaiting_approval', 'running') THEN 0 \
+                WHEN o.status IN ('cancelled', 'rejected') THEN 2 ELSE 1 END, o.seq DESC LIMIT 1) o \
+         ON CONFLICT (app_id, user_id) DO UPDATE SET status = excluded.status, \
+         last_event_id = excluded.last_event_id, updated_at = excluded.updated_at, \
+         rejected = CASE WHEN excluded.status IN ('pending', 'provisioning', 'modifying', 'deleting', 'held') \
+           THEN NULL ELSE accounts.rejected END",
+    )
+    .bind(apps)
+    .bind(users)
+    .bind(directory::now())
+    .execute(tx.c())
+    .await
+    .map_err(backend)?;
+    Ok(())
 }
 
 /// `host:port` of a URL, for messages.

@@ -34,6 +34,7 @@ use crate::{cursor, PageRequest, Result, StoreError, MAX_PAGE};
 
 mod admins;
 pub mod health;
+pub mod provisioning;
 pub mod rows;
 mod saml;
 mod scim;
@@ -309,6 +310,13 @@ pub trait WriteTx<D: Dialect>: Exec<D> + Sized {
     /// SQLite does it now; PostgreSQL at commit, under the pair's lock and before the pairs are
     /// refreshed.
     async fn set_account(&mut self, app: Uuid, user: Uuid, set: AccountSet) -> Result<()>;
+    /// [`WriteTx::set_account`] for many records `(app, user, set)`, in order.
+    async fn set_accounts(&mut self, sets: Vec<(Uuid, Uuid, AccountSet)>) -> Result<()> {
+        for (app, user, set) in sets {
+            self.set_account(app, user, set).await?;
+        }
+        Ok(())
+    }
 }
 
 /// What a transaction writes to an account record ([`WriteTx::set_account`]).
@@ -323,20 +331,29 @@ pub struct AccountSet {
     pub last_event_id: Option<Uuid>,
 }
 
-/// Upserts an account record as [`WriteTx::set_account`] says (the statement both backends run).
-pub fn upsert_account(app: Uuid, user: Uuid, set: AccountSet) -> Query {
-    q("INSERT INTO accounts (app_id, user_id, remote_id, ownership, status, last_applied, last_event_id, \
-       updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
-       ON CONFLICT (app_id, user_id) DO UPDATE SET remote_id = excluded.remote_id, \
-       ownership = excluded.ownership, last_applied = excluded.last_applied, updated_at = excluded.updated_at")
-    .bind(app)
-    .bind(user)
-    .bind(set.remote_id)
-    .bind(set.ownership.map(Ownership::as_str))
-    .bind(set.status.as_str())
-    .bind(set.last_applied.map(Json))
-    .bind(set.last_event_id)
-    .bind(directory::now())
+/// Upserts account records as [`WriteTx::set_account`] says, one row per `(app, user, set)` (the
+/// statement both backends run).
+pub fn upsert_accounts(sets: Vec<(Uuid, Uuid, AccountSet)>) -> Query {
+    let now = directory::now();
+    let mut query = q("INSERT INTO accounts (app_id, user_id, remote_id, ownership, status, last_applied, \
+                       last_event_id, updated_at) VALUES ");
+    for (i, (app, user, set)) in sets.into_iter().enumerate() {
+        query
+            .push(if i == 0 { "(?, ?, ?, ?, ?, ?, ?, ?)" } else { ", (?, ?, ?, ?, ?, ?, ?, ?)" })
+            .add(app)
+            .add(user)
+            .add(set.remote_id)
+            .add(set.ownership.map(Ownership::as_str))
+            .add(set.status.as_str())
+            .add(set.last_applied.map(Json))
+            .add(set.last_event_id)
+            .add(now);
+    }
+    query.push(
+        " ON CONFLICT (app_id, user_id) DO UPDATE SET remote_id = excluded.remote_id, \
+         ownership = excluded.ownership, last_applied = excluded.last_applied, updated_at = excluded.updated_at",
+    );
+    query
 }
 
 /// A store backend: where read connections and write transactions come from.

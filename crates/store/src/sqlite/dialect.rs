@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::SqliteStore;
 use crate::sql::{
-    db_error, q, ts, upsert_account, AccountSet, Arg, Backend, Conn, Dialect, Exec, Piece, Query, RowGet, WriteTx,
+    db_error, q, ts, upsert_accounts, AccountSet, Arg, Backend, Conn, Dialect, Exec, Piece, Query, RowGet, WriteTx,
 };
 use crate::{Result, StoreError};
 
@@ -224,10 +224,21 @@ impl WriteTx<Sqlite> for Transaction<'static, Sqlite> {
     }
 
     async fn set_account(&mut self, app: Uuid, user: Uuid, set: AccountSet) -> Result<()> {
-        self.run(upsert_account(app, user, set)).await?;
+        self.set_accounts(vec![(app, user, set)]).await
+    }
+
+    /// One statement per hundred records.
+    async fn set_accounts(&mut self, mut sets: Vec<(Uuid, Uuid, AccountSet)>) -> Result<()> {
+        while !sets.is_empty() {
+            let rest = sets.split_off(sets.len().min(SET_CHUNK));
+            self.run(upsert_accounts(std::mem::replace(&mut sets, rest))).await?;
+        }
         Ok(())
     }
 }
+
+/// Account records per upsert statement (eight bound values each).
+const SET_CHUNK: usize = 100;
 
 /// Pairs per account-refresh statement (two bound values each).
 const REFRESH_CHUNK: usize = 400;

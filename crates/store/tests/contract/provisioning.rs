@@ -572,7 +572,6 @@ pub async fn events_filter_and_page_newest_first(s: Arc<dyn Store>) {
     assert_eq!(count(q(|q| q.q = Some("LOVE".into()))).await, 4, "case-insensitive username search");
     assert_eq!(count(q(|q| q.q = Some("_".into()))).await, 3, "LIKE wildcards are escaped");
     assert_eq!(count(q(|q| q.q = Some(String::new()))).await, 7);
-
     let mut seen = Vec::new();
     let mut cursor = None;
     loop {
@@ -588,6 +587,30 @@ pub async fn events_filter_and_page_newest_first(s: Arc<dyn Store>) {
     assert_eq!(seen, all.items.iter().map(|e| e.id).collect::<Vec<_>>(), "every event once, newest first");
     let bad = EventQuery { page: PageRequest { limit: 3, cursor: Some("garbage".into()) }, ..Default::default() };
     assert!(matches!(s.list_events(&bad).await, Err(StoreError::InvalidCursor)));
+
+    assert_eq!(count(q(|q| q.cause = Some("reconcile".into()))).await, 0, "no event has a cause yet");
+    let cause = |kind: &str| directory::Cause {
+        kind: kind.into(),
+        actor: None,
+        audit_id: None,
+        summary: format!("because of {kind}"),
+        rule: None,
+        parameter: None,
+        role_id: None,
+    };
+    let caused = |user_id, kind: &str| PlanItem::Enqueue {
+        user_id,
+        app_id: a,
+        action: Action::Delete,
+        desired: None,
+        needs_approval: false,
+        held: false,
+        cause: Some(cause(kind)),
+    };
+    plan(&*s, vec![caused(alan, "reconcile"), caused(ada, "admin")]).await;
+    assert_eq!(count(q(|q| q.cause = Some("reconcile".into()))).await, 1, "filtered by the kind of cause");
+    let admin = s.list_events(&q(|q| q.cause = Some("admin".into()))).await.unwrap().items;
+    assert_eq!((admin.len(), admin[0].user_id, admin[0].cause.clone()), (1, ada, Some(cause("admin"))));
 }
 
 pub async fn pairs_and_their_state(s: Arc<dyn Store>) {

@@ -1,0 +1,137 @@
+//! Writes of the inbound SCIM server. A SCIM client changes users, groups (roles) and
+//! memberships through here, under the same rules as an admin: the same validation, the same
+//! guard on fields a directory source fills, the same audit entry and wake-up of the engine.
+//! What only SCIM has (a client's scope, `externalId`, who created a resource) is checked by
+//! the SCIM handlers before they call in.
+//!
+//! Fields a directory source owns: a SCIM client may not change them, whatever its scope (an
+//! admin may not either). Sending the value the user already has is accepted, so a client that
+//! PUTs the whole user back unchanged is not refused. The refusal is `400 mutability` naming
+//! the attribute and the source, and an audit entry `scim.refused` (written by the handler).
+
+use directory::{Actor, UserInput, ValidationErrors};
+use store::scim::{ScimClientRecord, ScimGroup, ScimScope, ScimUser};
+use store::StoreError;
+use uuid::Uuid;
+
+use super::Service;
+use crate::error::{Error, Result};
+
+/// What "no such client" is called in answers.
+const NO_CLIENT: Error = Error::NotFound("SCIM client");
+
+fn client_not_found(e: StoreError) -> Error {
+    match e {
+        StoreError::NotFound => NO_CLIENT,
+        other => other.into(),
+    }
+}
+
+impl Service {
+    /// What is wrong with a user's input under the directory's rules, as a list the caller may
+    /// add its own findings to. `this` is the user being changed (`None` for a new one); with
+    /// `check_manager` the manager must exist and not make a cycle.
+    pub(crate) async fn user_problems(
+        &self,
+        input: &mut UserInput,
+        this: Option<Uuid>,
+        check_manager: bool,
+    ) -> Result<ValidationErrors> {
+        let defs = self.store.list_attribute_defs().await?;
+        let mut errors = match input.normalize_and_validate(&defs) {
+            Ok(()) => ValidationErrors::default(),
+            Err(e) => e,
+        };
+        if let (true, Some(manager)) = (check_manager, input.manager_id) {
+            if let Some(why) = super::manager_problem(self.store.as_ref(), this, manager).await? {
+                errors.push("manager_id", why);
+            }
+        }
+        Ok(errors)
+    }
+
+    /// Creates a user a SCIM client sent (`current` `None`), or writes the new state of one
+    /// (`current` is the stored user it replaces, whose version the write expects).
+    pub(crate) async fn save_scim_user(
+        &self,
+        actor: &Actor,
+        user: &ScimUser,
+        current: Option<&ScimUser>,
+    ) -> Result<()> {
+        if let Some(current) = current {
+            self.check_sourced_change(&current.user, &UserInput::from_user(&user.user)).await?;
+        }
+        self.store.scim_save_user(user, current.map(|c| c.user.version), actor).await?;
+        self.engine.changed();
+        Ok(())
+    }
+
+    /// Creates a group a SCIM client sent (`expected_version` `None`) or writes its new state,
+    /// with its members when given.
+    pub(crate) async fn save_scim_group(
+        &self,
+        actor: &Actor,
+        group: &ScimGroup,
+        members: Option<&[Uuid]>,
+        expected_version: Option<i64>,
+    ) -> Result<()> {
+        self.store.scim_save_group(group, members, expected_version, actor).await?;
+        self.engine.changed();
+        Ok(())
+    }
+
+    // ---- SCIM clients (an admin's business) ----
+
+    pub async fn scim_clients(&self) -> Result<Vec<ScimClientRecord>> {
+        Ok(self.store.list_scim_clients().await?)
+    }
+
+    pub async fn scim_client(&self, id: Uuid) -> Result<ScimClientRecord> {
+        self.scim_clients().await?.into_iter().find(|c| c.id == id).ok_or(NO_CLIENT)
+    }
+
+    /// Makes a SCIM client with a new token (only its hash is stored); the token is returned
+    /// once, here.
+    pub async fn create_scim_client(
+        &self,
+        actor: &Actor,
+        name: &str,
+        scope: ScimScope,
+    ) -> Result<(ScimClientRecord, String)> {
+        let name = name.trim().to_owned();
+        if name.is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
+            return Err(ValidationErrors::single("name", "must be 1-128 printable characters").into());
+        }
+        let token = format!(
+            "{}{}",
+            crate::scim_server::TOKEN_PREFIX,
+            crate::tokens::generate().trim_start_matches(crate::tokens::TOKEN_PREFIX)
+        );
+        let owned = token.clone();
+        let hash = tokio::task::spawn_blocking(move || crate::tokens::hash(&owned))
+            .await
+            .map_err(Error::internal)?
+            .map_err(Error::internal)?;
+        let record = ScimClientRecord {
+            id: Uuid::now_v7(),
+            name,
+            lookup: self.token_lookup(&token),
+            hash,
+            created_at: directory::now(),
+            revoked_at: None,
+            scope,
+            legacy_scope: false,
+        };
+        self.store.create_scim_client(&record, actor).await?;
+        Ok((record, token))
+    }
+
+    pub async fn set_scim_client_scope(&self, actor: &Actor, id: Uuid, scope: &ScimScope) -> Result<ScimClientRecord> {
+        self.store.set_scim_client_scope(id, scope, actor).await.map_err(client_not_found)
+    }
+
+    /// Revokes a SCIM client's token: its next request is refused, in every process.
+    pub async fn revoke_scim_client(&self, actor: &Actor, id: Uuid) -> Result<()> {
+        self.store.revoke_scim_client(id, actor).await.map_err(client_not_found)
+    }
+}
