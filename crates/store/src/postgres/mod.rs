@@ -49,7 +49,6 @@ pub(crate) use crate::sql::{
 mod bulk;
 mod dialect;
 mod provisioning;
-mod saml;
 mod scim;
 mod sources;
 

@@ -37,6 +37,7 @@ mod entitlements;
 pub mod health;
 pub mod provisioning;
 pub mod rows;
+mod saml;
 mod scim;
 
 /// A value bound to a placeholder.

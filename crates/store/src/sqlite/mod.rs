@@ -25,7 +25,6 @@ pub(crate) use crate::sql::{check_version, db_error as backend, like_pattern, li
 mod bulk;
 mod dialect;
 mod provisioning;
-mod saml;
 mod scim;
 mod sources;
 
