@@ -29,8 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use directory::{Actor, ChangeKind, NewChange, Role, User};
+use directory::{Actor, NewChange, Role, User};
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
@@ -40,13 +39,11 @@ use uuid::Uuid;
 use crate::{Result, StoreError, Wakeup};
 
 pub(crate) use crate::sql::rows::*;
-pub(crate) use crate::sql::{check_version, db_error as backend, paginate, AccountSet};
+pub(crate) use crate::sql::{check_version, db_error as backend, AccountSet};
 
 mod bulk;
 mod dialect;
-mod entitlements;
 mod provisioning;
-mod saml;
 mod scim;
 mod sources;
 

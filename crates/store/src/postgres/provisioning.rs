@@ -14,9 +14,6 @@ use crate::sql::provisioning::{Finished, NewOperation, ProvisioningHooks, ACCOUN
 use crate::sql::{q, Exec, Query, RowGet};
 use crate::Result;
 
-// For the SAML room, until it is written once too.
-pub(super) use crate::sql::provisioning::{event_from_row, OP_COLUMNS};
-
 /// An operation `o` (queued and due, or running with an expired lease: the claim's two
 /// queries) may be claimed now (`?1` is now) when it is the oldest open one of its pair and no
 /// other one of the pair is running under a live lease.

@@ -35,9 +35,11 @@ use crate::{cursor, PageRequest, Result, StoreError, MAX_PAGE};
 
 mod admins;
 pub mod directory;
+mod entitlements;
 pub mod health;
 pub mod provisioning;
 pub mod rows;
+mod saml;
 mod scim;
 
 /// A value bound to a placeholder.

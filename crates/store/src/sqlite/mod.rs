@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
-use directory::{Actor, ChangeKind, NewChange, Role, User};
+use directory::{Actor, NewChange, Role, User};
 use serde_json::Value;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -19,13 +19,11 @@ use uuid::Uuid;
 use crate::{Result, StoreError};
 
 pub(crate) use crate::sql::rows::*;
-pub(crate) use crate::sql::{check_version, db_error as backend, paginate, WriteTx};
+pub(crate) use crate::sql::{check_version, db_error as backend, WriteTx};
 
 mod bulk;
 mod dialect;
-mod entitlements;
 mod provisioning;
-mod saml;
 mod scim;
 mod sources;
 

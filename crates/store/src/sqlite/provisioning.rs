@@ -13,14 +13,6 @@ use crate::sql::provisioning::{Finished, NewOperation, ProvisioningHooks, ACCOUN
 use crate::sql::{q, Arg, Dialect, Exec, Json, Query, RowGet};
 use crate::Result;
 
-// For the SAML room, until it is written once too.
-pub(super) use crate::sql::provisioning::{event_from_row, OP_COLUMNS};
-
-/// See [`crate::sql::WriteTx::refresh_account`] (for the SAML room, until it is written once too).
-pub(super) async fn refresh_account(tx: &mut Tx, app: Uuid, user: Uuid, _now: &str) -> Result<()> {
-    crate::sql::WriteTx::refresh_account(tx, app, user).await
-}
-
 /// An operation `o` a worker may claim now (`?1` is now), once `o` is known to be queued and
 /// due, or running with an expired lease: the oldest open one of its pair, and no other one of
 /// the pair is running under a live lease.

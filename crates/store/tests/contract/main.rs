@@ -12,6 +12,7 @@ use testkit::postgres::TestDatabase;
 
 mod admins;
 mod directory;
+mod entitlements;
 mod health;
 mod postgres_only;
 mod provisioning;
