@@ -28,11 +28,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use directory::{Actor, NewChange, Role, User};
+use directory::{NewChange, User};
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
+use sqlx::{PgConnection, Postgres, Row};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
@@ -391,10 +390,6 @@ impl PostgresStore {
 
     pub(crate) async fn user_in(tx: &mut Tx, id: Uuid) -> Result<User> {
         Self::row_in(tx, "users", USER_COLUMNS, id, user_from_row).await
-    }
-
-    async fn role_in(tx: &mut Tx, id: Uuid) -> Result<Role> {
-        Self::row_in(tx, "roles", ROLE_COLUMNS, id, role_from_row).await
     }
 }
 

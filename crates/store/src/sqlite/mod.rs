@@ -6,14 +6,13 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
-use directory::{Actor, NewChange, Role, User};
+use directory::User;
 use serde_json::Value;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use sqlx::{Row, Sqlite, Transaction};
 use uuid::Uuid;
 
 use crate::{Result, StoreError};
@@ -159,9 +158,5 @@ impl SqliteStore {
 
     async fn user_in(tx: &mut Tx, id: Uuid) -> Result<User> {
         Self::row_in(tx, "users", USER_COLUMNS, id, user_from_row).await
-    }
-
-    async fn role_in(tx: &mut Tx, id: Uuid) -> Result<Role> {
-        Self::row_in(tx, "roles", ROLE_COLUMNS, id, role_from_row).await
     }
 }
