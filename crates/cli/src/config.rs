@@ -86,7 +86,8 @@ impl StoreSettings {
                 if let Some(secs) = self.statement_timeout_seconds {
                     options.statement_timeout = (secs > 0).then(|| std::time::Duration::from_secs(secs));
                 }
-                let s = store::PostgresStore::connect(url, options).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                let s =
+                    store::PostgresStore::connect(url, options).await.map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
                 Ok(std::sync::Arc::new(s))
             }
             Some(other) => {

@@ -128,11 +128,11 @@ impl Engine {
                     "strategy": read.strategy, "contradictions": read.contradictions, "pages_read": read.pages,
                     "reason": error});
                 if let Err(e) = store.record_app_read(app_id, "refresh", &result).await {
-                    tracing::warn!(app = %app_id, error = %e, "cannot record how the refresh read the app");
+                    tracing::warn!(app = %app_id, error = %e.chain(), "cannot record how the refresh read the app");
                 }
             }
             if let Err(e) = store.finish_entitlement_refresh(app_id, "group", error.as_deref()).await {
-                tracing::warn!(app = %app_id, error = %e, "cannot record the end of the entitlement refresh");
+                tracing::warn!(app = %app_id, error = %e.chain(), "cannot record the end of the entitlement refresh");
             }
         });
         Ok(true)

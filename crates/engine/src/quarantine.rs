@@ -108,7 +108,7 @@ impl Engine {
         }
         for (app, seen) in apps.into_iter().filter(|(_, s)| s.failed) {
             if let Err(e) = self.check_app(app, &seen).await {
-                tracing::warn!(app = %app, error = %e, "cannot check whether the app should be quarantined");
+                tracing::warn!(app = %app, error = %e.chain(), "cannot check whether the app should be quarantined");
             }
         }
     }
@@ -163,11 +163,11 @@ impl Engine {
                     Ok(_) => match me.resume(app, &Actor::system(), "the connection test succeeded").await {
                         Ok(_) => tracing::info!(app = %app, "probe succeeded: app resumed"),
                         Err(e) => {
-                            tracing::warn!(app = %app, error = %e, "probe succeeded but the app cannot be resumed")
+                            tracing::warn!(app = %app, error = %e.chain(), "probe succeeded but the app cannot be resumed")
                         }
                     },
                     Err(e) => {
-                        tracing::info!(app = %app, error = %e, next_probe = %next, "probe failed: app stays quarantined")
+                        tracing::info!(app = %app, error = %e.chain(), next_probe = %next, "probe failed: app stays quarantined")
                     }
                 }
             });
@@ -180,7 +180,7 @@ impl Engine {
         loop {
             tokio::time::sleep(every).await;
             if let Err(e) = self.probe_due().await {
-                tracing::warn!(error = %e, "quarantine probes: will retry");
+                tracing::warn!(error = %e.chain(), "quarantine probes: will retry");
             }
         }
     }

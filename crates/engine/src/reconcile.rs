@@ -130,7 +130,7 @@ impl Engine {
         match serde_json::to_value(&report) {
             Ok(v) => {
                 if let Err(e) = self.store().record_app_read(app_id, "reconcile", &v).await {
-                    tracing::warn!(app = %app_id, error = %e, "cannot record how the reconciliation read the app");
+                    tracing::warn!(app = %app_id, error = %e.chain(), "cannot record how the reconciliation read the app");
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot serialize a reconciliation report"),

@@ -84,6 +84,15 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// The error and its sources, down to the database driver's error (see
+    /// [`StoreError::chain`]): what a log line says.
+    pub fn chain(&self) -> String {
+        match self {
+            Self::Store(e) => e.chain(),
+            other => other.to_string(),
+        }
+    }
+
     pub(crate) fn app(app: &App, e: ConnectorError) -> Self {
         let reason = worker::describe(&app.name, &e);
         Self::App { reason, recommended_action: e.recommended_action.clone(), error: e }
@@ -344,10 +353,10 @@ impl Engine {
                 Ok(true) => match self.plan_once().await {
                     Ok(n) if n > 0 => continue,
                     Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "planner: will retry"),
+                    Err(e) => tracing::warn!(error = %e.chain(), "planner: will retry"),
                 },
                 Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "planner: cannot take the planner lease; will retry"),
+                Err(e) => tracing::warn!(error = %e.chain(), "planner: cannot take the planner lease; will retry"),
             }
             tokio::select! {
                 _ = self.planner_wake.notified() => {}
@@ -359,7 +368,7 @@ impl Engine {
     async fn dispatcher_loop(self: Arc<Self>) {
         loop {
             if let Err(e) = self.dispatch_once().await {
-                tracing::warn!(error = %e, "dispatcher: will retry");
+                tracing::warn!(error = %e.chain(), "dispatcher: will retry");
             }
             tokio::select! {
                 _ = self.worker_wake.notified() => {}
@@ -376,7 +385,7 @@ impl Engine {
             let apps = match self.enabled_apps().await {
                 Ok(a) => a,
                 Err(e) => {
-                    tracing::warn!(error = %e, "scheduled reconciliation: cannot list apps");
+                    tracing::warn!(error = %e.chain(), "scheduled reconciliation: cannot list apps");
                     continue;
                 }
             };
@@ -384,11 +393,11 @@ impl Engine {
                 match self.store.try_run_schedule(&format!("reconcile:{app}"), every).await {
                     Ok(true) => match self.reconcile(app).await {
                         Ok(r) => tracing::info!(app = %app, ?r, "scheduled reconciliation done"),
-                        Err(e) => tracing::warn!(app = %app, error = %e, "scheduled reconciliation failed"),
+                        Err(e) => tracing::warn!(app = %app, error = %e.chain(), "scheduled reconciliation failed"),
                     },
                     Ok(false) => {}
                     Err(e) => {
-                        tracing::warn!(app = %app, error = %e, "scheduled reconciliation: cannot check the schedule")
+                        tracing::warn!(app = %app, error = %e.chain(), "scheduled reconciliation: cannot check the schedule")
                     }
                 }
             }
@@ -468,7 +477,7 @@ impl Engine {
         };
         if refresh {
             if let Err(e) = self.store.refresh_statistics().await {
-                tracing::warn!(error = %e, "cannot refresh the store's statistics after a large plan");
+                tracing::warn!(error = %e.chain(), "cannot refresh the store's statistics after a large plan");
             }
         }
         tracing::debug!(
@@ -515,7 +524,7 @@ impl Engine {
             shared.accounts = match self.store.get_accounts(app.id, &users).await {
                 Ok(list) => Some(list.into_iter().map(|a| (a.user_id, a)).collect()),
                 Err(e) => {
-                    tracing::warn!(app = %app.id, error = %e, "cannot read the account records; the operations will be retried");
+                    tracing::warn!(app = %app.id, error = %e.chain(), "cannot read the account records; the operations will be retried");
                     None
                 }
             };
@@ -621,7 +630,9 @@ impl Engine {
                     Ok(false) => {
                         tracing::warn!(op = %id, "lease lost before the retry was recorded; another worker owns it")
                     }
-                    Err(e) => tracing::warn!(op = %id, error = %e, "retry not recorded; the operation will be retried"),
+                    Err(e) => {
+                        tracing::warn!(op = %id, error = %e.chain(), "retry not recorded; the operation will be retried")
+                    }
                 }
                 false
             }
@@ -669,13 +680,13 @@ impl Engine {
             Ok(r) => r,
             Err(e) => {
                 // One bad outcome must not cost the others theirs: record them one by one.
-                tracing::warn!(error = %e, outcomes = batch.len(), "outcomes not recorded together; recording them one by one");
+                tracing::warn!(error = %e.chain(), outcomes = batch.len(), "outcomes not recorded together; recording them one by one");
                 let mut r = Vec::with_capacity(batch.len());
                 for (id, outcome) in batch {
                     r.push(match self.store.finish_operation(*id, owner, outcome).await {
                         Ok(done) => done,
                         Err(e) => {
-                            tracing::warn!(op = %id, error = %e, "outcome not recorded; the operation will be retried");
+                            tracing::warn!(op = %id, error = %e.chain(), "outcome not recorded; the operation will be retried");
                             true
                         }
                     });
@@ -742,7 +753,7 @@ impl Engine {
             match created {
                 Ok(created) => {
                     if let Err(e) = self.store.add_entitlement(app.id, "group", &created.id, name).await {
-                        tracing::warn!(error = %e, group = %name, "created a group but could not record it");
+                        tracing::warn!(error = %e.chain(), group = %name, "created a group but could not record it");
                     }
                     ids.insert(name.to_lowercase(), created.id);
                 }
@@ -839,7 +850,7 @@ impl Engine {
             message: tested.as_ref().err().map(ToString::to_string),
         };
         if let Err(e) = self.store.record_connection_test(app_id, &test).await {
-            tracing::warn!(app = %app_id, error = %e, "cannot record the connection test's result");
+            tracing::warn!(app = %app_id, error = %e.chain(), "cannot record the connection test's result");
         }
         let caps = tested?;
         let value = serde_json::to_value(caps).map_err(|e| EngineError::Credential(e.to_string()))?;

@@ -230,7 +230,7 @@ impl SourceSyncer {
                 sync.state = SyncState::AwaitingConfirmation;
             }
             Err(e) => {
-                tracing::warn!(source = %sync.source_id, sync = %sync.id, error = %e, "directory sync failed");
+                tracing::warn!(source = %sync.source_id, sync = %sync.id, error = %e.chain(), "directory sync failed");
                 sync.state = SyncState::Failed;
                 sync.finished_at = Some(now);
                 sync.message = Some(format!("{e}; nobody was suspended by this sync"));
@@ -240,7 +240,7 @@ impl SourceSyncer {
             }
         }
         if let Err(e) = self.store.save_source_sync(sync, None).await {
-            tracing::warn!(sync = %sync.id, error = %e, "cannot record the end of a directory sync");
+            tracing::warn!(sync = %sync.id, error = %e.chain(), "cannot record the end of a directory sync");
         }
     }
 
@@ -565,15 +565,15 @@ impl SourceSyncer {
                                     tracing::info!(source = %s.name, sync = %sync.id, mode = sync.mode.as_str(), "scheduled directory sync started")
                                 }
                                 Err(e) => {
-                                    tracing::info!(source = %s.name, error = %e, "scheduled directory sync not started")
+                                    tracing::info!(source = %s.name, error = %e.chain(), "scheduled directory sync not started")
                                 }
                             },
                             Ok(false) => {}
-                            Err(e) => tracing::warn!(error = %e, "directory sync schedule: will retry"),
+                            Err(e) => tracing::warn!(error = %e.chain(), "directory sync schedule: will retry"),
                         }
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "directory sync schedule: cannot list sources"),
+                Err(e) => tracing::warn!(error = %e.chain(), "directory sync schedule: cannot list sources"),
             }
             tokio::time::sleep(Duration::from_secs(20)).await;
         }

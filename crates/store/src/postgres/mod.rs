@@ -334,7 +334,7 @@ impl PostgresStore {
                 }
             }
         };
-        MIGRATOR.run(&pool).await.map_err(|e| StoreError::Backend(format!("migration failed: {e}")))?;
+        MIGRATOR.run(&pool).await.map_err(|e| backend(sqlx::Error::Migrate(Box::new(e))))?;
         backfill_email_keys(&mut crate::sql::Conn(pool.acquire().await.map_err(backend)?)).await?;
         let (wakeups, _) = broadcast::channel(64);
         let listener = if options.listen {

@@ -116,7 +116,7 @@ impl SqliteStore {
             .connect_with(opts.clone())
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        MIGRATOR.run(&writer).await.map_err(|e| StoreError::Backend(format!("migration failed: {e}")))?;
+        MIGRATOR.run(&writer).await.map_err(|e| backend(sqlx::Error::Migrate(Box::new(e))))?;
         backfill_email_keys(&mut crate::sql::Conn(writer.acquire().await.map_err(backend)?)).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
