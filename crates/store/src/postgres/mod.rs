@@ -50,7 +50,6 @@ mod bulk;
 mod dialect;
 mod provisioning;
 mod scim;
-mod sources;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -119,11 +118,6 @@ impl Drop for ListenerTask {
 
 pub(crate) fn get<'r, T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>>(row: &'r PgRow, col: &str) -> Result<T> {
     row.try_get(col).map_err(backend)
-}
-
-pub(crate) fn get_json<T: serde::de::DeserializeOwned>(row: &PgRow, col: &str) -> Result<T> {
-    let v: Value = get(row, col)?;
-    serde_json::from_value(v).map_err(|e| StoreError::Backend(format!("bad JSON in {col}: {e}")))
 }
 
 pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> Result<Value> {

@@ -39,6 +39,7 @@ pub mod provisioning;
 pub mod rows;
 mod saml;
 mod scim;
+mod sources;
 
 /// A value bound to a placeholder.
 #[derive(Debug, Clone, PartialEq)]

@@ -26,7 +26,6 @@ mod bulk;
 mod dialect;
 mod provisioning;
 mod scim;
-mod sources;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -65,21 +64,12 @@ fn get_ts(row: &SqliteRow, col: &str) -> Result<DateTime<Utc>> {
     parse_ts(&get::<String>(row, col)?)
 }
 
-fn get_opt_ts(row: &SqliteRow, col: &str) -> Result<Option<DateTime<Utc>>> {
-    get::<Option<String>>(row, col)?.as_deref().map(parse_ts).transpose()
-}
-
 fn get_uuid(row: &SqliteRow, col: &str) -> Result<Uuid> {
     parse_uuid(&get::<String>(row, col)?)
 }
 
 fn get_opt_uuid(row: &SqliteRow, col: &str) -> Result<Option<Uuid>> {
     get::<Option<String>>(row, col)?.as_deref().map(parse_uuid).transpose()
-}
-
-fn get_json<T: serde::de::DeserializeOwned>(row: &SqliteRow, col: &str) -> Result<T> {
-    let text: String = get(row, col)?;
-    serde_json::from_str(&text).map_err(|e| StoreError::Backend(format!("bad JSON in {col}: {e}")))
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
