@@ -20,7 +20,7 @@ pub use app::{
     DeprovisionAction, DeprovisionGuard, ProvisioningSettings, Secret, ValidatedApp,
 };
 pub use attribute::{AttributeDef, AttributeDefInput, AttributeType};
-pub use audit::{Actor, AuditEntry};
+pub use audit::{Actor, AuditAction, AuditEntry};
 pub use change::{Change, ChangeKind, NewChange};
 pub use mapping::{Condition, EntitlementRef, Match, Op, Parameter, Rule, RuleAction, SetAttribute, Source, Transform};
 pub use provisioning::{

@@ -69,6 +69,15 @@ impl Error {
     pub fn internal(e: impl std::fmt::Display) -> Self {
         Self::Internal(e.to_string())
     }
+
+    /// What a log line says about the error: for an internal error or an unavailable database,
+    /// the whole cause (down to the driver's error), which the response does not show.
+    pub fn detail(&self) -> String {
+        match self {
+            Self::Internal(m) | Self::Unavailable(m) => m.clone(),
+            other => other.to_string(),
+        }
+    }
 }
 
 impl From<StoreError> for Error {

@@ -292,3 +292,33 @@ pub trait Store:
     /// Changes with `seq > after`, oldest first, at most `limit`.
     async fn changes_after(&self, after: i64, limit: u32) -> Result<Vec<Change>>;
 }
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Connection;
+
+    use super::*;
+    use crate::sql::{q, Dialect};
+
+    #[tokio::test]
+    async fn a_driver_error_stays_the_source_of_the_store_error() {
+        let mut c = sqlx::SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        let err = <sqlx::Sqlite as Dialect>::execute(&mut c, q("SELEC 1")).await.unwrap_err();
+        assert!(matches!(err, StoreError::Database(_)), "{err:?}");
+        let source = std::error::Error::source(&err).expect("the driver's error is the source");
+        let driver = source.downcast_ref::<Box<sqlx::Error>>().map(|b| &**b);
+        assert!(matches!(driver, Some(sqlx::Error::Database(_))), "{source:?}");
+        assert!(err.chain().starts_with("storage error: "), "{}", err.chain());
+        assert!(err.chain().contains("syntax error"), "{}", err.chain());
+    }
+
+    #[test]
+    fn an_unreachable_server_keeps_the_io_error_under_it() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let err = sql::db_error(sqlx::Error::Io(io));
+        assert!(err.is_unavailable(), "{err:?}");
+        let chain = err.chain();
+        assert!(chain.starts_with("the database is unavailable: error communicating with database: "), "{chain}");
+        assert!(chain.contains("connection refused"), "{chain}");
+    }
+}

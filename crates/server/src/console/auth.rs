@@ -281,14 +281,14 @@ pub async fn require_session(State(state): State<AppState>, mut req: Request, ne
     let idle = (now - record.last_seen_at).to_std().unwrap_or_default();
     if idle > config.idle_timeout {
         if let Err(e) = store.delete_session(&id_hash, false).await {
-            tracing::warn!(error = %e, "cannot remove an expired console session");
+            tracing::warn!(error = %e.chain(), "cannot remove an expired console session");
         }
         return unauthenticated(&req, true, secure);
     }
     // Record activity, but not on every request.
     if idle > (config.idle_timeout / 4).min(Duration::from_secs(30)) {
         if let Err(e) = store.touch_session(&id_hash, now).await {
-            tracing::warn!(error = %e, "cannot record console session activity");
+            tracing::warn!(error = %e.chain(), "cannot record console session activity");
         }
     }
     if !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {

@@ -52,7 +52,7 @@ impl IntoResponse for ConsoleError {
             Self::Service(e) => {
                 let problem = e.problem();
                 if problem.status >= 500 {
-                    tracing::error!(error = %e, "console error");
+                    tracing::error!(error = %e.detail(), "console error");
                 }
                 let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 let message = match &e {
@@ -207,7 +207,7 @@ async fn login(
     let store = state.service.store();
     let idle = chrono::Duration::from_std(state.console.config.idle_timeout).unwrap_or(chrono::Duration::minutes(30));
     if let Err(e) = store.delete_idle_sessions(directory::now() - idle).await {
-        tracing::warn!(error = %e, "cannot remove idle console sessions");
+        tracing::warn!(error = %e.chain(), "cannot remove idle console sessions");
     }
     let id = auth::random_token();
     let now = directory::now();

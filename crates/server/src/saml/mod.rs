@@ -99,7 +99,7 @@ pub fn message(status: StatusCode, title: &str, text: &str) -> Response {
 fn error_page(e: Error) -> Response {
     let problem = e.problem();
     if problem.status >= 500 {
-        tracing::error!(error = %e, "SAML IdP error");
+        tracing::error!(error = %e.detail(), "SAML IdP error");
     }
     let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let text = match &e {
@@ -347,7 +347,7 @@ async fn login(
     }
     let idle = chrono::Duration::from_std(state.console.config.idle_timeout).unwrap_or(chrono::Duration::minutes(30));
     if let Err(e) = store.delete_idle_user_sessions(directory::now() - idle).await {
-        tracing::warn!(error = %e, "cannot remove idle IdP sessions");
+        tracing::warn!(error = %e.chain(), "cannot remove idle IdP sessions");
     }
     let id = crate::console::random_token();
     let now = directory::now();

@@ -3,17 +3,20 @@
 //! the write transaction [`Tx`] that defers change rows and account records to its commit (see
 //! the module documentation of [`crate::postgres`]).
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use directory::NewChange;
 use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
+use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use super::{PostgresStore, Tx};
 use crate::sql::{db_error, AccountSet, Arg, Backend, Conn, Dialect, Exec, Piece, Query, RowGet, WriteTx};
-use crate::{Result, StoreError};
+use crate::{Result, StoreError, Wakeup};
 
 fn build(q: &Query) -> Result<QueryBuilder<'static, Postgres>> {
     let (pieces, args) = q.parts();
@@ -50,6 +53,7 @@ fn build(q: &Query) -> Result<QueryBuilder<'static, Postgres>> {
 impl Dialect for Postgres {
     const FOR_UPDATE: &'static str = " FOR UPDATE";
     const FOR_SHARE: &'static str = " FOR SHARE";
+    const ILIKE: &'static str = "ILIKE";
     const MAX_BINDS: usize = 65_000;
 
     async fn fetch_all(c: &mut PgConnection, q: Query) -> Result<Vec<PgRow>> {
@@ -202,6 +206,21 @@ impl Backend for PostgresStore {
 
     async fn begin_engine(&self) -> Result<Tx> {
         PostgresStore::begin_engine(self).await
+    }
+
+    /// Within the acquire timeout (at most 3 s): an unreachable server must not hold a health
+    /// check for long.
+    async fn health(&self) -> Result<()> {
+        let wait = self.acquire_timeout.min(Duration::from_secs(3));
+        match tokio::time::timeout(wait, crate::sql::ping(self)).await {
+            Ok(done) => done,
+            Err(_) => Err(StoreError::Unavailable(format!("no answer from PostgreSQL within {wait:?}"))),
+        }
+    }
+
+    /// From the `LISTEN` task, when the store runs one.
+    fn wakeups(&self) -> Option<broadcast::Receiver<Wakeup>> {
+        self.listener.as_ref().map(|_| self.wakeups.subscribe())
     }
 }
 

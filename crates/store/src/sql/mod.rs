@@ -25,7 +25,8 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
-use directory::{EventStatus, NewChange, Ownership, Page};
+// `::directory`: the crate, not the module `directory` below.
+use ::directory::{EventStatus, NewChange, Ownership, Page};
 use serde_json::Value;
 use sqlx::pool::PoolConnection;
 use uuid::Uuid;
@@ -33,6 +34,7 @@ use uuid::Uuid;
 use crate::{cursor, PageRequest, Result, StoreError, MAX_PAGE};
 
 mod admins;
+pub mod directory;
 mod entitlements;
 pub mod health;
 pub mod provisioning;
@@ -230,6 +232,9 @@ pub trait Dialect: sqlx::Database<Row: RowGet> {
     const FOR_SHARE: &'static str;
     /// The most values one statement may bind.
     const MAX_BINDS: usize;
+    /// Case-insensitive `LIKE`: `ILIKE` on PostgreSQL; `LIKE` on SQLite, where it already
+    /// ignores (ASCII) case.
+    const ILIKE: &'static str;
 
     async fn fetch_all(c: &mut Self::Connection, q: Query) -> Result<Vec<Self::Row>>;
     async fn fetch_optional(c: &mut Self::Connection, q: Query) -> Result<Option<Self::Row>>;
@@ -336,7 +341,7 @@ pub struct AccountSet {
 /// Upserts account records as [`WriteTx::set_account`] says, one row per `(app, user, set)` (the
 /// statement both backends run).
 pub fn upsert_accounts(sets: Vec<(Uuid, Uuid, AccountSet)>) -> Query {
-    let now = directory::now();
+    let now = ::directory::now();
     let mut query = q("INSERT INTO accounts (app_id, user_id, remote_id, ownership, status, last_applied, \
                        last_event_id, updated_at) VALUES ");
     for (i, (app, user, set)) in sets.into_iter().enumerate() {
@@ -375,6 +380,25 @@ pub trait Backend: Send + Sync + 'static {
     async fn begin_engine(&self) -> Result<Self::Tx> {
         self.begin().await
     }
+
+    /// Answers when the database is reachable (`Unavailable` otherwise): see
+    /// [`Store::health`](crate::Store::health).
+    async fn health(&self) -> Result<()> {
+        ping(self).await
+    }
+
+    /// Wake-ups from other processes sharing the database: see
+    /// [`Store::wakeups`](crate::Store::wakeups). None by default.
+    fn wakeups(&self) -> Option<tokio::sync::broadcast::Receiver<crate::Wakeup>> {
+        None
+    }
+}
+
+/// `SELECT 1` on a read connection; any failure is `Unavailable` (with the error's chain).
+pub async fn ping<B: Backend + ?Sized>(b: &B) -> Result<()> {
+    let unavailable = |e: StoreError| StoreError::Unavailable(e.chain());
+    b.read().await.map_err(unavailable)?.run(q("SELECT 1")).await.map_err(unavailable)?;
+    Ok(())
 }
 
 /// Reads a column as a domain type, whichever backend produced the row.

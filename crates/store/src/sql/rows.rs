@@ -1,7 +1,7 @@
 //! The directory's rows, written once for both backends: column lists, row mappers, the audit
 //! entry every write records, and the user-row writes that several rooms of the store share.
 
-use directory::{Actor, App, Role, User, UserStatus};
+use directory::{Actor, App, AuditAction, Role, User, UserStatus};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -122,6 +122,20 @@ pub struct AuditRecord<'a> {
     pub target_id: String,
     pub before: Option<Value>,
     pub after: Option<Value>,
+}
+
+impl AuditRecord<'static> {
+    /// An entry about a user, a role or an app, named by what the write did (decided by
+    /// [`AuditAction`], not here).
+    pub fn of(action: AuditAction, target_id: Uuid, before: Option<Value>, after: Option<Value>) -> Self {
+        AuditRecord {
+            action: action.as_str(),
+            target_type: action.target_type(),
+            target_id: target_id.to_string(),
+            before,
+            after,
+        }
+    }
 }
 
 /// Records an audit entry; the changes this transaction recorded before it are attributed to it.

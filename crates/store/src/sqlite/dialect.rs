@@ -54,6 +54,7 @@ fn build(q: &Query) -> Result<QueryBuilder<'static, Sqlite>> {
 impl Dialect for Sqlite {
     const FOR_UPDATE: &'static str = "";
     const FOR_SHARE: &'static str = "";
+    const ILIKE: &'static str = "LIKE";
     const MAX_BINDS: usize = 32_000;
 
     async fn fetch_all(c: &mut SqliteConnection, q: Query) -> Result<Vec<SqliteRow>> {
