@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use directory::{Actor, DirectorySource, NewChange, SourceLink, SourceSync, SyncMode, SyncState, User, UserStatus};
+use directory::{
+    Actor, AuditAction, DirectorySource, NewChange, SourceLink, SourceSync, SyncMode, SyncState, User, UserStatus,
+};
 use uuid::Uuid;
 
 use super::rows::{insert_user_row, record_audit, user_from_row, user_in, write_user_row, AuditRecord, USER_COLUMNS};
@@ -77,14 +79,6 @@ async fn upsert_link<D: Dialect>(tx: &mut impl Exec<D>, link: &SourceLink) -> Re
     )
     .await?;
     Ok(())
-}
-
-fn user_action(before: UserStatus, after: UserStatus) -> &'static str {
-    match (before == after, after) {
-        (true, _) => "user.update",
-        (false, UserStatus::Suspended) => "user.suspend",
-        (false, _) => "user.reactivate",
-    }
 }
 
 /// A user write of a batch skipped because the username is taken.
@@ -451,18 +445,8 @@ impl<S: Backend> SourceStore for S {
             }
             upsert_link(&mut tx, link).await?;
             tx.change(NewChange::user(user.id)).await?;
-            record_audit(
-                &mut tx,
-                actor,
-                AuditRecord {
-                    action: "user.create",
-                    target_type: "user",
-                    target_id: user.id.to_string(),
-                    before: None,
-                    after: to_value(user),
-                },
-            )
-            .await?;
+            let rec = AuditRecord::of(AuditAction::user(None, user.status), user.id, None, to_value(user));
+            record_audit(&mut tx, actor, rec).await?;
         }
         for update in &batch.updates {
             let user = &update.user;
@@ -502,18 +486,8 @@ impl<S: Backend> SourceStore for S {
             }
             upsert_link(&mut tx, &update.link).await?;
             tx.change(NewChange::user(user.id)).await?;
-            record_audit(
-                &mut tx,
-                actor,
-                AuditRecord {
-                    action: user_action(before.status, user.status),
-                    target_type: "user",
-                    target_id: user.id.to_string(),
-                    before: to_value(&before),
-                    after: to_value(user),
-                },
-            )
-            .await?;
+            let action = AuditAction::user(Some(before.status), user.status);
+            record_audit(&mut tx, actor, AuditRecord::of(action, user.id, to_value(&before), to_value(user))).await?;
         }
         for (add, list) in [(true, &batch.role_adds), (false, &batch.role_removes)] {
             for (role, user) in list {
@@ -532,14 +506,9 @@ impl<S: Backend> SourceStore for S {
                 }
                 tx.change(NewChange::membership(*role, *user)).await?;
                 let value = serde_json::json!({"role_id": role, "user_id": user});
-                let (action, before, after) =
-                    if add { ("role.add_user", None, Some(value)) } else { ("role.remove_user", Some(value), None) };
-                record_audit(
-                    &mut tx,
-                    actor,
-                    AuditRecord { action, target_type: "role", target_id: role.to_string(), before, after },
-                )
-                .await?;
+                let (before, after) = if add { (None, Some(value)) } else { (Some(value), None) };
+                record_audit(&mut tx, actor, AuditRecord::of(AuditAction::role_user(add), *role, before, after))
+                    .await?;
             }
         }
         tx.commit().await?;
