@@ -28,11 +28,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use directory::{Actor, NewChange, Role, User};
-use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::{PgConnection, Postgres, QueryBuilder};
+use directory::NewChange;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::{PgConnection, Postgres};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
@@ -109,14 +107,6 @@ impl Drop for ListenerTask {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> Result<Value> {
-    serde_json::to_value(v).map_err(|e| StoreError::Backend(e.to_string()))
-}
-
-pub(crate) fn to_value<T: serde::Serialize>(v: &T) -> Option<Value> {
-    serde_json::to_value(v).ok()
 }
 
 /// The account work of one pair at commit.
@@ -369,18 +359,6 @@ impl PostgresStore {
         let mut tx = self.begin().await?;
         sqlx::query("SET LOCAL synchronous_commit = off").execute(tx.c()).await.map_err(backend)?;
         Ok(tx)
-    }
-
-    /// One row by id, locked for the rest of the transaction; `NotFound` when missing.
-    async fn row_in<T>(tx: &mut Tx, table: &str, columns: &str, id: Uuid, map: fn(&PgRow) -> Result<T>) -> Result<T> {
-        let sql = format!("SELECT {columns} FROM {table} WHERE id = $1 FOR UPDATE");
-        let row =
-            sqlx::query(&sql).bind(id).fetch_optional(tx.c()).await.map_err(backend)?.ok_or(StoreError::NotFound)?;
-        map(&row)
-    }
-
-    async fn role_in(tx: &mut Tx, id: Uuid) -> Result<Role> {
-        Self::row_in(tx, "roles", ROLE_COLUMNS, id, role_from_row).await
     }
 }
 

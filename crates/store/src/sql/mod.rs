@@ -34,6 +34,7 @@ use uuid::Uuid;
 use crate::{cursor, PageRequest, Result, StoreError, MAX_PAGE};
 
 mod admins;
+pub mod bulk;
 pub mod directory;
 mod entitlements;
 pub mod health;

@@ -6,15 +6,8 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use chrono::{DateTime, SecondsFormat, Utc};
-use directory::{Actor, NewChange, Role, User};
-use serde_json::Value;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{QueryBuilder, Sqlite, Transaction};
-use uuid::Uuid;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, Transaction};
 
 use crate::{Result, StoreError};
 
@@ -39,18 +32,6 @@ impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SqliteStore")
     }
-}
-
-fn ts(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
-fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
-    serde_json::to_string(v).map_err(|e| StoreError::Backend(e.to_string()))
-}
-
-fn to_value<T: serde::Serialize>(v: &T) -> Option<Value> {
-    serde_json::to_value(v).ok()
 }
 
 pub(crate) type Tx = Transaction<'static, Sqlite>;
@@ -101,31 +82,5 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;
-    }
-
-    async fn begin(&self) -> Result<Tx> {
-        self.writer.begin().await.map_err(backend)
-    }
-
-    /// One row by id, inside a transaction; `NotFound` when missing.
-    async fn row_in<T>(
-        tx: &mut Tx,
-        table: &str,
-        columns: &str,
-        id: Uuid,
-        map: fn(&SqliteRow) -> Result<T>,
-    ) -> Result<T> {
-        let sql = format!("SELECT {columns} FROM {table} WHERE id = ?");
-        let row = sqlx::query(&sql)
-            .bind(id.to_string())
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(backend)?
-            .ok_or(StoreError::NotFound)?;
-        map(&row)
-    }
-
-    async fn role_in(tx: &mut Tx, id: Uuid) -> Result<Role> {
-        Self::row_in(tx, "roles", ROLE_COLUMNS, id, role_from_row).await
     }
 }

@@ -8,7 +8,7 @@ use directory::{
     UserStatus,
 };
 use serde_json::json;
-use store::{AuditQuery, NameQuery, PageRequest, Store, StoreError, TokenRecord, UserQuery};
+use store::{AuditQuery, BulkStore, NameQuery, PageRequest, Store, StoreError, TokenRecord, UserQuery};
 use uuid::Uuid;
 
 fn actor() -> Actor {
@@ -389,4 +389,73 @@ async fn sqlite_data_survives_reopening() {
     }
     let s = store::SqliteStore::open(&path).await.unwrap();
     assert_eq!(s.get_user(u.id).await.unwrap(), Some(u));
+}
+
+/// `BulkStore` is not part of `Store`: each backend's store is given to the test itself.
+async fn bulk_import_writes_users_members_changes_and_audit<S: Store + BulkStore>(s: S) {
+    let (r1, r2) = (role("Imported"), role("Also imported"));
+    s.create_role(&r1, &actor()).await.unwrap();
+    s.create_role(&r2, &actor()).await.unwrap();
+    let seq = last_seq(&s).await;
+    let mut users: Vec<User> = (0..1200).map(|i| user(&format!("bulk{i:04}"))).collect();
+    users[7].email = None;
+    s.import_users(&users, &[r1.id, r2.id], &actor()).await.unwrap();
+    assert_eq!(s.get_user(users[0].id).await.unwrap().as_ref(), Some(&users[0]));
+    assert_eq!(s.get_user(users[7].id).await.unwrap().as_ref(), Some(&users[7]));
+    assert_eq!(s.get_user(users[1199].id).await.unwrap().as_ref(), Some(&users[1199]));
+    assert_eq!(s.roles_of_user(users[600].id).await.unwrap().len(), 2);
+    // Each user, then their memberships, in order; no audit entry explains them one by one.
+    let changes = s.changes_after(seq, 10_000).await.unwrap();
+    assert_eq!(changes.len(), 3 * users.len());
+    assert_eq!((changes[0].kind, changes[0].user_id), (ChangeKind::User, Some(users[0].id)));
+    assert_eq!((changes[1].kind, changes[1].role_id), (ChangeKind::RoleMembership, Some(r1.id)));
+    assert_eq!(
+        (changes[5].kind, changes[5].role_id, changes[5].user_id),
+        (ChangeKind::RoleMembership, Some(r2.id), Some(users[1].id))
+    );
+    assert!(changes.iter().all(|c| c.audit_id.is_none()));
+    let created = AuditQuery { target_id: Some(users[1199].id.to_string()), ..Default::default() };
+    let entry = &s.list_audit(&created).await.unwrap().items[0];
+    assert_eq!((entry.action.as_str(), entry.target_type.as_str()), ("user.create", "user"));
+    assert_eq!(entry.after.as_ref().unwrap()["username"], "bulk1199");
+    let joined = AuditQuery {
+        target_id: Some(r2.id.to_string()),
+        page: PageRequest { limit: 500, cursor: None },
+        ..Default::default()
+    };
+    let entry = &s.list_audit(&joined).await.unwrap().items[0];
+    assert_eq!(entry.action, "role.add_user");
+    assert_eq!(entry.after, Some(json!({"role_id": r2.id, "user_id": users[1199].id})));
+    // A later write's audit entry explains its own change only.
+    let later = user("later");
+    s.create_user(&later, &actor()).await.unwrap();
+    let changes = s.changes_after(seq, 10_000).await.unwrap();
+    assert!(changes[..3 * users.len()].iter().all(|c| c.audit_id.is_none()));
+    assert!(changes.last().unwrap().audit_id.is_some());
+
+    // A batch fails as a whole: a taken username, a taken address, a missing role.
+    let seq = last_seq(&s).await;
+    let fresh = user("fresh");
+    let r = s.import_users(&[fresh.clone(), user("BULK0001")], &[], &actor()).await;
+    assert!(matches!(r, Err(StoreError::Duplicate { field: "username" })), "{r:?}");
+    let r = s.import_users(&[fresh.clone(), with_email("other", "Bulk0002@example.com")], &[], &actor()).await;
+    assert!(email_taken(r));
+    let r = s.import_users(std::slice::from_ref(&fresh), &[Uuid::now_v7()], &actor()).await;
+    assert!(matches!(r, Err(StoreError::NotFound)), "{r:?}");
+    assert_eq!(s.get_user(fresh.id).await.unwrap(), None);
+    assert_eq!(last_seq(&s).await, seq, "nothing written");
+}
+
+#[tokio::test]
+async fn sqlite_bulk_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store::SqliteStore::open(&dir.path().join("bulk.db")).await.unwrap();
+    bulk_import_writes_users_members_changes_and_audit(s).await;
+}
+
+#[tokio::test]
+async fn postgres_bulk_import() {
+    let db = testkit::postgres::TestDatabase::create().await;
+    let s = store::PostgresStore::connect(&db.url, crate::pg_options()).await.unwrap();
+    bulk_import_writes_users_members_changes_and_audit(s).await;
 }
