@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use async_trait::async_trait;
-use directory::{Actor, NewChange, User, UserStatus};
+use directory::{Actor, AuditAction, NewChange, User, UserStatus};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -291,30 +291,13 @@ where
             }
         };
         tx.change(NewChange::user(user.id)).await?;
-        let action = match &before {
-            None => "user.create",
-            Some(b) if b.status != user.status => match user.status {
-                UserStatus::Suspended => "user.suspend",
-                _ => "user.reactivate",
-            },
-            Some(_) => "user.update",
-        };
+        let action = AuditAction::user(before.as_ref().map(|b| b.status), user.status);
         let mut after = to_value(user);
         if let Some(Value::Object(m)) = after.as_mut() {
             m.insert("external_id".into(), serde_json::json!(su.external_id));
         }
-        record_audit(
-            &mut tx,
-            actor,
-            AuditRecord {
-                action,
-                target_type: "user",
-                target_id: user.id.to_string(),
-                before: before.as_ref().and_then(to_value),
-                after,
-            },
-        )
-        .await?;
+        record_audit(&mut tx, actor, AuditRecord::of(action, user.id, before.as_ref().and_then(to_value), after))
+            .await?;
         tx.commit().await
     }
 
@@ -397,13 +380,7 @@ where
         record_audit(
             &mut tx,
             actor,
-            AuditRecord {
-                action: if before.is_some() { "role.update" } else { "role.create" },
-                target_type: "role",
-                target_id: role.id.to_string(),
-                before: before.as_ref().and_then(to_value),
-                after,
-            },
+            AuditRecord::of(AuditAction::role(before.is_some()), role.id, before.as_ref().and_then(to_value), after),
         )
         .await?;
         let Some(members) = members else {
@@ -432,13 +409,12 @@ where
             record_audit(
                 &mut tx,
                 actor,
-                AuditRecord {
-                    action: "role.add_user",
-                    target_type: "role",
-                    target_id: role.id.to_string(),
-                    before: None,
-                    after: Some(serde_json::json!({"role_id": role.id, "user_id": user})),
-                },
+                AuditRecord::of(
+                    AuditAction::role_user(true),
+                    role.id,
+                    None,
+                    Some(serde_json::json!({"role_id": role.id, "user_id": user})),
+                ),
             )
             .await?;
         }
@@ -448,13 +424,12 @@ where
             record_audit(
                 &mut tx,
                 actor,
-                AuditRecord {
-                    action: "role.remove_user",
-                    target_type: "role",
-                    target_id: role.id.to_string(),
-                    before: Some(serde_json::json!({"role_id": role.id, "user_id": user})),
-                    after: None,
-                },
+                AuditRecord::of(
+                    AuditAction::role_user(false),
+                    role.id,
+                    Some(serde_json::json!({"role_id": role.id, "user_id": user})),
+                    None,
+                ),
             )
             .await?;
         }
