@@ -28,23 +28,21 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use directory::{NewChange, User};
-use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::{PgConnection, Postgres, Row};
+use directory::NewChange;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::{PgConnection, Postgres};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::{Result, StoreError, Wakeup};
 
 pub(crate) use crate::sql::rows::*;
-pub(crate) use crate::sql::{check_version, db_error as backend, AccountSet};
+pub(crate) use crate::sql::{db_error as backend, AccountSet};
 
 mod bulk;
 mod dialect;
 mod provisioning;
 mod scim;
-mod sources;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -109,23 +107,6 @@ impl Drop for ListenerTask {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-pub(crate) fn get<'r, T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>>(row: &'r PgRow, col: &str) -> Result<T> {
-    row.try_get(col).map_err(backend)
-}
-
-pub(crate) fn get_json<T: serde::de::DeserializeOwned>(row: &PgRow, col: &str) -> Result<T> {
-    let v: Value = get(row, col)?;
-    serde_json::from_value(v).map_err(|e| StoreError::Backend(format!("bad JSON in {col}: {e}")))
-}
-
-pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> Result<Value> {
-    serde_json::to_value(v).map_err(|e| StoreError::Backend(e.to_string()))
-}
-
-pub(crate) fn to_value<T: serde::Serialize>(v: &T) -> Option<Value> {
-    serde_json::to_value(v).ok()
 }
 
 /// The account work of one pair at commit.
@@ -378,18 +359,6 @@ impl PostgresStore {
         let mut tx = self.begin().await?;
         sqlx::query("SET LOCAL synchronous_commit = off").execute(tx.c()).await.map_err(backend)?;
         Ok(tx)
-    }
-
-    /// One row by id, locked for the rest of the transaction; `NotFound` when missing.
-    async fn row_in<T>(tx: &mut Tx, table: &str, columns: &str, id: Uuid, map: fn(&PgRow) -> Result<T>) -> Result<T> {
-        let sql = format!("SELECT {columns} FROM {table} WHERE id = $1 FOR UPDATE");
-        let row =
-            sqlx::query(&sql).bind(id).fetch_optional(tx.c()).await.map_err(backend)?.ok_or(StoreError::NotFound)?;
-        map(&row)
-    }
-
-    pub(crate) async fn user_in(tx: &mut Tx, id: Uuid) -> Result<User> {
-        Self::row_in(tx, "users", USER_COLUMNS, id, user_from_row).await
     }
 }
 

@@ -42,6 +42,7 @@ pub mod provisioning;
 pub mod rows;
 mod saml;
 mod scim;
+mod sources;
 
 /// A value bound to a placeholder.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,25 +6,18 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use directory::User;
-use serde_json::Value;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{Row, Sqlite, Transaction};
-use uuid::Uuid;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, Transaction};
 
 use crate::{Result, StoreError};
 
+pub(crate) use crate::sql::db_error as backend;
 pub(crate) use crate::sql::rows::*;
-pub(crate) use crate::sql::{check_version, db_error as backend, WriteTx};
 
 mod bulk;
 mod dialect;
 mod provisioning;
 mod scim;
-mod sources;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -39,49 +32,6 @@ impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SqliteStore")
     }
-}
-
-fn ts(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
-fn parse_ts(s: &str) -> Result<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| StoreError::Backend(format!("bad timestamp {s:?}: {e}")))
-}
-
-fn parse_uuid(s: &str) -> Result<Uuid> {
-    Uuid::parse_str(s).map_err(|e| StoreError::Backend(format!("bad id {s:?}: {e}")))
-}
-
-fn get<'r, T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>>(row: &'r SqliteRow, col: &str) -> Result<T> {
-    row.try_get(col).map_err(backend)
-}
-
-fn get_ts(row: &SqliteRow, col: &str) -> Result<DateTime<Utc>> {
-    parse_ts(&get::<String>(row, col)?)
-}
-
-fn get_opt_ts(row: &SqliteRow, col: &str) -> Result<Option<DateTime<Utc>>> {
-    get::<Option<String>>(row, col)?.as_deref().map(parse_ts).transpose()
-}
-
-fn get_uuid(row: &SqliteRow, col: &str) -> Result<Uuid> {
-    parse_uuid(&get::<String>(row, col)?)
-}
-
-fn get_json<T: serde::de::DeserializeOwned>(row: &SqliteRow, col: &str) -> Result<T> {
-    let text: String = get(row, col)?;
-    serde_json::from_str(&text).map_err(|e| StoreError::Backend(format!("bad JSON in {col}: {e}")))
-}
-
-fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
-    serde_json::to_string(v).map_err(|e| StoreError::Backend(e.to_string()))
-}
-
-fn to_value<T: serde::Serialize>(v: &T) -> Option<Value> {
-    serde_json::to_value(v).ok()
 }
 
 pub(crate) type Tx = Transaction<'static, Sqlite>;
@@ -132,31 +82,5 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;
-    }
-
-    async fn begin(&self) -> Result<Tx> {
-        self.writer.begin().await.map_err(backend)
-    }
-
-    /// One row by id, inside a transaction; `NotFound` when missing.
-    async fn row_in<T>(
-        tx: &mut Tx,
-        table: &str,
-        columns: &str,
-        id: Uuid,
-        map: fn(&SqliteRow) -> Result<T>,
-    ) -> Result<T> {
-        let sql = format!("SELECT {columns} FROM {table} WHERE id = ?");
-        let row = sqlx::query(&sql)
-            .bind(id.to_string())
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(backend)?
-            .ok_or(StoreError::NotFound)?;
-        map(&row)
-    }
-
-    async fn user_in(tx: &mut Tx, id: Uuid) -> Result<User> {
-        Self::row_in(tx, "users", USER_COLUMNS, id, user_from_row).await
     }
 }

@@ -188,4 +188,76 @@ crate::contract!(
     sources_keep_their_password_apart_and_are_audited,
     one_open_sync_per_source_and_stale_ones_are_taken_over,
     batches_write_users_links_and_roles_with_audit_and_changes,
+    a_batch_skips_each_write_it_cannot_make_and_makes_the_rest,
 );
+
+/// Each write a batch cannot make is skipped with its reason (a taken username or e-mail
+/// address, a user deleted here); the other writes of the batch are made.
+async fn a_batch_skips_each_write_it_cannot_make_and_makes_the_rest(s: Arc<dyn Store>) {
+    let src = source("Corp");
+    s.create_source(&src, "c", &Actor::cli()).await.unwrap();
+    let actor = Actor { kind: "source".into(), name: "Corp".into() };
+    let mut local = User::new(
+        UserInput { username: "lena".into(), email: Some("lena@example.com".into()), ..Default::default() },
+        UserSource::Local,
+        Utc::now(),
+    );
+    s.create_user(&local, &Actor::cli()).await.unwrap();
+    let (ada, ada_link) = person("ada", src.id, "id-ada");
+    let (bob, bob_link) = person("bob", src.id, "id-bob");
+    let (gone, gone_link) = person("gone", src.id, "id-gone");
+    let mut lena2 = person("lena2", src.id, "id-lena2");
+    lena2.0.email = Some("LENA@example.com".into());
+    let batch = SourceBatch {
+        creates: vec![
+            (ada.clone(), ada_link.clone()),
+            lena2.clone(),
+            (bob.clone(), bob_link.clone()),
+            (gone.clone(), gone_link.clone()),
+        ],
+        ..Default::default()
+    };
+    let skipped = s.apply_source_batch(src.id, &batch, &actor).await.unwrap();
+    assert_eq!(
+        skipped.iter().map(|w| (w.user_id, w.stable_id.as_str())).collect::<Vec<_>>(),
+        [(lena2.0.id, "id-lena2")]
+    );
+    assert!(skipped[0].reason.contains("already used by another user"), "{skipped:?}");
+    assert_eq!(s.get_user(lena2.0.id).await.unwrap(), None);
+    s.delete_user(gone.id, None, &Actor::cli()).await.unwrap();
+
+    let update = |user: &User, link: &SourceLink, edit: &dyn Fn(&mut UserInput)| {
+        let mut input = UserInput::from_user(user);
+        edit(&mut input);
+        SourceUpdate { user: user.updated(input, directory::now()), expected_version: user.version, link: link.clone() }
+    };
+    let stale = SourceUpdate { expected_version: 7, ..update(&bob, &bob_link, &|i| i.title = Some("Stale".into())) };
+    let batch = SourceBatch {
+        updates: vec![
+            update(&ada, &ada_link, &|i| i.username = "LENA".into()),
+            update(&ada, &ada_link, &|i| i.email = Some("lena@example.com".into())),
+            stale,
+            update(&gone, &gone_link, &|i| i.title = Some("Ghost".into())),
+            update(&bob, &bob_link, &|i| i.title = Some("Engineer".into())),
+        ],
+        ..Default::default()
+    };
+    let skipped = s.apply_source_batch(src.id, &batch, &actor).await.unwrap();
+    let reasons: Vec<(&str, &str)> = skipped.iter().map(|w| (w.stable_id.as_str(), w.reason.as_str())).collect();
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    assert!(reasons[0].0 == "id-ada" && reasons[0].1.contains("already taken"), "{reasons:?}");
+    assert!(reasons[1].0 == "id-ada" && reasons[1].1.contains("already used by another user"), "{reasons:?}");
+    assert!(reasons[2].0 == "id-bob" && reasons[2].1.contains("changed during the sync"), "{reasons:?}");
+    assert!(reasons[3].0 == "id-gone" && reasons[3].1.contains("deleted here"), "{reasons:?}");
+    assert_eq!(s.get_user(bob.id).await.unwrap().unwrap().title.as_deref(), Some("Engineer"), "the rest is written");
+    let ada_now = s.get_user(ada.id).await.unwrap().unwrap();
+    assert_eq!((ada_now.username.as_str(), ada_now.email, ada_now.version), ("ada", None, 1));
+
+    // Once the address is free, the next sync writes it.
+    local.email = None;
+    local.version = 2;
+    s.update_user(&local, 1, &Actor::cli()).await.unwrap();
+    let batch = SourceBatch { creates: vec![lena2.clone()], ..Default::default() };
+    assert!(s.apply_source_batch(src.id, &batch, &actor).await.unwrap().is_empty());
+    assert_eq!(s.get_user(lena2.0.id).await.unwrap().unwrap().email.as_deref(), Some("LENA@example.com"));
+}
