@@ -5,7 +5,7 @@ use directory::{Actor, App, AuditAction, Role, User, UserStatus};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{q, to_json, Dialect, Exec, RowGet, WriteTx};
+use super::{q, to_json, Dialect, Exec, Query, RowGet, WriteTx};
 use crate::{Result, StoreError, TokenRecord};
 
 pub const USER_COLUMNS: &str = "id, username, email, first_name, last_name, display_name, title, \
@@ -212,31 +212,35 @@ pub async fn insert_user_row<D: Dialect>(
 }
 
 /// Writes every field of a user row (the one statement for a user update).
+/// `UPDATE users SET` every column a [`User`] holds, with their values; the caller pushes any
+/// further `, column = ?` and the `WHERE`.
+pub fn update_user_set(user: &User) -> Result<Query> {
+    Ok(q("UPDATE users SET username = ?, username_key = ?, email = ?, email_key = ?, first_name = ?, last_name = ?, \
+          display_name = ?, title = ?, department = ?, manager_id = ?, phone = ?, employee_number = ?, \
+          attributes = ?, status = ?, updated_at = ?, version = ?")
+    .bind(&user.username)
+    .bind(User::username_key(&user.username))
+    .bind(user.email.as_ref())
+    .bind(user.email.as_deref().map(User::email_key))
+    .bind(user.first_name.as_ref())
+    .bind(user.last_name.as_ref())
+    .bind(user.display_name.as_ref())
+    .bind(user.title.as_ref())
+    .bind(user.department.as_ref())
+    .bind(user.manager_id)
+    .bind(user.phone.as_ref())
+    .bind(user.employee_number.as_ref())
+    .bind(to_json(&user.attributes)?)
+    .bind(user.status.as_str())
+    .bind(user.updated_at)
+    .bind(user.version))
+}
+
 pub async fn write_user_row<D: Dialect>(tx: &mut impl Exec<D>, user: &User) -> Result<()> {
     check_email(tx, user).await?;
-    tx.run(
-        q("UPDATE users SET username = ?, username_key = ?, email = ?, email_key = ?, first_name = ?, last_name = ?, \
-           display_name = ?, title = ?, department = ?, manager_id = ?, phone = ?, employee_number = ?, \
-           attributes = ?, status = ?, updated_at = ?, version = ? WHERE id = ?")
-        .bind(&user.username)
-        .bind(User::username_key(&user.username))
-        .bind(user.email.as_ref())
-        .bind(user.email.as_deref().map(User::email_key))
-        .bind(user.first_name.as_ref())
-        .bind(user.last_name.as_ref())
-        .bind(user.display_name.as_ref())
-        .bind(user.title.as_ref())
-        .bind(user.department.as_ref())
-        .bind(user.manager_id)
-        .bind(user.phone.as_ref())
-        .bind(user.employee_number.as_ref())
-        .bind(to_json(&user.attributes)?)
-        .bind(user.status.as_str())
-        .bind(user.updated_at)
-        .bind(user.version)
-        .bind(user.id),
-    )
-    .await?;
+    let mut update = update_user_set(user)?;
+    update.push(" WHERE id = ?").add(user.id);
+    tx.run(update).await?;
     Ok(())
 }
 

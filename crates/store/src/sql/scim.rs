@@ -5,15 +5,15 @@
 use std::collections::BTreeSet;
 
 use async_trait::async_trait;
-use directory::{Actor, AuditAction, NewChange, User, UserStatus};
+use directory::{Actor, AuditAction, NewChange, UserStatus};
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::rows::{
-    check_email, insert_user_row, record_audit, role_from_row, role_in, user_from_row, user_in, AuditRecord,
-    ROLE_COLUMNS, USER_COLUMNS,
+    check_email, insert_user_row, record_audit, role_from_row, role_in, update_user_set, user_from_row, user_in,
+    AuditRecord, ROLE_COLUMNS, USER_COLUMNS,
 };
-use super::{check_version, q, to_json, to_value, Backend, Exec, RowGet, WriteTx};
+use super::{check_version, q, to_value, Backend, Exec, RowGet, WriteTx};
 use crate::scim::{
     order_sql, to_sql, FilterDialect, FilterSqlError, GroupField, Member, ScimClientRecord, ScimGroup, ScimQuery,
     ScimScope, ScimStore, ScimUser, SqlField, UserField,
@@ -252,36 +252,13 @@ where
                     return Err(StoreError::NotFound);
                 }
                 check_version(before.version, Some(expected))?;
-                let updated = match check_email(&mut tx, user).await {
-                    Ok(()) => {
-                        tx.run(
-                            q("UPDATE users SET username = ?, username_key = ?, email = ?, email_key = ?, \
-                               first_name = ?, last_name = ?, display_name = ?, title = ?, department = ?, \
-                               manager_id = ?, phone = ?, employee_number = ?, attributes = ?, status = ?, \
-                               updated_at = ?, version = ?, scim_external_id = ? WHERE id = ?")
-                            .bind(&user.username)
-                            .bind(User::username_key(&user.username))
-                            .bind(user.email.as_ref())
-                            .bind(user.email.as_deref().map(User::email_key))
-                            .bind(user.first_name.as_ref())
-                            .bind(user.last_name.as_ref())
-                            .bind(user.display_name.as_ref())
-                            .bind(user.title.as_ref())
-                            .bind(user.department.as_ref())
-                            .bind(user.manager_id)
-                            .bind(user.phone.as_ref())
-                            .bind(user.employee_number.as_ref())
-                            .bind(to_json(&user.attributes)?)
-                            .bind(user.status.as_str())
-                            .bind(user.updated_at)
-                            .bind(user.version)
-                            .bind(su.external_id.as_ref())
-                            .bind(user.id),
-                        )
-                        .await
-                    }
-                    Err(e) => Err(e),
-                };
+                let mut update = update_user_set(user)?;
+                update.push(", scim_external_id = ? WHERE id = ?").add(su.external_id.as_ref()).add(user.id);
+                let updated = async {
+                    check_email(&mut tx, user).await?;
+                    tx.run(update).await
+                }
+                .await;
                 if let Err(e) = updated {
                     // As above: the e-mail lock goes with the transaction.
                     let _ = tx.rollback().await;
