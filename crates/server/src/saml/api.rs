@@ -44,8 +44,8 @@ pub struct SamlSettingsView {
 }
 
 fn view(state: &AppState, app: Uuid, r: store::SamlSettingsRecord) -> Response {
-    let base = super::base_url(state);
-    let metadata_url = super::entity_id(&base, app);
+    let base = super::metadata::base_url(state);
+    let metadata_url = super::metadata::entity_id(&base, app);
     let body = SamlSettingsView {
         settings: r.settings,
         idp_entity_id: metadata_url.clone(),
