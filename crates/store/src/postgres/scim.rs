@@ -4,7 +4,8 @@
 
 use sqlx::Postgres;
 
-use crate::scim::{CompareOp, FilterDialect, JsonRead};
+use crate::scim::CompareOp;
+use crate::sql::scim_filter::{FilterDialect, JsonRead};
 use crate::sql::Query;
 
 impl FilterDialect for Postgres {

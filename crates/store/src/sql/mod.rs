@@ -42,6 +42,7 @@ pub mod provisioning;
 pub mod rows;
 mod saml;
 mod scim;
+pub mod scim_filter;
 mod sources;
 
 /// A value bound to a placeholder.

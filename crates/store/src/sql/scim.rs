@@ -1,5 +1,5 @@
 //! The inbound-SCIM room, written once for both backends: SCIM clients, users and groups with
-//! the `externalId` a client gave them, and searches whose filters [`crate::scim`] renders
+//! the `externalId` a client gave them, and searches whose filters [`super::scim_filter`] renders
 //! (what the backends spell differently there is their [`FilterDialect`]).
 
 use std::collections::BTreeSet;
@@ -13,10 +13,10 @@ use super::rows::{
     check_email, insert_user_row, record_audit, role_from_row, role_in, update_user_set, user_from_row, user_in,
     AuditRecord, ROLE_COLUMNS, USER_COLUMNS,
 };
+use super::scim_filter::{order_sql, to_sql, FilterDialect, FilterSqlError, SqlField};
 use super::{check_version, q, to_value, Backend, Exec, RowGet, WriteTx};
 use crate::scim::{
-    order_sql, to_sql, FilterDialect, FilterSqlError, GroupField, Member, ScimClientRecord, ScimGroup, ScimQuery,
-    ScimScope, ScimStore, ScimUser, SqlField, UserField,
+    GroupField, Member, ScimClientRecord, ScimGroup, ScimQuery, ScimScope, ScimStore, ScimUser, UserField,
 };
 use crate::{Result, StoreError};
 

@@ -3,7 +3,8 @@
 
 use sqlx::Sqlite;
 
-use crate::scim::{CompareOp, FilterDialect, JsonRead};
+use crate::scim::CompareOp;
+use crate::sql::scim_filter::{FilterDialect, JsonRead};
 use crate::sql::Query;
 
 impl FilterDialect for Sqlite {
