@@ -1,10 +1,10 @@
-//! The Provisioner service: the admin REST API over one service layer.
+//! The Provisioner service: the admin REST API ([`api`]), the admin console ([`console`]), the
+//! end users' SAML identity provider ([`saml`]) and the inbound SCIM server ([`scim_server`]),
+//! all over one service layer ([`service`]).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::todo, clippy::unimplemented))]
 
 pub mod api;
-pub mod api_sources;
-pub mod api_tokens;
 pub mod console;
 pub mod error;
 pub mod extract;
@@ -113,7 +113,7 @@ impl Modify for BearerAuth {
 /// The OpenAPI document of the whole API, generated from the routes.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let (_, doc) = OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
-        .nest("/api/v1", api::router().merge(saml::api::router()))
+        .nest("/api/v1", api::router().merge(api::saml::router()))
         .split_for_parts();
     doc
 }
@@ -201,7 +201,7 @@ pub fn health_router(state: AppState) -> Router {
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
     let (api, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .nest("/api/v1", api::router().merge(saml::api::router()))
+        .nest("/api/v1", api::router().merge(api::saml::router()))
         .split_for_parts();
     let doc_json = doc.to_pretty_json().unwrap_or_else(|_| "{}".to_owned());
     api.route_layer(middleware::from_fn_with_state(state.clone(), require_token))

@@ -253,8 +253,8 @@ fn every_body(v: &Value) -> Result<(), TestCaseError> {
     check::<Vec<Rule>>(v, |r| directory::mapping::validate_rules(&r, &[]))?;
     check::<SourceInput>(v, |mut s| s.normalize_and_validate(&[], true))?;
     check::<SamlSettings>(v, |s| s.validate().map(|_| ()))?;
-    check::<server::scim_server::clients::ScimClientInput>(v, |_| Ok(()))?;
-    check::<server::saml::api::PasswordInput>(v, |_| Ok(()))?;
+    check::<server::api::scim_clients::ScimClientInput>(v, |_| Ok(()))?;
+    check::<server::api::saml::PasswordInput>(v, |_| Ok(()))?;
     check::<server::api::RematchInput>(v, |_| Ok(()))?;
     check::<server::api::HeldDecision>(v, |_| Ok(()))?;
     check::<server::api::PlanInput>(v, |_| Ok(()))?;

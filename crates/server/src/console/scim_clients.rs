@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::auth::Session;
 use super::view::{self, Choice, FormData, Layout};
 use super::Result;
-use crate::scim_server::clients::{self, RolesScope, ScopeInput, UsersScope};
+use crate::api::scim_clients::{self as clients, RolesScope, ScopeInput, UsersScope};
 use crate::AppState;
 
 pub fn routes() -> Router<AppState> {

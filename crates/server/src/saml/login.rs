@@ -13,7 +13,8 @@ use uuid::Uuid;
 
 use super::pages::{error_page, message, see_other, suspended_page};
 use super::session::{cookie, current_user, field, form, safe_next, secure, set_cookie};
-use super::{service, PasswordOutcome, USER_FORM_COOKIE, USER_SESSION_COOKIE};
+use super::{PasswordOutcome, USER_FORM_COOKIE, USER_SESSION_COOKIE};
+use crate::service::saml::{decoy_hash, sha256_hex};
 use crate::{AppState, Error};
 
 #[derive(Template)]
@@ -118,7 +119,7 @@ pub(super) async fn login(
         None => {
             // As slow as a real check, so that it does not tell which usernames exist.
             let owned = password.clone();
-            let _ = tokio::task::spawn_blocking(move || crate::tokens::verify(&owned, &service::decoy_hash())).await;
+            let _ = tokio::task::spawn_blocking(move || crate::tokens::verify(&owned, &decoy_hash())).await;
             Ok(PasswordOutcome::Invalid)
         }
     };
@@ -144,7 +145,7 @@ pub(super) async fn login(
     let id = crate::console::random_token();
     let now = directory::now();
     let record = UserSessionRecord {
-        id_hash: service::sha256_hex(&id),
+        id_hash: sha256_hex(&id),
         user_id: user.id,
         csrf_token: crate::console::random_token(),
         created_at: now,

@@ -13,7 +13,7 @@ use crate::AppState;
 
 /// The IdP's base URL, without a trailing slash: the public URL, else the listen address
 /// (never the request's `Host`, which would let a client choose the entity ID and endpoints).
-pub(super) fn base_url(state: &AppState) -> String {
+pub(crate) fn base_url(state: &AppState) -> String {
     if let Some(u) = &state.idp.public_url {
         return u.trim_end_matches('/').to_owned();
     }
@@ -24,7 +24,7 @@ pub(super) fn base_url(state: &AppState) -> String {
 }
 
 /// The IdP's entity ID for an app: its metadata URL.
-pub(super) fn entity_id(base: &str, app: Uuid) -> String {
+pub(crate) fn entity_id(base: &str, app: Uuid) -> String {
     format!("{base}/saml/{app}/metadata")
 }
 

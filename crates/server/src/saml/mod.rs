@@ -2,7 +2,8 @@
 //! (HTTP-Redirect AuthnRequests), IdP-initiated sign-in from the end users' portal at `/`,
 //! the end users' login, logout and invitation pages, and the Response posted to the app's
 //! ACS URL by an auto-submitting form (HTTP-POST binding). Protocol code is in the `saml`
-//! crate; business operations in [`service`]; the admin API in [`api`].
+//! crate; business operations in [`crate::service::saml`]; the admin API in
+//! [`crate::api::saml`].
 //!
 //! One file per concern: [`pages`] (message pages, redirects, security headers), [`session`]
 //! (cookies, forms, the signed-in end user), [`login`] (sign-in and sign-out), [`invite`]
@@ -10,14 +11,12 @@
 //! metadata), [`sso`] (SP- and IdP-initiated sign-in and the Response), [`assertion`] (what
 //! the assertion says).
 
-pub mod api;
 pub mod assertion;
 mod invite;
 mod login;
 mod metadata;
 mod pages;
 mod portal;
-pub mod service;
 mod session;
 mod sso;
 
@@ -28,8 +27,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use store::Store;
 
+pub use crate::service::saml::{DirectoryPasswords, LiveKey, PasswordCheck, PasswordOutcome};
+pub(crate) use metadata::{base_url, entity_id};
 pub use pages::message;
-pub use service::{DirectoryPasswords, LiveKey, PasswordCheck, PasswordOutcome};
 
 use crate::console::{ConsoleConfig, ConsoleState};
 use crate::AppState;

@@ -9,7 +9,8 @@ use directory::{User, UserStatus};
 use store::UserSessionRecord;
 
 use super::pages::see_other;
-use super::{service, USER_SESSION_COOKIE};
+use super::USER_SESSION_COOKIE;
+use crate::service::saml::sha256_hex;
 use crate::{AppState, Error};
 
 pub(super) fn form(body: &[u8]) -> Vec<(String, String)> {
@@ -51,7 +52,7 @@ pub(super) async fn current_user(state: &AppState, headers: &HeaderMap) -> Resul
     let Some(id) = cookie(headers, USER_SESSION_COOKIE).filter(|v| !v.is_empty() && v.len() < 128) else {
         return Ok(None);
     };
-    let id_hash = service::sha256_hex(&id);
+    let id_hash = sha256_hex(&id);
     let store = state.service.store();
     let Some(session) = store.get_user_session(&id_hash).await? else { return Ok(None) };
     let now = directory::now();

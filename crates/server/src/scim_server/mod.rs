@@ -3,7 +3,6 @@
 //! `POST /api/v1/scim-clients`), which works here only; admin tokens do not work here.
 //! Every answer is `application/scim+json`; errors use the SCIM error schema.
 
-pub mod clients;
 mod discovery;
 mod filter;
 mod groups;

@@ -1,4 +1,16 @@
 //! The admin REST API under `/api/v1`. Handlers are thin: extract, call the service, answer.
+//!
+//! Users, roles, apps, attributes, the audit log, provisioning and mapping are answered here;
+//! each other resource has its own file: [`sources`] (directory sources and their syncs),
+//! [`scim_clients`], [`tokens`] and [`saml`] (SAML settings, end users' passwords and
+//! invitations, the IdP's certificates). The operations they call are the
+//! [`crate::Service`]'s, laid out the same way under `service/` (`service/sources.rs`,
+//! `service/saml.rs`, ...).
+
+pub mod saml;
+pub mod scim_clients;
+pub mod sources;
+pub mod tokens;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -73,9 +85,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(refresh_entitlements))
         .routes(routes!(app_reads))
         .routes(routes!(openapi_json))
-        .merge(crate::scim_server::clients::router())
-        .merge(crate::api_tokens::router())
-        .merge(crate::api_sources::router())
+        .merge(scim_clients::router())
+        .merge(tokens::router())
+        .merge(sources::router())
 }
 
 /// The document that the API is described by, generated from the code.

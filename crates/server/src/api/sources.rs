@@ -11,7 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::api::DryRunParams;
+use super::DryRunParams;
 use crate::error::{Problem, Result};
 use crate::extract::{etag, ApiJson, ApiQuery, IfMatch, MergePatch, Path};
 use crate::AppState;

@@ -13,9 +13,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::service::LiveKey;
 use crate::error::{Problem, Result};
 use crate::extract::{etag, ApiJson, IfMatch, Path};
+use crate::service::saml::LiveKey;
 use crate::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -44,8 +44,8 @@ pub struct SamlSettingsView {
 }
 
 fn view(state: &AppState, app: Uuid, r: store::SamlSettingsRecord) -> Response {
-    let base = super::metadata::base_url(state);
-    let metadata_url = super::metadata::entity_id(&base, app);
+    let base = crate::saml::base_url(state);
+    let metadata_url = crate::saml::entity_id(&base, app);
     let body = SamlSettingsView {
         settings: r.settings,
         idp_entity_id: metadata_url.clone(),

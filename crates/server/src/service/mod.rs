@@ -1,6 +1,11 @@
 //! The service layer: every operation an admin can do, whatever the interface (REST API,
-//! console, CLI). It validates, enforces optimistic concurrency, encrypts secrets, and
-//! leaves atomicity (write + audit + change feed) to the store.
+//! console, CLI), and the writes of the inbound SCIM server and of the SAML IdP's end users.
+//! It validates, enforces optimistic concurrency, encrypts secrets, and leaves atomicity
+//! (write + audit + change feed) to the store.
+//!
+//! Laid out like `crate::api`: users, roles, apps, mapping and provisioning here; directory
+//! sources in `sources`, SAML in [`saml`], SCIM clients and SCIM writes in `inbound_scim`, dry
+//! runs and held operations in [`guard`], the one retry helper in `write`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +29,7 @@ use crate::tokens;
 
 pub mod guard;
 mod inbound_scim;
+pub mod saml;
 mod sources;
 mod write;
 
