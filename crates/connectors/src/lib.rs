@@ -1,8 +1,9 @@
-//! The connector seam of the provisioning engine.
+//! The connector seam of the provisioning engine, and the reader of directory sources.
 //!
-//! The engine talks to every target (SCIM now, LDAP later) through the
-//! object-safe [`Connector`] trait, in terms of JSON resources.
-//! [`ScimConnector`] implements it on top of [`scim::Client`].
+//! The engine talks to every target app through the object-safe [`Connector`] trait, in terms
+//! of JSON resources. [`ScimConnector`] implements it on top of [`scim::Client`]; SCIM is the
+//! only kind of target so far (an LDAP target connector is not built yet). [`ldap`] reads
+//! people from LDAP / Active Directory sources and checks their passwords at sign-in.
 
 #![cfg_attr(
     not(test),

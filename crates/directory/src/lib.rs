@@ -1,5 +1,6 @@
-//! Domain types of the Provisioner directory: people, roles, apps, custom attribute
-//! definitions, the audit log and the change feed. Pure data and validation, no I/O.
+//! Domain types of the Provisioner directory: people, roles, apps (their mapping and SAML
+//! settings), custom attribute definitions, directory sources, provisioning records, the
+//! audit log and the change feed. Pure data and validation, no I/O.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::todo, clippy::unimplemented))]
 

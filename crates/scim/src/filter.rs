@@ -1,7 +1,7 @@
 //! SCIM filter building (RFC 7644 section 3.4.2.2).
 //!
-//! Only the pieces the provisioning engine needs are provided: an equality
-//! filter with a correctly quoted string literal, and a validity check for
+//! Only the pieces the provisioning engine needs are provided: equality filters
+//! (one, or several joined by `or`) with correctly quoted string literals, and a validity check for
 //! attribute paths. String literals in SCIM filters follow the JSON string
 //! grammar (RFC 7159), so `"` and `\` are escaped with a backslash and control
 //! characters use `\n`, `\t`, `\uXXXX` and friends.

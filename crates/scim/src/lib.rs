@@ -1,6 +1,10 @@
-//! SCIM 2.0 protocol client (RFC 7643 / RFC 7644) for the Provisioner engine.
+//! SCIM 2.0 protocol code (RFC 7643 / RFC 7644): the client the Provisioner engine provisions
+//! apps with, and the protocol half of the inbound SCIM server.
 //!
 //! - [`filter`]: filter expressions with correct string quoting.
+//! - [`query`]: filter expressions parsed, and evaluated against a JSON resource.
+//! - [`server`]: what a SCIM service provider needs, free of storage and HTTP: schemas, the
+//!   SCIM error schema, PATCH and attribute projection (the server crate's `/scim/v2`).
 //! - [`types`]: list responses, error bodies, capabilities, PATCH requests.
 //! - [`Client`]: a retrying, rate-limited HTTP client for one app.
 //! - [`ScimError`]: errors classified as retryable or not, with an

@@ -3,7 +3,9 @@
 //! [`Store`] is the one trait the rest of the product talks to. Every write records, in the
 //! same transaction, an audit entry and a row in the change feed, so that the engine never
 //! misses a change. [`sqlite::SqliteStore`] is the embedded, zero-configuration
-//! implementation; each implementation keeps its own migrations under `migrations/<dialect>`.
+//! implementation; [`postgres::PostgresStore`] the one several processes share. Both run the
+//! queries of the one SQL layer ([`sql`]); each keeps its own migrations under
+//! `migrations/<dialect>`.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::todo, clippy::unimplemented))]
 

@@ -490,7 +490,7 @@ pub(crate) async fn create(
 }
 
 /// Writes a new state of an existing user (PUT, PATCH). A field a directory source fills is
-/// refused (see `crate::service::scim`), with an audit entry.
+/// refused (see `crate::service::inbound_scim`), with an audit entry.
 async fn save(
     state: &ScimState,
     client: &Client,

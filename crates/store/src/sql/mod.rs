@@ -17,8 +17,9 @@
 //! transaction records its change-feed rows and account records (PostgreSQL keeps the feed in
 //! commit order under an advisory lock and wakes other processes by `NOTIFY`; SQLite has a
 //! single writer), how operations are claimed (`SKIP LOCKED` against the single SQLite writer),
-//! bulk inserts, and the migrations. Those are the hooks of [`Backend`], [`WriteTx`] and
-//! [`Dialect`].
+//! bulk inserts, how a SCIM filter reads JSON, and the migrations. Those are the hooks of
+//! [`Backend`], [`WriteTx`] and [`Dialect`], and beside them of [`provisioning::ProvisioningHooks`],
+//! [`bulk::BulkHooks`] and [`scim_filter::FilterDialect`].
 //!
 //! Why not sqlx's `Any` driver or an ORM: `Any` has no uuid, time or JSON types, and the SQL here
 //! is plain enough that a query builder would make it harder to read, not easier.
