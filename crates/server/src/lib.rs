@@ -47,7 +47,8 @@ impl AppState {
     /// The service and its engine (not started: see [`engine::Engine::start`]), with the
     /// connectors and directory sources this build ships.
     pub fn new(store: Arc<dyn Store>, keyring: Arc<Keyring>, config: engine::EngineConfig) -> Self {
-        let (connectors, sources) = (engine::ConnectorRegistry::with_defaults(), engine::SourceRegistry::with_defaults());
+        let (connectors, sources) =
+            (engine::ConnectorRegistry::with_defaults(), engine::SourceRegistry::with_defaults());
         Self::with_registries(store, keyring, config, connectors, sources)
     }
 

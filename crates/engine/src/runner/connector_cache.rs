@@ -20,8 +20,10 @@ pub(super) struct ConnectorCache {
     registry: ConnectorRegistry,
     settings: ConnectorSettings,
     /// Connectors by app, with the app version they were built for.
-    built: Mutex<HashMap<Uuid, (i64, Arc<dyn Connector>)>>,
+    built: Mutex<HashMap<Uuid, CachedConnector>>,
 }
+
+type CachedConnector = (i64, Arc<dyn Connector>);
 
 impl ConnectorCache {
     pub(super) fn new(registry: ConnectorRegistry, config: &EngineConfig) -> Self {

@@ -2,13 +2,13 @@
 //! loops (each supervised, so that a panic ends a pass, never the engine's work). The loops
 //! and the rest of the engine's running parts live in rooms of their own:
 //!
-//! - [`planner`]: follows the change feed and writes the operations it plans;
-//! - [`dispatcher`]: claims operations under leases within each app's concurrency limit and
+//! - `planner`: follows the change feed and writes the operations it plans;
+//! - `dispatcher`: claims operations under leases within each app's concurrency limit and
 //!   runs them;
-//! - [`recorder`]: writes finished operations' outcomes in groups;
-//! - [`connector_cache`]: each app's connector, built by the [`ConnectorRegistry`] the engine
+//! - `recorder`: writes finished operations' outcomes in groups;
+//! - `connector_cache`: each app's connector, built by the [`ConnectorRegistry`] the engine
 //!   was given (the engine names no concrete connector);
-//! - [`actions`]: the admin actions that need an app (test connection, provision now, ...).
+//! - `actions`: the admin actions that need an app (test connection, provision now, ...).
 //!
 //! Reconciliation, the quarantine probes, previews and explanations are `impl Engine` blocks
 //! in their own modules of the crate ([`crate::reconcile`], [`crate::quarantine`], ...).
