@@ -391,7 +391,7 @@ impl Engine {
             };
             for app in apps {
                 match self.store.try_run_schedule(&format!("reconcile:{app}"), every).await {
-                    Ok(true) => match self.reconcile(app).await {
+                    Ok(true) => match self.reconcile(app, directory::now()).await {
                         Ok(r) => tracing::info!(app = %app, ?r, "scheduled reconciliation done"),
                         Err(e) => tracing::warn!(app = %app, error = %e.chain(), "scheduled reconciliation failed"),
                     },
@@ -445,7 +445,7 @@ impl Engine {
         let started = std::time::Instant::now();
         let (mut loading, mut planning, mut writing) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
         let causes = Causes::load(self.store.as_ref(), &changes).await?;
-        let mut guard = Guard::new(self.store.clone());
+        let mut guard = Guard::new(self.store.clone(), directory::now());
         for chunk in pairs.chunks(PAIR_BATCH) {
             let t = std::time::Instant::now();
             let states = self.store.load_pairs(chunk).await?;
@@ -727,7 +727,7 @@ impl Engine {
         }
         let names: Vec<String> = names.into_iter().collect();
         let found = self.store.find_entitlements(app.id, "group", &names).await.map_err(|e| Execution::RetryAt {
-            at: chrono::Utc::now() + chrono::Duration::seconds(5),
+            at: directory::now() + chrono::Duration::seconds(5),
             reason: e.to_string(),
         })?;
         let mut ids: HashMap<String, String> =
@@ -876,7 +876,7 @@ impl Engine {
         let states = self.store.load_pairs(&pairs).await?;
         let started = directory::now();
         let causes = Causes::fixed(Why::new("admin", actor.map(crate::guard::actor_words), "of Provision now"));
-        let mut guard = Guard::new(self.store.clone());
+        let mut guard = Guard::new(self.store.clone(), started);
         let mut items: Vec<(usize, PlanItem)> = Vec::new();
         let mut write = Vec::new();
         for (i, s) in states.iter().enumerate() {
