@@ -1,5 +1,6 @@
 //! Domain types of the Provisioner directory: people, roles, apps, custom attribute
-//! definitions, the audit log and the change feed. Pure data and validation, no I/O.
+//! definitions, the audit log and the change feed, and the planner's vocabulary ([`plan`]). Pure
+//! data and validation, no I/O.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::todo, clippy::unimplemented))]
 
@@ -8,6 +9,7 @@ pub mod attribute;
 pub mod audit;
 pub mod change;
 pub mod mapping;
+pub mod plan;
 pub mod provisioning;
 pub mod role;
 pub mod saml;
@@ -23,6 +25,7 @@ pub use attribute::{AttributeDef, AttributeDefInput, AttributeType};
 pub use audit::{Actor, AuditAction, AuditEntry};
 pub use change::{Change, ChangeKind, NewChange};
 pub use mapping::{Condition, EntitlementRef, Match, Op, Parameter, Rule, RuleAction, SetAttribute, Source, Transform};
+pub use plan::{AccountWrite, Outcome, PairState, PlanItem, PlanWrite};
 pub use provisioning::{
     Account, Action, AppHealth, Cause, ConnectionTest, Entitlement, EntitlementRefresh, Event, EventStatus,
     HealthState, OpState, Operation, Ownership, CAUSE_KINDS,

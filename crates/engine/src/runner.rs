@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use connectors::{Capabilities, Connector, ConnectorError, ScimConnector};
-use directory::{App, AuthConfig, Event, EventStatus, Secret};
+use directory::{AccountWrite, App, AuthConfig, Event, EventStatus, Outcome, PlanItem, PlanWrite, Secret};
 use serde::Serialize;
 use store::secrets::Keyring;
-use store::{AccountWrite, EventQuery, Outcome, PageRequest as StorePage, PlanItem, PlanWrite, Store, StoreError};
+use store::{EventQuery, PageRequest as StorePage, Store, StoreError};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -942,7 +942,7 @@ impl Engine {
 /// answers what to write now (the guard keeps back suspensions and deletions until the end of
 /// the change, see [`Guard`]).
 pub(crate) async fn plan_guarded(
-    states: &[store::PairState],
+    states: &[directory::PairState],
     causes: &Causes,
     guard: &mut Guard,
 ) -> Result<Vec<PlanItem>, EngineError> {
