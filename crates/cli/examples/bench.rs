@@ -344,6 +344,7 @@ async fn provision_bench() {
             st.clone(),
             Arc::new(store::secrets::Keyring::from_base64(std::slice::from_ref(&key)).expect("key")),
             engine::EngineConfig { reconcile_interval: None, ..Default::default() },
+            engine::ConnectorRegistry::with_defaults(),
         );
         let start = Instant::now();
         let mut read = 0;
@@ -683,7 +684,12 @@ async fn plan_bench() {
     // Peak memory from here on.
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let before = peak_rss_kib();
-    let engine = engine::Engine::new(st.clone(), keyring, engine::EngineConfig::default());
+    let engine = engine::Engine::new(
+        st.clone(),
+        keyring,
+        engine::EngineConfig::default(),
+        engine::ConnectorRegistry::with_defaults(),
+    );
     let start = Instant::now();
     let summary = engine.desired_states(&apps).await.expect("plan");
     let took = start.elapsed();

@@ -1,16 +1,22 @@
 //! Reading people from an LDAP directory (OpenLDAP, Active Directory): connecting and
 //! binding (ldap://, ldaps://, StartTLS), paged searches (RFC 2696) read page by page, entry
 //! parsing (stable id, disabled flag, change marker), and password verification for sign-in.
+//! [`LdapSource`] offers all of it as a [`Source`] (opened by [`LdapFactory`], registered by
+//! [`crate::SourceRegistry::with_defaults`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use directory::{DirectorySource, SourceFlavor};
 use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
 use ldap3::{
     ldap_escape, Ldap, LdapConnAsync, LdapConnSettings, LdapError, Scope, SearchEntry, SearchStream, StdStream,
 };
 use outbound::TargetPolicy;
+
+pub use crate::source::DirectoryEntry;
+use crate::source::{PeopleReader, Source, SourceError, SourceFactory};
 
 /// How many entries one page of a search holds.
 pub const PAGE_SIZE: i32 = 500;
@@ -31,31 +37,6 @@ pub enum LdapSourceError {
 }
 
 pub type Result<T, E = LdapSourceError> = std::result::Result<T, E>;
-
-/// One person read from the directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirectoryEntry {
-    /// objectGUID (as a GUID string) or entryUUID: never changes, even on a rename.
-    pub stable_id: String,
-    pub dn: String,
-    /// Disabled in the directory (userAccountControl bit 0x2, or the source's condition).
-    pub disabled: bool,
-    /// uSNChanged or modifyTimestamp, when the server sent it.
-    pub change_mark: Option<String>,
-    /// Attribute values by lower-cased attribute name (binary values are left out).
-    pub attributes: HashMap<String, Vec<String>>,
-}
-
-impl DirectoryEntry {
-    /// The first value of an attribute (name compared without case).
-    pub fn first(&self, attribute: &str) -> Option<&str> {
-        self.attributes.get(&attribute.to_lowercase()).and_then(|v| v.first()).map(String::as_str)
-    }
-
-    pub fn values(&self, attribute: &str) -> &[String] {
-        self.attributes.get(&attribute.to_lowercase()).map(Vec::as_slice).unwrap_or(&[])
-    }
-}
 
 fn unreachable(source: &DirectorySource, e: impl std::fmt::Display) -> LdapSourceError {
     LdapSourceError::Unreachable { url: source.url.clone(), reason: e.to_string() }
@@ -358,6 +339,73 @@ pub async fn verify_password(
     };
     let _ = ldap.unbind().await;
     Ok(ok)
+}
+
+impl From<LdapSourceError> for SourceError {
+    fn from(e: LdapSourceError) -> Self {
+        Self::Directory(Box::new(e))
+    }
+}
+
+/// Opens [`LdapSource`]s.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LdapFactory;
+
+impl SourceFactory for LdapFactory {
+    fn open(
+        &self,
+        source: &DirectorySource,
+        bind_password: String,
+        targets: &TargetPolicy,
+    ) -> Result<Box<dyn Source>, SourceError> {
+        Ok(Box::new(LdapSource { source: source.clone(), bind_password, targets: targets.clone() }))
+    }
+}
+
+/// An LDAP / Active Directory source: its settings, its service account's password and the
+/// addresses it may reach. Each call connects and binds anew.
+pub struct LdapSource {
+    source: DirectorySource,
+    bind_password: String,
+    targets: TargetPolicy,
+}
+
+/// A paged search in progress, with the connection it runs on.
+struct LdapReader {
+    ldap: Ldap,
+    entries: EntryReader,
+}
+
+#[async_trait]
+impl PeopleReader for LdapReader {
+    async fn next_page(&mut self, max: usize) -> Result<Vec<DirectoryEntry>, SourceError> {
+        Ok(self.entries.next_page(max).await?)
+    }
+
+    async fn close(mut self: Box<Self>) {
+        let _ = self.ldap.unbind().await;
+    }
+}
+
+#[async_trait]
+impl Source for LdapSource {
+    async fn read_people(&self, watermark: Option<&str>) -> Result<Box<dyn PeopleReader>, SourceError> {
+        let mut ldap = connect(&self.source, &self.bind_password, &self.targets).await?;
+        let entries = search_people(&mut ldap, &self.source, watermark).await?;
+        Ok(Box::new(LdapReader { ldap, entries }))
+    }
+
+    async fn test_connection(&self) -> Result<usize, SourceError> {
+        Ok(test_connection(&self.source, &self.bind_password, &self.targets).await?)
+    }
+
+    async fn verify_password(&self, user_dn: &str, password: &str) -> Result<bool, SourceError> {
+        Ok(verify_password(&self.source, &self.bind_password, user_dn, password, &self.targets).await?)
+    }
+
+    fn later_mark(&self, a: Option<String>, b: Option<&str>) -> Option<String> {
+        later_mark(self.source.flavor, a, b)
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,12 @@
-//! The connector seam of the provisioning engine.
+//! The connector seams of the provisioning engine.
 //!
-//! The engine talks to every target (SCIM now, LDAP later) through the
-//! object-safe [`Connector`] trait, in terms of JSON resources.
-//! [`ScimConnector`] implements it on top of [`scim::Client`].
+//! - Targets: the engine talks to every app (SCIM now, an LDAP target later) through the
+//!   object-safe [`Connector`] trait, in terms of JSON resources, and gets each app's
+//!   connector from the [`ConnectorRegistry`] (keyed by the app's connector kind).
+//!   [`ScimConnector`] implements it on top of [`scim::Client`].
+//! - Directory sources: the source runner reads people through the [`Source`] trait, opened
+//!   by the [`SourceRegistry`] (keyed by the source's kind); [`ldap`] implements it for LDAP
+//!   and Active Directory.
 
 #![cfg_attr(
     not(test),
@@ -12,8 +16,10 @@
 mod diff;
 mod error;
 pub mod ldap;
+mod registry;
 mod scan;
 mod scim_connector;
+mod source;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -23,9 +29,11 @@ pub use diff::patch_from_diff;
 pub use error::{ConnectorError, ErrorKind};
 /// Where outbound connections may go (every connector applies it).
 pub use outbound::{Cidr, TargetPolicy};
+pub use registry::{BuildError, ConnectorFactory, ConnectorRegistry, ConnectorSettings};
 pub use scan::{ReadReport, Scan};
 pub use scim::Capabilities;
-pub use scim_connector::{member_values, ScimConnector, DEFAULT_MEMBER_CHUNK_SIZE};
+pub use scim_connector::{member_values, ScimConnector, ScimFactory, DEFAULT_MEMBER_CHUNK_SIZE};
+pub use source::{DirectoryEntry, PeopleReader, Source, SourceError, SourceFactory, SourceRegistry};
 
 /// An account (or group) as stored in the target.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,18 +1,73 @@
-//! [`Connector`] for SCIM 2.0 targets.
+//! [`Connector`] for SCIM 2.0 targets, and [`ScimFactory`], which builds one for an app from
+//! its settings and secret (registered by [`crate::ConnectorRegistry::with_defaults`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use scim::{Capabilities, Client, PatchOp, GROUPS, USERS, USER_SCHEMA};
 use serde_json::Value;
 
+use directory::{App, AuthConfig, Secret};
+
 use crate::diff::patch_from_diff;
+use crate::registry::{BuildError, ConnectorFactory, ConnectorSettings};
 use crate::scan::{Next, PageCheck, MAX_PAGES};
 use crate::{Connector, ConnectorError, ErrorKind, Page, PageRequest, ReadReport, RemoteAccount, Scan};
 
 /// Default maximum number of members per group PATCH request.
 pub const DEFAULT_MEMBER_CHUNK_SIZE: usize = 100;
+
+/// Builds the [`ScimConnector`] of a SCIM app: a [`scim::Client`] at the app's base URL with
+/// its credential, its concurrency limit and the engine's timeouts and target policy.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScimFactory;
+
+impl ScimFactory {
+    /// The client's authentication, from the app's settings and its secret.
+    fn auth(app: &App, secret: Secret) -> Result<scim::Auth, BuildError> {
+        match (&app.connection.auth, secret) {
+            (AuthConfig::Bearer {}, Secret::Bearer { token }) => Ok(scim::Auth::Bearer { token }),
+            (AuthConfig::Basic { username }, Secret::Basic { password }) => {
+                Ok(scim::Auth::Basic { username: username.clone(), password })
+            }
+            (
+                AuthConfig::OAuth2ClientCredentials { token_url, client_id, scope },
+                Secret::OAuth2ClientCredentials { client_secret },
+            ) => Ok(scim::Auth::OAuth2ClientCredentials {
+                token_url: token_url.clone(),
+                client_id: client_id.clone(),
+                client_secret,
+                scope: scope.clone(),
+            }),
+            _ => Err(BuildError::Credential("the stored secret does not match the authentication type".into())),
+        }
+    }
+}
+
+impl ConnectorFactory for ScimFactory {
+    fn build(
+        &self,
+        app: &App,
+        secret: Secret,
+        capabilities: Option<Capabilities>,
+        settings: &ConnectorSettings,
+    ) -> Result<Arc<dyn Connector>, BuildError> {
+        let mut cfg = scim::ClientConfig::new(app.connection.base_url.clone(), Self::auth(app, secret)?);
+        cfg.timeout = settings.request_timeout;
+        cfg.max_concurrency = app.provisioning.max_concurrency.max(1) as usize;
+        cfg.max_retries = 2;
+        cfg.backoff_base = settings.backoff_base;
+        cfg.backoff_max = Duration::from_secs(5);
+        cfg.retry_after_max = Duration::from_secs(30);
+        cfg.targets = settings.targets.clone();
+        let client = Client::new(cfg).map_err(ConnectorError::from)?;
+        Ok(Arc::new(
+            ScimConnector::new(client, capabilities).with_member_chunk_size(app.provisioning.group_chunk_size as usize),
+        ))
+    }
+}
 
 /// A [`Connector`] over a [`scim::Client`].
 ///

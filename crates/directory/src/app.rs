@@ -8,11 +8,20 @@ use uuid::Uuid;
 use crate::validation::{check_opt_text, check_text, ValidationErrors};
 
 /// The kind of API an app is reached through.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConnectorKind {
     #[default]
     Scim,
+}
+
+impl ConnectorKind {
+    /// The name the API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scim => "scim",
+        }
+    }
 }
 
 /// What happens to an app account when its user is suspended or deleted here.

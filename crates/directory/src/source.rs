@@ -19,6 +19,15 @@ pub enum SourceKind {
     Ldap,
 }
 
+impl SourceKind {
+    /// The name the API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ldap => "ldap",
+        }
+    }
+}
+
 /// Which directory server a source is: decides the defaults (stable id, disabled flag,
 /// change marker for incremental syncs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]

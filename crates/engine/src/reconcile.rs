@@ -18,7 +18,45 @@ use uuid::Uuid;
 use crate::guard::{Causes, Guard, Why};
 use crate::mapping::{app_view, groups_of, set_path, GROUPS_KEY};
 use crate::plan::{intent, Intent};
-use crate::runner::{plan_guarded, Engine, EngineError, ReconcileReport};
+use crate::runner::{plan_guarded, Engine, EngineError};
+
+/// What a full reconciliation found and did.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct ReconcileReport {
+    /// `completed`, or `failed` when the app's listing contradicted itself whichever way it
+    /// was read (then nothing was changed).
+    pub status: String,
+    /// How the accounts were read (`GET paging`, `POST /.search paging`); `None` when no
+    /// way was consistent.
+    pub strategy: Option<String>,
+    /// Each contradiction found in the app's answers, naming the way of reading.
+    pub contradictions: Vec<String>,
+    /// Why it failed, and what to do.
+    pub reason: Option<String>,
+    pub recommended_action: Option<String>,
+    /// List requests made.
+    pub pages_read: u32,
+    pub accounts_read: u64,
+    pub users_checked: u64,
+    /// Accounts found in the app with our externalId but no record here.
+    pub adopted: u64,
+    /// Accounts whose values in the app differ from what they should be.
+    pub drifted: u64,
+    /// Accounts recorded here that no longer exist in the app (a read by id answered 404
+    /// and a lookup by externalId/userName found nothing).
+    pub vanished: u64,
+    /// Accounts recorded here that the listing did not hold (then read by id).
+    pub missing_from_list: u64,
+    /// Groups the engine manages, read to check their members.
+    pub groups_read: u64,
+    /// Accounts whose group memberships in the app differ from what was last applied.
+    pub memberships_drifted: u64,
+    /// Member entries listed more than once in the groups read (the app's health).
+    pub duplicate_members: u64,
+    pub groups_with_duplicates: Vec<String>,
+    /// Operations queued.
+    pub queued: u64,
+}
 
 /// Case-insensitive attribute lookup (SCIM attribute names are case-insensitive).
 fn get_ci<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {

@@ -2,13 +2,17 @@
 //! schedule), one page of entries per transaction, with the mass-suspension guard, and at
 //! most one open sync per source across every process sharing the store (the open sync's
 //! heartbeat is its lease).
+//!
+//! Directories are read only through the [`connectors::Source`] trait, each source opened by
+//! the [`SourceRegistry`] the syncer was given (keyed by the source's kind); the planning of
+//! each page is [`crate::source_sync`]'s.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use connectors::ldap;
+use connectors::{Source, SourceError, SourceRegistry};
 use directory::{Actor, DirectorySource, SourceSync, SyncCounts, SyncMode, SyncState, UserInput};
 use serde::Serialize;
 use store::sources::{decrypt_password, dn_key};
@@ -25,8 +29,9 @@ pub const STALE_AFTER: Duration = Duration::from_secs(300);
 pub const FULL_SYNC_EVERY: Duration = Duration::from_secs(3600);
 /// At most this many problems are kept on a sync.
 const MAX_ERRORS: usize = 50;
-/// Entries are planned and written this many at a time, one transaction each.
-const BATCH: usize = ldap::PAGE_SIZE as usize;
+/// Entries are planned and written this many at a time, one transaction each (one page of
+/// an LDAP paged search).
+const BATCH: usize = 500;
 
 /// What a sync would do: its effects on the apps, and its own counts.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -58,6 +63,8 @@ pub struct SourceSyncer {
     store: Arc<dyn Store>,
     keyring: Arc<store::secrets::Keyring>,
     engine: Arc<Engine>,
+    /// Opens each source by its kind.
+    sources: SourceRegistry,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -71,8 +78,20 @@ pub fn source_actor(source: &DirectorySource) -> Actor {
 }
 
 impl SourceSyncer {
-    pub fn new(store: Arc<dyn Store>, keyring: Arc<store::secrets::Keyring>, engine: Arc<Engine>) -> Arc<Self> {
-        Arc::new(Self { store, keyring, engine, tasks: Mutex::new(Vec::new()) })
+    /// A syncer whose sources are opened by `sources` (see [`SourceRegistry::with_defaults`]).
+    pub fn new(
+        store: Arc<dyn Store>,
+        keyring: Arc<store::secrets::Keyring>,
+        engine: Arc<Engine>,
+        sources: SourceRegistry,
+    ) -> Arc<Self> {
+        Arc::new(Self { store, keyring, engine, sources, tasks: Mutex::new(Vec::new()) })
+    }
+
+    /// `source` opened with `bind_password`, reaching only the addresses the engine's
+    /// outbound policy allows.
+    fn open(&self, source: &DirectorySource, bind_password: String) -> Result<Box<dyn Source>, EngineError> {
+        self.sources.open(source, bind_password, &self.engine.config().outbound).map_err(directory_error)
     }
 
     /// The source's bind password, decrypted.
@@ -87,16 +106,14 @@ impl SourceSyncer {
     pub async fn verify_password(&self, source: Uuid, dn: &str, password: &str) -> Result<bool, EngineError> {
         let src = self.store.get_source(source).await?.ok_or(EngineError::NotFound("source"))?;
         let bind_password = self.password(source).await?;
-        ldap::verify_password(&src, &bind_password, dn, password, &self.engine.config().outbound)
-            .await
-            .map_err(directory_error)
+        self.open(&src, bind_password)?.verify_password(dn, password).await.map_err(directory_error)
     }
 
     /// Connects, binds as the service account and reads one page: the people it held.
     pub async fn test_connection(&self, source: Uuid) -> Result<usize, EngineError> {
         let src = self.store.get_source(source).await?.ok_or(EngineError::NotFound("source"))?;
         let password = self.password(source).await?;
-        ldap::test_connection(&src, &password, &self.engine.config().outbound).await.map_err(directory_error)
+        self.open(&src, password)?.test_connection().await.map_err(directory_error)
     }
 
     /// Records a new sync of `source` and starts it in the background. `mode` `None` picks
@@ -300,11 +317,9 @@ impl SourceSyncer {
 
         // Read everything first from the directory's point of view: any failure here ends
         // the sync before a single suspension.
-        let mut conn =
-            ldap::connect(&source, &password, &self.engine.config().outbound).await.map_err(directory_error)?;
+        let directory = self.open(&source, password)?;
         let watermark = if full { None } else { cursor.watermark.clone() };
-        let mut reader =
-            ldap::search_people(&mut conn, &source, watermark.as_deref()).await.map_err(directory_error)?;
+        let mut reader = directory.read_people(watermark.as_deref()).await.map_err(directory_error)?;
         let mut seen: HashSet<String> = HashSet::new();
         let mut to_suspend: Vec<String> = Vec::new();
         let mut unresolved: Vec<(Uuid, String)> = Vec::new();
@@ -340,12 +355,12 @@ impl SourceSyncer {
             to_suspend.extend(plan.to_suspend);
             unresolved.extend(plan.unresolved_managers);
             for e in &page {
-                mark = ldap::later_mark(source.flavor, mark, e.change_mark.as_deref());
+                mark = directory.later_mark(mark, e.change_mark.as_deref());
                 seen.insert(e.stable_id.clone());
             }
             self.heartbeat(sync).await?;
         }
-        let _ = conn.unbind().await;
+        reader.close().await;
 
         // Managers that came after the people they manage.
         let fixes: Vec<(String, Uuid)> = unresolved
@@ -462,10 +477,9 @@ impl SourceSyncer {
             state.by_dn.insert(dn_key(&l.dn), l.user_id);
             known.insert(l.user_id);
         }
-        let mut conn =
-            ldap::connect(source, password, &self.engine.config().outbound).await.map_err(directory_error)?;
+        let directory = self.open(source, password.to_owned())?;
         let watermark = if full { None } else { cursor.watermark.clone() };
-        let mut reader = ldap::search_people(&mut conn, source, watermark.as_deref()).await.map_err(directory_error)?;
+        let mut reader = directory.read_people(watermark.as_deref()).await.map_err(directory_error)?;
         let mut counts = SyncCounts::default();
         let mut users: HashMap<Uuid, directory::User> = HashMap::new();
         let (mut role_adds, mut role_removes) = (Vec::new(), Vec::new());
@@ -504,7 +518,7 @@ impl SourceSyncer {
             to_suspend.extend(plan.to_suspend);
             seen.extend(page.iter().map(|e| e.stable_id.clone()));
         }
-        let _ = conn.unbind().await;
+        reader.close().await;
         let mut suspend = to_suspend;
         if full {
             suspend.extend(missing(&links, &seen));
@@ -580,6 +594,6 @@ impl SourceSyncer {
     }
 }
 
-fn directory_error(e: ldap::LdapSourceError) -> EngineError {
+fn directory_error(e: SourceError) -> EngineError {
     EngineError::Directory(e.to_string())
 }

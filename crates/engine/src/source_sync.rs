@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, NaiveDate, Utc};
-use connectors::ldap::DirectoryEntry;
+use connectors::DirectoryEntry;
 use directory::{AttributeDef, AttributeType, DirectorySource, SourceLink, User, UserInput, UserSource, UserStatus};
 use serde_json::{Map, Value};
 use store::sources::dn_key;

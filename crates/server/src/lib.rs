@@ -44,10 +44,25 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// The service and its engine (not started: see [`engine::Engine::start`]).
+    /// The service and its engine (not started: see [`engine::Engine::start`]), with the
+    /// connectors and directory sources this build ships.
     pub fn new(store: Arc<dyn Store>, keyring: Arc<Keyring>, config: engine::EngineConfig) -> Self {
-        let engine = engine::Engine::new(store.clone(), keyring.clone(), config);
-        let service = Arc::new(Service::new(store.clone(), keyring, engine));
+        let (connectors, sources) =
+            (engine::ConnectorRegistry::with_defaults(), engine::SourceRegistry::with_defaults());
+        Self::with_registries(store, keyring, config, connectors, sources)
+    }
+
+    /// [`Self::new`] with the connectors and directory sources given: the engine builds each
+    /// app's connector with `connectors`, the source syncs open each source with `sources`.
+    pub fn with_registries(
+        store: Arc<dyn Store>,
+        keyring: Arc<Keyring>,
+        config: engine::EngineConfig,
+        connectors: engine::ConnectorRegistry,
+        sources: engine::SourceRegistry,
+    ) -> Self {
+        let engine = engine::Engine::new(store.clone(), keyring.clone(), config, connectors);
+        let service = Arc::new(Service::new(store.clone(), keyring, engine, sources));
         Self {
             idp: Arc::new(saml::IdpState::new(store, Some(service.sources().clone()))),
             service,

@@ -110,8 +110,14 @@ fn check_if_match(current: i64, if_match: Option<i64>) -> Result<()> {
 }
 
 impl Service {
-    pub fn new(store: Arc<dyn Store>, keyring: Arc<Keyring>, engine: Arc<Engine>) -> Self {
-        let sources = engine::SourceSyncer::new(store.clone(), keyring.clone(), engine.clone());
+    /// The service over `engine`; directory sources are opened with `sources`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        keyring: Arc<Keyring>,
+        engine: Arc<Engine>,
+        sources: engine::SourceRegistry,
+    ) -> Self {
+        let sources = engine::SourceSyncer::new(store.clone(), keyring.clone(), engine.clone(), sources);
         Self { store, keyring, engine, verified: tokens::VerifiedCache::new(tokens::CACHE_TTL), sources }
     }
 

@@ -1,5 +1,6 @@
 //! Faults the real SCIM server cannot produce (429 with Retry-After, 5xx, a 400 that later
-//! succeeds), from a small fake app. Everything else is tested against scim2-server.
+//! succeeds), from a small fake app, and an app whose kind the engine has no connector for.
+//! Everything else is tested against scim2-server.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -152,8 +153,23 @@ async fn a_rejected_request_fails_at_once_and_retry_runs_it_again(backend: Backe
     s.post(&format!("/api/v1/events/{}/retry", failed["id"].as_str().unwrap()), json!({})).await.problem(409);
 }
 
+/// An app whose connector kind has no factory in the engine's registry: its operations fail
+/// with a reason naming the app and the kind (no panic), and so does its connection test.
+async fn an_app_whose_kind_has_no_connector_fails_clearly(backend: Backend) {
+    let s = TestServer::start_with_connectors(backend, engine::ConnectorRegistry::new()).await;
+    let (app, u) = provision_one(&s, "http://127.0.0.1:9").await;
+    let failed = latest(&s, &u, |e| e["status"] == "failed").await;
+    let reason = failed["reason"].as_str().unwrap();
+    assert!(reason.contains("Fake") && reason.contains("no connector for apps of kind \"scim\""), "{failed:#}");
+    assert!(!failed["recommended_action"].as_str().unwrap().is_empty());
+    let test = s.post(&format!("/api/v1/apps/{app}/connection/test"), json!({})).await;
+    test.problem(502);
+    assert!(test.body["detail"].as_str().unwrap().contains("no connector for apps of kind"), "{test:#?}");
+}
+
 crate::on_both_backends!(
     rate_limiting_slows_down_without_failing,
     server_errors_are_retried,
     a_rejected_request_fails_at_once_and_retry_runs_it_again,
+    an_app_whose_kind_has_no_connector_fails_clearly,
 );

@@ -86,11 +86,25 @@ impl TestServer {
         Self::start_configured(backend, |_| {}, move |state| state.set_public_url(&url).unwrap()).await
     }
 
+    /// [`Self::start_on`] with the engine building apps' connectors with `connectors` only.
+    pub async fn start_with_connectors(backend: Backend, connectors: engine::ConnectorRegistry) -> Self {
+        Self::start_assembled(backend, |_| {}, |_| {}, connectors).await
+    }
+
     /// [`Self::start_with`], with the service's state changed by `state_fn` before it serves.
     pub async fn start_configured(
         backend: Backend,
         configure: impl FnOnce(&mut engine::EngineConfig),
         state_fn: impl FnOnce(&mut AppState),
+    ) -> Self {
+        Self::start_assembled(backend, configure, state_fn, engine::ConnectorRegistry::with_defaults()).await
+    }
+
+    async fn start_assembled(
+        backend: Backend,
+        configure: impl FnOnce(&mut engine::EngineConfig),
+        state_fn: impl FnOnce(&mut AppState),
+        connectors: engine::ConnectorRegistry,
     ) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         let (store, database): (Arc<dyn store::Store>, _) = match backend {
@@ -118,7 +132,8 @@ impl TestServer {
             ..Default::default()
         };
         configure(&mut config);
-        let mut state = AppState::new(store, Arc::new(keyring), config);
+        let sources = engine::SourceRegistry::with_defaults();
+        let mut state = AppState::with_registries(store, Arc::new(keyring), config, connectors, sources);
         state.service.bootstrap(Some(TOKEN)).await.unwrap();
         state.service.engine().start().await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
