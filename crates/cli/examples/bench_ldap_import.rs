@@ -7,6 +7,13 @@
 //! second full sync (nothing changed). Prints the time of each and the process's peak
 //! resident memory (VmHWM); asserts only that every entry was imported.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a benchmark: a step that fails ends the run with its message"
+)]
+
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;

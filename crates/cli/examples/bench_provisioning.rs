@@ -5,6 +5,13 @@
 //! (defaults 2000 and 8). Starts its own scim2-server instances (via `scripts/scim2-server.sh`),
 //! and the engine in-process on a fresh embedded store. Prints figures; asserts nothing.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a benchmark: a step that fails ends the run with its message"
+)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -411,7 +411,6 @@ impl Source for LdapSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::Utc;
     use directory::{DisabledCondition, SourceInput, SourceKind};
 
     fn source(flavor: SourceFlavor) -> DirectorySource {
@@ -433,7 +432,7 @@ mod tests {
             enabled: None,
         };
         input.normalize_and_validate(&[], true).unwrap();
-        input.into_source(uuid::Uuid::now_v7(), Utc::now(), Utc::now(), 1)
+        input.into_source(uuid::Uuid::now_v7(), directory::now(), directory::now(), 1)
     }
 
     fn entry(attrs: &[(&str, &[&str])], bin: &[(&str, Vec<u8>)]) -> SearchEntry {

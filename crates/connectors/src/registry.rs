@@ -132,7 +132,7 @@ mod tests {
     use super::*;
 
     fn app() -> App {
-        let now = chrono::Utc::now();
+        let now = directory::now();
         App {
             id: uuid::Uuid::nil(),
             name: "Example".into(),

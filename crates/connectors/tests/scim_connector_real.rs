@@ -1,5 +1,12 @@
 //! ScimConnector against the real scim2-server.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "integration tests: their helpers (outside #[test] functions, where clippy.toml's allow-*-in-tests does not reach) fail the test with a message"
+)]
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;

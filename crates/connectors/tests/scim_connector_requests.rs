@@ -1,6 +1,13 @@
 //! Which requests ScimConnector sends (recorded by a tiny axum fake):
 //! member chunking, PATCH vs PUT by capabilities, no request for no change.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "integration tests: their helpers (outside #[test] functions, where clippy.toml's allow-*-in-tests does not reach) fail the test with a message"
+)]
+
 use std::sync::{Arc, Mutex};
 
 use axum::extract::State;

@@ -559,7 +559,7 @@ mod tests {
     fn stored(connection: serde_json::Value) -> App {
         let v = input(json!({"name": "Wiki", "connection": connection}));
         let (validated, _) = v.validate(None).unwrap();
-        App::new(validated, chrono::Utc::now())
+        App::new(validated, crate::now())
     }
 
     #[test]

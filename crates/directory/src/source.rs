@@ -560,7 +560,7 @@ mod tests {
     fn defaults_follow_the_flavour() {
         let mut i = input();
         i.normalize_and_validate(&[], true).unwrap();
-        let s = i.into_source(Uuid::now_v7(), Utc::now(), Utc::now(), 1);
+        let s = i.into_source(Uuid::now_v7(), crate::now(), crate::now(), 1);
         assert_eq!(s.name, "Corp AD");
         assert_eq!(s.attributes["username"], "sAMAccountName");
         assert_eq!(s.schedule, 5);
@@ -586,7 +586,7 @@ mod tests {
     fn the_bind_password_is_bound_to_the_url_scheme_host_and_port() {
         let mut i = input();
         i.normalize_and_validate(&[], true).unwrap();
-        let current = i.into_source(Uuid::now_v7(), Utc::now(), Utc::now(), 1);
+        let current = i.into_source(Uuid::now_v7(), crate::now(), crate::now(), 1);
         let check = |url: &str, password: Option<&str>| {
             let mut change = SourceInput::from_source(&current);
             change.url = url.into();

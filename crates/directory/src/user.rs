@@ -323,7 +323,7 @@ mod tests {
 
     #[test]
     fn update_keeps_identity_and_bumps_version() {
-        let now = Utc::now();
+        let now = crate::now();
         let u = User::new(input("ada"), UserSource::Local, now);
         let mut patch = UserInput::from_user(&u);
         patch.title = Some("Engineer".into());

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use directory::{Action, App, Parameter, Rule};
 use serde::Serialize;
 use serde_json::Value;
@@ -139,14 +140,15 @@ impl Engine {
     }
 
     /// What saving `parameters`, `rules` and/or `provisioning` (the current ones where `None`)
-    /// would do to the accounts of every user the app concerns: a dry run ([`Engine::dry_run`]).
-    /// Nothing is written.
+    /// would do to the accounts of every user the app concerns, if saved at `now`: a dry run
+    /// ([`Engine::dry_run`]). Nothing is written.
     pub async fn preview(
         &self,
         app_id: Uuid,
         parameters: Option<Vec<Parameter>>,
         rules: Option<Vec<Rule>>,
         provisioning: Option<directory::ProvisioningSettings>,
+        now: DateTime<Utc>,
     ) -> Result<PlanPreview, EngineError> {
         let store = self.store();
         let mut app = store.get_app(app_id).await?.ok_or(EngineError::NotFound("app"))?;
@@ -159,7 +161,7 @@ impl Engine {
         if let Some(p) = provisioning {
             app.provisioning = p;
         }
-        let run = self.dry_run(WhatIf::App { app: Box::new(app), apply_to_existing: false }).await?;
+        let run = self.dry_run(WhatIf::App { app: Box::new(app), apply_to_existing: false }, now).await?;
         let e = run.effects.into_iter().find(|e| e.app_id == app_id).unwrap_or_default();
         Ok(PlanPreview {
             create: e.create,

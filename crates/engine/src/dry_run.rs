@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use directory::{Action, App, PairState, PlanItem, RoleRef, User, UserStatus};
 use serde::Serialize;
 use serde_json::Value;
@@ -135,8 +136,8 @@ impl Engine {
         Ok(out)
     }
 
-    /// What `change` would do, in every app it concerns; nothing is written.
-    pub async fn dry_run(&self, change: WhatIf) -> Result<DryRun, EngineError> {
+    /// What `change` would do if made at `now`, in every app it concerns; nothing is written.
+    pub async fn dry_run(&self, change: WhatIf, now: DateTime<Utc>) -> Result<DryRun, EngineError> {
         let store = self.store();
         let mut moves: Vec<RoleMoves> = Vec::new();
         let mut index = DirectoryIndex::default();
@@ -212,7 +213,7 @@ impl Engine {
             }
         };
         let mut grants_cache: HashMap<Uuid, HashSet<Uuid>> = HashMap::new();
-        let mut guard = Guard::new(store.clone());
+        let mut guard = Guard::new(store.clone(), now);
         let mut effects: BTreeMap<Uuid, Effect> = BTreeMap::new();
         let mut held_ids: Vec<(Uuid, Uuid)> = Vec::new();
         for chunk in pairs.chunks(BATCH) {

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use directory::{Action, App, AuditEntry, Cause, Change, ChangeKind, DeprovisionGuard, PairState, PlanItem};
 use serde_json::Value;
 use store::{AuditQuery, Store, StoreError};
@@ -36,6 +37,8 @@ struct AppGuard {
 /// what it gives back, and at the end write what [`Guard::finish`] gives back.
 pub struct Guard {
     store: Arc<dyn Store>,
+    /// When the change happens: the window of recent deprovisionings ends here.
+    now: DateTime<Utc>,
     apps: HashMap<Uuid, AppGuard>,
 }
 
@@ -50,8 +53,9 @@ fn is_held(item: &PlanItem) -> bool {
 }
 
 impl Guard {
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store, apps: HashMap::new() }
+    /// The guard of a change made at `now`.
+    pub fn new(store: Arc<dyn Store>, now: DateTime<Utc>) -> Self {
+        Self { store, now, apps: HashMap::new() }
     }
 
     async fn app_guard(&mut self, app: &App) -> Result<&mut AppGuard, StoreError> {
@@ -59,7 +63,7 @@ impl Guard {
             let limit = app.provisioning.deprovision_guard;
             let mut g = AppGuard { limit, ..Default::default() };
             if let Some(l) = limit {
-                let since = directory::now() - chrono::Duration::minutes(l.window_minutes.max(0));
+                let since = self.now - chrono::Duration::minutes(l.window_minutes.max(0));
                 g.recent = self.store.count_recent_deprovisions(app.id, since).await?;
                 g.managed = self.store.count_managed_accounts(app.id).await?;
             }

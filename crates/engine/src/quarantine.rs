@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use chrono::Utc;
 use directory::{Actor, AppHealth, EventStatus, HealthState, Outcome};
 use uuid::Uuid;
 
@@ -122,7 +121,7 @@ impl Engine {
                 return self.quarantine(app, &reason).await;
             }
         }
-        let since = Utc::now() - chrono_of(policy.window);
+        let since = directory::now() - chrono_of(policy.window);
         let w = self.store().app_outcome_window(app, since).await?;
         if w.finished >= policy.min_finished && w.failed * 100 >= policy.failure_percent * w.finished {
             let minutes = policy.window.as_secs() / 60;
@@ -138,7 +137,7 @@ impl Engine {
     }
 
     async fn quarantine(&self, app: Uuid, reason: &str) -> Result<(), EngineError> {
-        let next = Utc::now() + chrono_of(self.config().quarantine.delay(0));
+        let next = directory::now() + chrono_of(self.config().quarantine.delay(0));
         if self.store().quarantine_app(app, reason, next, &Actor::system()).await? {
             tracing::warn!(app = %app, reason, next_probe = %next, "app quarantined: its queue is paused");
         }
@@ -147,7 +146,7 @@ impl Engine {
 
     /// Runs the probes that are due (each in its own task); answers how many it started.
     pub async fn probe_due(self: &std::sync::Arc<Self>) -> Result<usize, EngineError> {
-        let now = Utc::now();
+        let now = directory::now();
         let mut started = 0;
         for (app, probes) in self.store().due_probes(now).await? {
             let next = now + chrono_of(self.config().quarantine.delay(probes + 1));
@@ -199,7 +198,7 @@ impl Engine {
     pub async fn health(&self, app: Uuid) -> Result<AppHealth, EngineError> {
         let rec = self.store().get_app_health(app).await?.unwrap_or_default();
         // The rate over the last five whole minutes and the current one.
-        let counts = self.store().app_queue_counts(app, Utc::now() - chrono::Duration::minutes(5)).await?;
+        let counts = self.store().app_queue_counts(app, directory::now() - chrono::Duration::minutes(5)).await?;
         let rate = (counts.finished > 0).then(|| counts.finished as f64 / 5.0);
         let eta = match rate {
             Some(r) if !rec.quarantined && r > 0.0 => Some((counts.queued as f64 / r * 60.0).ceil() as i64),

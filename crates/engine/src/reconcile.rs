@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use chrono::{DateTime, Utc};
 use directory::{AccountWrite, Ownership, PlanItem, PlanWrite};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -150,20 +151,21 @@ fn set_groups(seen: &mut Value, groups: &BTreeSet<String>) {
 }
 
 impl Engine {
-    /// Reconciles one app in full; see the module documentation. The report (strategy,
-    /// contradictions, duplicate members) is also recorded as the app's latest read.
-    pub async fn reconcile(&self, app_id: Uuid) -> Result<ReconcileReport, EngineError> {
-        self.reconcile_by(app_id, None).await
+    /// Reconciles one app in full, at `now`; see the module documentation. The report
+    /// (strategy, contradictions, duplicate members) is also recorded as the app's latest read.
+    pub async fn reconcile(&self, app_id: Uuid, now: DateTime<Utc>) -> Result<ReconcileReport, EngineError> {
+        self.reconcile_by(app_id, None, now).await
     }
 
     /// [`Self::reconcile`], started by `actor` (`None`: the schedule). What it queues goes
-    /// through the deprovisioning guard as one change.
+    /// through the deprovisioning guard as one change made at `now`.
     pub async fn reconcile_by(
         &self,
         app_id: Uuid,
         actor: Option<&directory::Actor>,
+        now: DateTime<Utc>,
     ) -> Result<ReconcileReport, EngineError> {
-        let report = self.reconcile_once(app_id, actor).await?;
+        let report = self.reconcile_once(app_id, actor, now).await?;
         match serde_json::to_value(&report) {
             Ok(v) => {
                 if let Err(e) = self.store().record_app_read(app_id, "reconcile", &v).await {
@@ -179,12 +181,13 @@ impl Engine {
         &self,
         app_id: Uuid,
         actor: Option<&directory::Actor>,
+        now: DateTime<Utc>,
     ) -> Result<ReconcileReport, EngineError> {
         let store = self.store();
         let started_by = actor.map_or_else(|| "the hourly schedule".to_owned(), crate::guard::actor_words);
         let causes =
             Causes::fixed(Why::new("reconcile", Some(started_by), "a reconciliation found the app out of step"));
-        let mut guard = Guard::new(store.clone());
+        let mut guard = Guard::new(store.clone(), now);
         let app = store.get_app(app_id).await?.ok_or(EngineError::NotFound("app"))?;
         let connector = self.connector(&app).await?;
         let mut report = ReconcileReport::default();

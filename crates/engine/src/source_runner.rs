@@ -11,7 +11,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
 use connectors::{Source, SourceError, SourceRegistry};
 use directory::{Actor, DirectorySource, SourceSync, SyncCounts, SyncMode, SyncState, UserInput};
 use serde::Serialize;
@@ -163,7 +162,7 @@ impl SourceSyncer {
         }
         let cursor = self.store.source_cursor(source).await?;
         let recent_full = cursor.last_full_sync_at.is_some_and(|t| {
-            Utc::now().signed_duration_since(t).to_std().map(|age| age < FULL_SYNC_EVERY).unwrap_or(true)
+            directory::now().signed_duration_since(t).to_std().map(|age| age < FULL_SYNC_EVERY).unwrap_or(true)
         });
         let mode = match mode {
             Some(SyncMode::Incremental) if cursor.watermark.is_some() => SyncMode::Incremental,
@@ -545,11 +544,10 @@ impl SourceSyncer {
         }
         let run = self
             .engine
-            .dry_run(crate::dry_run::WhatIf::Directory {
-                users: users.into_values().collect(),
-                role_adds,
-                role_removes,
-            })
+            .dry_run(
+                crate::dry_run::WhatIf::Directory { users: users.into_values().collect(), role_adds, role_removes },
+                directory::now(),
+            )
             .await?;
         Ok(SyncDryRun { run, sync: SyncPreview { mode, counts, awaiting_confirmation, pending_suspensions } })
     }

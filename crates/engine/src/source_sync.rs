@@ -340,7 +340,7 @@ mod tests {
             enabled: None,
         };
         input.normalize_and_validate(&defs(), true).unwrap();
-        input.into_source(Uuid::now_v7(), Utc::now(), Utc::now(), 1)
+        input.into_source(Uuid::now_v7(), directory::now(), directory::now(), 1)
     }
 
     fn defs() -> Vec<AttributeDef> {
@@ -348,7 +348,7 @@ mod tests {
             name: "cost_center".into(),
             kind: AttributeType::String,
             description: None,
-            created_at: Utc::now(),
+            created_at: directory::now(),
         }]
     }
 
@@ -389,7 +389,7 @@ mod tests {
             &[("manager", "UID=boss, ou=People,dc=example,dc=com"), ("departmentNumber", "42")],
             false,
         );
-        let plan = plan_page(&s, &defs(), &[boss, ada], &mut state, Utc::now());
+        let plan = plan_page(&s, &defs(), &[boss, ada], &mut state, directory::now());
         assert_eq!(plan.created, 2);
         let (boss_user, _) = &plan.batch.creates[0];
         let (ada_user, ada_link) = &plan.batch.creates[1];
@@ -403,17 +403,17 @@ mod tests {
     fn a_rename_is_an_update_of_the_same_user() {
         let s = source(vec![]);
         let mut state = PlanState::default();
-        let plan = plan_page(&s, &defs(), &[entry("1", "ada", &[], false)], &mut state, Utc::now());
+        let plan = plan_page(&s, &defs(), &[entry("1", "ada", &[], false)], &mut state, directory::now());
         link_all(&s, &plan, &mut state);
         let id = plan.batch.creates[0].0.id;
-        let plan = plan_page(&s, &defs(), &[entry("1", "ada.king", &[], false)], &mut state, Utc::now());
+        let plan = plan_page(&s, &defs(), &[entry("1", "ada.king", &[], false)], &mut state, directory::now());
         assert_eq!((plan.created, plan.updated), (0, 1));
         let u = &plan.batch.updates[0];
         assert_eq!((u.user.id, u.user.username.as_str()), (id, "ada.king"));
         assert_eq!(u.link.dn, "uid=ada.king,ou=people,dc=example,dc=com");
         // Reading it again changes nothing.
         link_all(&s, &plan, &mut state);
-        let plan = plan_page(&s, &defs(), &[entry("1", "ada.king", &[], false)], &mut state, Utc::now());
+        let plan = plan_page(&s, &defs(), &[entry("1", "ada.king", &[], false)], &mut state, directory::now());
         assert_eq!((plan.updated, plan.unchanged), (0, 1));
     }
 
@@ -421,17 +421,17 @@ mod tests {
     fn disabled_entries_wait_for_the_guard_and_come_back_when_enabled() {
         let s = source(vec![]);
         let mut state = PlanState::default();
-        let plan = plan_page(&s, &defs(), &[entry("1", "ada", &[], false)], &mut state, Utc::now());
+        let plan = plan_page(&s, &defs(), &[entry("1", "ada", &[], false)], &mut state, directory::now());
         link_all(&s, &plan, &mut state);
-        let plan = plan_page(&s, &defs(), &[entry("1", "ada", &[], true)], &mut state, Utc::now());
+        let plan = plan_page(&s, &defs(), &[entry("1", "ada", &[], true)], &mut state, directory::now());
         assert_eq!(plan.to_suspend, ["1"]);
         assert!(plan.batch.updates.is_empty());
         let linked: Vec<_> = state.linked.values().cloned().collect();
-        let susp = suspensions(&linked, Utc::now());
+        let susp = suspensions(&linked, directory::now());
         assert_eq!(susp[0].user.status, UserStatus::Suspended);
         assert!(susp[0].link.suspended_by_source);
         state.linked.insert("1".into(), LinkedUser { link: susp[0].link.clone(), user: susp[0].user.clone() });
-        let plan = plan_page(&s, &defs(), &[entry("1", "ada", &[], false)], &mut state, Utc::now());
+        let plan = plan_page(&s, &defs(), &[entry("1", "ada", &[], false)], &mut state, directory::now());
         assert_eq!(plan.reactivated, 1);
         assert_eq!(plan.batch.updates[0].user.status, UserStatus::Active);
         assert!(!plan.batch.updates[0].link.suspended_by_source);
@@ -441,11 +441,11 @@ mod tests {
     fn an_admins_suspension_is_left_alone() {
         let s = source(vec![]);
         let mut state = PlanState::default();
-        let plan = plan_page(&s, &defs(), &[entry("1", "ada", &[], false)], &mut state, Utc::now());
+        let plan = plan_page(&s, &defs(), &[entry("1", "ada", &[], false)], &mut state, directory::now());
         link_all(&s, &plan, &mut state);
         let l = state.linked.get_mut("1").unwrap();
         l.user.status = UserStatus::Suspended;
-        let plan = plan_page(&s, &defs(), &[entry("1", "ada", &[], false)], &mut state, Utc::now());
+        let plan = plan_page(&s, &defs(), &[entry("1", "ada", &[], false)], &mut state, directory::now());
         assert_eq!((plan.reactivated, plan.unchanged), (0, 1));
     }
 
@@ -462,12 +462,12 @@ mod tests {
                 entry("2", "bob", &[], false),
             ],
             &mut state,
-            Utc::now(),
+            directory::now(),
         );
         let ada = plan.batch.creates[0].0.id;
         assert_eq!(plan.batch.role_adds, [(role, ada)]);
         link_all(&s, &plan, &mut state);
-        let plan = plan_page(&s, &defs(), &[entry("1", "ada", &[], false)], &mut state, Utc::now());
+        let plan = plan_page(&s, &defs(), &[entry("1", "ada", &[], false)], &mut state, directory::now());
         assert_eq!(plan.batch.role_removes, [(role, ada)]);
     }
 
@@ -477,7 +477,8 @@ mod tests {
         let mut state = PlanState::default();
         let mut bad_mail = entry("1", "ada", &[], false);
         bad_mail.attributes.insert("mail".into(), vec!["not-an-address".into()]);
-        let plan = plan_page(&s, &defs(), &[bad_mail, entry("2", "has space", &[], false)], &mut state, Utc::now());
+        let plan =
+            plan_page(&s, &defs(), &[bad_mail, entry("2", "has space", &[], false)], &mut state, directory::now());
         assert_eq!((plan.created, plan.failed), (1, 1));
         assert_eq!(plan.batch.creates[0].0.email, None);
         assert_eq!(plan.errors.len(), 2);
@@ -507,10 +508,10 @@ mod tests {
             let s = source(vec![]);
             let entries: Vec<_> = (0..n).map(|i| entry(&i.to_string(), &format!("u{i}"), &[], disabled[i])).collect();
             let mut state = PlanState::default();
-            let plan = plan_page(&s, &defs(), &entries, &mut state, Utc::now());
+            let plan = plan_page(&s, &defs(), &entries, &mut state, directory::now());
             prop_assert_eq!(plan.created as usize, n);
             link_all(&s, &plan, &mut state);
-            let again = plan_page(&s, &defs(), &entries, &mut state, Utc::now());
+            let again = plan_page(&s, &defs(), &entries, &mut state, directory::now());
             prop_assert!(again.batch.creates.is_empty() && again.batch.updates.is_empty());
             prop_assert!(again.to_suspend.is_empty());
         }

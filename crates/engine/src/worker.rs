@@ -73,7 +73,7 @@ pub(crate) fn on_error(op: &Operation, app_name: &str, e: ConnectorError) -> Exe
     let rate_limited = e.kind == ErrorKind::RateLimited;
     if e.retryable && (op.event.attempts < MAX_ATTEMPTS || rate_limited) {
         let wait = backoff(op.event.attempts, e.retry_after);
-        let at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_else(|_| chrono::Duration::seconds(60));
+        let at = directory::now() + chrono::Duration::from_std(wait).unwrap_or_else(|_| chrono::Duration::seconds(60));
         return Execution::RetryAt {
             at,
             reason: format!("{}: {} (attempt {}; retrying)", app_name, e.reason, op.event.attempts),

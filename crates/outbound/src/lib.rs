@@ -19,8 +19,6 @@
 //! the checked address is the one connected to. Other clients (LDAP) resolve with
 //! [`TargetPolicy::resolve`] and connect to one of the addresses it returns.
 
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
-
 use std::error::Error as StdError;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -287,7 +287,7 @@ impl Client {
         if status.is_redirection() {
             return Err(redirected(status, resp.headers(), "token endpoint"));
         }
-        let retry_after = parse_retry_after(resp.headers());
+        let retry_after = parse_retry_after(resp.headers(), directory::now());
         let body = resp.bytes().await.map_err(map_reqwest_error)?;
         if !status.is_success() {
             // RFC 6749 5.2 error body: {"error": "...", "error_description": "..."}
@@ -385,7 +385,7 @@ impl Client {
         if status.is_redirection() {
             return Attempt::Failed { error: redirected(status, resp.headers(), "app"), retry_after: None };
         }
-        let retry_after = parse_retry_after(resp.headers());
+        let retry_after = parse_retry_after(resp.headers(), directory::now());
         let body = match resp.bytes().await {
             Ok(b) => b.to_vec(),
             Err(e) => return Attempt::Failed { error: map_reqwest_error(e), retry_after: None },
@@ -798,8 +798,9 @@ fn full_jitter(base: Duration, max: Duration, retry: u32) -> Duration {
     Duration::from_millis(rand::thread_rng().gen_range(0..=ceiling))
 }
 
-/// `Retry-After` as delay-seconds or an HTTP-date (RFC 9110 section 10.2.3).
-pub(crate) fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
+/// `Retry-After` as delay-seconds or an HTTP-date (RFC 9110 section 10.2.3); a date is
+/// counted from `now`.
+pub(crate) fn parse_retry_after(headers: &HeaderMap, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
     let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));
@@ -813,7 +814,7 @@ pub(crate) fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
                 .map(|n| n.and_utc())
         })
         .ok()?;
-    let delta = when.signed_duration_since(chrono::Utc::now());
+    let delta = when.signed_duration_since(now);
     Some(delta.to_std().unwrap_or(Duration::ZERO))
 }
 
@@ -953,23 +954,23 @@ mod tests {
 
     #[test]
     fn retry_after_parsing() {
+        let now = chrono::DateTime::from_timestamp(1_700_000_000, 0).expect("a time");
         let mut h = HeaderMap::new();
-        assert_eq!(parse_retry_after(&h), None);
+        assert_eq!(parse_retry_after(&h, now), None);
         h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
-        assert_eq!(parse_retry_after(&h), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after(&h, now), Some(Duration::from_secs(7)));
         h.insert(RETRY_AFTER, HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
-        assert_eq!(parse_retry_after(&h), Some(Duration::ZERO));
-        let future =
-            (chrono::Utc::now() + chrono::Duration::seconds(100)).format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+        assert_eq!(parse_retry_after(&h, now), Some(Duration::ZERO));
+        let future = (now + chrono::Duration::seconds(100)).format("%a, %d %b %Y %H:%M:%S GMT").to_string();
         h.insert(RETRY_AFTER, HeaderValue::from_str(&future).expect("hv"));
-        let d = parse_retry_after(&h).expect("date");
-        assert!(d > Duration::from_secs(90) && d <= Duration::from_secs(100), "{d:?}");
+        let d = parse_retry_after(&h, now).expect("date");
+        assert_eq!(d, Duration::from_secs(100));
         h.insert(RETRY_AFTER, HeaderValue::from_static("Sunday, 06-Nov-94 08:49:37 GMT"));
-        assert_eq!(parse_retry_after(&h), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after(&h, now), Some(Duration::ZERO));
         h.insert(RETRY_AFTER, HeaderValue::from_static("Sun Nov  6 08:49:37 1994"));
-        assert_eq!(parse_retry_after(&h), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after(&h, now), Some(Duration::ZERO));
         h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
-        assert_eq!(parse_retry_after(&h), None);
+        assert_eq!(parse_retry_after(&h, now), None);
     }
 
     #[test]

@@ -6,11 +6,6 @@
 //! - [`ScimError`]: errors classified as retryable or not, with an
 //!   admin-facing recommended action.
 
-#![cfg_attr(
-    not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::todo, clippy::unimplemented, clippy::panic)
-)]
-
 pub mod client;
 pub mod error;
 pub mod filter;

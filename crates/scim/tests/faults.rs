@@ -2,6 +2,13 @@
 //! 429/5xx then success, timeouts, dropped connections, exhausted retries,
 //! no retries on 4xx, and OAuth2 token caching and refresh-once-on-401.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "integration tests: their helpers (outside #[test] functions, where clippy.toml's allow-*-in-tests does not reach) fail the test with a message"
+)]
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

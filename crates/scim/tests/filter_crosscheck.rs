@@ -2,6 +2,13 @@
 //! grammar) on generated filters: both must accept them and agree on their meaning. And no
 //! input, however odd, makes ours panic.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "integration tests: their helpers (outside #[test] functions, where clippy.toml's allow-*-in-tests does not reach) fail the test with a message"
+)]
+
 use proptest::prelude::*;
 use scim::query::{self, AttrPath, CompValue, CompareOp, Filter};
 use serde_json::Number;

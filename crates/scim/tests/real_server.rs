@@ -1,5 +1,12 @@
 //! Integration tests of the SCIM client against the real `scim2-server`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "integration tests: their helpers (outside #[test] functions, where clippy.toml's allow-*-in-tests does not reach) fail the test with a message"
+)]
+
 use std::collections::HashSet;
 use std::time::Duration;
 

@@ -628,7 +628,7 @@ impl Service {
 
     pub async fn reconcile(&self, actor: &Actor, app: Uuid) -> Result<ReconcileReport> {
         self.get_app(app).await?;
-        let report = self.engine.reconcile_by(app, Some(actor)).await?;
+        let report = self.engine.reconcile_by(app, Some(actor), directory::now()).await?;
         let details = serde_json::to_value(&report).ok();
         self.store.append_audit(actor, "app.reconcile", "app", &app.to_string(), details).await?;
         Ok(report)
@@ -736,7 +736,7 @@ impl Service {
     ) -> Result<PlanPreview> {
         self.get_app(app).await?;
         self.validate_mapping(parameters.as_deref(), rules.as_deref()).await?;
-        Ok(self.engine.preview(app, parameters, rules, provisioning).await?)
+        Ok(self.engine.preview(app, parameters, rules, provisioning, directory::now()).await?)
     }
 
     pub async fn explain(&self, user: Uuid, app: Uuid) -> Result<Explanation> {

@@ -176,7 +176,10 @@ impl Drop for Scim2Server {
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("{prefix}-{}-{nanos}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    // Random per call (std's randomly keyed hasher), so that runs sharing a server differ.
+    let salt = {
+        use std::hash::{BuildHasher, Hasher};
+        std::collections::hash_map::RandomState::new().build_hasher().finish() as u32
+    };
+    format!("{prefix}-{}-{salt}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }

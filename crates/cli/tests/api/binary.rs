@@ -683,7 +683,7 @@ async fn deeply_nested_authn_requests_get_a_400_page_and_the_process_lives_on() 
         let xml = format!(
             "<samlp:AuthnRequest xmlns:samlp=\"urn:oasis:names:tc:SAML:2.0:protocol\" ID=\"_d\" Version=\"2.0\" \
              IssueInstant=\"{}\">{}{}</samlp:AuthnRequest>",
-            saml::instant(chrono::Utc::now()),
+            saml::instant(directory::now()),
             "<a>".repeat(depth),
             "</a>".repeat(depth)
         );

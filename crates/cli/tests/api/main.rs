@@ -1,6 +1,13 @@
 //! One integration-test binary for the whole service: the admin API in-process, and the
 //! real `provisioner` binary for start-up, persistence and the CLI.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "integration tests: their helpers (outside #[test] functions, where clippy.toml's allow-*-in-tests does not reach) fail the test with a message"
+)]
+
 mod support;
 
 /// Runs each named scenario (an `async fn(Backend)`) on the embedded SQLite store and on

@@ -373,7 +373,7 @@ on_both_backends!(sp_initiated_sign_in_is_accepted_by_xmlsec1_and_pysaml2, idp_i
 /// A request for the app, deflated and base64'd (HTTP-Redirect binding), as a URL path: a
 /// fresh ID, issued now.
 pub(crate) fn authn_request(app: &str, acs: &str, extra: &str) -> String {
-    authn_request_at(app, acs, extra, &saml::new_id(), chrono::Utc::now())
+    authn_request_at(app, acs, extra, &saml::new_id(), directory::now())
 }
 
 fn authn_request_at(app: &str, acs: &str, extra: &str, id: &str, at: chrono::DateTime<chrono::Utc>) -> String {
@@ -524,7 +524,7 @@ async fn the_redirect_signature_covers_exactly_the_parameters_used() {
 async fn stale_future_replayed_and_anonymous_authn_requests_are_refused() {
     let w = World::new(Backend::Sqlite, saml_settings(json!({}))).await;
     let session = w.login("sally", PASSWORD, "/").await.unwrap();
-    let now = chrono::Utc::now();
+    let now = directory::now();
     let old = authn_request_at(&w.app, ACS, "", &saml::new_id(), now - chrono::Duration::minutes(6));
     let r = w.get(&old, Some(&session)).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);

@@ -89,7 +89,7 @@ impl Engine {
         let states = self.store.load_pairs(&pairs).await?;
         let started = directory::now();
         let causes = Causes::fixed(Why::new("admin", actor.map(crate::guard::actor_words), "of Provision now"));
-        let mut guard = Guard::new(self.store.clone());
+        let mut guard = Guard::new(self.store.clone(), started);
         let mut items: Vec<(usize, PlanItem)> = Vec::new();
         let mut write = Vec::new();
         for (i, s) in states.iter().enumerate() {

@@ -249,7 +249,7 @@ impl Engine {
         }
         let names: Vec<String> = names.into_iter().collect();
         let found = self.store.find_entitlements(app.id, "group", &names).await.map_err(|e| Execution::RetryAt {
-            at: chrono::Utc::now() + chrono::Duration::seconds(5),
+            at: directory::now() + chrono::Duration::seconds(5),
             reason: e.to_string(),
         })?;
         let mut ids: HashMap<String, String> =

@@ -243,7 +243,7 @@ impl Engine {
             };
             for app in apps {
                 match self.store.try_run_schedule(&format!("reconcile:{app}"), every).await {
-                    Ok(true) => match self.reconcile(app).await {
+                    Ok(true) => match self.reconcile(app, directory::now()).await {
                         Ok(r) => tracing::info!(app = %app, ?r, "scheduled reconciliation done"),
                         Err(e) => tracing::warn!(app = %app, error = %e.chain(), "scheduled reconciliation failed"),
                     },

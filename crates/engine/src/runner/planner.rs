@@ -85,7 +85,7 @@ impl Engine {
         let started = std::time::Instant::now();
         let (mut loading, mut planning, mut writing) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
         let causes = Causes::load(self.store.as_ref(), &changes).await?;
-        let mut guard = Guard::new(self.store.clone());
+        let mut guard = Guard::new(self.store.clone(), directory::now());
         for chunk in pairs.chunks(PAIR_BATCH) {
             let t = std::time::Instant::now();
             let states = self.store.load_pairs(chunk).await?;

@@ -617,7 +617,7 @@ async fn sso(
         Ok(r) => r,
         Err(e) => return bad_request(&e.to_string()),
     };
-    if let Err(e) = saml::request::check_fresh(&req, chrono::Utc::now()) {
+    if let Err(e) = saml::request::check_fresh(&req, directory::now()) {
         return bad_request(&e.to_string());
     }
     if req.issuer != s.sp_entity_id {
@@ -662,7 +662,7 @@ async fn sso(
     // Each request is answered once: a replayed one (same ID, within its freshness window) is refused.
     let expires =
         req.issue_instant + chrono::Duration::seconds(saml::request::MAX_AGE_SECONDS + saml::request::MAX_SKEW_SECONDS);
-    match state.service.store().remember_saml_request(app.id, &req.id, expires, chrono::Utc::now()).await {
+    match state.service.store().remember_saml_request(app.id, &req.id, expires, directory::now()).await {
         Ok(true) => {}
         Ok(false) => {
             return bad_request(&format!(
@@ -765,7 +765,7 @@ async fn respond(
     let Some(active) = keys.iter().find(|k| k.state == store::KeyState::Active) else {
         return error_page(Error::Internal("no active SAML key".into()));
     };
-    let now = chrono::Utc::now();
+    let now = directory::now();
     let input = saml::ResponseInput {
         issuer: entity_id(&base_url(state), app.id),
         destination: acs.clone(),

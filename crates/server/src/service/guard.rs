@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 
 impl Service {
     async fn dry(&self, what: WhatIf) -> Result<DryRun> {
-        Ok(self.engine.dry_run(what).await?)
+        Ok(self.engine.dry_run(what, directory::now()).await?)
     }
 
     /// What a `PATCH` of a user would do; nothing is written.

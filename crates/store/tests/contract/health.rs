@@ -73,7 +73,7 @@ async fn run(s: &dyn Store, app: Uuid, statuses: &[EventStatus]) -> Vec<Uuid> {
 }
 
 fn window_start() -> chrono::DateTime<Utc> {
-    Utc::now() - chrono::Duration::minutes(15)
+    directory::now() - chrono::Duration::minutes(15)
 }
 
 pub async fn quarantine_pauses_one_app_until_resumed(s: Arc<dyn Store>) {
@@ -83,7 +83,7 @@ pub async fn quarantine_pauses_one_app_until_resumed(s: Arc<dyn Store>) {
     assert_eq!(s.get_app_health(a).await.unwrap(), None);
     assert!(!s.resume_app(a, &actor(), "nothing to resume").await.unwrap());
 
-    let next = Utc::now() + chrono::Duration::seconds(60);
+    let next = directory::now() + chrono::Duration::seconds(60);
     assert!(s.quarantine_app(a, "60% failed", next, &Actor::system()).await.unwrap());
     assert!(!s.quarantine_app(a, "again", next, &Actor::system()).await.unwrap(), "once");
     let h = s.get_app_health(a).await.unwrap().unwrap();
@@ -94,19 +94,22 @@ pub async fn quarantine_pauses_one_app_until_resumed(s: Arc<dyn Store>) {
     assert_eq!(s.apps_with_due_operations().await.unwrap(), vec![b]);
     assert!(s.claim_operations(a, "w1", 10, LEASE).await.unwrap().is_empty());
     assert_eq!(s.claim_operations(b, "w1", 10, LEASE).await.unwrap().len(), 1);
-    let counts = s.app_queue_counts(a, Utc::now()).await.unwrap();
+    let counts = s.app_queue_counts(a, directory::now()).await.unwrap();
     assert_eq!((counts.queued, counts.held), (2, 0), "nothing lost");
 
     // Probes: due when their time comes, taken by one process only.
-    assert!(s.due_probes(Utc::now()).await.unwrap().is_empty());
+    assert!(s.due_probes(directory::now()).await.unwrap().is_empty());
     assert_eq!(s.due_probes(next + chrono::Duration::seconds(1)).await.unwrap(), vec![(a, 0)]);
     assert!(s.resume_app(a, &actor(), "by hand").await.unwrap());
-    assert!(s.quarantine_app(a, "down", Utc::now() - chrono::Duration::seconds(1), &Actor::system()).await.unwrap());
-    assert_eq!(s.due_probes(Utc::now()).await.unwrap(), vec![(a, 0)]);
-    let later = Utc::now() + chrono::Duration::seconds(300);
+    assert!(s
+        .quarantine_app(a, "down", directory::now() - chrono::Duration::seconds(1), &Actor::system())
+        .await
+        .unwrap());
+    assert_eq!(s.due_probes(directory::now()).await.unwrap(), vec![(a, 0)]);
+    let later = directory::now() + chrono::Duration::seconds(300);
     assert!(s.take_probe(a, 0, later).await.unwrap());
     assert!(!s.take_probe(a, 0, later).await.unwrap(), "taken once");
-    assert!(s.due_probes(Utc::now()).await.unwrap().is_empty());
+    assert!(s.due_probes(directory::now()).await.unwrap().is_empty());
     assert_eq!(s.get_app_health(a).await.unwrap().unwrap().probes, 1);
 
     // Resuming re-plans the app and runs its queue again; both transitions are audited.
@@ -132,7 +135,7 @@ pub async fn finished_operations_count_and_successes_resolve_failures(s: Arc<dyn
     let first = run(&*s, a, &[EventStatus::Failed, EventStatus::Failed, EventStatus::Provisioned]).await;
     let w = s.app_outcome_window(a, window_start()).await.unwrap();
     assert_eq!((w.finished, w.failed), (3, 2));
-    let counts = s.app_queue_counts(a, Utc::now() - chrono::Duration::minutes(5)).await.unwrap();
+    let counts = s.app_queue_counts(a, directory::now() - chrono::Duration::minutes(5)).await.unwrap();
     assert_eq!((counts.queued, counts.finished), (0, 3));
 
     // A later success of the first user resolves its failure: no longer a failure.
@@ -160,7 +163,7 @@ pub async fn finished_operations_count_and_successes_resolve_failures(s: Arc<dyn
     assert_eq!(s.get_app_health(a).await.unwrap().unwrap().auth_refusals, 0);
 
     // A resume starts the count afresh.
-    assert!(s.quarantine_app(a, "x", Utc::now(), &Actor::system()).await.unwrap());
+    assert!(s.quarantine_app(a, "x", directory::now(), &Actor::system()).await.unwrap());
     assert!(s.resume_app(a, &actor(), "y").await.unwrap());
     assert_eq!(s.app_outcome_window(a, window_start()).await.unwrap().failed, 0);
 

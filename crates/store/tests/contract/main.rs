@@ -4,6 +4,13 @@
 //! `testkit::postgres`). Tests of one backend only live in `postgres_only`; `release_fixture`
 //! opens databases written by an earlier release (upgrades).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "integration tests: their helpers (outside #[test] functions, where clippy.toml's allow-*-in-tests does not reach) fail the test with a message"
+)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

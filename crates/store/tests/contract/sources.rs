@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use directory::{
     Actor, ChangeKind, DirectorySource, Role, RoleInput, SourceFlavor, SourceInput, SourceKind, SourceLink, SourceSync,
     SyncCounts, SyncMode, SyncState, User, UserInput, UserSource, UserStatus,
@@ -131,7 +130,8 @@ async fn batches_write_users_links_and_roles_with_audit_and_changes(s: Arc<dyn S
     s.create_source(&src, "c", &Actor::cli()).await.unwrap();
     let role = Role::new(RoleInput { name: "Eng".into(), description: None, pushable: false }, directory::now());
     s.create_role(&role, &Actor::cli()).await.unwrap();
-    let local = User::new(UserInput { username: "taken".into(), ..Default::default() }, UserSource::Local, Utc::now());
+    let local =
+        User::new(UserInput { username: "taken".into(), ..Default::default() }, UserSource::Local, directory::now());
     s.create_user(&local, &Actor::cli()).await.unwrap();
     let before = s.changes_after(0, 10_000).await.unwrap().len();
     let (ada, ada_link) = person("ada", src.id, "id-ada");
@@ -200,7 +200,7 @@ async fn a_batch_skips_each_write_it_cannot_make_and_makes_the_rest(s: Arc<dyn S
     let mut local = User::new(
         UserInput { username: "lena".into(), email: Some("lena@example.com".into()), ..Default::default() },
         UserSource::Local,
-        Utc::now(),
+        directory::now(),
     );
     s.create_user(&local, &Actor::cli()).await.unwrap();
     let (ada, ada_link) = person("ada", src.id, "id-ada");
