@@ -211,7 +211,9 @@ async fn openldap_changes_flow_to_the_app(backend: Backend) {
     w.event_until(&ada_id, |e| e["action"] == "update" && e["status"] == "provisioned").await;
     assert_eq!(w.in_app("ada").await[0]["title"], "Chief Analyst");
 
-    // A rename: the same person (same entryUUID), updated, not recreated.
+    // A rename: the same person (same entryUUID), updated, not recreated. The title's update
+    // event is the newest until the rename's own arrives, so the wait names a newer event.
+    let title_event = w.event_until(&ada_id, |e| !e.is_null()).await["id"].clone();
     slapd.modify(&format!(
         "dn: {}\nchangetype: modrdn\nnewrdn: uid=ada.king\ndeleteoldrdn: 1\n\n",
         Slapd::person_dn("ada")
@@ -222,7 +224,7 @@ async fn openldap_changes_flow_to_the_app(backend: Backend) {
     let again = w.s.get(&format!("/api/v1/users/{ada_id}")).await.body;
     assert_eq!((again["username"].as_str(), again["status"].as_str()), (Some("ada.king"), Some("active")));
     assert_eq!(w.s.get(&format!("/api/v1/users/{ada_id}/source")).await.body["dn"], Slapd::person_dn("ada.king"));
-    w.event_until(&ada_id, |e| e["action"] == "update" && e["status"] == "provisioned").await;
+    w.event_until(&ada_id, |e| e["id"] != title_event && e["action"] == "update" && e["status"] == "provisioned").await;
     assert_eq!(w.in_app("ada.king").await.len(), 1);
 
     // Disabled in the directory: suspended here, then in the app.
