@@ -6,7 +6,7 @@
 //! for the pair ([`plan_pair`]). Planning twice from the same state plans nothing new.
 //!
 //! Pure: no storage, no clock, no I/O. What it reads and decides are the directory's planning
-//! types ([`directory::plan`]); the runner loads them and writes the plan through the store.
+//! types ([`directory::plan`]); loading them and writing the plan belong to the runner.
 
 use directory::{
     Account, Action, App, DeprovisionAction, EventStatus, Ownership, PairState, PlanItem, RoleRef, User, UserStatus,
