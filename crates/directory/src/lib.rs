@@ -1,12 +1,14 @@
 //! Domain types of the Provisioner directory: people, roles, apps (their mapping and SAML
 //! settings), custom attribute definitions, directory sources, provisioning records, the
-//! audit log and the change feed. Pure data and validation, no I/O.
+//! audit log and the change feed, and the planner's vocabulary ([`plan`]). Pure data and
+//! validation, no I/O; [`now`] is the one place the wall clock is read.
 
 pub mod app;
 pub mod attribute;
 pub mod audit;
 pub mod change;
 pub mod mapping;
+pub mod plan;
 pub mod provisioning;
 pub mod role;
 pub mod saml;
@@ -22,6 +24,7 @@ pub use attribute::{AttributeDef, AttributeDefInput, AttributeType};
 pub use audit::{Actor, AuditAction, AuditEntry};
 pub use change::{Change, ChangeKind, NewChange};
 pub use mapping::{Condition, EntitlementRef, Match, Op, Parameter, Rule, RuleAction, SetAttribute, Source, Transform};
+pub use plan::{AccountWrite, Outcome, PairState, PlanItem, PlanWrite};
 pub use provisioning::{
     Account, Action, AppHealth, Cause, ConnectionTest, Entitlement, EntitlementRefresh, Event, EventStatus,
     HealthState, OpState, Operation, Ownership, CAUSE_KINDS,

@@ -6,8 +6,8 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
+use directory::PairState;
 use serde::Serialize;
-use store::PairState;
 use uuid::Uuid;
 
 use crate::plan::{intent, Intent};

@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use directory::{Action, App, RoleRef, User, UserStatus};
+use directory::{Action, App, PairState, PlanItem, RoleRef, User, UserStatus};
 use serde::Serialize;
 use serde_json::Value;
-use store::{PageRequest, PairState, PlanItem, UserQuery};
+use store::{PageRequest, UserQuery};
 use uuid::Uuid;
 
 use crate::guard::Guard;

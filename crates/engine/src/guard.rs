@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use directory::{Action, App, AuditEntry, Cause, Change, ChangeKind, DeprovisionGuard};
+use directory::{Action, App, AuditEntry, Cause, Change, ChangeKind, DeprovisionGuard, PairState, PlanItem};
 use serde_json::Value;
-use store::{AuditQuery, PairState, PlanItem, Store, StoreError};
+use store::{AuditQuery, Store, StoreError};
 use uuid::Uuid;
 
 use crate::mapping::{evaluate, get_path, parse_path};

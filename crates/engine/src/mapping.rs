@@ -5,6 +5,10 @@
 //! single-valued attribute the last writer wins, so a matching rule overrides a parameter
 //! and a later rule overrides an earlier one. Entitlements of all matching rules accumulate.
 //! A matching "do not provision" rule puts the user out of scope for the app.
+//!
+//! Pure: no storage, no clock, no I/O. The only state is two per-thread caches of parsed
+//! attribute paths and compiled rule regexes, keyed by what admins typed and each bounded to a
+//! small fixed number of entries, so no input grows them without limit.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -230,41 +234,71 @@ pub fn get_path<'a>(resource: &'a Value, path: &AttrPath) -> Option<&'a Value> {
     }
 }
 
+/// Parsed attribute paths kept per thread: far more than the distinct paths of all apps'
+/// mappings together, and each entry is a few short strings.
+const PATH_CACHE_CAPACITY: usize = 256;
+
+/// Compiled rule regexes kept per thread. A compiled regex may take up to twice
+/// [`directory::mapping::MAX_REGEX_SIZE`] (program and lazy DFA), so this bounds what the
+/// cache can hold whatever admins type, while still exceeding the `matches` conditions of a
+/// typical installation (more of them only means compiling some again).
+const REGEX_CACHE_CAPACITY: usize = 64;
+
+/// A per-thread memo keyed by admin input that never holds more than `capacity` entries: when
+/// full, a new key clears it first. Written by hand (no LRU crate is a dependency, and a few
+/// lines do): the same few keys come back for every user, so a cleared cache refills at once.
+struct BoundedCache<V> {
+    map: HashMap<String, V>,
+    capacity: usize,
+}
+
+impl<V> BoundedCache<V> {
+    fn new(capacity: usize) -> Self {
+        Self { map: HashMap::new(), capacity }
+    }
+
+    /// Reads the value of `key` through `read`, computing it with `make` (and remembering it)
+    /// on a miss.
+    fn with<R>(&mut self, key: &str, make: impl FnOnce() -> V, read: impl FnOnce(&V) -> R) -> R {
+        if let Some(v) = self.map.get(key) {
+            return read(v);
+        }
+        let v = make();
+        let answer = read(&v);
+        if self.map.len() >= self.capacity {
+            self.map.clear();
+        }
+        self.map.insert(key.to_owned(), v);
+        answer
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
 thread_local! {
-    static PATH_CACHE: RefCell<HashMap<String, Option<AttrPath>>> = RefCell::new(HashMap::new());
+    static PATH_CACHE: RefCell<BoundedCache<Option<AttrPath>>> =
+        RefCell::new(BoundedCache::new(PATH_CACHE_CAPACITY));
+    static REGEX_CACHE: RefCell<BoundedCache<Option<regex::Regex>>> =
+        RefCell::new(BoundedCache::new(REGEX_CACHE_CAPACITY));
 }
 
 /// [`AttrPath::parse`], remembered: the same few paths are parsed for every user.
 pub fn parse_path(path: &str) -> Option<AttrPath> {
-    PATH_CACHE.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        if let Some(p) = cache.get(path) {
-            return p.clone();
-        }
-        if cache.len() > 10_000 {
-            cache.clear();
-        }
-        let parsed = AttrPath::parse(path);
-        cache.insert(path.to_owned(), parsed.clone());
-        parsed
-    })
+    PATH_CACHE.with(|cache| cache.borrow_mut().with(path, || AttrPath::parse(path), Clone::clone))
 }
 
-thread_local! {
-    static REGEX_CACHE: RefCell<HashMap<String, Option<regex::Regex>>> = RefCell::new(HashMap::new());
-}
-
+/// Whether `text` matches the rule regex `pattern`, compiled once per thread. A pattern that
+/// does not compile (refused on save, so only from older data) matches nothing.
 fn regex_matches(pattern: &str, text: &str) -> bool {
     REGEX_CACHE.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        if cache.len() > 1000 {
-            cache.clear();
-        }
-        cache
-            .entry(pattern.to_owned())
-            .or_insert_with(|| directory::mapping::rule_regex(pattern).ok())
-            .as_ref()
-            .is_some_and(|re| re.is_match(text))
+        cache.borrow_mut().with(
+            pattern,
+            || directory::mapping::rule_regex(pattern).ok(),
+            |re| re.as_ref().is_some_and(|re| re.is_match(text)),
+        )
     })
 }
 
@@ -598,6 +632,35 @@ mod tests {
         assert!(c("start", "less_than", json!("2024-12-31")) && c("start", "greater_than", json!("2023-01-01")));
         assert!(!c("department", "greater_than", json!("A")), "text is not ordered");
         assert!(c("skills", "contains", json!("rus")) && c("skills", "equals", json!("sql")));
+    }
+
+    #[test]
+    fn caches_keyed_by_admin_input_stay_bounded_and_keep_answering() {
+        let regexes = || REGEX_CACHE.with(|c| c.borrow().len());
+        for i in 0..REGEX_CACHE_CAPACITY * 4 {
+            let pattern = format!("^user{i}$");
+            assert!(regex_matches(&pattern, &format!("user{i}")), "{pattern}");
+            assert!(!regex_matches(&pattern, &format!("user{i}0")), "{pattern}");
+            // Patterns that do not compile are remembered too, and still match nothing.
+            assert!(!regex_matches(&format!("(unclosed{i}"), &format!("(unclosed{i}")));
+            assert!(regexes() <= REGEX_CACHE_CAPACITY, "{} regexes kept", regexes());
+        }
+        let too_long = "a".repeat(directory::mapping::MAX_REGEX_LEN + 1);
+        assert!(!regex_matches(&too_long, &too_long));
+        // The newest pattern, cached or compiled again after a clear, answers the same.
+        let last = format!("^user{}$", REGEX_CACHE_CAPACITY * 4 - 1);
+        assert!(regex_matches(&last, &format!("user{}", REGEX_CACHE_CAPACITY * 4 - 1)));
+
+        let paths = || PATH_CACHE.with(|c| c.borrow().len());
+        for i in 0..PATH_CACHE_CAPACITY * 4 {
+            for path in [format!("attr{i}.sub"), format!("emails[type eq \"t{i}\"].value"), format!("[bad{i}")] {
+                assert_eq!(parse_path(&path), AttrPath::parse(&path), "{path}");
+                assert_eq!(parse_path(&path), AttrPath::parse(&path), "{path} (cached)");
+            }
+            assert!(paths() <= PATH_CACHE_CAPACITY, "{} paths kept", paths());
+        }
+        assert!(parse_path("attr1.sub").is_some_and(|p| p.attr == "attr1" && p.sub.as_deref() == Some("sub")));
+        assert_eq!(parse_path("[bad1"), None);
     }
 
     proptest! {

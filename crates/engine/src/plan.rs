@@ -4,10 +4,14 @@
 //! ([`intent`]), compares it with what was last applied ([`decide`]), and turns the
 //! difference into at most one operation, collapsing into the operation already waiting
 //! for the pair ([`plan_pair`]). Planning twice from the same state plans nothing new.
+//!
+//! Pure: no storage, no clock, no I/O. What it reads and decides are the directory's planning
+//! types ([`directory::plan`]); loading them and writing the plan belong to the runner.
 
-use directory::{Account, Action, App, DeprovisionAction, EventStatus, Ownership, RoleRef, User, UserStatus};
+use directory::{
+    Account, Action, App, DeprovisionAction, EventStatus, Ownership, PairState, PlanItem, RoleRef, User, UserStatus,
+};
 use serde_json::Value;
-use store::{PairState, PlanItem};
 
 use crate::mapping::{evaluate_for_plan, get_path, is_active, set_path};
 

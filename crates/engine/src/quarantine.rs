@@ -7,8 +7,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use directory::{Actor, AppHealth, EventStatus, HealthState};
-use store::Outcome;
+use directory::{Actor, AppHealth, EventStatus, HealthState, Outcome};
 use uuid::Uuid;
 
 use crate::runner::{Engine, EngineError};

@@ -12,9 +12,8 @@
 use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
-use directory::Ownership;
+use directory::{AccountWrite, Ownership, PlanItem, PlanWrite};
 use serde_json::{Map, Value};
-use store::{AccountWrite, PlanItem, PlanWrite};
 use uuid::Uuid;
 
 use crate::guard::{Causes, Guard, Why};

@@ -10,10 +10,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use connectors::{Connector, ConnectorError, ErrorKind, RemoteAccount};
-use directory::{Account, Action, EventStatus, Operation, Ownership};
+use directory::{Account, AccountWrite, Action, EventStatus, Operation, Outcome, Ownership};
 use rand::Rng;
 use serde_json::Value;
-use store::{AccountWrite, Outcome};
 
 use crate::mapping::{app_view, groups_of};
 

@@ -31,9 +31,7 @@ pub use bulk::BulkStore;
 pub use entitlements::{AppRead, EntitlementStore};
 pub use health::{AppHealthRecord, HealthStore, OutcomeWindow, QueueCounts};
 pub use postgres::{PostgresOptions, PostgresStore};
-pub use provisioning::{
-    AccountQuery, AccountWrite, EventQuery, Outcome, PairState, PlanItem, PlanWrite, ProvisioningStore,
-};
+pub use provisioning::{AccountQuery, EventQuery, ProvisioningStore};
 pub use saml::{InvitationRecord, KeyState, SamlKeyRecord, SamlSettingsRecord, SamlStore, UserSessionRecord};
 pub use scim::ScimStore;
 pub use sources::{LinkedUser, SkippedWrite, SourceBatch, SourceCursor, SourceStore, SourceUpdate};

@@ -1,132 +1,22 @@
 //! The provisioning half of the storage seam: account records, the durable operation queue
 //! (whose rows are the events admins see), and the planner's cursor into the change feed. What
 //! a write means for them (the state a new operation starts in, what a new account record
-//! starts with) is decided here, once for both backends.
+//! starts with) is decided here, once for both backends. The planner's own types (what it
+//! reads and writes through this seam) live in [`directory::plan`].
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use directory::{Account, Action, App, Cause, Event, EventStatus, OpState, Operation, Ownership, Page, User};
+use directory::{
+    Account, AccountWrite, Action, Event, EventStatus, OpState, Operation, Outcome, Ownership, Page, PairState,
+    PlanWrite,
+};
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::sql::AccountSet;
 use crate::{PageRequest, Result};
-
-/// Everything the planner needs to know about one (user, app) pair.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PairState {
-    pub user_id: Uuid,
-    pub app_id: Uuid,
-    /// `None` when the user does not exist at all. Shared by the pairs of the same user.
-    pub user: Option<Arc<User>>,
-    /// `None` when the app was deleted. Shared by the pairs of the same app. For an app that
-    /// is "SAML JIT only" (it creates its accounts at sign-in), `provisioning.enabled` reads
-    /// `false`: nothing is pushed to it.
-    pub app: Option<Arc<App>>,
-    /// Whether the user belongs to a role that grants the app.
-    pub granted: bool,
-    /// The user's roles (for rules' `member_of` conditions).
-    pub roles: Vec<directory::RoleRef>,
-    pub account: Option<Account>,
-    /// The operation currently claimed by a worker for this pair, if any.
-    pub running: Option<Operation>,
-    /// The operation waiting (queued or awaiting approval) for this pair, if any.
-    pub waiting: Option<Operation>,
-}
-
-/// One decision of the planner.
-#[derive(Debug, Clone, PartialEq)]
-pub enum PlanItem {
-    /// Queue a new operation (and its event); `held`: held by the deprovisioning guard.
-    Enqueue {
-        user_id: Uuid,
-        app_id: Uuid,
-        action: Action,
-        desired: Option<Value>,
-        needs_approval: bool,
-        held: bool,
-        cause: Option<Cause>,
-    },
-    /// Replace what a waiting operation will do (collapse). If the operation has been
-    /// claimed meanwhile, a new operation is queued instead. A `None` cause keeps the
-    /// operation's.
-    Replace { op: Uuid, action: Action, desired: Option<Value>, needs_approval: bool, held: bool, cause: Option<Cause> },
-    /// A waiting operation is no longer needed: its event becomes `cancelled`. If it has been
-    /// claimed meanwhile, it is marked for re-planning instead.
-    Cancel { op: Uuid, reason: String },
-    /// A running operation: plan the pair again when it finishes.
-    Replan { op: Uuid },
-    /// The account cannot be computed (e.g. a required value is empty): record a failed
-    /// event with this reason; nothing is sent to the app.
-    Fail { user_id: Uuid, app_id: Uuid, action: Action, reason: String },
-    /// What reconciliation saw in the app: correct the account record (no event). An
-    /// `AccountWrite::Keep` changes nothing.
-    Observe { user_id: Uuid, app_id: Uuid, account: AccountWrite },
-    /// Records how the user left the app and what its settings said then (`None`: they are
-    /// back), on an existing account record.
-    Depart { user_id: Uuid, app_id: Uuid, departure: Option<String> },
-    /// The account no longer wants what an admin rejected: forget the rejection.
-    Forget { user_id: Uuid, app_id: Uuid },
-}
-
-impl PlanItem {
-    /// The action a new or replaced operation takes, if the item is one.
-    pub fn action(&self) -> Option<Action> {
-        match self {
-            Self::Enqueue { action, .. } | Self::Replace { action, .. } => Some(*action),
-            _ => None,
-        }
-    }
-
-    /// Whether the item queues a suspension or a deletion.
-    pub fn is_deprovision(&self) -> bool {
-        matches!(self.action(), Some(Action::Suspend | Action::Delete))
-    }
-
-    /// The app of the item, when it names it.
-    pub fn app_id(&self) -> Option<Uuid> {
-        match self {
-            Self::Enqueue { app_id, .. }
-            | Self::Fail { app_id, .. }
-            | Self::Observe { app_id, .. }
-            | Self::Depart { app_id, .. }
-            | Self::Forget { app_id, .. } => Some(*app_id),
-            _ => None,
-        }
-    }
-}
-
-/// What the planner writes in one transaction.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct PlanWrite {
-    /// The change-feed position the planner has consumed (moves the cursor), if any.
-    pub cursor: Option<i64>,
-    pub items: Vec<PlanItem>,
-}
-
-/// How a finished operation leaves the account record.
-#[derive(Debug, Clone, PartialEq)]
-pub enum AccountWrite {
-    /// Leave the record's remote id, ownership and values as they are.
-    Keep,
-    /// Set them.
-    Set { remote_id: Option<String>, ownership: Option<Ownership>, last_applied: Option<Value> },
-}
-
-/// The result of running an operation, recorded with fencing on the lease.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Outcome {
-    /// A final status (`provisioned`, `suspended`, `deleted`, `failed`, `unknown`).
-    pub status: EventStatus,
-    pub reason: Option<String>,
-    pub recommended_action: Option<String>,
-    pub account: AccountWrite,
-    /// Plan the pair again afterwards (e.g. the account vanished from the app).
-    pub replan: bool,
-}
 
 // How each write leaves the queue and the account records is decided here, once, for both
 // backends; the store's SQL only writes what these say.
@@ -144,39 +34,36 @@ pub(crate) fn initial_state(action: Action, needs_approval: bool, held: bool) ->
     }
 }
 
-/// What the failed event of a [`PlanItem::Fail`] recommends.
+/// What the failed event of a [`PlanItem::Fail`](directory::PlanItem::Fail) recommends.
 pub(crate) const FAIL_RECOMMENDATION: &str = "Fill in the missing values in the directory, or change the app's \
     parameters; the account is planned again at the next change.";
 
-impl AccountWrite {
-    /// The account record this write sets, where a record it creates starts with `status` and
-    /// `last_event_id` (an existing record keeps its own: they follow its operations).
-    fn account_set(&self, status: EventStatus, last_event_id: Option<Uuid>) -> Option<AccountSet> {
-        match self {
-            Self::Keep => None,
-            Self::Set { remote_id, ownership, last_applied } => Some(AccountSet {
-                remote_id: remote_id.clone(),
-                ownership: *ownership,
-                last_applied: last_applied.clone(),
-                status,
-                last_event_id,
-            }),
-        }
-    }
-
-    /// What reconciliation writes for an account it saw in the app ([`PlanItem::Observe`]): a
-    /// record it creates is provisioned, with no event.
-    pub(crate) fn observed(&self) -> Option<AccountSet> {
-        self.account_set(EventStatus::Provisioned, None)
+/// The account record `write` sets, where a record it creates starts with `status` and
+/// `last_event_id` (an existing record keeps its own: they follow its operations).
+fn account_set(write: &AccountWrite, status: EventStatus, last_event_id: Option<Uuid>) -> Option<AccountSet> {
+    match write {
+        AccountWrite::Keep => None,
+        AccountWrite::Set { remote_id, ownership, last_applied } => Some(AccountSet {
+            remote_id: remote_id.clone(),
+            ownership: *ownership,
+            last_applied: last_applied.clone(),
+            status,
+            last_event_id,
+        }),
     }
 }
 
-impl Outcome {
-    /// What the finished operation `op` writes to its account record: a record it creates
-    /// takes the outcome's status, and `op` as its last event.
-    pub(crate) fn account_set(&self, op: Uuid) -> Option<AccountSet> {
-        self.account.account_set(self.status, Some(op))
-    }
+/// What reconciliation writes for an account it saw in the app
+/// ([`PlanItem::Observe`](directory::PlanItem::Observe)): a record it creates is provisioned,
+/// with no event.
+pub(crate) fn observed_account(write: &AccountWrite) -> Option<AccountSet> {
+    account_set(write, EventStatus::Provisioned, None)
+}
+
+/// What the finished operation `op` writes to its account record: a record it creates takes
+/// the outcome's status, and `op` as its last event.
+pub(crate) fn finished_account(outcome: &Outcome, op: Uuid) -> Option<AccountSet> {
+    account_set(&outcome.account, outcome.status, Some(op))
 }
 
 /// What linking an existing app account to a user writes (Rematch login), over any record

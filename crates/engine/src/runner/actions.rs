@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use connectors::Capabilities;
-use directory::{Event, EventStatus};
+use directory::{Event, EventStatus, PlanItem, PlanWrite};
 use serde::Serialize;
-use store::{EventQuery, PageRequest as StorePage, PlanItem, PlanWrite};
+use store::{EventQuery, PageRequest as StorePage};
 use uuid::Uuid;
 
 use super::{Engine, EngineError};

@@ -10,8 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use connectors::Connector;
-use directory::{App, EventStatus};
-use store::{AccountWrite, Outcome};
+use directory::{AccountWrite, App, EventStatus, Outcome};
 use uuid::Uuid;
 
 use super::{lock, panic_message, Engine, EngineError};

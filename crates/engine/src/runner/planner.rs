@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use store::{PlanItem, PlanWrite};
+use directory::{PlanItem, PlanWrite};
 
 use super::{lock, Engine, EngineError};
 use crate::guard::{Causes, Guard};
@@ -137,7 +137,7 @@ impl Engine {
 /// answers what to write now (the guard keeps back suspensions and deletions until the end of
 /// the change, see [`Guard`]).
 pub(crate) async fn plan_guarded(
-    states: &[store::PairState],
+    states: &[directory::PairState],
     causes: &Causes,
     guard: &mut Guard,
 ) -> Result<Vec<PlanItem>, EngineError> {

@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use store::Outcome;
+use directory::Outcome;
 use uuid::Uuid;
 
 use super::{lock, Engine};

@@ -4,12 +4,11 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use directory::OpState;
+use directory::{OpState, Outcome};
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::{backend, PostgresStore, Tx, CLAIM_LOCK};
-use crate::provisioning::Outcome;
 use crate::sql::provisioning::{Finished, NewOperation, ProvisioningHooks, ACCOUNT_COLUMNS};
 use crate::sql::{q, Exec, Query, RowGet};
 use crate::Result;

@@ -26,7 +26,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use directory::{
-    Account, Action, Actor, App, Event, EventStatus, NewChange, OpState, Operation, Page, User, UserStatus,
+    Account, Action, Actor, App, Event, EventStatus, NewChange, OpState, Operation, Outcome, Page, PairState, PlanItem,
+    PlanWrite, User, UserStatus,
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -38,8 +39,8 @@ use super::{
     RowGet, WriteTx,
 };
 use crate::provisioning::{
-    counts_as_finished, initial_state, linked_account, succeeded, AccountQuery, EventQuery, Outcome, PairState,
-    PlanItem, PlanWrite, ProvisioningStore, FAIL_RECOMMENDATION,
+    counts_as_finished, finished_account, initial_state, linked_account, observed_account, succeeded, AccountQuery,
+    EventQuery, ProvisioningStore, FAIL_RECOMMENDATION,
 };
 use crate::{cursor, Result, StoreError};
 
@@ -338,7 +339,7 @@ async fn apply_item<S: ProvisioningHooks>(
         }
         PlanItem::Replan { op } => replan(tx, *op, now).await?,
         PlanItem::Observe { user_id, app_id, account } => {
-            if let Some(set) = account.observed() {
+            if let Some(set) = observed_account(account) {
                 tx.set_account(*app_id, *user_id, set).await?;
             }
         }
@@ -760,7 +761,7 @@ impl<S: Backend + ProvisioningHooks> ProvisioningStore for S {
         let mut finished: HashMap<Uuid, (i64, bool)> = HashMap::new();
         for Finished { op, app_id: app, user_id: user, replan } in rows {
             let Some(outcome) = by_id.get(&op) else { continue };
-            if let Some(set) = outcome.account_set(op) {
+            if let Some(set) = finished_account(outcome, op) {
                 sets.push((app, user, set));
             }
             refresh.push((app, user));

@@ -4,11 +4,10 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use directory::OpState;
+use directory::{OpState, Outcome};
 use uuid::Uuid;
 
 use super::{SqliteStore, Tx};
-use crate::provisioning::Outcome;
 use crate::sql::provisioning::{Finished, NewOperation, ProvisioningHooks, ACCOUNTS_FROM, ACCOUNT_COLUMNS};
 use crate::sql::{q, Arg, Dialect, Exec, Json, Query, RowGet};
 use crate::Result;

@@ -6,9 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use directory::{Action, Actor, App, AppInput, ChangeKind, ConnectionTest, EventStatus, User, UserInput, UserSource};
+use directory::{
+    AccountWrite, Action, Actor, App, AppInput, ChangeKind, ConnectionTest, EventStatus, Outcome, PlanItem, PlanWrite,
+    User, UserInput, UserSource,
+};
 use serde_json::json;
-use store::{AccountWrite, AuditQuery, EventQuery, Outcome, PageRequest, PlanItem, PlanWrite, Store};
+use store::{AuditQuery, EventQuery, PageRequest, Store};
 use uuid::Uuid;
 
 const LEASE: Duration = Duration::from_secs(60);

@@ -7,13 +7,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use directory::{Action, Actor, App, AppInput, EventStatus, OpState, User, UserInput, UserSource};
+use directory::{
+    AccountWrite, Action, Actor, App, AppInput, EventStatus, OpState, Outcome, PlanItem, PlanWrite, User, UserInput,
+    UserSource,
+};
 use serde_json::json;
 use sqlx::postgres::PgConnectOptions;
-use store::{
-    AccountWrite, Outcome, PlanItem, PlanWrite, PostgresOptions, PostgresStore, ProvisioningStore, Store, StoreError,
-    Wakeup,
-};
+use store::{PostgresOptions, PostgresStore, ProvisioningStore, Store, StoreError, Wakeup};
 use testkit::postgres::TestDatabase;
 use uuid::Uuid;
 

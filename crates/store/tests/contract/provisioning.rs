@@ -5,13 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use directory::{
-    Action, Actor, App, AppInput, ChangeKind, EventStatus, OpState, Operation, Ownership, Role, RoleInput, User,
-    UserInput, UserSource,
+    AccountWrite, Action, Actor, App, AppInput, ChangeKind, EventStatus, OpState, Operation, Outcome, Ownership,
+    PlanItem, PlanWrite, Role, RoleInput, User, UserInput, UserSource,
 };
 use serde_json::{json, Value};
-use store::{
-    AccountQuery, AccountWrite, AuditQuery, EventQuery, Outcome, PageRequest, PlanItem, PlanWrite, Store, StoreError,
-};
+use store::{AccountQuery, AuditQuery, EventQuery, PageRequest, Store, StoreError};
 use uuid::Uuid;
 
 const LEASE: Duration = Duration::from_secs(60);
