@@ -52,23 +52,6 @@ pub trait ConnectorFactory: Send + Sync {
     ) -> Result<Arc<dyn Connector>, BuildError>;
 }
 
-impl<F> ConnectorFactory for F
-where
-    F: Fn(&App, Secret, Option<Capabilities>, &ConnectorSettings) -> Result<Arc<dyn Connector>, BuildError>
-        + Send
-        + Sync,
-{
-    fn build(
-        &self,
-        app: &App,
-        secret: Secret,
-        capabilities: Option<Capabilities>,
-        settings: &ConnectorSettings,
-    ) -> Result<Arc<dyn Connector>, BuildError> {
-        self(app, secret, capabilities, settings)
-    }
-}
-
 /// The connector factories by connector kind.
 #[derive(Clone, Default)]
 pub struct ConnectorRegistry {
