@@ -148,7 +148,9 @@ mod tests {
 
     #[test]
     fn names_are_checked() {
-        for (name, ok) in [("cost_center", true), ("Cost", false), ("1a", false), ("email", false), ("", false)] {
+        for (name, ok) in
+            [("shoe_size", true), ("cost_center", false), ("Cost", false), ("1a", false), ("email", false), ("", false)]
+        {
             let mut input = AttributeDefInput { name: name.into(), kind: AttributeType::String, description: None };
             assert_eq!(input.validate().is_ok(), ok, "{name}");
         }

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod change;
 pub mod mapping;
 pub mod plan;
+pub mod profile;
 pub mod provisioning;
 pub mod role;
 pub mod saml;
@@ -25,6 +26,7 @@ pub use audit::{Actor, AuditAction, AuditEntry};
 pub use change::{Change, ChangeKind, NewChange};
 pub use mapping::{Condition, EntitlementRef, Match, Op, Parameter, Rule, RuleAction, SetAttribute, Source, Transform};
 pub use plan::{AccountWrite, Outcome, PairState, PlanItem, PlanWrite};
+pub use profile::{Address, MultiValue, Profile, UserPath};
 pub use provisioning::{
     Account, Action, AppHealth, Cause, ConnectionTest, Entitlement, EntitlementRefresh, Event, EventStatus,
     HealthState, OpState, Operation, Ownership, CAUSE_KINDS,

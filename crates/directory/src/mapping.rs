@@ -236,6 +236,7 @@ impl AttrPath {
 /// The names a source or condition may read: standard attributes and declared custom ones.
 pub fn known_attribute(name: &str, defs: &[AttributeDef]) -> bool {
     (STANDARD_USER_FIELDS.contains(&name) && !matches!(name, "attributes" | "manager"))
+        || crate::profile::UserPath::parse(name).is_some_and(|p| p.is_ok())
         || defs.iter().any(|d| d.name == name)
 }
 

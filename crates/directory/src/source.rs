@@ -94,6 +94,15 @@ impl SourceFlavor {
             ("title", "title"),
             ("department", "department"),
             ("manager", "manager"),
+            ("phone_numbers[type eq \"work\"].value", "telephoneNumber"),
+            ("phone_numbers[type eq \"mobile\"].value", "mobile"),
+            ("phone_numbers[type eq \"fax\"].value", "facsimileTelephoneNumber"),
+            ("addresses[type eq \"work\"].street_address", "streetAddress"),
+            ("addresses[type eq \"work\"].locality", "l"),
+            ("addresses[type eq \"work\"].region", "st"),
+            ("addresses[type eq \"work\"].postal_code", "postalCode"),
+            ("addresses[type eq \"work\"].country", "c"),
+            ("preferred_language", "preferredLanguage"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -134,7 +143,9 @@ pub struct DirectorySource {
     pub user_filter: String,
     /// Directory attribute -> LDAP attribute. Keys are `username`, `email`, `first_name`,
     /// `last_name`, `display_name`, `title`, `department`, `phone`, `employee_number`,
-    /// `manager` (the LDAP value is the manager's DN) or a declared custom attribute.
+    /// `manager` (the LDAP value is the manager's DN), a profile path (`preferred_language`,
+    /// `phone_numbers[type eq "mobile"].value`, `addresses[type eq "work"].locality`) or a
+    /// declared custom attribute.
     pub attributes: BTreeMap<String, String>,
     pub groups: Vec<GroupMapping>,
     /// Minutes between scheduled syncs; 0: only by hand.
@@ -313,11 +324,21 @@ impl SourceInput {
         }
         for (target, ldap) in &attributes {
             let field = format!("attributes.{target}");
-            if !SOURCE_TARGETS.contains(&target.as_str()) && !defs.iter().any(|d| &d.name == target) {
-                errors.push(
-                    field.clone(),
-                    "is neither a standard attribute nor a declared custom attribute (declare it with POST /api/v1/attributes)",
-                );
+            match crate::profile::UserPath::parse(target) {
+                Some(Ok(path)) => {
+                    if let Err(why) = crate::Profile::default().set(&path, Some("x".into())) {
+                        errors.push(field.clone(), why);
+                    }
+                }
+                Some(Err(why)) => errors.push(field.clone(), why),
+                None if !SOURCE_TARGETS.contains(&target.as_str()) && !defs.iter().any(|d| &d.name == target) => {
+                    errors.push(
+                        field.clone(),
+                        "is neither a standard attribute, a profile path (phone_numbers[type eq \"mobile\"].value) \
+                         nor a declared custom attribute (declare it with POST /api/v1/attributes)",
+                    );
+                }
+                None => {}
             }
             if !ldap_name_ok(ldap) {
                 errors.push(field, "must name an LDAP attribute (letters, digits and -)");
@@ -413,6 +434,7 @@ impl DirectorySource {
             .map(|k| match k.as_str() {
                 "manager" => "manager_id".to_owned(),
                 t if SOURCE_TARGETS.contains(&t) => t.to_owned(),
+                path if crate::profile::UserPath::parse(path).is_some() => path.to_owned(),
                 custom => format!("attributes.{custom}"),
             })
             .collect()

@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use crate::attribute::{check_custom_attributes, AttributeDef};
 use crate::normalize_opt;
+use crate::profile::{clear_single, reconcile_single, Profile, PROFILE_LISTS, PROFILE_TEXTS};
 use crate::validation::{check_opt_text, check_text, first_invisible, is_valid_email, nfkc, ValidationErrors};
 
 /// Whether a person may use their accounts. `deleted` is set by DELETE and is final.
@@ -80,6 +81,9 @@ pub struct User {
     pub manager_id: Option<Uuid>,
     pub phone: Option<String>,
     pub employee_number: Option<String>,
+    /// The rest of the person as SCIM keeps it (RFC 7643 sections 4.1 and 4.3).
+    #[serde(flatten)]
+    pub profile: Profile,
     /// Custom attributes, declared beforehand with `POST /api/v1/attributes`.
     #[schema(value_type = Object)]
     pub attributes: Map<String, Value>,
@@ -93,10 +97,14 @@ pub struct User {
 
 /// The writable fields of a user: the body of `POST /api/v1/users`, and the document a
 /// JSON merge patch (`PATCH /api/v1/users/{id}`) applies to.
+///
+/// `email` and `phone` stand for their lists (`emails`, `phone_numbers`): given, they set
+/// the value standing for the list (the primary one, else the first of type work, else the
+/// first; a new list gets a primary work value); absent, they are that value.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct UserInput {
     pub username: String,
+    /// The primary e-mail address (unique among users that are not deleted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -115,12 +123,19 @@ pub struct UserInput {
     pub phone: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub employee_number: Option<String>,
+    #[serde(flatten)]
+    pub profile: Profile,
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     #[schema(value_type = Object)]
     pub attributes: Map<String, Value>,
     /// `active` (default) or `suspended`. Deletion is `DELETE /api/v1/users/{id}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<UserStatus>,
+    /// Fields a user does not have; each is refused by [`UserInput::normalize_and_validate`]
+    /// (collected rather than refused while reading, so that one answer names them all).
+    #[serde(flatten, skip_serializing)]
+    #[schema(ignore)]
+    pub unknown: Map<String, Value>,
 }
 
 /// The fields of a user that are server-managed; a patch naming them is refused.
@@ -140,6 +155,28 @@ pub const STANDARD_USER_FIELDS: &[&str] = &[
     "manager",
     "phone",
     "employee_number",
+    // The profile (crate::profile::PROFILE_TEXTS and PROFILE_LISTS).
+    "formatted_name",
+    "middle_name",
+    "honorific_prefix",
+    "honorific_suffix",
+    "nick_name",
+    "profile_url",
+    "user_type",
+    "preferred_language",
+    "locale",
+    "timezone",
+    "cost_center",
+    "organization",
+    "division",
+    "emails",
+    "phone_numbers",
+    "ims",
+    "photos",
+    "addresses",
+    "entitlements",
+    "scim_roles",
+    "x509_certificates",
     "attributes",
     "status",
     "source",
@@ -153,6 +190,9 @@ impl UserInput {
     /// attributes. Returns every problem found, each naming its field.
     pub fn normalize_and_validate(&mut self, defs: &[AttributeDef]) -> Result<(), ValidationErrors> {
         let mut errors = ValidationErrors::default();
+        for name in std::mem::take(&mut self.unknown).keys() {
+            errors.push(name.as_str(), "is not an attribute of a user (custom attributes go under `attributes`)");
+        }
         // Unicode policy: NFKC-normalised; no whitespace, control, bidi or zero-width characters.
         self.username = nfkc(self.username.trim());
         check_text(&mut errors, "username", &self.username, 256);
@@ -182,6 +222,9 @@ impl UserInput {
             *value = normalize_opt(value.take());
             check_opt_text(&mut errors, field, value, 256);
         }
+        self.profile.normalize_and_validate(&mut errors);
+        reconcile_single(&mut self.email, &mut self.profile.emails);
+        reconcile_single(&mut self.phone, &mut self.profile.phone_numbers);
         if self.status == Some(UserStatus::Deleted) {
             errors.push("status", "must be `active` or `suspended`; delete a user with DELETE");
         }
@@ -202,10 +245,33 @@ impl UserInput {
             manager_id: user.manager_id,
             phone: user.phone.clone(),
             employee_number: user.employee_number.clone(),
+            profile: user.profile.clone(),
             attributes: user.attributes.clone(),
             status: Some(user.status),
+            unknown: Map::new(),
         }
     }
+
+    /// Sets or clears the primary e-mail address (clearing removes it from `emails`).
+    pub fn set_email(&mut self, email: Option<String>) {
+        match email {
+            Some(e) => self.email = Some(e),
+            None => clear_single(&mut self.email, &mut self.profile.emails),
+        }
+    }
+
+    /// Sets or clears the phone number standing for `phone_numbers` (clearing removes it).
+    pub fn set_phone(&mut self, phone: Option<String>) {
+        match phone {
+            Some(p) => self.phone = Some(p),
+            None => clear_single(&mut self.phone, &mut self.profile.phone_numbers),
+        }
+    }
+}
+
+/// Whether `name` is an attribute of the profile (see [`crate::profile`]).
+pub fn is_profile_attribute(name: &str) -> bool {
+    PROFILE_TEXTS.iter().any(|(n, _, _)| *n == name) || PROFILE_LISTS.iter().any(|(n, _)| *n == name)
 }
 
 impl User {
@@ -223,6 +289,7 @@ impl User {
             manager_id: input.manager_id,
             phone: input.phone,
             employee_number: input.employee_number,
+            profile: input.profile,
             attributes: input.attributes,
             status: input.status.unwrap_or(UserStatus::Active),
             source,
@@ -246,6 +313,7 @@ impl User {
             manager_id: input.manager_id,
             phone: input.phone,
             employee_number: input.employee_number,
+            profile: input.profile,
             attributes: input.attributes,
             status: input.status.unwrap_or(self.status),
             source: self.source,

@@ -40,7 +40,9 @@ pub struct Evaluation {
     pub missing_required: Vec<String>,
 }
 
-/// A directory attribute of a user, as JSON (`None` when unset).
+/// A directory attribute of a user, as JSON (`None` when unset): a first field, a profile
+/// path (`phone_numbers[type eq "mobile"].value`, see [`directory::profile`]) or a custom
+/// attribute.
 pub fn user_value(user: &User, name: &str) -> Option<Value> {
     let text = |v: &Option<String>| v.clone().map(Value::String);
     match name {
@@ -59,7 +61,11 @@ pub fn user_value(user: &User, name: &str) -> Option<Value> {
         "source" => Some(Value::String(user.source.as_str().to_owned())),
         "created_at" => Some(Value::String(user.created_at.to_rfc3339())),
         "updated_at" => Some(Value::String(user.updated_at.to_rfc3339())),
-        other => user.attributes.get(other).cloned(),
+        other => match directory::UserPath::parse(other) {
+            Some(Ok(path)) => user.profile.get(&path),
+            Some(Err(_)) => None,
+            None => user.attributes.get(other).cloned(),
+        },
     }
 }
 

@@ -46,6 +46,12 @@ pub fn desired(
             "phone" => input.phone = first,
             "employee_number" => input.employee_number = first,
             "manager" => manager_dn = first,
+            name if directory::UserPath::parse(name).is_some() => {
+                if let Some(Ok(path)) = directory::UserPath::parse(name) {
+                    // Paths a source cannot write are refused when the source is saved.
+                    let _ = input.profile.set(&path, first);
+                }
+            }
             name => {
                 let Some(def) = defs.iter().find(|d| d.name == name) else { continue };
                 if let Some(v) = custom_value(def.kind, entry.values(ldap)) {
@@ -86,6 +92,17 @@ fn clear_field(input: &mut UserInput, field: &str) {
         other => {
             if let Some(name) = other.strip_prefix("attributes.") {
                 input.attributes.remove(name);
+            } else {
+                // A profile attribute or one of its values (`phone_numbers[1].value`): the
+                // attribute is left out as a whole.
+                let head = &other[..other.find(['[', '.']).unwrap_or(other.len())];
+                if let Some(v) = input.profile.text_mut(head) {
+                    *v = None;
+                } else if head == "addresses" {
+                    input.profile.addresses.clear();
+                } else if let Some(list) = input.profile.list_mut(head) {
+                    list.clear();
+                }
             }
         }
     }
@@ -128,15 +145,21 @@ fn merged(source: &DirectorySource, existing: &User, desired: &Desired, manager_
     for target in source.attributes.keys() {
         match target.as_str() {
             "username" => out.username = d.username.clone(),
-            "email" => out.email = d.email.clone(),
+            "email" => out.set_email(d.email.clone()),
             "first_name" => out.first_name = d.first_name.clone(),
             "last_name" => out.last_name = d.last_name.clone(),
             "display_name" => out.display_name = d.display_name.clone(),
             "title" => out.title = d.title.clone(),
             "department" => out.department = d.department.clone(),
-            "phone" => out.phone = d.phone.clone(),
+            "phone" => out.set_phone(d.phone.clone()),
             "employee_number" => out.employee_number = d.employee_number.clone(),
             "manager" => out.manager_id = manager_id,
+            path if directory::UserPath::parse(path).is_some() => {
+                if let Some(Ok(p)) = directory::UserPath::parse(path) {
+                    let value = d.profile.get(&p).and_then(|v| v.as_str().map(str::to_owned));
+                    let _ = out.profile.set(&p, value);
+                }
+            }
             name => match d.attributes.get(name) {
                 Some(v) => {
                     out.attributes.insert(name.to_owned(), v.clone());
@@ -332,7 +355,7 @@ mod tests {
             bind_password: Some("x".into()),
             base_dn: "dc=example,dc=com".into(),
             user_filter: None,
-            attributes: Some([("cost_center".to_owned(), "departmentNumber".to_owned())].into()),
+            attributes: Some([("cost_code".to_owned(), "departmentNumber".to_owned())].into()),
             groups,
             schedule: None,
             disabled: None,
@@ -345,7 +368,7 @@ mod tests {
 
     fn defs() -> Vec<AttributeDef> {
         vec![AttributeDef {
-            name: "cost_center".into(),
+            name: "cost_code".into(),
             kind: AttributeType::String,
             description: None,
             created_at: directory::now(),
@@ -395,7 +418,7 @@ mod tests {
         let (ada_user, ada_link) = &plan.batch.creates[1];
         assert_eq!(ada_user.manager_id, Some(boss_user.id));
         assert_eq!(ada_user.source, UserSource::Ldap);
-        assert_eq!(ada_user.attributes["cost_center"], "42");
+        assert_eq!(ada_user.attributes["cost_code"], "42");
         assert_eq!(ada_link.stable_id, "2");
     }
 

@@ -157,7 +157,7 @@ async fn tokens_are_per_client_and_scoped(backend: Backend) {
 
 async fn discovery_documents(backend: Backend) {
     let c = Scim::start(backend).await;
-    let a = c.s.post("/api/v1/attributes", json!({"name": "cost_center", "type": "string"})).await;
+    let a = c.s.post("/api/v1/attributes", json!({"name": "cost_code", "type": "string"})).await;
     assert_eq!(a.status, StatusCode::CREATED, "{a:#?}");
     let spc = c.get("/ServiceProviderConfig").await;
     assert_eq!(spc.content_type, "application/scim+json");
@@ -178,7 +178,7 @@ async fn discovery_documents(backend: Backend) {
         schemas.body["Resources"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
     assert_eq!(ids, [USER, ENT, CUSTOM, GROUP]);
     let custom = c.get(&format!("/Schemas/{CUSTOM}")).await;
-    assert_eq!(custom.body["attributes"][0]["name"], "cost_center");
+    assert_eq!(custom.body["attributes"][0]["name"], "cost_code");
     let user = c.get(&format!("/Schemas/{USER}")).await;
     let username = user.body["attributes"].as_array().unwrap().iter().find(|a| a["name"] == "userName").unwrap();
     assert_eq!((&username["caseExact"], &username["uniqueness"]), (&json!(false), &json!("server")));
@@ -191,7 +191,7 @@ async fn discovery_documents(backend: Backend) {
 
 async fn users_crud_with_etags(backend: Backend) {
     let c = Scim::start(backend).await;
-    c.s.post("/api/v1/attributes", json!({"name": "cost_center", "type": "string"})).await;
+    c.s.post("/api/v1/attributes", json!({"name": "cost_code", "type": "string"})).await;
     let boss = c.create_user(json!({"schemas": [USER], "userName": "boss"})).await;
     let boss_id = boss["id"].as_str().unwrap();
     let created = c
@@ -209,7 +209,7 @@ async fn users_crud_with_etags(backend: Backend) {
                 "emails": [{"value": "bjensen@example.com", "type": "work", "primary": true}],
                 "phoneNumbers": [{"value": "555-555-5555", "type": "work"}],
                 ENT: {"employeeNumber": "701984", "department": "Tour Operations", "manager": {"value": boss_id}},
-                CUSTOM: {"cost_center": "4130"},
+                CUSTOM: {"cost_code": "4130"},
             })),
         )
         .await;
@@ -223,12 +223,12 @@ async fn users_crud_with_etags(backend: Backend) {
     let asked = c.get(&format!("/Users/{id}?attributes=name.formatted,{ENT}:manager.displayName")).await.body;
     assert_eq!(asked["name"]["formatted"], "Barbara Jensen", "formatted is made of the parts: {asked:#}");
     assert_eq!(asked[ENT]["manager"]["displayName"], "boss");
-    assert_eq!(u[CUSTOM]["cost_center"], "4130");
+    assert_eq!(u[CUSTOM]["cost_code"], "4130");
     assert_eq!(u["externalId"], "bjensen-ext");
     // The directory user: source scim, ordinary fields.
     let dir = c.s.get(&format!("/api/v1/users/{id}")).await.body;
     assert_eq!((dir["source"].as_str(), dir["department"].as_str()), (Some("scim"), Some("Tour Operations")));
-    assert_eq!(dir["attributes"]["cost_center"], "4130");
+    assert_eq!(dir["attributes"]["cost_code"], "4130");
 
     // GET, and conditional GET.
     let got = c.get(&format!("/Users/{id}")).await;
@@ -809,7 +809,7 @@ async fn scim2_tester_finds_no_failure() {
     // 0.5.2 fills `decimal` attributes with a text that its own client then refuses before
     // sending anything (a checker bug, see the README); not a date, published as a string that
     // must read YYYY-MM-DD, which random text does not.
-    for (name, kind) in [("cost_center", "string"), ("remote", "boolean"), ("skills", "string_list")] {
+    for (name, kind) in [("cost_code", "string"), ("remote", "boolean"), ("skills", "string_list")] {
         let a = c.s.post("/api/v1/attributes", json!({"name": name, "type": kind})).await;
         assert_eq!(a.status, StatusCode::CREATED, "{a:#?}");
     }

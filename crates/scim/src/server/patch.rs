@@ -7,8 +7,9 @@
 //! `{"op": "Remove", "path": "members", "value": [{"value": "..."}]}`), and `add` through a
 //! value filter that matches nothing creates the value the filter describes
 //! (`emails[type eq "work"].value`). Values of read-only attributes that the server computes
-//! (`name.formatted`, `groups`, `members.display`, `manager.displayName`) are ignored, as RFC 7644
-//! section 3.5.1 says for PUT; `id`, `meta` and `schemas` cannot be patched (`mutability`).
+//! (`groups`, `members.display`, `manager.displayName`) are ignored, as RFC 7644
+//! section 3.5.1 says for PUT; `id`, `meta` and `schemas` cannot be patched (`mutability`),
+//! except with their own value (no change).
 
 use serde_json::{Map, Value};
 
@@ -341,6 +342,16 @@ fn apply_one(
         };
     };
     match writability(attr, t.sub) {
+        // Replacing `id` or `meta` with the resource's own value changes nothing (Okta's
+        // group rename sends the group's `id` with its new name).
+        Write::Refuse
+            if op != OpKind::Remove
+                && t.sub.is_none()
+                && t.filter.is_none()
+                && value.is_some_and(|v| root.get(&key_in(root, &attr.name)).is_some_and(|own| own == v)) =>
+        {
+            return Ok(())
+        }
         Write::Refuse => return Err(ScimError::mutability(format!("{} cannot be changed", attr.name))),
         Write::Ignore => return Ok(()),
         Write::Do => {}
@@ -651,7 +662,7 @@ mod tests {
         assert_eq!(r["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"]["manager"]["value"], "m1");
         assert_eq!((r["displayName"].as_str(), r["name"]["givenName"].as_str()), (Some("Ada L"), Some("Ada")));
         assert_eq!(r["userName"], "ada2");
-        assert!(r["name"].get("formatted").is_none(), "computed values are ignored");
+        assert_eq!(r["name"]["formatted"], "Ada Lovelace", "the full name is kept as sent");
     }
 
     #[test]
@@ -674,10 +685,14 @@ mod tests {
 
     #[test]
     fn errors_have_their_scim_types() {
-        let u = json!({"userName": "ada"});
+        let u = json!({"userName": "ada", "id": "1"});
         let t = |ops: Value| patch(&users(), u.clone(), ops).unwrap_err().scim_type;
         assert_eq!(t(json!([{"op": "replace", "path": "id", "value": "x"}])), Some(ScimType::Mutability));
-        assert_eq!(t(json!([{"op": "replace", "path": "nickName", "value": "x"}])), Some(ScimType::InvalidPath));
+        assert_eq!(t(json!([{"op": "replace", "value": {"id": "2", "userName": "b"}}])), Some(ScimType::Mutability));
+        assert_eq!(t(json!([{"op": "replace", "path": "nickNames", "value": "x"}])), Some(ScimType::InvalidPath));
+        // Its own id again is no change (Okta's group rename carries it).
+        let same = patch(&users(), u.clone(), json!([{"op": "replace", "value": {"id": "1", "userName": "b"}}]));
+        assert_eq!(same.unwrap(), json!({"userName": "b", "id": "1"}));
         assert_eq!(t(json!([{"op": "remove"}])), Some(ScimType::NoTarget));
         assert_eq!(
             t(json!([{"op": "replace", "path": "emails[type eq \"home\"].value", "value": "x"}])),

@@ -348,8 +348,20 @@ fn multi_complex(name: &str, description: &str, value: Attribute, extra: Vec<Att
     Attribute::complex(name, description, subs).multi()
 }
 
-/// The core User schema, as far as this directory keeps it.
+/// The sub-attributes `type`, `primary` and `display` of a multi-valued attribute.
+fn value_parts(types: &[&str]) -> Vec<Attribute> {
+    vec![
+        Attribute::string("display", "A human-readable name, primarily used for display purposes."),
+        Attribute::string("type", "A label indicating the attribute's function.").canonical(types),
+        Attribute::new("primary", AttrType::Boolean, "Whether this is the primary value (at most one is)."),
+    ]
+}
+
+/// The core User schema (RFC 7643 section 4.1): every attribute the directory keeps.
 pub fn user_schema() -> Schema {
+    let multi = |name: &str, description: &str, value: Attribute, types: &[&str]| {
+        multi_complex(name, description, value, value_parts(types))
+    };
     Schema {
         id: crate::types::USER_SCHEMA.into(),
         name: "User".into(),
@@ -360,32 +372,79 @@ pub fn user_schema() -> Schema {
                 "name",
                 "The components of the user's name.",
                 vec![
-                    Attribute::string("formatted", "The full name, made of givenName and familyName.")
-                        .read_only()
-                        .on_request(),
+                    Attribute::string(
+                        "formatted",
+                        "The full name, as displayed; when not set, made of givenName and familyName.",
+                    ),
                     Attribute::string("familyName", "The family name."),
                     Attribute::string("givenName", "The given name."),
+                    Attribute::string("middleName", "The middle name(s)."),
+                    Attribute::string("honorificPrefix", "The honorific prefix(es), e.g. \"Ms.\"."),
+                    Attribute::string("honorificSuffix", "The honorific suffix(es), e.g. \"III\"."),
                 ],
             ),
             Attribute::string("displayName", "The name of the User, suitable for display."),
+            Attribute::string("nickName", "The casual way to address the user."),
+            Attribute::new("profileUrl", AttrType::Reference, "A URI of the user's online profile.")
+                .references(&["external"]),
             Attribute::string("title", "The user's title, such as \"Vice President\"."),
+            Attribute::string("userType", "The relationship to the organization, e.g. \"Employee\", \"Contractor\"."),
+            Attribute::string("preferredLanguage", "The preferred language, as in HTTP Accept-Language (\"en-US\")."),
+            Attribute::string("locale", "The default location for localizing (\"en-US\")."),
+            Attribute::string("timezone", "The time zone, in the IANA database format (\"America/Los_Angeles\")."),
             Attribute::new(
                 "active",
                 AttrType::Boolean,
                 "Whether the user may use their accounts (the directory always has it: true when not sent).",
             )
             .required(),
-            multi_complex(
+            {
+                let mut p = Attribute::string(
+                    "password",
+                    "The sign-in password: stored only as an argon2id hash, never returned.",
+                );
+                p.mutability = Mutability::WriteOnly;
+                p.returned = Returned::Never;
+                p
+            },
+            multi(
                 "emails",
-                "The user's e-mail address: this directory keeps one, of type work.",
+                "E-mail addresses; the primary one (else the first of type work) is unique among users.",
                 Attribute::string("value", "The e-mail address."),
-                vec![Attribute::string("type", "Always work.").canonical(&["work"])],
+                &["work", "home", "other"],
+            ),
+            multi(
+                "phoneNumbers",
+                "Phone numbers.",
+                Attribute::string("value", "The phone number."),
+                &["work", "home", "mobile", "fax", "pager", "other"],
+            ),
+            multi(
+                "ims",
+                "Instant messaging addresses.",
+                Attribute::string("value", "The address."),
+                &["aim", "gtalk", "icq", "xmpp", "msn", "skype", "qq", "yahoo"],
+            ),
+            multi(
+                "photos",
+                "URLs of photos of the user.",
+                Attribute::new("value", AttrType::Reference, "The photo's URL.").references(&["external"]),
+                &["photo", "thumbnail"],
             ),
             multi_complex(
-                "phoneNumbers",
-                "The user's phone number: this directory keeps one, of type work.",
-                Attribute::string("value", "The phone number."),
-                vec![Attribute::string("type", "Always work.").canonical(&["work"])],
+                "addresses",
+                "Physical mailing addresses.",
+                Attribute::string("formatted", "The full address, as printed."),
+                vec![
+                    Attribute::string("streetAddress", "The street address."),
+                    Attribute::string("locality", "The city or locality."),
+                    Attribute::string("region", "The state or region."),
+                    Attribute::string("postalCode", "The postal code."),
+                    Attribute::string("country", "The country, as an ISO 3166-1 alpha-2 code."),
+                    Attribute::string("type", "A label indicating the address's function.")
+                        .canonical(&["work", "home", "other"]),
+                    Attribute::new("primary", AttrType::Boolean, "Whether this is the primary address."),
+                ],
             ),
             multi_complex(
                 "groups",
@@ -401,11 +460,24 @@ pub fn user_schema() -> Schema {
                 ],
             )
             .read_only(),
+            multi("entitlements", "Entitlements of the user.", Attribute::string("value", "The entitlement."), &[]),
+            multi(
+                "roles",
+                "Roles of the user as the client names them (the directory's own roles are its Groups).",
+                Attribute::string("value", "The role."),
+                &[],
+            ),
+            multi(
+                "x509Certificates",
+                "Certificates of the user (base64 DER).",
+                Attribute::new("value", AttrType::String, "The certificate.").case_exact(),
+                &[],
+            ),
         ],
     }
 }
 
-/// The enterprise User extension, as far as this directory keeps it.
+/// The enterprise User extension (RFC 7643 section 4.3).
 pub fn enterprise_user_schema() -> Schema {
     Schema {
         id: crate::types::ENTERPRISE_USER_SCHEMA.into(),
@@ -413,6 +485,9 @@ pub fn enterprise_user_schema() -> Schema {
         description: "Enterprise User".into(),
         attributes: vec![
             Attribute::string("employeeNumber", "The employee number."),
+            Attribute::string("costCenter", "The cost center."),
+            Attribute::string("organization", "The organization."),
+            Attribute::string("division", "The division."),
             Attribute::string("department", "The department."),
             Attribute::complex(
                 "manager",
@@ -508,7 +583,8 @@ mod tests {
         assert_eq!(f.extension_urn(&rs).as_deref(), Some(crate::types::ENTERPRISE_USER_SCHEMA));
         assert!(rs.find(&split_path("meta.lastModified").unwrap()).unwrap().schema.is_none());
         assert!(rs.find(&split_path("urn:ietf:params:scim:schemas:core:2.0:User:userName").unwrap()).is_some());
-        assert!(rs.find(&split_path("nickName").unwrap()).is_none());
-        assert!(rs.find(&split_path("name.middleName").unwrap()).is_none());
+        assert_eq!(rs.find(&split_path("nickname").unwrap()).unwrap().attr.name, "nickName");
+        assert_eq!(rs.find(&split_path("addresses.POSTALCODE").unwrap()).unwrap().leaf().name, "postalCode");
+        assert!(rs.find(&split_path("name.secondName").unwrap()).is_none());
     }
 }

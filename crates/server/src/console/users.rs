@@ -32,17 +32,31 @@ pub fn routes() -> Router<AppState> {
         .route("/users/{id}/provision", post(provision_now))
 }
 
-/// The standard profile fields, as (form name, label).
-pub const PROFILE_FIELDS: [(&str, &str); 9] = [
+/// The standard profile fields, as (form name, label): the first fields, then the
+/// single-valued attributes of `directory::profile`.
+pub const PROFILE_FIELDS: [(&str, &str); 22] = [
     ("username", "Username"),
     ("email", "Email"),
     ("first_name", "First name"),
+    ("middle_name", "Middle name"),
     ("last_name", "Last name"),
+    ("honorific_prefix", "Honorific prefix"),
+    ("honorific_suffix", "Honorific suffix"),
+    ("formatted_name", "Full name"),
     ("display_name", "Display name"),
+    ("nick_name", "Nickname"),
     ("title", "Title"),
     ("department", "Department"),
+    ("division", "Division"),
+    ("organization", "Organization"),
+    ("cost_center", "Cost center"),
+    ("user_type", "User type"),
     ("phone", "Phone"),
     ("employee_number", "Employee number"),
+    ("preferred_language", "Preferred language"),
+    ("locale", "Locale"),
+    ("timezone", "Time zone"),
+    ("profile_url", "Profile URL"),
 ];
 
 /// One input of the profile form.
@@ -98,9 +112,50 @@ fn user_value(u: &User, field: &str) -> String {
         "department" => u.department.as_ref(),
         "phone" => u.phone.as_ref(),
         "employee_number" => u.employee_number.as_ref(),
-        _ => None,
+        other => u.profile.text(other).and_then(Option::as_ref),
     };
     v.cloned().unwrap_or_default()
+}
+
+/// The multi-valued attributes of a user, one (label, value) per value: "Phone (mobile)".
+fn profile_values(u: &User) -> Vec<(String, String)> {
+    let p = &u.profile;
+    let mut out = vec![];
+    let label = |what: &str, kind: &Option<String>, primary: bool| {
+        let mut l = what.to_owned();
+        if let Some(k) = kind {
+            l.push_str(&format!(" ({k})"));
+        }
+        if primary {
+            l.push_str(", primary");
+        }
+        l
+    };
+    for (name, what) in [
+        ("emails", "Email"),
+        ("phone_numbers", "Phone"),
+        ("ims", "Instant messaging"),
+        ("photos", "Photo"),
+        ("entitlements", "Entitlement"),
+        ("scim_roles", "Role (from SCIM)"),
+        ("x509_certificates", "Certificate"),
+    ] {
+        for v in p.list(name).map(Vec::as_slice).unwrap_or_default() {
+            out.push((label(what, &v.kind, v.primary), v.value.clone()));
+        }
+    }
+    for a in &p.addresses {
+        let text = a.formatted.clone().unwrap_or_else(|| {
+            [&a.street_address, &a.locality, &a.region, &a.postal_code, &a.country]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+        out.push((label("Address", &a.kind, a.primary), text));
+    }
+    out
 }
 
 pub fn full_name(u: &User) -> String {
@@ -210,7 +265,7 @@ async fn new_form(session: Session, headers: HeaderMap) -> Result<Response> {
 
 async fn create(State(state): State<AppState>, session: Session, headers: HeaderMap, body: Bytes) -> Result<Response> {
     let form = FormData::parse(&body);
-    let input = UserInput {
+    let mut input = UserInput {
         username: form.text("username"),
         email: form.opt("email"),
         first_name: form.opt("first_name"),
@@ -222,6 +277,11 @@ async fn create(State(state): State<AppState>, session: Session, headers: Header
         employee_number: form.opt("employee_number"),
         ..Default::default()
     };
+    for (name, _) in PROFILE_FIELDS {
+        if let Some(slot) = input.profile.text_mut(name) {
+            *slot = form.opt(name);
+        }
+    }
     match state.service.create_user(&session.actor(), input, UserSource::Local).await {
         Ok(user) => Ok(view::see_other_with(
             &format!("/console/users/{}/roles", user.id),
@@ -266,6 +326,9 @@ struct UserPage {
     fields: Vec<FieldView>,
     other_errors: Vec<String>,
     custom: Vec<(String, String)>,
+    /// The values of the multi-valued attributes (e-mail addresses, phone numbers, postal
+    /// addresses, ...): (label, value).
+    values: Vec<(String, String)>,
     source: &'static str,
     created: String,
     version: i64,
@@ -299,6 +362,7 @@ impl UserPage {
             fields: vec![],
             other_errors: vec![],
             custom: user.attributes.iter().map(|(k, v)| (k.clone(), display_value(v))).collect(),
+            values: profile_values(user),
             source: user.source.as_str(),
             created: view::when(&user.created_at),
             version: user.version,

@@ -3,6 +3,7 @@
 //! directory does not keep is an `invalidFilter` error. Attribute names are compared without
 //! case; `userName`, `emails` and the other strings compare without case, ids with case.
 
+use directory::profile::{ADDRESS_PARTS, PROFILE_LISTS, PROFILE_TEXTS};
 use directory::{AttributeDef, AttributeType};
 use scim::query::{self, AttrPath, CompValue, CompareOp as Op, Filter};
 use scim::server::schema::ResourceSchema;
@@ -55,6 +56,32 @@ fn constant<F>(c: serde_json::Value, o: Op, v: &CompValue) -> ResourceFilter<F> 
         ResourceFilter::True
     } else {
         ResourceFilter::False
+    }
+}
+
+/// The directory name of a single-valued profile attribute by its SCIM name (`nickName`,
+/// `name.middleName`; `enterprise` for the enterprise extension's).
+fn profile_text(scim: &str, enterprise: bool) -> Option<&'static str> {
+    PROFILE_TEXTS.iter().find(|(_, s, e)| *e == enterprise && s.eq_ignore_ascii_case(scim)).map(|(d, _, _)| *d)
+}
+
+/// The directory name of a multi-valued profile attribute by its SCIM name.
+fn profile_list(scim: &str) -> Option<&'static str> {
+    PROFILE_LISTS.iter().find(|(_, s)| s.eq_ignore_ascii_case(scim)).map(|(d, _)| *d)
+}
+
+/// The stored name of a sub-attribute of a profile list's values (`value` when none is named;
+/// an address's `formatted`).
+fn value_part(list: &str, sub: Option<&str>) -> Option<&'static str> {
+    const SIMPLE: [&str; 4] = ["value", "type", "display", "primary"];
+    match (list, sub) {
+        ("addresses", None) => Some("formatted"),
+        ("addresses", Some(s)) => ["type", "primary"]
+            .into_iter()
+            .find(|p| p.eq_ignore_ascii_case(s))
+            .or_else(|| ADDRESS_PARTS.iter().find(|(_, scim)| scim.eq_ignore_ascii_case(s)).map(|(d, _)| *d)),
+        (_, None) => Some("value"),
+        (_, Some(s)) => SIMPLE.into_iter().find(|p| p.eq_ignore_ascii_case(s)),
     }
 }
 
@@ -111,12 +138,25 @@ fn user_leaf(
         (None, "displayName", _) => field(UserField::DisplayName),
         (None, "title", _) => field(UserField::Title),
         (None, "active", _) => field(UserField::Active),
-        (None, "emails", None | Some("value")) => field(UserField::Email),
-        (None, "emails", Some("type")) => fixed(UserField::Email, json!("work")),
-        (None, "emails", Some("primary")) => fixed(UserField::Email, json!(true)),
-        (None, "phoneNumbers", None | Some("value")) => field(UserField::Phone),
-        (None, "phoneNumbers", Some("type")) => fixed(UserField::Phone, json!("work")),
-        (None, "phoneNumbers", Some("primary")) => fixed(UserField::Phone, json!(true)),
+        (None, "name", Some(part)) if profile_text(&format!("name.{part}"), false).is_some() => {
+            field(UserField::ProfileText(profile_text(&format!("name.{part}"), false).unwrap_or_default()))
+        }
+        (None, attr, None) if profile_text(attr, false).is_some() => {
+            field(UserField::ProfileText(profile_text(attr, false).unwrap_or_default()))
+        }
+        (Some(ENTERPRISE_USER_SCHEMA), attr, None) if profile_text(attr, true).is_some() => {
+            field(UserField::ProfileText(profile_text(attr, true).unwrap_or_default()))
+        }
+        (None, attr, sub) if profile_list(attr).is_some() => {
+            let list = profile_list(attr).unwrap_or_default();
+            let sub = value_part(list, sub).ok_or_else(|| invalid(p))?;
+            match cmp {
+                Some((o, v)) if sub == "primary" => {
+                    ResourceFilter::Compare(UserField::ProfileValue { list, sub }, op(o), bool_value(v))
+                }
+                _ => field(UserField::ProfileValue { list, sub }),
+            }
+        }
         (None, "groups", None | Some("value")) => field(UserField::GroupId),
         (None, "groups", Some("display")) => field(UserField::GroupName),
         (None, "groups", Some("type")) => fixed(UserField::GroupId, json!("direct")),
@@ -144,7 +184,9 @@ fn schema_present(urn: &str, defs: &[AttributeDef]) -> UF {
         fields.into_iter().map(ResourceFilter::Present).reduce(ResourceFilter::or).unwrap_or(ResourceFilter::False)
     };
     if urn.eq_ignore_ascii_case(ENTERPRISE_USER_SCHEMA) {
-        any(vec![UserField::EmployeeNumber, UserField::Department, UserField::ManagerId])
+        let mut fields = vec![UserField::EmployeeNumber, UserField::Department, UserField::ManagerId];
+        fields.extend(PROFILE_TEXTS.iter().filter(|(_, _, e)| *e).map(|(d, _, _)| UserField::ProfileText(d)));
+        any(fields)
     } else if urn.eq_ignore_ascii_case(CUSTOM_SCHEMA) {
         any(defs.iter().map(|d| UserField::Custom { name: d.name.clone(), kind: d.kind }).collect())
     } else {
@@ -197,10 +239,9 @@ fn user_filter_in(
             }
             let inner = user_filter_in(inner, rs, defs, Some(p))?;
             match found.attr.name.as_str() {
-                // The directory keeps one value: the sub-filters all describe it.
-                "emails" => ResourceFilter::and(ResourceFilter::Present(UserField::Email), inner),
-                "phoneNumbers" => ResourceFilter::and(ResourceFilter::Present(UserField::Phone), inner),
+                // Some one value (a group, an e-mail address, ...) satisfies every sub-filter.
                 "groups" => ResourceFilter::Any(Box::new(inner)),
+                name if profile_list(name).is_some() => ResourceFilter::Any(Box::new(inner)),
                 _ => return Err(invalid(p)),
             }
         }
@@ -279,8 +320,20 @@ pub(crate) fn parse(text: &str) -> Result<Filter, ScimError> {
 pub(crate) fn user_sort(path: &str, rs: &ResourceSchema, defs: &[AttributeDef]) -> Result<UserField, ScimError> {
     let p = query::split_path(path.trim())
         .ok_or_else(|| ScimError::invalid_value(format!("sortBy {path} is not a path")))?;
+    // A multi-valued attribute sorts by its primary value (RFC 7644 section 3.4.2.3).
+    match (p.uri.as_deref(), profile_list(&p.attr), p.sub.as_deref()) {
+        (None, Some("emails"), None) => return Ok(UserField::Email),
+        (None, Some("emails"), Some(s)) if s.eq_ignore_ascii_case("value") => return Ok(UserField::Email),
+        (None, Some("phone_numbers"), None) => return Ok(UserField::Phone),
+        (None, Some("phone_numbers"), Some(s)) if s.eq_ignore_ascii_case("value") => return Ok(UserField::Phone),
+        _ => {}
+    }
     match user_leaf(&p, None, rs, defs).map_err(|e| ScimError::invalid_value(e.detail))? {
-        ResourceFilter::Present(f) if !matches!(f, UserField::GroupId | UserField::GroupName) => Ok(f),
+        ResourceFilter::Present(f)
+            if !matches!(f, UserField::GroupId | UserField::GroupName | UserField::ProfileValue { .. }) =>
+        {
+            Ok(f)
+        }
         _ => Err(ScimError::invalid_value(format!("cannot sort by {path}"))),
     }
 }

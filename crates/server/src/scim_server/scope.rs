@@ -61,6 +61,11 @@ pub(crate) async fn visible_users(state: &ScimState, client: &Client, ids: &[Uui
     if client.scope.users == UserScope::All {
         return Ok(ids.iter().copied().collect());
     }
+    users_among(state, user_filter(client), ids).await
+}
+
+/// Which of `ids` are users (not deleted) that `scope` holds.
+async fn users_among(state: &ScimState, scope: ResourceFilter<UserField>, ids: &[Uuid]) -> ScimResult<BTreeSet<Uuid>> {
     let mut out = BTreeSet::new();
     for chunk in ids.chunks(CHUNK) {
         let leaves = chunk
@@ -68,7 +73,7 @@ pub(crate) async fn visible_users(state: &ScimState, client: &Client, ids: &[Uui
             .map(|id| ResourceFilter::Compare(UserField::Id, CompareOp::Eq, FilterValue::Text(id.to_string())))
             .collect();
         let query = ScimQuery {
-            filter: ResourceFilter::and(user_filter(client), any_of(leaves)),
+            filter: ResourceFilter::and(scope.clone(), any_of(leaves)),
             sort: None,
             offset: 0,
             count: chunk.len() as u32,
@@ -172,22 +177,27 @@ pub(crate) async fn members_to_write(
     role: Option<Uuid>,
     wanted: Vec<Uuid>,
 ) -> ScimResult<Vec<Uuid>> {
-    if client.scope.users == UserScope::All {
-        return Ok(wanted);
-    }
     let current: Vec<Uuid> = match role {
         Some(r) => state.store().scim_members(r).await?.into_iter().map(|m| m.id).collect(),
         None => vec![],
     };
     let added: Vec<Uuid> = wanted.iter().copied().filter(|u| !current.contains(u)).collect();
-    let visible_added = visible_users(state, client, &added).await?;
-    if let Some(u) = added.iter().find(|u| !visible_added.contains(u)) {
-        if state.store().scim_user(*u).await?.is_some() {
-            let target = role.map(|r| r.to_string()).unwrap_or_else(|| "(new group)".to_owned());
-            let reason = format!("member {u} is a user out of the client's scope");
-            refuse(state, client, "role", &target, &reason).await?;
+    let visible_added = users_among(state, user_filter(client), &added).await?;
+    let missing: Vec<Uuid> = added.iter().copied().filter(|u| !visible_added.contains(u)).collect();
+    if !missing.is_empty() {
+        for u in &missing {
+            if client.scope.users != UserScope::All && state.store().scim_user(*u).await?.is_some() {
+                let target = role.map(|r| r.to_string()).unwrap_or_else(|| "(new group)".to_owned());
+                let reason = format!("member {u} is a user out of the client's scope");
+                refuse(state, client, "role", &target, &reason).await?;
+            }
         }
-        return Err(ScimError::invalid_value("members refers to a resource that does not exist").into());
+        let ids = missing.iter().map(Uuid::to_string).collect::<Vec<_>>().join(", ");
+        let noun = if missing.len() == 1 { "id" } else { "ids" };
+        return Err(ScimError::invalid_value(format!("members: no user has the {noun} {ids}")).into());
+    }
+    if client.scope.users == UserScope::All {
+        return Ok(wanted);
     }
     let visible_current = visible_users(state, client, &current).await?;
     let mut out = wanted;

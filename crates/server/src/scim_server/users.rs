@@ -4,6 +4,7 @@
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
+use directory::profile::{Address, MultiValue, ADDRESS_PARTS, PROFILE_LISTS, PROFILE_TEXTS};
 use directory::{AttributeDef, AttributeType, Role, User, UserInput, UserSource, UserStatus, ValidationErrors};
 use scim::query::get_ci;
 use scim::server::patch;
@@ -34,7 +35,24 @@ pub(crate) fn directory_field(field: &str) -> String {
         "employee_number" => "employeeNumber",
         "manager_id" => "manager",
         "status" => "active",
-        other => return other.replacen("attributes.", &format!("{CUSTOM_SCHEMA}:"), 1),
+        other => {
+            if let Some(custom) = other.strip_prefix("attributes.") {
+                return format!("{CUSTOM_SCHEMA}:{custom}");
+            }
+            // A profile attribute, or a value of one (`phone_numbers[1].value`).
+            let head = other.find(['[', '.']).unwrap_or(other.len());
+            let (name, rest) = other.split_at(head);
+            if let Some((_, scim, _)) = PROFILE_TEXTS.iter().find(|(d, _, _)| *d == name) {
+                return (*scim).to_owned();
+            }
+            if let Some((_, scim)) = PROFILE_LISTS.iter().find(|(d, _)| *d == name) {
+                let rest = ADDRESS_PARTS
+                    .iter()
+                    .fold(rest.to_owned(), |r, (d, s)| r.replace(&format!(".{d}"), &format!(".{s}")));
+                return format!("{scim}{rest}");
+            }
+            other
+        }
     };
     scim.to_owned()
 }
@@ -43,6 +61,34 @@ pub(crate) fn validation(e: ValidationErrors) -> ScimError {
     let detail =
         e.0.iter().map(|f| format!("{}: {}", directory_field(&f.field), f.reason)).collect::<Vec<_>>().join("; ");
     ScimError::invalid_value(detail)
+}
+
+/// The full name SCIM shows when none is stored: the given and family name.
+fn computed_formatted(first: Option<&str>, last: Option<&str>) -> Option<String> {
+    let parts = [first, last].into_iter().flatten().collect::<Vec<_>>();
+    (!parts.is_empty()).then(|| parts.join(" "))
+}
+
+/// A multi-valued attribute as SCIM writes it.
+fn values_json(list: &[MultiValue]) -> Value {
+    Value::Array(
+        list.iter()
+            .map(|v| {
+                let mut o = Map::new();
+                o.insert("value".into(), json!(v.value));
+                if let Some(t) = &v.kind {
+                    o.insert("type".into(), json!(t));
+                }
+                if v.primary {
+                    o.insert("primary".into(), json!(true));
+                }
+                if let Some(d) = &v.display {
+                    o.insert("display".into(), json!(d));
+                }
+                Value::Object(o)
+            })
+            .collect(),
+    )
 }
 
 /// A user as a SCIM resource.
@@ -54,6 +100,7 @@ pub(crate) fn to_json(
     base: &str,
 ) -> Value {
     let u = &su.user;
+    let p = &u.profile;
     let mut o = Map::new();
     let mut schemas = vec![json!(USER_SCHEMA)];
     o.insert("id".into(), json!(u.id));
@@ -62,15 +109,21 @@ pub(crate) fn to_json(
     }
     o.insert("userName".into(), json!(u.username));
     let mut name = Map::new();
-    if let Some(f) = &u.first_name {
-        name.insert("givenName".into(), json!(f));
-    }
-    if let Some(l) = &u.last_name {
-        name.insert("familyName".into(), json!(l));
+    let formatted =
+        p.formatted_name.clone().or_else(|| computed_formatted(u.first_name.as_deref(), u.last_name.as_deref()));
+    for (key, value) in [
+        ("formatted", formatted.as_ref()),
+        ("familyName", u.last_name.as_ref()),
+        ("givenName", u.first_name.as_ref()),
+        ("middleName", p.middle_name.as_ref()),
+        ("honorificPrefix", p.honorific_prefix.as_ref()),
+        ("honorificSuffix", p.honorific_suffix.as_ref()),
+    ] {
+        if let Some(v) = value {
+            name.insert(key.into(), json!(v));
+        }
     }
     if !name.is_empty() {
-        let formatted = [u.first_name.as_deref(), u.last_name.as_deref()].into_iter().flatten().collect::<Vec<_>>();
-        name.insert("formatted".into(), json!(formatted.join(" ")));
         o.insert("name".into(), Value::Object(name));
     }
     if let Some(d) = &u.display_name {
@@ -79,12 +132,37 @@ pub(crate) fn to_json(
     if let Some(t) = &u.title {
         o.insert("title".into(), json!(t));
     }
-    o.insert("active".into(), json!(u.status == UserStatus::Active));
-    if let Some(e) = &u.email {
-        o.insert("emails".into(), json!([{"value": e, "type": "work"}]));
+    let mut ent = Map::new();
+    for (field, scim, enterprise) in PROFILE_TEXTS {
+        let Some(Some(v)) = p.text(field) else { continue };
+        match scim.split_once('.') {
+            Some(_) => {} // name.*, above
+            None if enterprise => {
+                ent.insert(scim.into(), json!(v));
+            }
+            None => {
+                o.insert(scim.into(), json!(v));
+            }
+        }
     }
-    if let Some(p) = &u.phone {
-        o.insert("phoneNumbers".into(), json!([{"value": p, "type": "work"}]));
+    o.insert("active".into(), json!(u.status == UserStatus::Active));
+    let emails =
+        if p.emails.is_empty() { u.email.iter().cloned().map(MultiValue::work).collect() } else { p.emails.clone() };
+    let phones = if p.phone_numbers.is_empty() {
+        u.phone.iter().cloned().map(MultiValue::work).collect()
+    } else {
+        p.phone_numbers.clone()
+    };
+    for (field, scim) in PROFILE_LISTS {
+        let list = match field {
+            "emails" => values_json(&emails),
+            "phone_numbers" => values_json(&phones),
+            "addresses" => Value::Array(p.addresses.iter().map(Address::to_scim).collect()),
+            other => values_json(p.list(other).map(Vec::as_slice).unwrap_or_default()),
+        };
+        if list.as_array().is_some_and(|a| !a.is_empty()) {
+            o.insert(scim.into(), list);
+        }
     }
     if !roles.is_empty() {
         let groups: Vec<Value> = roles
@@ -93,7 +171,6 @@ pub(crate) fn to_json(
             .collect();
         o.insert("groups".into(), Value::Array(groups));
     }
-    let mut ent = Map::new();
     if let Some(n) = &u.employee_number {
         ent.insert("employeeNumber".into(), json!(n));
     }
@@ -137,175 +214,292 @@ pub(crate) fn to_json(
     Value::Object(o)
 }
 
-fn text(v: &Value, what: &str) -> Result<Option<String>, ScimError> {
-    match v {
-        Value::Null => Ok(None),
-        Value::String(s) => Ok(Some(s.clone())),
-        _ => Err(ScimError::invalid_value(format!("{what} must be a string"))),
-    }
-}
+/// Every problem found while reading a request, so that one answer names them all.
+#[derive(Default)]
+struct Problems(Vec<String>);
 
-fn check_keys(o: &Map<String, Value>, allowed: &[&str], what: &str) -> Result<(), ScimError> {
-    for k in o.keys() {
-        if !allowed.iter().any(|a| a.eq_ignore_ascii_case(k)) {
-            return Err(ScimError::invalid_value(format!(
-                "{what}{k} is not an attribute this directory keeps (see /Schemas)"
-            )));
-        }
+impl Problems {
+    fn push(&mut self, p: impl Into<String>) {
+        self.0.push(p.into());
     }
-    Ok(())
-}
 
-/// The one value of `emails` / `phoneNumbers` (the directory keeps one, of type work).
-fn single_value(v: &Value, what: &str) -> Result<Option<String>, ScimError> {
-    let items = match v {
-        Value::Null => return Ok(None),
-        Value::Array(a) => a.clone(),
-        Value::Object(_) => vec![v.clone()],
-        _ => return Err(ScimError::invalid_value(format!("{what} must be a list of values"))),
-    };
-    let mut values: Vec<(String, bool)> = vec![];
-    for item in &items {
-        let Value::Object(o) = item else {
-            return Err(ScimError::invalid_value(format!("{what} holds objects with a value")));
-        };
-        check_keys(o, &["value", "type", "primary", "display"], &format!("{what}."))?;
-        if let Some(t) = get_ci(o, "type").and_then(|t| text(t, &format!("{what}.type")).transpose()) {
-            let t = t?;
-            if !t.eq_ignore_ascii_case("work") {
-                return Err(ScimError::invalid_value(format!(
-                    "{what}: this directory keeps one value of type work, not {t:?}"
-                )));
+    /// A text value (`None` for null); anything else is a problem.
+    fn text(&mut self, v: &Value, what: &str) -> Option<String> {
+        match v {
+            Value::Null => None,
+            Value::String(s) => Some(s.clone()),
+            // Numbers sent for text (an employee number as 42) are read as their text.
+            Value::Number(n) => Some(n.to_string()),
+            _ => {
+                self.push(format!("{what} must be a string"));
+                None
             }
         }
-        let primary = get_ci(o, "primary").and_then(lenient_bool).unwrap_or(false);
-        if let Some(v) = get_ci(o, "value").map(|v| text(v, &format!("{what}.value"))).transpose()?.flatten() {
-            values.push((v, primary));
+    }
+
+    fn check_keys(&mut self, o: &Map<String, Value>, allowed: &[&str], what: &str) {
+        for k in o.keys() {
+            if !allowed.iter().any(|a| a.eq_ignore_ascii_case(k)) {
+                self.push(format!("{what}{k} is not an attribute this directory keeps (see /Schemas)"));
+            }
         }
     }
-    values.dedup_by(|a, b| a.0.eq_ignore_ascii_case(&b.0));
-    match values.len() {
-        0 => Ok(None),
-        1 => Ok(values.pop().map(|v| v.0)),
-        _ => Err(ScimError::invalid_value(format!("{what}: this directory keeps one value per user; send one"))),
+
+    fn into_result(self) -> Result<(), ScimError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ScimError::invalid_value(self.0.join("; ")))
+        }
+    }
+}
+
+/// The items of a multi-valued attribute (a single object is read as a list of one).
+fn items<'a>(v: &'a Value, what: &str, problems: &mut Problems) -> Vec<&'a Map<String, Value>> {
+    let list: Vec<&Value> = match v {
+        Value::Null => return vec![],
+        Value::Array(a) => a.iter().collect(),
+        Value::Object(_) => vec![v],
+        _ => {
+            problems.push(format!("{what} must be a list of values"));
+            return vec![];
+        }
+    };
+    list.into_iter()
+        .filter_map(|item| match item {
+            Value::Object(o) => Some(o),
+            Value::Null => None,
+            _ => {
+                problems.push(format!("{what} holds objects with a value"));
+                None
+            }
+        })
+        .collect()
+}
+
+/// A multi-valued attribute of simple values (`emails`, `phoneNumbers`, `roles`, ...).
+fn multi_values(v: &Value, what: &str, problems: &mut Problems) -> Vec<MultiValue> {
+    let mut out = vec![];
+    for o in items(v, what, problems) {
+        problems.check_keys(o, &["value", "type", "primary", "display", "$ref"], &format!("{what}."));
+        let value = get_ci(o, "value").and_then(|x| problems.text(x, &format!("{what}.value")));
+        let kind = get_ci(o, "type").and_then(|x| problems.text(x, &format!("{what}.type")));
+        let display = get_ci(o, "display").and_then(|x| problems.text(x, &format!("{what}.display")));
+        let primary = match get_ci(o, "primary") {
+            None | Some(Value::Null) => false,
+            Some(p) => lenient_bool(p).unwrap_or_else(|| {
+                problems.push(format!("{what}.primary must be true or false"));
+                false
+            }),
+        };
+        if let Some(value) = value {
+            out.push(MultiValue { value, kind, primary, display });
+        }
+    }
+    out
+}
+
+fn addresses(v: &Value, problems: &mut Problems) -> Vec<Address> {
+    let mut out = vec![];
+    for o in items(v, "addresses", problems) {
+        let mut allowed: Vec<&str> = ADDRESS_PARTS.iter().map(|(_, s)| *s).collect();
+        allowed.extend(["type", "primary"]);
+        problems.check_keys(o, &allowed, "addresses.");
+        let mut a = Address {
+            kind: get_ci(o, "type").and_then(|x| problems.text(x, "addresses.type")),
+            primary: get_ci(o, "primary").and_then(lenient_bool).unwrap_or(false),
+            ..Address::default()
+        };
+        for (part, scim) in ADDRESS_PARTS {
+            let value = get_ci(o, scim).and_then(|x| problems.text(x, &format!("addresses.{scim}")));
+            if let Some(slot) = a.part_mut(part) {
+                *slot = value;
+            }
+        }
+        out.push(a);
+    }
+    out
+}
+
+/// The manager's id from what clients send: an object with `value` (or only `$ref`, whose
+/// last segment is the id), a bare id, or (Entra's older shape) a list of one such object.
+fn manager_id(v: &Value, problems: &mut Problems) -> Option<Uuid> {
+    let id = match v {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        Value::Array(a) if a.len() <= 1 => return a.first().and_then(|one| manager_id(one, problems)),
+        Value::Object(m) => {
+            problems.check_keys(m, &["value", "$ref", "displayName"], "manager.");
+            let value = get_ci(m, "value").and_then(|x| problems.text(x, "manager.value"));
+            // Without a value, the id is the last segment of `$ref`.
+            let from_ref = || {
+                get_ci(m, "$ref")
+                    .and_then(Value::as_str)
+                    .and_then(|r| r.trim_end_matches('/').rsplit('/').next())
+                    .map(str::to_owned)
+            };
+            value.filter(|v| !v.trim().is_empty()).or_else(from_ref)
+        }
+        _ => {
+            problems.push("manager must be an object with a value");
+            None
+        }
+    };
+    match id.filter(|s| !s.trim().is_empty()) {
+        None => None,
+        Some(s) => match Uuid::parse_str(s.trim()) {
+            Ok(id) => Some(id),
+            Err(_) => {
+                problems.push(format!("manager.value {s:?} is not the id of a user"));
+                None
+            }
+        },
     }
 }
 
 /// Reads a SCIM User into the directory's writable fields and the `externalId`. Unknown
 /// attributes are refused, except a top-level one named like a declared custom attribute,
-/// which is stored as that custom attribute. Read-only attributes are ignored.
+/// which is stored as that custom attribute. Read-only attributes are ignored. Every problem
+/// is named in one answer.
 pub(crate) fn from_json(
     body: &Value,
     existing: Option<&User>,
     defs: &[AttributeDef],
 ) -> Result<(UserInput, Option<String>), ScimError> {
     let Value::Object(o) = body else { return Err(ScimError::invalid_syntax("a User must be a JSON object")) };
+    let mut p = Problems::default();
     let mut input = UserInput::default();
     let mut external_id = None;
     let mut username = None;
     let mut status = existing.map(|u| u.status).filter(|s| *s != UserStatus::Deleted);
+    let mut formatted = None;
     for (k, v) in o {
         let key = k.as_str();
         let is = |name: &str| key.eq_ignore_ascii_case(name);
         if is("schemas") || is("id") || is("meta") || is("groups") {
             continue;
         } else if is("externalId") {
-            external_id = text(v, "externalId")?;
+            external_id = p.text(v, "externalId");
         } else if is("userName") {
-            username = text(v, "userName")?;
+            username = p.text(v, "userName");
         } else if is("name") {
             match v {
                 Value::Null => {}
                 Value::Object(n) => {
-                    check_keys(n, &["givenName", "familyName", "formatted"], "name.")?;
-                    input.first_name = get_ci(n, "givenName").map(|x| text(x, "name.givenName")).transpose()?.flatten();
-                    input.last_name =
-                        get_ci(n, "familyName").map(|x| text(x, "name.familyName")).transpose()?.flatten();
+                    let parts =
+                        ["givenName", "familyName", "formatted", "middleName", "honorificPrefix", "honorificSuffix"];
+                    p.check_keys(n, &parts, "name.");
+                    let mut part = |name: &str| get_ci(n, name).and_then(|x| p.text(x, &format!("name.{name}")));
+                    input.first_name = part("givenName");
+                    input.last_name = part("familyName");
+                    formatted = part("formatted");
+                    input.profile.middle_name = part("middleName");
+                    input.profile.honorific_prefix = part("honorificPrefix");
+                    input.profile.honorific_suffix = part("honorificSuffix");
                 }
-                _ => return Err(ScimError::invalid_value("name must be an object")),
+                _ => p.push("name must be an object"),
             }
         } else if is("displayName") {
-            input.display_name = text(v, "displayName")?;
+            input.display_name = p.text(v, "displayName");
         } else if is("title") {
-            input.title = text(v, "title")?;
+            input.title = p.text(v, "title");
         } else if is("active") {
             if !v.is_null() {
-                let active = lenient_bool(v).ok_or_else(|| ScimError::invalid_value("active must be true or false"))?;
-                status = Some(if active { UserStatus::Active } else { UserStatus::Suspended });
+                match lenient_bool(v) {
+                    Some(active) => status = Some(if active { UserStatus::Active } else { UserStatus::Suspended }),
+                    None => p.push("active must be true or false"),
+                }
             }
-        } else if is("emails") {
-            input.email = single_value(v, "emails")?;
-        } else if is("phoneNumbers") {
-            input.phone = single_value(v, "phoneNumbers")?;
+        } else if let Some((field, scim, _)) =
+            PROFILE_TEXTS.iter().find(|(_, scim, ent)| !ent && !scim.contains('.') && key.eq_ignore_ascii_case(scim))
+        {
+            let value = p.text(v, scim);
+            if let Some(slot) = input.profile.text_mut(field) {
+                *slot = value;
+            }
+        } else if let Some((field, scim)) = PROFILE_LISTS.iter().find(|(_, scim)| key.eq_ignore_ascii_case(scim)) {
+            if *field == "addresses" {
+                input.profile.addresses = addresses(v, &mut p);
+            } else {
+                let values = multi_values(v, scim, &mut p);
+                if let Some(slot) = input.profile.list_mut(field) {
+                    *slot = values;
+                }
+            }
         } else if is(ENTERPRISE_USER_SCHEMA) {
             let Value::Object(e) = v else {
-                if v.is_null() {
-                    continue;
+                if !v.is_null() {
+                    p.push(format!("{ENTERPRISE_USER_SCHEMA} must be an object"));
                 }
-                return Err(ScimError::invalid_value(format!("{ENTERPRISE_USER_SCHEMA} must be an object")));
+                continue;
             };
             for (ek, ev) in e {
-                if ek.eq_ignore_ascii_case("employeeNumber") {
-                    input.employee_number = text(ev, "employeeNumber")?;
-                } else if ek.eq_ignore_ascii_case("department") {
-                    input.department = text(ev, "department")?;
-                } else if ek.eq_ignore_ascii_case("manager") {
-                    let id = match ev {
-                        Value::Null => None,
-                        Value::String(s) => Some(s.clone()),
-                        Value::Object(m) => {
-                            check_keys(m, &["value", "$ref", "displayName"], "manager.")?;
-                            let value = get_ci(m, "value").map(|x| text(x, "manager.value")).transpose()?.flatten();
-                            // Without a value, the id is the last segment of `$ref`.
-                            let from_ref = || {
-                                get_ci(m, "$ref")
-                                    .and_then(Value::as_str)
-                                    .and_then(|r| r.trim_end_matches('/').rsplit('/').next())
-                                    .map(str::to_owned)
-                            };
-                            value.or_else(from_ref)
-                        }
-                        _ => return Err(ScimError::invalid_value("manager must be an object with a value")),
-                    };
-                    input.manager_id = match id.filter(|s| !s.trim().is_empty()) {
-                        None => None,
-                        Some(s) => Some(Uuid::parse_str(s.trim()).map_err(|_| {
-                            ScimError::invalid_value(format!("manager.value {s:?} is not the id of a user"))
-                        })?),
-                    };
+                let eis = |name: &str| ek.eq_ignore_ascii_case(name);
+                if eis("employeeNumber") {
+                    input.employee_number = p.text(ev, "employeeNumber");
+                } else if eis("department") {
+                    input.department = p.text(ev, "department");
+                } else if eis("manager") {
+                    input.manager_id = manager_id(ev, &mut p);
+                } else if let Some((field, scim, _)) =
+                    PROFILE_TEXTS.iter().find(|(_, scim, ent)| *ent && ek.eq_ignore_ascii_case(scim))
+                {
+                    let value = p.text(ev, scim);
+                    if let Some(slot) = input.profile.text_mut(field) {
+                        *slot = value;
+                    }
                 } else if let Some(def) = defs.iter().find(|d| d.name.eq_ignore_ascii_case(ek)) {
-                    custom_value(&mut input, def, ev)?;
+                    if let Err(e) = custom_value(&mut input, def, ev) {
+                        p.push(e.detail);
+                    }
                 } else {
-                    return Err(ScimError::invalid_value(format!(
+                    p.push(format!(
                         "{ENTERPRISE_USER_SCHEMA}:{ek} is not an attribute this directory keeps (see /Schemas)"
-                    )));
+                    ));
                 }
             }
         } else if is(CUSTOM_SCHEMA) {
             let Value::Object(c) = v else {
-                if v.is_null() {
-                    continue;
+                if !v.is_null() {
+                    p.push(format!("{CUSTOM_SCHEMA} must be an object"));
                 }
-                return Err(ScimError::invalid_value(format!("{CUSTOM_SCHEMA} must be an object")));
+                continue;
             };
             for (ck, cv) in c {
-                let def = defs.iter().find(|d| d.name.eq_ignore_ascii_case(ck)).ok_or_else(|| {
-                    ScimError::invalid_value(format!(
+                match defs.iter().find(|d| d.name.eq_ignore_ascii_case(ck)) {
+                    Some(def) => {
+                        if let Err(e) = custom_value(&mut input, def, cv) {
+                            p.push(e.detail);
+                        }
+                    }
+                    None => p.push(format!(
                         "{CUSTOM_SCHEMA}:{ck} is not a declared custom attribute (declare it with POST /api/v1/attributes)"
-                    ))
-                })?;
-                custom_value(&mut input, def, cv)?;
+                    )),
+                }
             }
         } else if let Some(def) = defs.iter().find(|d| d.name.eq_ignore_ascii_case(key)) {
-            custom_value(&mut input, def, v)?;
+            if let Err(e) = custom_value(&mut input, def, v) {
+                p.push(e.detail);
+            }
         } else {
-            return Err(ScimError::invalid_value(format!(
-                "{key} is not an attribute this directory keeps (see /Schemas; declare a custom attribute to keep it)"
-            )));
+            p.push(format!("{key} is not an attribute this directory keeps (see /Schemas)"));
         }
     }
-    input.username =
-        username.filter(|u| !u.trim().is_empty()).ok_or_else(|| ScimError::invalid_value("userName is required"))?;
+    // The full name made of the given and family name is not stored: it follows them.
+    let made = |first: Option<&str>, last: Option<&str>| computed_formatted(first, last);
+    let shown_before = existing.and_then(|u| {
+        u.profile.formatted_name.clone().or_else(|| made(u.first_name.as_deref(), u.last_name.as_deref()))
+    });
+    let is_made = |f: &str| {
+        made(input.first_name.as_deref(), input.last_name.as_deref()).as_deref() == Some(f)
+            || (existing.is_some_and(|u| u.profile.formatted_name.is_none()) && shown_before.as_deref() == Some(f))
+    };
+    input.profile.formatted_name = formatted.filter(|f| !is_made(f));
+    match username.filter(|u| !u.trim().is_empty()) {
+        Some(u) => input.username = u,
+        None => p.push("userName is required"),
+    }
+    p.into_result()?;
     input.status = Some(status.unwrap_or(UserStatus::Active));
     Ok((input, external_id))
 }

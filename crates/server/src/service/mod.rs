@@ -363,6 +363,14 @@ impl Service {
         self.check_sourced_patch(&current, patch).await?;
         let doc = merge(to_doc(&UserInput::from_user(&current))?, patch, directory::user::READ_ONLY_USER_FIELDS)?;
         let mut input: UserInput = from_value(doc)?;
+        // `"email": null` removes the address standing for `emails` (an absent `email` would
+        // take it from the list); the same for `phone`.
+        if patch.get("email").is_some_and(Value::is_null) && !patch.contains_key("emails") {
+            input.set_email(None);
+        }
+        if patch.get("phone").is_some_and(Value::is_null) && !patch.contains_key("phone_numbers") {
+            input.set_phone(None);
+        }
         self.validate_user(&mut input, Some(id)).await?;
         let updated = current.updated(input, directory::now());
         Ok((current, updated))

@@ -218,7 +218,34 @@ impl Service {
         let (fields, source) = self.sourced_fields(user).await?;
         let Some(source) = source else { return Ok(()) };
         let current = to_doc(&directory::UserInput::from_user(user))?;
+        // Profile paths a source fills (`phone_numbers[type eq "mobile"].value`): compared by
+        // their value before and after, whatever else of the attribute changes.
+        let paths: Vec<(String, directory::UserPath)> = fields
+            .iter()
+            .filter_map(|f| match directory::UserPath::parse(f) {
+                Some(Ok(p)) if patch.contains_key(&p.attr) => Some((f.clone(), p)),
+                _ => None,
+            })
+            .collect();
+        if !paths.is_empty() {
+            let mut next = current.clone();
+            if let (Value::Object(doc), patch) = (&mut next, patch) {
+                for (k, v) in patch {
+                    doc.insert(k.clone(), v.clone());
+                }
+            }
+            if let Ok(next) = serde_json::from_value::<directory::UserInput>(next) {
+                for (field, path) in paths {
+                    if user.profile.get(&path) != next.profile.get(&path) {
+                        return Err(Error::SourceOwned { field, directory_source: source });
+                    }
+                }
+            }
+        }
         for (key, value) in patch {
+            if directory::UserPath::parse(key).is_some() {
+                continue;
+            }
             let touched: Vec<String> = if key == "attributes" {
                 match value {
                     Value::Object(map) => map.keys().map(|k| format!("attributes.{k}")).collect(),

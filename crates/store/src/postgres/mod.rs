@@ -316,7 +316,10 @@ impl PostgresStore {
             }
         };
         MIGRATOR.run(&pool).await.map_err(|e| backend(sqlx::Error::Migrate(Box::new(e))))?;
-        backfill_email_keys(&mut crate::sql::Conn(pool.acquire().await.map_err(backend)?)).await?;
+        let mut migrated = crate::sql::Conn(pool.acquire().await.map_err(backend)?);
+        backfill_email_keys(&mut migrated).await?;
+        backfill_profiles(&mut migrated).await?;
+        drop(migrated);
         let (wakeups, _) = broadcast::channel(64);
         let listener = if options.listen {
             // A pool of its own: the LISTEN connection is held for good, and must not take a

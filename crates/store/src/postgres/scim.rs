@@ -35,4 +35,20 @@ impl FilterDialect for Postgres {
         })
         .add(name);
     }
+
+    fn profile_text(member: &str) -> String {
+        format!("(users.profile ->> '{member}')")
+    }
+
+    fn profile_elements(member: &str) -> String {
+        format!("jsonb_array_elements(COALESCE(users.profile -> '{member}', '[]'::jsonb)) AS rel(value)")
+    }
+
+    fn element_text(member: &str) -> String {
+        format!("(rel.value ->> '{member}')")
+    }
+
+    fn element_flag(member: &str) -> String {
+        format!("COALESCE((rel.value ->> '{member}')::boolean, FALSE)")
+    }
 }

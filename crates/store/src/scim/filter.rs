@@ -55,6 +55,17 @@ pub enum UserField {
     Owner,
     /// The directory source the user was imported from (for scopes).
     SourceId,
+    /// A single-valued attribute of the profile, by its directory name (`nick_name`; see
+    /// `directory::profile::PROFILE_TEXTS`).
+    ProfileText(&'static str),
+    /// A sub-attribute of each value of a multi-valued profile attribute: `list` by its
+    /// directory name (`phone_numbers`), `sub` as stored (`value`, `type`, `display`,
+    /// `primary`, or an address part such as `postal_code`). A comparison holds when some
+    /// value satisfies it.
+    ProfileValue {
+        list: &'static str,
+        sub: &'static str,
+    },
     /// A declared custom attribute.
     Custom {
         name: String,

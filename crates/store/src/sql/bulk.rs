@@ -118,6 +118,7 @@ fn user_values(user: &User) -> Result<Vec<Arg>> {
         user.phone.clone().into(),
         user.employee_number.clone().into(),
         to_json(&user.attributes)?.into(),
+        to_json(&user.profile)?.into(),
         user.status.as_str().into(),
         user.source.as_str().into(),
         user.created_at.into(),

@@ -1,6 +1,7 @@
 //! The directory's rows, written once for both backends: column lists, row mappers, the audit
 //! entry every write records, and the user-row writes that several rooms of the store share.
 
+use directory::profile::{MultiValue, Profile, PROFILE_LISTS, PROFILE_TEXTS};
 use directory::{Actor, App, AuditAction, Role, User, UserStatus};
 use serde_json::Value;
 use uuid::Uuid;
@@ -9,7 +10,7 @@ use super::{q, to_json, Dialect, Exec, Query, RowGet, WriteTx};
 use crate::{Result, StoreError, TokenRecord};
 
 pub const USER_COLUMNS: &str = "id, username, email, first_name, last_name, display_name, title, \
-    department, manager_id, phone, employee_number, attributes, status, source, created_at, \
+    department, manager_id, phone, employee_number, attributes, profile, status, source, created_at, \
     updated_at, version";
 
 pub fn user_from_row(row: &impl RowGet) -> Result<User> {
@@ -25,6 +26,11 @@ pub fn user_from_row(row: &impl RowGet) -> Result<User> {
         manager_id: row.opt_id("manager_id")?,
         phone: row.opt_text("phone")?,
         employee_number: row.opt_text("employee_number")?,
+        // NULL: a row stored before profiles, not yet given one by `backfill_profiles`.
+        profile: match row.opt_json("profile")? {
+            Some(p) => p,
+            None => legacy_profile(row.opt_text("email")?, row.opt_text("phone")?),
+        },
         attributes: row.json("attributes")?,
         status: row.parsed("status", directory::UserStatus::parse)?,
         source: row.parsed("source", directory::UserSource::parse)?,
@@ -180,7 +186,7 @@ pub async fn insert_user_row<D: Dialect>(
     check_email(tx, user).await?;
     let sql = format!(
         "INSERT INTO users (username_key, email_key, scim_external_id, {USER_COLUMNS}) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?){}",
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?){}",
         if skip_taken { " ON CONFLICT DO NOTHING" } else { "" }
     );
     let done = tx
@@ -201,6 +207,7 @@ pub async fn insert_user_row<D: Dialect>(
                 .bind(user.phone.as_ref())
                 .bind(user.employee_number.as_ref())
                 .bind(to_json(&user.attributes)?)
+                .bind(to_json(&user.profile)?)
                 .bind(user.status.as_str())
                 .bind(user.source.as_str())
                 .bind(user.created_at)
@@ -217,7 +224,7 @@ pub async fn insert_user_row<D: Dialect>(
 pub fn update_user_set(user: &User) -> Result<Query> {
     Ok(q("UPDATE users SET username = ?, username_key = ?, email = ?, email_key = ?, first_name = ?, last_name = ?, \
           display_name = ?, title = ?, department = ?, manager_id = ?, phone = ?, employee_number = ?, \
-          attributes = ?, status = ?, updated_at = ?, version = ?")
+          attributes = ?, profile = ?, status = ?, updated_at = ?, version = ?")
     .bind(&user.username)
     .bind(User::username_key(&user.username))
     .bind(user.email.as_ref())
@@ -231,6 +238,7 @@ pub fn update_user_set(user: &User) -> Result<Query> {
     .bind(user.phone.as_ref())
     .bind(user.employee_number.as_ref())
     .bind(to_json(&user.attributes)?)
+    .bind(to_json(&user.profile)?)
     .bind(user.status.as_str())
     .bind(user.updated_at)
     .bind(user.version))
@@ -294,4 +302,82 @@ pub async fn backfill_email_keys<D: Dialect>(c: &mut impl Exec<D>) -> Result<()>
                 .await?;
         }
     }
+}
+
+/// The profile of a row stored before profiles: its e-mail address and phone number as
+/// primary work values.
+pub fn legacy_profile(email: Option<String>, phone: Option<String>) -> Profile {
+    Profile {
+        emails: email.map(MultiValue::work).into_iter().collect(),
+        phone_numbers: phone.map(MultiValue::work).into_iter().collect(),
+        ..Profile::default()
+    }
+}
+
+/// Moves custom attributes named like a profile attribute into the profile: a text, number,
+/// date or boolean into a single-valued one, a list of strings into a multi-valued one.
+/// Returns whether anything moved; values of other shapes stay custom attributes.
+pub fn absorb_custom_attributes(profile: &mut Profile, attributes: &mut serde_json::Map<String, Value>) -> bool {
+    let mut moved = false;
+    for (name, _, _) in PROFILE_TEXTS {
+        let text = match attributes.get(name) {
+            Some(Value::String(s)) => s.trim().to_owned(),
+            Some(v @ (Value::Number(_) | Value::Bool(_))) => v.to_string(),
+            _ => continue,
+        };
+        if let Some(slot) = profile.text_mut(name) {
+            *slot = Some(text).filter(|t| !t.is_empty());
+            attributes.remove(name);
+            moved = true;
+        }
+    }
+    for (name, _) in PROFILE_LISTS {
+        let Some(Value::Array(items)) = attributes.get(name) else { continue };
+        let Some(values) = items.iter().map(|i| i.as_str().map(str::to_owned)).collect::<Option<Vec<_>>>() else {
+            continue;
+        };
+        if let Some(list) = profile.list_mut(name) {
+            for v in values.into_iter().filter(|v| !v.trim().is_empty()) {
+                if !list.iter().any(|x| x.value.eq_ignore_ascii_case(&v)) {
+                    list.push(MultiValue { value: v, ..MultiValue::default() });
+                }
+            }
+            attributes.remove(name);
+            moved = true;
+        }
+    }
+    moved
+}
+
+/// Gives the rows stored before profiles their profile (see migration 0019), and retires the
+/// custom attribute definitions that became profile attributes. Idempotent: every process that
+/// opens the store runs it; a row is done when its profile is set.
+pub async fn backfill_profiles<D: Dialect>(c: &mut impl Exec<D>) -> Result<()> {
+    loop {
+        let rows = c.all(q("SELECT id, email, phone, attributes FROM users WHERE profile IS NULL LIMIT 500")).await?;
+        if rows.is_empty() {
+            break;
+        }
+        for row in &rows {
+            let mut profile = legacy_profile(row.opt_text("email")?, row.opt_text("phone")?);
+            let mut attributes: serde_json::Map<String, Value> = row.json("attributes")?;
+            absorb_custom_attributes(&mut profile, &mut attributes);
+            c.run(
+                q("UPDATE users SET profile = ?, attributes = ? WHERE id = ?")
+                    .bind(to_json(&profile)?)
+                    .bind(to_json(&attributes)?)
+                    .bind(row.id("id")?),
+            )
+            .await?;
+        }
+    }
+    let single = PROFILE_TEXTS.iter().map(|(n, _, _)| *n);
+    let lists = PROFILE_LISTS.iter().map(|(n, _)| *n).filter(|n| *n != "addresses");
+    for name in single {
+        c.run(q("DELETE FROM attribute_defs WHERE name = ? AND kind <> 'string_list'").bind(name)).await?;
+    }
+    for name in lists {
+        c.run(q("DELETE FROM attribute_defs WHERE name = ? AND kind = 'string_list'").bind(name)).await?;
+    }
+    Ok(())
 }

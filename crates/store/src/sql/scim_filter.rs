@@ -32,6 +32,15 @@ pub trait FilterDialect: Dialect {
     fn text_match(op: CompareOp) -> (&'static str, &'static str);
     /// The custom attribute `name` of `users.attributes`, read as `read` says.
     fn json(q: &mut Query, name: &str, read: JsonRead);
+    /// A text member of the profile document (`users.profile`); `member` comes from this code.
+    fn profile_text(member: &str) -> String;
+    /// A `FROM` item over the array `member` of the profile document, each element as
+    /// `rel.value` (no row when missing).
+    fn profile_elements(member: &str) -> String;
+    /// A text member of an element `rel.value` of [`FilterDialect::profile_elements`].
+    fn element_text(member: &str) -> String;
+    /// A boolean member of an element `rel.value`, false when missing.
+    fn element_flag(member: &str) -> String;
 }
 
 /// How [`FilterDialect::json`] reads a custom attribute.
@@ -70,6 +79,8 @@ enum Relation {
     UserGroups,
     GroupMembers,
     UserSources,
+    /// The values of a multi-valued profile attribute.
+    Profile(&'static str),
 }
 
 struct FieldSql {
@@ -103,9 +114,13 @@ impl SqlField for UserField {
             Self::Email => text("users.email", false),
             Self::GivenName => text("users.first_name", false),
             Self::FamilyName => text("users.last_name", false),
-            Self::Formatted => {
-                text("TRIM(COALESCE(users.first_name, '') || ' ' || COALESCE(users.last_name, ''))", false)
-            }
+            Self::Formatted => text(
+                &format!(
+                    "COALESCE({}, TRIM(COALESCE(users.first_name, '') || ' ' || COALESCE(users.last_name, '')))",
+                    D::profile_text("formatted_name")
+                ),
+                false,
+            ),
             Self::DisplayName => text("users.display_name", false),
             Self::Title => text("users.title", false),
             Self::Department => text("users.department", false),
@@ -131,6 +146,17 @@ impl SqlField for UserField {
                 expr: D::id_text("rel.source_id"),
                 kind: Kind::Text { case_exact: true },
                 relation: Some(Relation::UserSources),
+            }),
+            Self::ProfileText(member) => text(&D::profile_text(member), false),
+            Self::ProfileValue { list, sub: "primary" } => FieldSqlPub(FieldSql {
+                expr: D::element_flag("primary"),
+                kind: Kind::Flag,
+                relation: Some(Relation::Profile(list)),
+            }),
+            Self::ProfileValue { list, sub } => FieldSqlPub(FieldSql {
+                expr: D::element_text(sub),
+                kind: Kind::Text { case_exact: *list == "x509_certificates" && *sub == "value" },
+                relation: Some(Relation::Profile(list)),
             }),
             Self::Custom { name, kind } => {
                 FieldSqlPub(FieldSql { expr: String::new(), kind: Kind::Json(name.clone(), *kind), relation: None })
@@ -163,11 +189,12 @@ impl SqlField for GroupField {
     }
 }
 
-fn relation_from(rel: Relation) -> &'static str {
+fn relation_from<D: FilterDialect>(rel: Relation) -> String {
     match rel {
-        Relation::UserGroups => "SELECT 1 FROM role_users rel WHERE rel.user_id = users.id",
-        Relation::GroupMembers => "SELECT 1 FROM role_users rel WHERE rel.role_id = roles.id",
-        Relation::UserSources => "SELECT 1 FROM source_links rel WHERE rel.user_id = users.id",
+        Relation::UserGroups => "SELECT 1 FROM role_users rel WHERE rel.user_id = users.id".into(),
+        Relation::GroupMembers => "SELECT 1 FROM role_users rel WHERE rel.role_id = roles.id".into(),
+        Relation::UserSources => "SELECT 1 FROM source_links rel WHERE rel.user_id = users.id".into(),
+        Relation::Profile(list) => format!("SELECT 1 FROM {} WHERE 1 = 1", D::profile_elements(list)),
     }
 }
 
@@ -432,7 +459,7 @@ fn render<D: FilterDialect, F: SqlField>(
             if inside.is_some() {
                 return Err(bad("value filters cannot nest"));
             }
-            q.push(format!("EXISTS ({} AND (", relation_from(rel)));
+            q.push(format!("EXISTS ({} AND (", relation_from::<D>(rel)));
             render::<D, F>(q, inner, Some(rel), depth + 1)?;
             q.push("))");
         }
@@ -440,7 +467,7 @@ fn render<D: FilterDialect, F: SqlField>(
             let FieldSqlPub(fs) = field.sql::<D>();
             let wrap = match (fs.relation, inside) {
                 (Some(rel), None) => {
-                    q.push(format!("EXISTS ({} AND ", relation_from(rel)));
+                    q.push(format!("EXISTS ({} AND ", relation_from::<D>(rel)));
                     true
                 }
                 (Some(rel), Some(i)) if rel != i => return Err(bad("a value filter mixes attributes")),

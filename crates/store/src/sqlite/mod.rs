@@ -67,7 +67,10 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         MIGRATOR.run(&writer).await.map_err(|e| backend(sqlx::Error::Migrate(Box::new(e))))?;
-        backfill_email_keys(&mut crate::sql::Conn(writer.acquire().await.map_err(backend)?)).await?;
+        let mut migrated = crate::sql::Conn(writer.acquire().await.map_err(backend)?);
+        backfill_email_keys(&mut migrated).await?;
+        backfill_profiles(&mut migrated).await?;
+        drop(migrated);
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .test_before_acquire(false)

@@ -30,4 +30,20 @@ impl FilterDialect for Sqlite {
         })
         .add(format!("$.{name}"));
     }
+
+    fn profile_text(member: &str) -> String {
+        format!("json_extract(users.profile, '$.{member}')")
+    }
+
+    fn profile_elements(member: &str) -> String {
+        format!("json_each(users.profile, '$.{member}') rel")
+    }
+
+    fn element_text(member: &str) -> String {
+        format!("json_extract(rel.value, '$.{member}')")
+    }
+
+    fn element_flag(member: &str) -> String {
+        format!("COALESCE(json_extract(rel.value, '$.{member}'), 0)")
+    }
 }

@@ -42,7 +42,7 @@ async fn last_seq(s: &dyn Store) -> i64 {
 
 pub async fn user_round_trip_records_change_and_audit(s: Arc<dyn Store>) {
     let mut u = user("Ada");
-    u.attributes.insert("cost_center".into(), json!("R&D"));
+    u.attributes.insert("cost_code".into(), json!("R&D"));
     s.create_user(&u, &actor()).await.unwrap();
     assert_eq!(s.get_user(u.id).await.unwrap(), Some(u.clone()));
     let changes = s.changes_after(0, 100).await.unwrap();
@@ -216,7 +216,7 @@ pub async fn app_credentials_are_kept_apart(s: Arc<dyn Store>) {
 
 pub async fn attribute_definitions(s: Arc<dyn Store>) {
     let mut input = AttributeDefInput {
-        name: "cost_center".into(),
+        name: "cost_code".into(),
         kind: AttributeType::String,
         description: Some("Finance code".into()),
     };

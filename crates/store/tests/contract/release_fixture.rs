@@ -96,21 +96,22 @@ async fn release_data_is_all_there_and_works(s: Arc<dyn Store>) {
     assert_eq!(ada.manager_id, Some(grace.id));
     assert_eq!(ada.title.as_deref(), Some("Principal Engineer"));
     assert_eq!((ada.phone.as_deref(), ada.employee_number.as_deref()), (Some("+44 20 7946 0000"), Some("E-1815")));
+    // Profiles came after that release: the e-mail address and phone number became primary
+    // work values, and the custom attribute named like a profile attribute became it.
     assert_eq!(
         serde_json::Value::Object(ada.attributes.clone()),
-        json!({"cost_center": "R&D", "start_date": "2024-02-29", "badge_number": 8, "remote": true,
-               "skills": ["rust", "math"]})
+        json!({"start_date": "2024-02-29", "badge_number": 8, "remote": true, "skills": ["rust", "math"]})
     );
+    assert_eq!(ada.profile.cost_center.as_deref(), Some("R&D"));
+    assert_eq!(ada.profile.emails, vec![directory::MultiValue::work(ada.email.clone().unwrap())]);
+    assert_eq!(ada.profile.phone_numbers, vec![directory::MultiValue::work("+44 20 7946 0000")]);
     assert!(ada.version >= 2, "ada was updated once: {ada:?}");
     assert_eq!(named(&live, "margaret").status, UserStatus::Suspended);
     assert_eq!(named(&live, "zoë").last_name.as_deref(), Some("Ørsted"));
     assert_eq!(s.get_user(ada.id).await.unwrap().as_ref(), Some(ada));
     assert_eq!(s.users_by_email("ADA@example.com").await.unwrap(), vec![ada.clone()]);
     let defs = s.list_attribute_defs().await.unwrap();
-    assert_eq!(
-        names(&defs, |d| &d.name),
-        ["badge_number", "cost_center", "remote", "skills", "start_date"].map(String::from).into()
-    );
+    assert_eq!(names(&defs, |d| &d.name), ["badge_number", "remote", "skills", "start_date"].map(String::from).into());
 
     // Roles, their members and the apps they grant.
     let roles = s.list_roles(&everything).await.unwrap().items;

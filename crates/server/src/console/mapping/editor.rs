@@ -187,8 +187,35 @@ pub(super) async fn attribute_names(state: &AppState) -> Result<Vec<(String, Str
         "created_at",
         "updated_at",
     ];
-    let mut out: Vec<(String, String)> =
-        ORDER.iter().filter(|n| known_attribute(n, &[])).map(|n| ((*n).to_owned(), (*n).to_owned())).collect();
+    /// Profile attributes and the values IdPs and directories most often fill.
+    const PROFILE: [&str; 20] = [
+        "middle_name",
+        "nick_name",
+        "preferred_language",
+        "locale",
+        "timezone",
+        "user_type",
+        "cost_center",
+        "organization",
+        "division",
+        "emails[type eq \"home\"].value",
+        "phone_numbers[type eq \"work\"].value",
+        "phone_numbers[type eq \"mobile\"].value",
+        "phone_numbers[type eq \"fax\"].value",
+        "addresses[type eq \"work\"].formatted",
+        "addresses[type eq \"work\"].street_address",
+        "addresses[type eq \"work\"].locality",
+        "addresses[type eq \"work\"].region",
+        "addresses[type eq \"work\"].postal_code",
+        "addresses[type eq \"work\"].country",
+        "entitlements",
+    ];
+    let mut out: Vec<(String, String)> = ORDER
+        .iter()
+        .chain(PROFILE.iter())
+        .filter(|n| known_attribute(n, &[]))
+        .map(|n| ((*n).to_owned(), (*n).to_owned()))
+        .collect();
     for d in state.service.list_attributes().await? {
         out.push((d.name.clone(), format!("{} (custom)", d.name)));
     }
