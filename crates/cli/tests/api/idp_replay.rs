@@ -622,3 +622,61 @@ async fn identity_providers_documented_requests(backend: Backend) {
 }
 
 crate::on_both_backends!(identity_providers_documented_requests);
+
+/// The replay's own reading of PATCH requests and of answers.
+#[test]
+fn claims_are_read_as_the_rfc_means_them() {
+    assert_eq!(
+        parse_path(r#"emails[type eq "work"].value"#),
+        [Seg::Attr("emails".into()), Seg::Elem { by: "type", eq: "work".into() }, Seg::Attr("value".into())]
+    );
+    assert_eq!(
+        parse_path(&format!("{ENTERPRISE}:employeeNumber")),
+        [Seg::Attr(ENTERPRISE.into()), Seg::Attr("employeeNumber".into())]
+    );
+    assert_eq!(parse_path("manager"), [Seg::Attr(ENTERPRISE.into()), Seg::Attr("manager".into())]);
+    assert_eq!(parse_path(&format!("{CORE_USER}:name.givenName")), parse_path("name.givenName"));
+    // Entra's shapes: the manager in an array with $ref, dotted keys in a path-less replace.
+    let c = patch_claims(&json!({"Operations": [
+        {"op": "Replace", "path": "manager", "value": [{"$ref": null, "value": "m1"}]},
+        {"op": "replace", "value": {"name.givenName": "Kkom", format!("{ENTERPRISE}:employeeNumber"): "Aklq", "id": "x"}},
+        {"op": "Remove", "path": "members", "value": [{"value": "u1"}]},
+        {"op": "replace", "path": "password", "value": "secret"},
+    ]}));
+    let keys: Vec<String> = c.values.iter().map(Claim::describe).collect();
+    let ent_key = ENTERPRISE.to_lowercase();
+    assert_eq!(
+        keys,
+        [
+            format!("{ent_key}.manager.value = \"m1\""),
+            "name.givenname = \"Kkom\"".to_owned(),
+            format!("{ent_key}.employeenumber = \"Aklq\""),
+            "members[value eq \"u1\"] absent".to_owned(),
+        ]
+    );
+    assert_eq!(c.password.as_deref(), Some("secret"));
+    // A PUT replaces what was expected, except the password (Okta's PUT never carries it).
+    let mut exp = Expected::default();
+    let mut create = Claims::default();
+    body_claims(&[], &json!({"userName": "a", "locale": "en-US", "password": "pw"}), &mut create);
+    exp.apply(&create);
+    let mut put = Claims { replaces: true, ..Claims::default() };
+    body_claims(&[], &json!({"userName": "a", "emails": [{"type": "work", "value": "a@x"}]}), &mut put);
+    exp.apply(&put);
+    assert_eq!(
+        exp.values.keys().collect::<Vec<_>>(),
+        ["emails[type eq \"work\"].type", "emails[type eq \"work\"].value", "username"]
+    );
+    assert_eq!(exp.password.as_deref(), Some("pw"));
+    // Answers: attribute names without case, the element by its type without case, "False".
+    let got = json!({"UserName": "a", "emails": [{"type": "Work", "value": "a@x"}], "active": false});
+    let want = [
+        Claim { path: parse_path("userName"), want: Want::Is(json!("a")) },
+        Claim { path: parse_path(r#"emails[type eq "work"].value"#), want: Want::Is(json!("a@x")) },
+        Claim { path: parse_path("active"), want: Want::Is(json!("False")) },
+        Claim { path: parse_path("nickName"), want: Want::Absent },
+    ];
+    assert!(unkept(&got, &want.iter().collect::<Vec<_>>()).is_empty());
+    let lost = unkept(&got, &[&Claim { path: parse_path("title"), want: Want::Is(json!("x")) }]);
+    assert_eq!(lost, ["title = \"x\" (got nothing)"]);
+}
