@@ -42,6 +42,7 @@ mod engine;
 mod engine_faults;
 mod guard;
 mod identity;
+mod idp_replay;
 mod ldap;
 mod mapping;
 mod openapi;
