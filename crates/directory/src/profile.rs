@@ -132,9 +132,7 @@ impl Address {
         if let Some(k) = &self.kind {
             o.insert("type".into(), json!(k));
         }
-        if self.primary {
-            o.insert("primary".into(), json!(true));
-        }
+        o.insert("primary".into(), json!(self.primary));
         Value::Object(o)
     }
 }

@@ -147,8 +147,18 @@ peg::parser! {
             = p:path() sp() kw("pr") !['a'..='z' | 'A'..='Z'] { Filter::Present(p) }
             / p:path() sp() o:op() sp() v:value() { Filter::Compare(p, o, v) }
 
+        rule sub_attr() -> AttrPath
+            = t:$(['a'..='z' | 'A'..='Z'] ['a'..='z' | 'A'..='Z' | '0'..='9' | '_' | '-' | '$']*)
+              { AttrPath { uri: None, attr: t.to_owned(), sub: None } }
+
+        // `emails[type eq "work"].value eq "x"` (Entra's shape, beyond RFC 7644's grammar):
+        // the same as `emails[type eq "work" and value eq "x"]`.
         rule value_path() -> Filter
-            = p:path() osp() "[" osp() f:or() osp() "]" { Filter::ValuePath(p, Box::new(f)) }
+            = p:path() osp() "[" osp() f:or() osp() "]" "." s:sub_attr() sp() kw("pr") !['a'..='z' | 'A'..='Z']
+              { Filter::ValuePath(p, Box::new(Filter::And(Box::new(f), Box::new(Filter::Present(s))))) }
+            / p:path() osp() "[" osp() f:or() osp() "]" "." s:sub_attr() sp() o:op() sp() v:value()
+              { Filter::ValuePath(p, Box::new(Filter::And(Box::new(f), Box::new(Filter::Compare(s, o, v))))) }
+            / p:path() osp() "[" osp() f:or() osp() "]" { Filter::ValuePath(p, Box::new(f)) }
 
         rule atom() -> Filter
             = kw("not") osp() "(" osp() f:or() osp() ")" { Filter::Not(Box::new(f)) }

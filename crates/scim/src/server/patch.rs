@@ -287,6 +287,17 @@ fn same_item(a: &Value, b: &Value) -> bool {
 
 /// Sets sub-attributes of a complex value from an object (the value of an add or replace).
 fn merge_into(target: &mut Map<String, Value>, value: &Value, attr: &Attribute) -> Result<(), ScimError> {
+    // Leniency (Entra): a single complex attribute given as its bare value (`"manager": "id"`)
+    // or as a list of one object (its older `[{"$ref": null, "value": "id"}]`).
+    let bare;
+    let value = match value {
+        Value::String(_) if !attr.multi_valued && attr.sub("value").is_some() => {
+            bare = serde_json::json!({ "value": value });
+            &bare
+        }
+        Value::Array(a) if !attr.multi_valued && a.len() == 1 && a[0].is_object() => &a[0],
+        other => other,
+    };
     let Value::Object(v) = value else {
         return Err(ScimError::invalid_value(format!("{} takes an object", attr.name)));
     };

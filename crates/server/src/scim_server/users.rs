@@ -79,9 +79,8 @@ fn values_json(list: &[MultiValue]) -> Value {
                 if let Some(t) = &v.kind {
                     o.insert("type".into(), json!(t));
                 }
-                if v.primary {
-                    o.insert("primary".into(), json!(true));
-                }
+                // Always said, so that a client that sent `false` reads it back.
+                o.insert("primary".into(), json!(v.primary));
                 if let Some(d) = &v.display {
                     o.insert("display".into(), json!(d));
                 }
@@ -485,16 +484,7 @@ pub(crate) fn from_json(
             p.push(format!("{key} is not an attribute this directory keeps (see /Schemas)"));
         }
     }
-    // The full name made of the given and family name is not stored: it follows them.
-    let made = |first: Option<&str>, last: Option<&str>| computed_formatted(first, last);
-    let shown_before = existing.and_then(|u| {
-        u.profile.formatted_name.clone().or_else(|| made(u.first_name.as_deref(), u.last_name.as_deref()))
-    });
-    let is_made = |f: &str| {
-        made(input.first_name.as_deref(), input.last_name.as_deref()).as_deref() == Some(f)
-            || (existing.is_some_and(|u| u.profile.formatted_name.is_none()) && shown_before.as_deref() == Some(f))
-    };
-    input.profile.formatted_name = formatted.filter(|f| !is_made(f));
+    input.profile.formatted_name = formatted;
     match username.filter(|u| !u.trim().is_empty()) {
         Some(u) => input.username = u,
         None => p.push("userName is required"),
@@ -741,6 +731,12 @@ pub(crate) async fn patch(
         let current = load(&state, &client, &id).await?;
         check_if_match(&headers, current.user.version)?;
         let mut doc = resource(&state, &client, &current, &defs, &base, false).await?;
+        if current.user.profile.formatted_name.is_none() {
+            // The full name shown is made of the parts; only one the client sends is kept.
+            if let Some(Value::Object(name)) = doc.get_mut("name") {
+                name.remove("formatted");
+            }
+        }
         patch::apply(&mut doc, &ops, &rs)?;
         let (mut input, external_id) = from_json(&doc, Some(&current.user), &defs)?;
         validate(&state, &client, &mut input, Some(&current.user)).await?;
