@@ -480,9 +480,18 @@ fn normalize_addresses(errors: &mut ValidationErrors, list: &mut Vec<Address>) {
     for (i, a) in list.iter().enumerate() {
         check_opt_text(errors, &format!("addresses[{i}].type"), &a.kind, 64);
         for (part, _) in ADDRESS_PARTS {
-            let max = if part == "formatted" || part == "street_address" { 1024 } else { 256 };
-            if let Some(v) = a.part(part) {
-                check_opt_text(errors, &format!("addresses[{i}].{part}"), v, max);
+            let field = format!("addresses[{i}].{part}");
+            match (part, a.part(part)) {
+                // Printed addresses and streets run over several lines.
+                ("formatted" | "street_address", Some(Some(v))) => {
+                    if v.chars().count() > 1024 {
+                        errors.push(field, "must be at most 1024 characters");
+                    } else if v.chars().any(|c| c.is_control() && c != '\n' && c != '\r') {
+                        errors.push(field, "must not contain control characters other than line breaks");
+                    }
+                }
+                (_, Some(v)) => check_opt_text(errors, &field, v, 256),
+                (_, None) => {}
             }
         }
     }

@@ -154,19 +154,35 @@ async fn a_source_scoped_client_sees_that_sources_users_only() {
     let audited = refusals(&s, &imported.id.to_string()).await;
     assert_eq!(audited.len(), 1, "{audited:#?}");
     assert!(audited[0]["after"]["reason"].as_str().unwrap().contains("Corp"), "{audited:#?}");
+    // A field the source does not fill stays the client's to change.
     let phone = s
         .call_with(
             Method::PATCH,
             &path,
             Some(ops(
-                json!([{"op": "add", "path": "phoneNumbers", "value": [{"type": "work", "value": "+1 555 0100"}]}]),
+                json!([{"op": "add", "path": "phoneNumbers", "value": [{"type": "home", "value": "+1 555 0100"}]}]),
             )),
             Some(token),
             &[],
         )
         .await;
     assert_eq!(phone.status, StatusCode::OK, "{phone:#?}");
-    assert_eq!(s.get(&format!("/api/v1/users/{}", imported.id)).await.body["phone"], "+1 555 0100");
+    let stored = s.get(&format!("/api/v1/users/{}", imported.id)).await.body;
+    assert_eq!(stored["phone_numbers"][0]["value"], "+1 555 0100", "{stored:#}");
+    // ... but not a value the source fills (its work number, from telephoneNumber).
+    let work = s
+        .call_with(
+            Method::PATCH,
+            &path,
+            Some(ops(
+                json!([{"op": "add", "path": "phoneNumbers", "value": [{"type": "work", "value": "+1 555 0199"}]}]),
+            )),
+            Some(token),
+            &[],
+        )
+        .await;
+    assert_eq!(work.status, StatusCode::BAD_REQUEST, "{work:#?}");
+    assert!(work.body["detail"].as_str().unwrap().contains("phoneNumbers[type eq \"work\"].value"), "{work:#?}");
     let same = s.call_with(Method::PUT, &path, Some(phone.body.clone()), Some(token), &[]).await;
     assert_eq!(same.status, StatusCode::OK, "{same:#?}");
 }

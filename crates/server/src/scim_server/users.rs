@@ -243,14 +243,6 @@ impl Problems {
             }
         }
     }
-
-    fn into_result(self) -> Result<(), ScimError> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(ScimError::invalid_value(self.0.join("; ")))
-        }
-    }
 }
 
 /// The items of a multi-valued attribute (a single object is read as a list of one).
@@ -356,15 +348,18 @@ fn manager_id(v: &Value, problems: &mut Problems) -> Option<Uuid> {
     }
 }
 
+/// A SCIM User as read: the directory's writable fields, the `externalId`, and what could
+/// not be read (reported with the directory's own checks, so that one answer names them all).
+pub(crate) struct Read {
+    pub input: UserInput,
+    pub external_id: Option<String>,
+    problems: Vec<String>,
+}
+
 /// Reads a SCIM User into the directory's writable fields and the `externalId`. Unknown
 /// attributes are refused, except a top-level one named like a declared custom attribute,
-/// which is stored as that custom attribute. Read-only attributes are ignored. Every problem
-/// is named in one answer.
-pub(crate) fn from_json(
-    body: &Value,
-    existing: Option<&User>,
-    defs: &[AttributeDef],
-) -> Result<(UserInput, Option<String>), ScimError> {
+/// which is stored as that custom attribute. Read-only attributes are ignored.
+pub(crate) fn from_json(body: &Value, existing: Option<&User>, defs: &[AttributeDef]) -> Result<Read, ScimError> {
     let Value::Object(o) = body else { return Err(ScimError::invalid_syntax("a User must be a JSON object")) };
     let mut p = Problems::default();
     let mut input = UserInput::default();
@@ -489,9 +484,8 @@ pub(crate) fn from_json(
         Some(u) => input.username = u,
         None => p.push("userName is required"),
     }
-    p.into_result()?;
     input.status = Some(status.unwrap_or(UserStatus::Active));
-    Ok((input, external_id))
+    Ok(Read { input, external_id, problems: p.0 })
 }
 
 /// A custom attribute's value, converted leniently from what clients send (`"True"`, `"42"`).
@@ -551,7 +545,8 @@ async fn load(state: &ScimState, client: &Client, id: &str) -> ScimResult<ScimUs
 /// admin API) and the client's scope. `current` is the
 /// stored user a PUT or PATCH changes. A manager the client cannot see may stay where an admin
 /// put it, but a client cannot name one: to the client it does not exist.
-async fn validate(state: &ScimState, client: &Client, input: &mut UserInput, current: Option<&User>) -> ScimResult<()> {
+async fn validate(state: &ScimState, client: &Client, read: &mut Read, current: Option<&User>) -> ScimResult<()> {
+    let input = &mut read.input;
     let mut check_manager = true;
     let mut scope_errors = ValidationErrors::default();
     if let Some(manager) = input.manager_id {
@@ -566,7 +561,21 @@ async fn validate(state: &ScimState, client: &Client, input: &mut UserInput, cur
     }
     let mut errors = state.service().user_problems(input, current.map(|u| u.id), check_manager).await?;
     errors.0.extend(scope_errors.0);
-    errors.into_result().map_err(|e| Fail(validation(e), None))
+    if read.problems.is_empty() {
+        return errors.into_result().map_err(|e| Fail(validation(e), None));
+    }
+    // What could not be read, then what the directory refuses of the rest (a missing userName
+    // is said once).
+    let mut all = std::mem::take(&mut read.problems);
+    let unnamed = all.iter().any(|p| p.starts_with("userName"));
+    all.extend(
+        errors
+            .0
+            .iter()
+            .filter(|e| !(unnamed && e.field == "username"))
+            .map(|e| format!("{}: {}", directory_field(&e.field), e.reason)),
+    );
+    Err(ScimError::invalid_value(all.join("; ")).into())
 }
 
 fn query_params(raw: &Option<String>) -> ScimResult<Search> {
@@ -665,8 +674,9 @@ pub(crate) async fn create(
     ScimBody(body): ScimBody,
 ) -> ScimResult {
     let defs = state.store().list_attribute_defs().await?;
-    let (mut input, external_id) = from_json(&body, None, &defs)?;
-    validate(&state, &client, &mut input, None).await?;
+    let mut read = from_json(&body, None, &defs)?;
+    validate(&state, &client, &mut read, None).await?;
+    let Read { input, external_id, .. } = read;
     let su =
         ScimUser { user: User::new(input, UserSource::Scim, directory::now()), external_id, owner: Some(client.id) };
     state.service().save_scim_user(&client.actor, &su, None).await?;
@@ -709,8 +719,9 @@ pub(crate) async fn replace(
         }
     }
     let defs = state.store().list_attribute_defs().await?;
-    let (mut input, external_id) = from_json(&body, Some(&current.user), &defs)?;
-    validate(&state, &client, &mut input, Some(&current.user)).await?;
+    let mut read = from_json(&body, Some(&current.user), &defs)?;
+    validate(&state, &client, &mut read, Some(&current.user)).await?;
+    let Read { input, external_id, .. } = read;
     let su = save(&state, &client, &current, input, external_id).await?;
     answer(&state, &client, &headers, &su, StatusCode::OK, &q).await
 }
@@ -738,8 +749,9 @@ pub(crate) async fn patch(
             }
         }
         patch::apply(&mut doc, &ops, &rs)?;
-        let (mut input, external_id) = from_json(&doc, Some(&current.user), &defs)?;
-        validate(&state, &client, &mut input, Some(&current.user)).await?;
+        let mut read = from_json(&doc, Some(&current.user), &defs)?;
+        validate(&state, &client, &mut read, Some(&current.user)).await?;
+        let Read { input, external_id, .. } = read;
         if input == UserInput::from_user(&current.user) && external_id == current.external_id {
             return Ok(current);
         }
