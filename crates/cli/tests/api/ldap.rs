@@ -134,8 +134,12 @@ async fn openldap_full_import_groups_guard_and_read_only_fields(backend: Backend
     let refused = s.patch(&format!("/api/v1/users/{id}"), json!({"email": "other@example.com"})).await;
     assert!(refused.problem_field(409, "email").contains("Corp LDAP"), "{refused:#?}");
     assert_eq!(s.get(&format!("/api/v1/users/{id}")).await.body["email"], "p001@example.com");
-    let ok = s.patch(&format!("/api/v1/users/{id}"), json!({"phone": "+1 555 0100"})).await;
+    let ok = s.patch(&format!("/api/v1/users/{id}"), json!({"nick_name": "Pat"})).await;
     assert_eq!(ok.status, StatusCode::OK, "{ok:#?}");
+    // The work number is the source's (telephoneNumber, mapped by default), even when the
+    // person has none yet.
+    let work = s.patch(&format!("/api/v1/users/{id}"), json!({"phone": "+1 555 0199"})).await;
+    assert!(work.problem_field(409, "phone_numbers[type eq \"work\"].value").contains("Corp LDAP"), "{work:#?}");
 
     // A second full sync changes nothing.
     let again = sync(&s, &source, "full").await;

@@ -46,6 +46,7 @@ mod idp_replay;
 mod ldap;
 mod mapping;
 mod openapi;
+mod profile;
 mod quarantine;
 mod saml;
 mod scim_server;

@@ -42,9 +42,15 @@ fn flatten(out: &mut Vec<Attribute>, name: String, v: &Value) {
             }
         }
         Value::Array(items) => {
-            // Multi-valued: scalars as they are, complex values by their `value`.
+            // Multi-valued: scalars as they are, complex values by their `value`; values
+            // without one (addresses) by each part (`addresses.locality`).
             let values = items.iter().filter_map(|i| scalar(i).or_else(|| i.get("value").and_then(scalar))).collect();
-            push(out, name, values);
+            push(out, name.clone(), values);
+            for item in items.iter().filter_map(Value::as_object).filter(|o| !o.contains_key("value")) {
+                for (k, part) in item.iter().filter(|(k, _)| !matches!(k.as_str(), "type" | "primary")) {
+                    push(out, format!("{name}.{k}"), scalar(part).into_iter().collect());
+                }
+            }
         }
         Value::Null => {}
         other => push(out, name, scalar(other).into_iter().collect()),
@@ -123,5 +129,9 @@ mod tests {
         );
         assert_eq!(get("groups"), Some(vec!["Sales and Marketing".to_owned(), "All".to_owned()]));
         assert_eq!(get("active"), None);
+        let a = attributes(&json!({"addresses": [{"type": "work", "locality": "Redmond", "postalCode": "98052"}]}));
+        let get = |n: &str| a.iter().find(|x| x.name == n).map(|x| x.values.clone());
+        assert_eq!(get("addresses.locality"), Some(vec!["Redmond".to_owned()]));
+        assert_eq!(get("addresses.type"), None);
     }
 }

@@ -223,7 +223,13 @@ impl Service {
         let paths: Vec<(String, directory::UserPath)> = fields
             .iter()
             .filter_map(|f| match directory::UserPath::parse(f) {
-                Some(Ok(p)) if patch.contains_key(&p.attr) => Some((f.clone(), p)),
+                Some(Ok(p))
+                    if patch.contains_key(&p.attr)
+                        || (p.attr == "emails" && patch.contains_key("email"))
+                        || (p.attr == "phone_numbers" && patch.contains_key("phone")) =>
+                {
+                    Some((f.clone(), p))
+                }
                 _ => None,
             })
             .collect();
@@ -234,7 +240,17 @@ impl Service {
                     doc.insert(k.clone(), v.clone());
                 }
             }
-            if let Ok(next) = serde_json::from_value::<directory::UserInput>(next) {
+            if let Ok(mut next) = serde_json::from_value::<directory::UserInput>(next) {
+                // `email` and `phone` set the values standing for their lists (see
+                // directory::UserInput); what the write would store is compared.
+                if patch.get("email").is_some_and(Value::is_null) {
+                    next.set_email(None);
+                }
+                if patch.get("phone").is_some_and(Value::is_null) {
+                    next.set_phone(None);
+                }
+                // Only the normalised values matter here; problems are the validation's to say.
+                let _ = next.normalize_and_validate(&[]);
                 for (field, path) in paths {
                     if user.profile.get(&path) != next.profile.get(&path) {
                         return Err(Error::SourceOwned { field, directory_source: source });
