@@ -8,7 +8,9 @@
 //!   concurrency limit, the outcome recorder, and the connector cache. The engine builds
 //!   connectors only through the [`ConnectorRegistry`] it is given.
 //! - [`source_runner`] runs directory-source syncs through the [`connectors::Source`] trait,
-//!   each source opened by the [`SourceRegistry`] it is given; [`source_sync`] plans them.
+//!   each source opened by the [`SourceRegistry`] it is given; [`source_sync`] plans them, and
+//!   each page is written through the [`DirectoryWriter`] it is given ([`source_writer`]: the
+//!   server's service layer), never straight to the store.
 //! - Time: planning code (plan, desired, dry runs, the guard, reconciliation, source sync
 //!   planning) takes the time as a parameter; the runtime reads the clock with
 //!   [`directory::now`] and passes it down.
@@ -24,6 +26,7 @@ pub mod reconcile;
 pub mod runner;
 pub mod source_runner;
 pub mod source_sync;
+pub mod source_writer;
 pub mod worker;
 
 pub use admin::{Explanation, PlanPreview, PreviewSample};
@@ -33,6 +36,7 @@ pub use desired::DesiredSummary;
 pub use quarantine::QuarantinePolicy;
 pub use runner::{Engine, EngineConfig, EngineError, ProvisionStep, ReconcileReport};
 pub use source_runner::{SourceSyncer, SyncDryRun, SyncPreview};
+pub use source_writer::{BatchOutcome, DirectoryWriter};
 
 #[cfg(test)]
 mod clock {

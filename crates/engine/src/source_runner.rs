@@ -5,7 +5,10 @@
 //!
 //! Directories are read only through the [`connectors::Source`] trait, each source opened by
 //! the [`SourceRegistry`] the syncer was given (keyed by the source's kind); the planning of
-//! each page is [`crate::source_sync`]'s.
+//! each page is [`crate::source_sync`]'s. Users and role memberships are written only through
+//! the [`DirectoryWriter`] the syncer was given (the server's service layer, which validates
+//! and audits them as it does every writer's): this room writes no user to the store. What it
+//! stores itself is the sync's own record (progress, heartbeat, cursor, pending suspensions).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -21,6 +24,7 @@ use uuid::Uuid;
 
 use crate::runner::{Engine, EngineError};
 use crate::source_sync::{guard_trips, missing, plan_page, suspensions, PlanState};
+use crate::source_writer::{BatchOutcome, DirectoryWriter};
 
 /// A running sync whose heartbeat is older than this was left by a process that stopped.
 pub const STALE_AFTER: Duration = Duration::from_secs(300);
@@ -64,6 +68,8 @@ pub struct SourceSyncer {
     engine: Arc<Engine>,
     /// Opens each source by its kind.
     sources: SourceRegistry,
+    /// Writes each page's users and memberships (the service layer).
+    writer: Arc<dyn DirectoryWriter>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -77,14 +83,16 @@ pub fn source_actor(source: &DirectorySource) -> Actor {
 }
 
 impl SourceSyncer {
-    /// A syncer whose sources are opened by `sources` (see [`SourceRegistry::with_defaults`]).
+    /// A syncer whose sources are opened by `sources` (see [`SourceRegistry::with_defaults`])
+    /// and whose writes go through `writer`.
     pub fn new(
         store: Arc<dyn Store>,
         keyring: Arc<store::secrets::Keyring>,
         engine: Arc<Engine>,
         sources: SourceRegistry,
+        writer: Arc<dyn DirectoryWriter>,
     ) -> Arc<Self> {
-        Arc::new(Self { store, keyring, engine, sources, tasks: Mutex::new(Vec::new()) })
+        Arc::new(Self { store, keyring, engine, sources, writer, tasks: Mutex::new(Vec::new()) })
     }
 
     /// `source` opened with `bind_password`, reaching only the addresses the engine's
@@ -274,28 +282,29 @@ impl SourceSyncer {
         }
     }
 
+    /// Writes one page through the writer: the writes it skipped count as failed (a skipped
+    /// create created nobody), and the sync notes why, and what it left out.
     async fn apply(
         &self,
         source: &DirectorySource,
-        batch: &SourceBatch,
+        batch: SourceBatch,
         sync: &mut SourceSync,
-    ) -> Result<u64, EngineError> {
+    ) -> Result<BatchOutcome, EngineError> {
         if batch.creates.is_empty()
             && batch.updates.is_empty()
             && batch.role_adds.is_empty()
             && batch.role_removes.is_empty()
         {
-            return Ok(0);
+            return Ok(BatchOutcome::default());
         }
-        let skipped = self.store.apply_source_batch(source.id, batch, &source_actor(source)).await?;
-        self.engine.changed();
-        let n = skipped.len() as u64;
-        sync.counts.failed += n;
-        // A create that was skipped (username or e-mail address taken) created nobody.
-        let not_created = skipped.iter().filter(|s| batch.creates.iter().any(|(u, _)| u.id == s.user_id)).count();
+        let creates: HashSet<Uuid> = batch.creates.iter().map(|(u, _)| u.id).collect();
+        let outcome = self.writer.apply_source_batch(source, batch, &source_actor(source)).await?;
+        sync.counts.failed += outcome.skipped.len() as u64;
+        let not_created = outcome.skipped.iter().filter(|s| creates.contains(&s.user_id)).count();
         sync.counts.created = sync.counts.created.saturating_sub(not_created as u64);
-        Self::note(sync, skipped.into_iter().map(|s| format!("entry {}: {}", s.stable_id, s.reason)));
-        Ok(n)
+        Self::note(sync, outcome.notes.iter().cloned());
+        Self::note(sync, outcome.skipped.iter().map(|s| format!("entry {}: {}", s.stable_id, s.reason)));
+        Ok(outcome)
     }
 
     async fn execute(&self, sync: &mut SourceSync) -> Result<Option<Stop>, EngineError> {
@@ -341,15 +350,18 @@ impl SourceSyncer {
             for (user, link) in &plan.batch.creates {
                 stable_of.insert(user.id, link.stable_id.clone());
             }
-            // Counted before the writes: `apply` takes back the creates the store skipped.
+            // Counted before the writes: `apply` takes back the creates the writer skipped.
             sync.counts.created += plan.created;
-            self.apply(&source, &plan.batch, sync).await?;
+            let memberships = (plan.batch.role_adds.len() + plan.batch.role_removes.len()) as u64;
+            let outcome = self.apply(&source, plan.batch, sync).await?;
+            // Updates with nothing left to write once the writer left a value out.
+            let unchanged = outcome.unchanged.len() as u64;
             let c = &mut sync.counts;
-            c.updated += plan.updated;
+            c.updated += plan.updated.saturating_sub(unchanged);
             c.reactivated += plan.reactivated;
-            c.unchanged += plan.unchanged;
+            c.unchanged += plan.unchanged + unchanged;
             c.failed += plan.failed;
-            c.memberships_changed += (plan.batch.role_adds.len() + plan.batch.role_removes.len()) as u64;
+            c.memberships_changed += memberships;
             Self::note(sync, plan.errors);
             to_suspend.extend(plan.to_suspend);
             unresolved.extend(plan.unresolved_managers);
@@ -386,7 +398,7 @@ impl SourceSyncer {
                     link: l.link.clone(),
                 });
             }
-            self.apply(&source, &batch, sync).await?;
+            self.apply(&source, batch, sync).await?;
         }
 
         // Suspensions: disabled there, or (full sync) gone from the source's scope.
@@ -438,7 +450,7 @@ impl SourceSyncer {
             let updates = suspensions(&linked, directory::now());
             let n = updates.len() as u64;
             let batch = SourceBatch { updates, ..SourceBatch::default() };
-            let skipped = self.apply(source, &batch, sync).await?;
+            let skipped = self.apply(source, batch, sync).await?.skipped.len() as u64;
             sync.counts.suspended += n.saturating_sub(skipped);
             sync.pending_suspensions = sync.pending_suspensions.saturating_sub(n);
             self.heartbeat(sync).await?;

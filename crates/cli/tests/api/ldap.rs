@@ -467,12 +467,67 @@ async fn passwords_are_verified_against_the_directory(backend: Backend) {
     assert!(!verify(Slapd::person_dn("nobody"), "x").await);
 }
 
+/// A sync writes through the service layer, under the rules of every writer of users: a
+/// manager the directory names that would make a cycle, or the person themself, is left out
+/// with a note (the API refuses both too), an update left with nothing to change is not
+/// written, and the audit entries are those of any writer, by the source.
+async fn a_syncs_writes_meet_the_rules_of_every_writer(backend: Backend) {
+    let slapd = Slapd::start();
+    let (ada, bob, carol) = (Slapd::person_dn("ada"), Slapd::person_dn("bob"), Slapd::person_dn("carol"));
+    slapd.add(
+        &(Slapd::person_ldif("ada", "Ada", "L", &[("manager", &bob)])
+            + &Slapd::person_ldif("bob", "Bob", "B", &[("manager", &ada)])
+            + &Slapd::person_ldif("carol", "Carol", "C", &[("manager", &carol)])),
+    );
+    let s = TestServer::start_on(backend).await;
+    let source = create_source(&s, openldap_source(&slapd, json!({}))).await;
+    let first = sync(&s, &source, "full").await;
+    assert_eq!(
+        (first["state"].as_str(), first["counts"]["created"].as_u64()),
+        (Some("succeeded"), Some(3)),
+        "{first:#}"
+    );
+    let errors = first["errors"].to_string();
+    assert!(errors.contains("manager_id would make a cycle"), "{first:#}");
+    // One of the two managers stands (whichever came first); the other would close the cycle.
+    let (a, b) = (user_named(&s, "ada").await, user_named(&s, "bob").await);
+    let pair = (a["manager_id"].clone(), b["manager_id"].clone());
+    assert!(pair == (b["id"].clone(), Value::Null) || pair == (Value::Null, a["id"].clone()), "{pair:?}");
+    assert!(user_named(&s, "carol").await["manager_id"].is_null());
+
+    // Read again, the entries plan the same managers: left out again, and nothing is written.
+    let second = sync(&s, &source, "full").await;
+    let counts = &second["counts"];
+    assert_eq!((counts["updated"].as_u64(), counts["unchanged"].as_u64()), (Some(0), Some(3)), "{second:#}");
+    let errors = second["errors"].to_string();
+    assert!(errors.contains(&format!("{carol}: manager_id a user cannot be their own manager (left out)")), "{errors}");
+    assert!(errors.contains("manager_id would make a cycle"), "{errors}");
+    let carol_user = user_named(&s, "carol").await;
+    assert_eq!((carol_user["manager_id"].clone(), carol_user["version"].as_i64()), (Value::Null, Some(1)));
+
+    // The same audit entry as an admin's create, by the source.
+    let admins = s.user("dan").await;
+    let entry = |id: Value| {
+        let s = &s;
+        async move {
+            let a = s.get(&format!("/api/v1/audit?target_type=user&target_id={}", id.as_str().unwrap())).await;
+            a.body["items"].as_array().unwrap().last().unwrap().clone()
+        }
+    };
+    let (by_source, by_admin) = (entry(carol_user["id"].clone()).await, entry(admins["id"].clone()).await);
+    assert_eq!((by_source["action"].as_str(), by_admin["action"].as_str()), (Some("user.create"), Some("user.create")));
+    assert_eq!(by_source["actor"], json!({"kind": "source", "name": "Corp LDAP"}));
+    let keys = |e: &Value| e["after"].as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&by_source), keys(&by_admin));
+}
+
 crate::on_both_backends!(
     openldap_full_import_groups_guard_and_read_only_fields,
     openldap_changes_flow_to_the_app,
     a_failing_directory_suspends_nobody,
     bad_sources_are_refused,
     active_directory_end_to_end,
+    a_syncs_writes_meet_the_rules_of_every_writer,
 );
 
 #[tokio::test]

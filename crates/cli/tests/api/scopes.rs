@@ -112,7 +112,8 @@ async fn a_source_scoped_client_sees_that_sources_users_only() {
         suspended_by_source: false,
     };
     let batch = store::SourceBatch { creates: vec![(imported.clone(), link)], ..Default::default() };
-    s.state.service.store().apply_source_batch(src_id, &batch, &directory::Actor::cli()).await.unwrap();
+    let source = s.state.service.get_source(src_id).await.unwrap();
+    s.state.service.source_writer().apply_source_batch(&source, batch, &directory::Actor::cli()).await.unwrap();
     s.user("local").await;
     let missing = s.post("/api/v1/scim-clients", json!({"name": "HR", "scope": {"users": "source"}})).await;
     missing.problem_field(422, "scope.source_id");

@@ -28,28 +28,6 @@ fn client_not_found(e: StoreError) -> Error {
 }
 
 impl Service {
-    /// What is wrong with a user's input under the directory's rules, as a list the caller may
-    /// add its own findings to. `this` is the user being changed (`None` for a new one); with
-    /// `check_manager` the manager must exist and not make a cycle.
-    pub(crate) async fn user_problems(
-        &self,
-        input: &mut UserInput,
-        this: Option<Uuid>,
-        check_manager: bool,
-    ) -> Result<ValidationErrors> {
-        let defs = self.store.list_attribute_defs().await?;
-        let mut errors = match input.normalize_and_validate(&defs) {
-            Ok(()) => ValidationErrors::default(),
-            Err(e) => e,
-        };
-        if let (true, Some(manager)) = (check_manager, input.manager_id) {
-            if let Some(why) = super::manager_problem(self.store.as_ref(), this, manager).await? {
-                errors.push("manager_id", why);
-            }
-        }
-        Ok(errors)
-    }
-
     /// Creates a user a SCIM client sent (`current` `None`), or writes the new state of one
     /// (`current` is the stored user it replaces, whose version the write expects).
     pub(crate) async fn save_scim_user(

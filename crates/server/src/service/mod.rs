@@ -1,12 +1,16 @@
 //! The service layer: every operation an admin can do, whatever the interface (REST API,
-//! console, CLI), and the writes of the inbound SCIM server and of the SAML IdP's end users.
-//! It validates, enforces optimistic concurrency, encrypts secrets, and leaves atomicity
-//! (write + audit + change feed) to the store.
+//! console, CLI), and the writes of the inbound SCIM server, of directory-source syncs and of
+//! the SAML IdP's end users. **Every writer of users, roles and memberships goes through
+//! here**: one validation ([`user_problems`]), one retry helper (`write`), one audit shape
+//! (the store records each write with its [`directory::AuditAction`], with the change feed, in
+//! the write's transaction). It also enforces optimistic concurrency and encrypts secrets.
 //!
 //! Laid out like `crate::api`: users, roles, apps, mapping and provisioning here; directory
-//! sources in `sources`, SAML in [`saml`], SCIM clients and SCIM writes in `inbound_scim`, dry
-//! runs and held operations in [`guard`], the one retry helper in `write`.
+//! sources in `sources`, the writes of their syncs in `source_sync` (the engine's
+//! [`engine::DirectoryWriter`]), SAML in [`saml`], SCIM clients and SCIM writes in
+//! `inbound_scim`, dry runs and held operations in [`guard`], the one retry helper in `write`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +34,7 @@ use crate::tokens;
 pub mod guard;
 mod inbound_scim;
 pub mod saml;
+mod source_sync;
 mod sources;
 mod write;
 
@@ -41,6 +46,8 @@ pub struct Service {
     engine: Arc<Engine>,
     verified: tokens::VerifiedCache,
     sources: Arc<engine::SourceSyncer>,
+    /// Where the source syncs write (`source_sync`).
+    source_writer: Arc<dyn engine::DirectoryWriter>,
 }
 
 /// Applies a JSON merge patch (RFC 7396) to `doc`, refusing read-only fields.
@@ -75,37 +82,112 @@ const MAX_MANAGER_CHAIN: usize = 1000;
 /// What is said of a manager id that names nobody (or nobody the writer may see).
 pub(crate) const NO_SUCH_MANAGER: &str = "refers to no user";
 
-/// What is wrong with making `manager` the manager of `this` (a new user when `None`): no such
-/// user, the user themself, or a manager chain that leads back to them (a cycle).
-pub(crate) async fn manager_problem(
-    store: &dyn Store,
+/// The people a manager chain is read from: the store, seen through writes not made yet (the
+/// other writes of a directory sync's page), each person read once.
+pub(crate) struct People<'a> {
+    store: &'a dyn Store,
+    /// By id, as the pending writes leave them (`None`: not there).
+    known: HashMap<Uuid, Option<Link>>,
+}
+
+/// What a manager chain needs of a person.
+#[derive(Clone)]
+struct Link {
+    username: String,
+    manager_id: Option<Uuid>,
+    deleted: bool,
+}
+
+impl Link {
+    fn of(user: &User) -> Self {
+        Self {
+            username: user.username.clone(),
+            manager_id: user.manager_id,
+            deleted: user.status == UserStatus::Deleted,
+        }
+    }
+}
+
+impl<'a> People<'a> {
+    /// The people as the store has them.
+    pub(crate) fn new(store: &'a dyn Store) -> Self {
+        Self { store, known: HashMap::new() }
+    }
+
+    /// Sees `user` as a pending write leaves them.
+    pub(crate) fn assume(&mut self, user: &User) {
+        self.known.insert(user.id, Some(Link::of(user)));
+    }
+
+    /// Sees the user `id` as not there (a pending create that will not be made).
+    pub(crate) fn forget(&mut self, id: Uuid) {
+        self.known.insert(id, None);
+    }
+
+    async fn get(&mut self, id: Uuid) -> Result<Option<Link>, StoreError> {
+        if let Some(known) = self.known.get(&id) {
+            return Ok(known.clone());
+        }
+        let found = self.store.get_user(id).await?.map(|u| Link::of(&u));
+        self.known.insert(id, found.clone());
+        Ok(found)
+    }
+
+    /// What is wrong with making `manager` the manager of `this` (a new user when `None`): no
+    /// such user, the user themself, or a manager chain that leads back to them (a cycle).
+    pub(crate) async fn manager_problem(
+        &mut self,
+        this: Option<Uuid>,
+        manager: Uuid,
+    ) -> Result<Option<String>, StoreError> {
+        if Some(manager) == this {
+            return Ok(Some("a user cannot be their own manager".into()));
+        }
+        let Some(m) = self.get(manager).await?.filter(|m| !m.deleted) else {
+            return Ok(Some(NO_SUCH_MANAGER.into()));
+        };
+        let Some(this) = this else { return Ok(None) };
+        let mut chain = vec![m.username];
+        let mut next = m.manager_id;
+        while let Some(id) = next {
+            if id == this {
+                return Ok(Some(format!(
+                    "would make a cycle: the manager chain {} leads back to this user",
+                    chain.join(" -> ")
+                )));
+            }
+            if chain.len() >= MAX_MANAGER_CHAIN {
+                return Ok(Some(format!("the manager chain is longer than {MAX_MANAGER_CHAIN} people")));
+            }
+            let Some(u) = self.get(id).await? else { break };
+            chain.push(u.username);
+            next = u.manager_id;
+        }
+        Ok(None)
+    }
+}
+
+/// What is wrong with a user's input under the directory's rules: the one validation of every
+/// writer of users (the admin API, the console, the CLI, SCIM clients, directory syncs), as a
+/// list the caller may add its own findings to. `this` is the user being written (`None` for a
+/// new one); with `check_manager` the manager must exist and not make a cycle among `people`.
+pub(crate) async fn user_problems(
+    people: &mut People<'_>,
+    defs: &[AttributeDef],
+    input: &mut UserInput,
     this: Option<Uuid>,
-    manager: Uuid,
-) -> Result<Option<String>, StoreError> {
-    if Some(manager) == this {
-        return Ok(Some("a user cannot be their own manager".into()));
-    }
-    let Some(m) = store.get_user(manager).await?.filter(|m| m.status != UserStatus::Deleted) else {
-        return Ok(Some(NO_SUCH_MANAGER.into()));
+    check_manager: bool,
+) -> Result<ValidationErrors, StoreError> {
+    let mut errors = match input.normalize_and_validate(defs) {
+        Ok(()) => ValidationErrors::default(),
+        Err(e) => e,
     };
-    let Some(this) = this else { return Ok(None) };
-    let mut chain = vec![m.username.clone()];
-    let mut next = m.manager_id;
-    while let Some(id) = next {
-        if id == this {
-            return Ok(Some(format!(
-                "would make a cycle: the manager chain {} leads back to this user",
-                chain.join(" -> ")
-            )));
+    if let (true, Some(manager)) = (check_manager, input.manager_id) {
+        if let Some(why) = people.manager_problem(this, manager).await? {
+            errors.push("manager_id", why);
         }
-        if chain.len() >= MAX_MANAGER_CHAIN {
-            return Ok(Some(format!("the manager chain is longer than {MAX_MANAGER_CHAIN} people")));
-        }
-        let Some(u) = store.get_user(id).await? else { break };
-        chain.push(u.username.clone());
-        next = u.manager_id;
     }
-    Ok(None)
+    Ok(errors)
 }
 
 fn check_if_match(current: i64, if_match: Option<i64>) -> Result<()> {
@@ -123,8 +205,18 @@ impl Service {
         engine: Arc<Engine>,
         sources: engine::SourceRegistry,
     ) -> Self {
-        let sources = engine::SourceSyncer::new(store.clone(), keyring.clone(), engine.clone(), sources);
-        Self { store, keyring, engine, verified: tokens::VerifiedCache::new(tokens::CACHE_TTL), sources }
+        // Source syncs write their users and memberships through the service's rules.
+        let source_writer: Arc<dyn engine::DirectoryWriter> =
+            Arc::new(source_sync::SourceWriter::new(store.clone(), engine.clone()));
+        let sources =
+            engine::SourceSyncer::new(store.clone(), keyring.clone(), engine.clone(), sources, source_writer.clone());
+        let verified = tokens::VerifiedCache::new(tokens::CACHE_TTL);
+        Self { store, keyring, engine, verified, sources, source_writer }
+    }
+
+    /// Where directory syncs write their users and memberships (see `source_sync`).
+    pub fn source_writer(&self) -> &Arc<dyn engine::DirectoryWriter> {
+        &self.source_writer
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -289,6 +381,19 @@ impl Service {
     }
 
     // ---- users ----
+
+    /// What is wrong with a user's input (see [`user_problems`]), as a list the caller may add
+    /// its own findings to.
+    pub(crate) async fn user_problems(
+        &self,
+        input: &mut UserInput,
+        this: Option<Uuid>,
+        check_manager: bool,
+    ) -> Result<ValidationErrors> {
+        let defs = self.store.list_attribute_defs().await?;
+        let mut people = People::new(self.store.as_ref());
+        Ok(user_problems(&mut people, &defs, input, this, check_manager).await?)
+    }
 
     async fn validate_user(&self, input: &mut UserInput, this: Option<Uuid>) -> Result<()> {
         Ok(self.user_problems(input, this, true).await?.into_result()?)

@@ -254,7 +254,7 @@ impl Service {
 
 /// The members of a JSON merge patch (RFC 7396) that takes `before` to `after`, one level into
 /// `attributes` (a removed member is `null`).
-fn merge_patch_between(before: &Value, after: &Value) -> Map<String, Value> {
+pub(super) fn merge_patch_between(before: &Value, after: &Value) -> Map<String, Value> {
     let empty = Map::new();
     let b = before.as_object().unwrap_or(&empty);
     let a = after.as_object().unwrap_or(&empty);

@@ -3,7 +3,8 @@
 //! A write names the version it read; when another write got in between, the store refuses it
 //! (`VersionConflict`). A caller that named no version (`If-Match`) did not ask for that one, so the
 //! write is read, checked and tried again, up to [`WRITE_ATTEMPTS`] times; a caller that named one
-//! gets the refusal (412) at once.
+//! gets the refusal (412) at once. A directory sync (`source_sync`) does not retry: a user another
+//! writer changed during the sync is skipped, with the reason, and the next sync writes them.
 
 use std::future::Future;
 

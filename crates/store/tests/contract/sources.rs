@@ -125,6 +125,7 @@ async fn one_open_sync_per_source_and_stale_ones_are_taken_over(s: Arc<dyn Store
     assert_eq!(s.get_source_sync(Uuid::now_v7(), second.id).await.unwrap(), None, "scoped to its source");
 }
 
+#[expect(clippy::disallowed_methods, reason = "the contract of the primitive the service layer calls")]
 async fn batches_write_users_links_and_roles_with_audit_and_changes(s: Arc<dyn Store>) {
     let src = source("Corp");
     s.create_source(&src, "c", &Actor::cli()).await.unwrap();
@@ -193,6 +194,7 @@ crate::contract!(
 
 /// Each write a batch cannot make is skipped with its reason (a taken username or e-mail
 /// address, a user deleted here); the other writes of the batch are made.
+#[expect(clippy::disallowed_methods, reason = "the contract of the primitive the service layer calls")]
 async fn a_batch_skips_each_write_it_cannot_make_and_makes_the_rest(s: Arc<dyn Store>) {
     let src = source("Corp");
     s.create_source(&src, "c", &Actor::cli()).await.unwrap();
