@@ -454,6 +454,8 @@ async fn rfc_filter_examples(backend: Backend) {
 
 async fn rfc_patch_examples(backend: Backend) {
     let c = Scim::start(backend).await;
+    // `nickname` is SCIM's `nickName`: no custom attribute may take its name.
+    c.s.post("/api/v1/attributes", json!({"name": "nickname", "type": "string"})).await.problem_field(422, "name");
     let babs = c.create_user(json!({"schemas": [USER], "userName": "bjensen", "emails": [{"value": "bjensen@example.com", "type": "work"}]})).await;
     let james = c.create_user(json!({"schemas": [USER], "userName": "jsmith"})).await;
     let (b, j) = (babs["id"].as_str().unwrap(), james["id"].as_str().unwrap());

@@ -127,6 +127,12 @@ impl Attribute {
         self.mutability = Mutability::Immutable;
         self
     }
+    /// Written by clients, never returned (a password).
+    pub fn write_only(mut self) -> Self {
+        self.mutability = Mutability::WriteOnly;
+        self.returned = Returned::Never;
+        self
+    }
     pub fn unique(mut self) -> Self {
         self.uniqueness = "server";
         self
@@ -392,21 +398,19 @@ pub fn user_schema() -> Schema {
             Attribute::string("preferredLanguage", "The preferred language, as in HTTP Accept-Language (\"en-US\")."),
             Attribute::string("locale", "The default location for localizing (\"en-US\")."),
             Attribute::string("timezone", "The time zone, in the IANA database format (\"America/Los_Angeles\")."),
+            Attribute::string(
+                "password",
+                "The user's sign-in password (for /login and SAML apps): at least 8 characters, kept only as an \
+                 argon2id hash, never returned.",
+            )
+            .case_exact()
+            .write_only(),
             Attribute::new(
                 "active",
                 AttrType::Boolean,
                 "Whether the user may use their accounts (the directory always has it: true when not sent).",
             )
             .required(),
-            {
-                let mut p = Attribute::string(
-                    "password",
-                    "The sign-in password: stored only as an argon2id hash, never returned.",
-                );
-                p.mutability = Mutability::WriteOnly;
-                p.returned = Returned::Never;
-                p
-            },
             multi(
                 "emails",
                 "E-mail addresses; the primary one (else the first of type work) is unique among users.",
