@@ -101,10 +101,10 @@ impl AttributeDefInput {
         self.name = self.name.trim().to_owned();
         if !name_pattern().is_match(&self.name) {
             errors.push("name", "must be 1-63 lower case letters, digits or `_`, starting with a letter");
-        } else if STANDARD_USER_FIELDS.contains(&self.name.as_str()) {
-            errors.push("name", "is a standard user attribute");
         } else if let Some(why) = reserved_name(&self.name) {
             errors.push("name", why);
+        } else if STANDARD_USER_FIELDS.contains(&self.name.as_str()) {
+            errors.push("name", "is a standard user attribute");
         }
         self.description = crate::normalize_opt(self.description.take());
         crate::validation::check_opt_text(&mut errors, "description", &self.description, 1024);
