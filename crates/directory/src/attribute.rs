@@ -103,6 +103,8 @@ impl AttributeDefInput {
             errors.push("name", "must be 1-63 lower case letters, digits or `_`, starting with a letter");
         } else if STANDARD_USER_FIELDS.contains(&self.name.as_str()) {
             errors.push("name", "is a standard user attribute");
+        } else if let Some(why) = reserved_name(&self.name) {
+            errors.push("name", why);
         }
         self.description = crate::normalize_opt(self.description.take());
         crate::validation::check_opt_text(&mut errors, "description", &self.description, 1024);
@@ -112,6 +114,69 @@ impl AttributeDefInput {
     pub fn into_def(self, now: DateTime<Utc>) -> AttributeDef {
         AttributeDef { name: self.name, kind: self.kind, description: self.description, created_at: now }
     }
+}
+
+/// The attribute names of SCIM (RFC 7643): the core User (section 4.1, with the
+/// sub-attributes of `name`), the Enterprise User extension (section 4.3) and the attributes
+/// every resource has (section 3.1). A custom attribute named like one of them, in any case
+/// and with or without `_` between its words (`nickName`, `nick_name`), is refused: a SCIM
+/// client could not tell it from the standard one, and the directory keeps these itself.
+pub const SCIM_USER_ATTRIBUTES: &[&str] = &[
+    "id",
+    "externalId",
+    "meta",
+    "schemas",
+    "userName",
+    "name",
+    "formatted",
+    "familyName",
+    "givenName",
+    "middleName",
+    "honorificPrefix",
+    "honorificSuffix",
+    "displayName",
+    "nickName",
+    "profileUrl",
+    "title",
+    "userType",
+    "preferredLanguage",
+    "locale",
+    "timezone",
+    "active",
+    "password",
+    "emails",
+    "phoneNumbers",
+    "ims",
+    "photos",
+    "addresses",
+    "groups",
+    "entitlements",
+    "roles",
+    "x509Certificates",
+    "employeeNumber",
+    "costCenter",
+    "organization",
+    "division",
+    "department",
+    "manager",
+];
+
+/// Why `name` may not be a custom attribute's name (it is a SCIM attribute's), if it may not.
+/// Compared without case and without `_`: `preferred_language` is `preferredLanguage`.
+pub fn reserved_name(name: &str) -> Option<String> {
+    let key = |s: &str| s.chars().filter(|c| *c != '_').flat_map(char::to_lowercase).collect::<String>();
+    let wanted = key(name);
+    if wanted == "password" {
+        return Some(
+            "is reserved: a password is never a custom attribute (it is write-only, kept as a hash: SCIM \
+             `password`, or PUT /api/v1/users/{id}/password)"
+                .into(),
+        );
+    }
+    SCIM_USER_ATTRIBUTES
+        .iter()
+        .find(|a| key(a) == wanted)
+        .map(|a| format!("is the SCIM attribute `{a}` (RFC 7643): a custom attribute cannot take its name"))
 }
 
 /// Checks custom attribute values against their declarations; `null` values are dropped.
@@ -148,9 +213,48 @@ mod tests {
 
     #[test]
     fn names_are_checked() {
-        for (name, ok) in [("cost_center", true), ("Cost", false), ("1a", false), ("email", false), ("", false)] {
+        for (name, ok) in [("cost_code", true), ("Cost", false), ("1a", false), ("email", false), ("", false)] {
             let mut input = AttributeDefInput { name: name.into(), kind: AttributeType::String, description: None };
             assert_eq!(input.validate().is_ok(), ok, "{name}");
+        }
+    }
+
+    #[test]
+    fn scim_names_are_refused_in_any_case_and_spelling() {
+        for name in [
+            "password",
+            "nickname",
+            "nick_name",
+            "preferred_language",
+            "phone_numbers",
+            "cost_center",
+            "costcenter",
+            "x509_certificates",
+            "profile_url",
+            "user_type",
+            "middle_name",
+            "honorific_prefix",
+            "honorific_suffix",
+            "locale",
+            "timezone",
+            "emails",
+            "addresses",
+            "roles",
+            "entitlements",
+            "organization",
+            "division",
+            "manager",
+            "external_id",
+            "name",
+        ] {
+            let mut input = AttributeDefInput { name: name.into(), kind: AttributeType::String, description: None };
+            let errors = input.validate().expect_err(name);
+            assert_eq!(errors.0[0].field, "name", "{name}");
+        }
+        assert!(reserved_name("PassWord").is_some_and(|r| r.contains("never a custom attribute")));
+        assert!(reserved_name("Preferred_Language").is_some_and(|r| r.contains("`preferredLanguage`")));
+        for fine in ["badge_number", "start_date", "cost_code", "shoe_size", "passwords_reset_at", "skills"] {
+            assert_eq!(reserved_name(fine), None, "{fine}");
         }
     }
 }

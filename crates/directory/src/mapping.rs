@@ -325,6 +325,51 @@ fn check_source(errors: &mut ValidationErrors, field: &str, source: &Source, def
     }
 }
 
+/// Whether a directory attribute as a source or condition names it (`costs`, or a path into it
+/// such as `costs[type eq "x"].value`) is the attribute `name`.
+fn names_attribute(written: &str, name: &str) -> bool {
+    written.split(['[', '.']).next().is_some_and(|head| head.trim() == name)
+}
+
+impl Source {
+    /// Whether this source reads the directory attribute `name` (as its attribute or in its
+    /// template).
+    pub fn reads(&self, name: &str) -> bool {
+        self.attribute.as_deref().is_some_and(|a| names_attribute(a, name))
+            || self
+                .template
+                .as_deref()
+                .and_then(|t| template_placeholders(t).ok())
+                .is_some_and(|names| names.iter().any(|n| names_attribute(n, name)))
+    }
+}
+
+/// Where parameters and rules read the directory attribute `name`, one description each:
+/// `parameter 3 (nickName)`, `rule "Sales group", condition 1`, `rule "x", action 2`.
+pub fn attribute_uses(params: &[Parameter], rules: &[Rule], name: &str) -> Vec<String> {
+    let mut uses = Vec::new();
+    for (i, p) in params.iter().enumerate() {
+        if p.source.reads(name) {
+            uses.push(format!("parameter {} ({})", i + 1, p.app_attribute));
+        }
+    }
+    for r in rules {
+        for (j, c) in r.conditions.iter().enumerate() {
+            if c.op != Op::MemberOf && c.attribute.as_deref().is_some_and(|a| names_attribute(a, name)) {
+                uses.push(format!("rule {:?}, condition {}", r.name, j + 1));
+            }
+        }
+        for (j, a) in r.actions.iter().enumerate() {
+            if let RuleAction::Set(SetAttribute { source: Some(src), .. }) = a {
+                if src.reads(name) {
+                    uses.push(format!("rule {:?}, action {}", r.name, j + 1));
+                }
+            }
+        }
+    }
+    uses
+}
+
 /// Checks parameters on save; every problem names its field (`[2].source.attribute`).
 pub fn validate_parameters(params: &[Parameter], defs: &[AttributeDef]) -> Result<(), ValidationErrors> {
     let mut errors = ValidationErrors::default();
@@ -488,6 +533,48 @@ mod tests {
         assert!(err.contains("too complex"), "{err}");
         let err = rule_regex("(unclosed").unwrap_err();
         assert!(err.contains("not a valid regular expression"), "{err}");
+    }
+
+    #[test]
+    fn uses_of_an_attribute_are_found_in_parameters_templates_conditions_and_actions() {
+        let param = |app: &str, source: Source| Parameter {
+            app_attribute: app.into(),
+            source,
+            only_on_create: false,
+            required: false,
+        };
+        let params = vec![
+            param("userName", Source { attribute: Some("username".into()), ..Default::default() }),
+            param("costCenter", Source { attribute: Some("cost_code".into()), ..Default::default() }),
+            param("nickName", Source { template: Some("{first_name}-{cost_code}".into()), ..Default::default() }),
+            param("title", Source { attribute: Some("cost_code_old".into()), ..Default::default() }),
+        ];
+        let rules = vec![Rule {
+            name: "Finance".into(),
+            match_: Match::All,
+            conditions: vec![
+                Condition { attribute: Some("title".into()), op: Op::IsNotEmpty, value: None },
+                Condition { attribute: Some("cost_code".into()), op: Op::Equals, value: Some(json!("42")) },
+            ],
+            actions: vec![
+                RuleAction::DoNotProvision(false),
+                RuleAction::Set(SetAttribute {
+                    app_attribute: "division".into(),
+                    value: None,
+                    source: Some(Source { attribute: Some("cost_code".into()), ..Default::default() }),
+                }),
+            ],
+        }];
+        assert_eq!(
+            attribute_uses(&params, &rules, "cost_code"),
+            [
+                "parameter 2 (costCenter)",
+                "parameter 3 (nickName)",
+                "rule \"Finance\", condition 2",
+                "rule \"Finance\", action 2"
+            ]
+        );
+        assert!(attribute_uses(&params, &rules, "badge").is_empty());
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub enum Error {
     /// The request is valid but the resource is not in a state that allows it.
     #[error("{0}")]
     InvalidState(String),
+    /// A record cannot be removed while others use it: `uses` names each (as `errors`).
+    #[error("{what} is in use: {}", uses.iter().map(|u| u.reason.as_str()).collect::<Vec<_>>().join("; "))]
+    InUse { what: String, uses: Vec<FieldError> },
     /// Something that should not happen; details are logged, not returned.
     #[error("internal error")]
     Internal(String),
@@ -162,6 +165,7 @@ impl Error {
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", vec![]),
             Self::App { .. } => (StatusCode::BAD_GATEWAY, "app-error", vec![]),
             Self::InvalidState(_) => (StatusCode::CONFLICT, "invalid-state", vec![]),
+            Self::InUse { uses, .. } => (StatusCode::CONFLICT, "in-use", uses.clone()),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", vec![]),
         }
     }

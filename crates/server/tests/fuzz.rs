@@ -132,7 +132,7 @@ fn valid_bodies() -> Vec<(&'static str, Value)> {
             "auth": {"type": "oauth2_client_credentials", "token_url": "https://wiki.example.com/token",
                 "client_id": "c", "client_secret": "s"}}, "provisioning": {"enabled": true}}),
         ),
-        ("attribute", json!({"name": "cost_center", "type": "string", "description": "Where costs go"})),
+        ("attribute", json!({"name": "cost_code", "type": "string", "description": "Where costs go"})),
         ("parameters", parameters.clone()),
         ("rules", rules.clone()),
         (

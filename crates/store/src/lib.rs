@@ -232,6 +232,13 @@ pub trait Store:
     // Custom attribute definitions
     async fn list_attribute_defs(&self) -> Result<Vec<AttributeDef>>;
     async fn create_attribute_def(&self, def: &AttributeDef, actor: &Actor) -> Result<()>;
+    /// How many users (not deleted) hold a value of the custom attribute `name`.
+    async fn count_attribute_holders(&self, name: &str) -> Result<u64>;
+    /// Removes the custom attribute `name`: its definition, and its values from every user
+    /// (deleted users keep none either), audited `attribute.delete`. `NotFound` when it is not
+    /// declared; `InvalidState` naming the count, and nothing changed, while users that are
+    /// not deleted hold a value.
+    async fn delete_attribute_def(&self, name: &str, actor: &Actor) -> Result<()>;
 
     // Users
     async fn create_user(&self, user: &User, actor: &Actor) -> Result<()>;

@@ -169,7 +169,7 @@ async fn patch_is_a_merge_patch_with_optimistic_concurrency() {
 async fn custom_attributes_are_declared_then_typed() {
     let s = TestServer::start().await;
     let d = s
-        .post("/api/v1/attributes", json!({"name": "cost_center", "type": "string", "description": "Finance code"}))
+        .post("/api/v1/attributes", json!({"name": "cost_code", "type": "string", "description": "Finance code"}))
         .await;
     assert_eq!(d.status, StatusCode::CREATED, "{d:#?}");
     for (name, kind) in
@@ -177,7 +177,7 @@ async fn custom_attributes_are_declared_then_typed() {
     {
         assert_eq!(s.post("/api/v1/attributes", json!({"name": name, "type": kind})).await.status, StatusCode::CREATED);
     }
-    s.post("/api/v1/attributes", json!({"name": "cost_center", "type": "number"})).await.problem_field(409, "name");
+    s.post("/api/v1/attributes", json!({"name": "cost_code", "type": "number"})).await.problem_field(409, "name");
     s.post("/api/v1/attributes", json!({"name": "email", "type": "string"})).await.problem_field(422, "name");
     s.post("/api/v1/attributes", json!({"name": "Bad Name", "type": "string"})).await.problem_field(422, "name");
     s.post("/api/v1/attributes", json!({"name": "x", "type": "colour"})).await.problem_field(422, "type");
@@ -186,7 +186,7 @@ async fn custom_attributes_are_declared_then_typed() {
     let u = s
         .post(
             "/api/v1/users",
-            json!({"username": "ada", "attributes": {"cost_center": "R&D", "start_date": "2024-02-29",
+            json!({"username": "ada", "attributes": {"cost_code": "R&D", "start_date": "2024-02-29",
             "badge_number": 7, "remote": true, "skills": ["rust", "math"]}}),
         )
         .await;
@@ -203,7 +203,7 @@ async fn custom_attributes_are_declared_then_typed() {
     let a = s.patch(&path, json!({"attributes": {"remote": null, "badge_number": 8}})).await;
     assert_eq!(
         a.body["attributes"],
-        json!({"cost_center": "R&D", "start_date": "2024-02-29", "badge_number": 8, "skills": ["rust", "math"]})
+        json!({"cost_code": "R&D", "start_date": "2024-02-29", "badge_number": 8, "skills": ["rust", "math"]})
     );
 }
 

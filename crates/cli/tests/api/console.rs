@@ -262,10 +262,14 @@ async fn console_scim_clients_page_shows_the_legacy_flag_and_sets_the_scope() {
     let r = c.post(&path, &session, &with_csrf).await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     let stored = c.state.service.store().list_scim_clients().await.unwrap().remove(0);
-    assert_eq!(stored.scope, ScimScope { users: UserScope::Own, roles: RoleScope::Pushable, read_only: true });
+    assert_eq!(
+        stored.scope,
+        ScimScope { users: UserScope::Own, roles: RoleScope::Pushable, read_only: true, passwords: false },
+        "an unticked box: no passwords"
+    );
     assert!(!stored.legacy_scope);
     let html = c.get("/console/scim-clients", &session).await.text().await.unwrap();
-    assert!(!html.contains("Legacy scope") && html.contains("Read only."), "{html}");
+    assert!(!html.contains("Legacy scope") && html.contains("Read only.") && html.contains("No passwords."), "{html}");
     assert!(c.audit().await.iter().any(|e| e.action == "scim_client.scope" && e.actor.name == ADMIN));
 }
 

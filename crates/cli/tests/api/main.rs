@@ -47,6 +47,7 @@ mod mapping;
 mod openapi;
 mod quarantine;
 mod saml;
+mod scim_passwords;
 mod scim_server;
 mod scopes;
 mod secrets;

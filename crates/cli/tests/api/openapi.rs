@@ -27,6 +27,7 @@ async fn openapi_document_covers_every_route() {
         ("/api/v1/apps/{id}", &["get", "patch", "delete"]),
         ("/api/v1/apps/{id}/roles", &["get"]),
         ("/api/v1/attributes", &["get", "post"]),
+        ("/api/v1/attributes/{name}", &["delete"]),
         ("/api/v1/audit", &["get"]),
         ("/api/v1/openapi.json", &["get"]),
         ("/api/v1/apps/{id}/connection/test", &["post"]),

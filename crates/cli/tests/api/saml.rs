@@ -27,7 +27,7 @@ pub(crate) struct World {
     pub(crate) s: TestServer,
     pub(crate) http: reqwest::Client,
     pub(crate) app: String,
-    role: String,
+    pub(crate) role: String,
     pub(crate) sally: String,
     dir: tempfile::TempDir,
 }

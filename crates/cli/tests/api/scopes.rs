@@ -36,7 +36,10 @@ fn user_names(a: &crate::support::Answer) -> Vec<String> {
 async fn a_new_client_sees_only_the_users_it_created() {
     let c = Scim::start_scoped(Backend::Sqlite, json!({})).await;
     let listed = c.s.get("/api/v1/scim-clients").await;
-    assert_eq!(listed.body["items"][0]["scope"], json!({"users": "own", "roles": "own", "read_only": false}));
+    assert_eq!(
+        listed.body["items"][0]["scope"],
+        json!({"users": "own", "roles": "own", "read_only": false, "passwords": true})
+    );
     assert_eq!(listed.body["items"][0]["legacy_scope"], false);
     let ada = c.s.user("ada").await;
     let ada_id = ada["id"].as_str().unwrap();
@@ -272,11 +275,14 @@ async fn a_client_from_before_scopes_keeps_all_and_is_flagged_until_narrowed() {
     assert_eq!(store.find_scim_client_by_lookup(&legacy_lookup).await.unwrap(), None, "re-keyed on use");
     let listed = s.get("/api/v1/scim-clients").await;
     assert_eq!(listed.body["items"][0]["legacy_scope"], true);
-    assert_eq!(listed.body["items"][0]["scope"], json!({"users": "all", "roles": "all", "read_only": false}));
+    assert_eq!(
+        listed.body["items"][0]["scope"],
+        json!({"users": "all", "roles": "all", "read_only": false, "passwords": true})
+    );
     let narrowed = s.patch(&format!("/api/v1/scim-clients/{}", record.id), json!({"scope": {"users": "own"}})).await;
     assert_eq!(narrowed.status, StatusCode::OK, "{narrowed:#?}");
     assert_eq!(narrowed.body["legacy_scope"], false);
-    assert_eq!(narrowed.body["scope"], json!({"users": "own", "roles": "all", "read_only": false}));
+    assert_eq!(narrowed.body["scope"], json!({"users": "own", "roles": "all", "read_only": false, "passwords": true}));
     scim_error(&s.call_with(Method::GET, &path, None, Some(token), &[]).await, 404, None);
     s.patch(&format!("/api/v1/scim-clients/{}", Uuid::now_v7()), json!({"scope": {}})).await.problem(404);
 }

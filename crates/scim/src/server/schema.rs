@@ -127,6 +127,12 @@ impl Attribute {
         self.mutability = Mutability::Immutable;
         self
     }
+    /// Written by clients, never returned (a password).
+    pub fn write_only(mut self) -> Self {
+        self.mutability = Mutability::WriteOnly;
+        self.returned = Returned::Never;
+        self
+    }
     pub fn unique(mut self) -> Self {
         self.uniqueness = "server";
         self
@@ -369,6 +375,13 @@ pub fn user_schema() -> Schema {
             ),
             Attribute::string("displayName", "The name of the User, suitable for display."),
             Attribute::string("title", "The user's title, such as \"Vice President\"."),
+            Attribute::string(
+                "password",
+                "The user's sign-in password (for /login and SAML apps): at least 12 characters, kept only as an \
+                 argon2id hash, never returned.",
+            )
+            .case_exact()
+            .write_only(),
             Attribute::new(
                 "active",
                 AttrType::Boolean,

@@ -58,6 +58,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_app, patch_app, delete_app))
         .routes(routes!(app_roles))
         .routes(routes!(list_attributes, create_attribute))
+        .routes(routes!(delete_attribute))
         .routes(routes!(list_audit))
         .routes(routes!(test_connection))
         .routes(routes!(app_health))
@@ -502,6 +503,22 @@ async fn create_attribute(
     ApiJson(input): ApiJson<AttributeDefInput>,
 ) -> Result<(StatusCode, Json<AttributeDef>)> {
     Ok((StatusCode::CREATED, Json(s.service.create_attribute(&actor, input).await?)))
+}
+
+/// Remove a custom attribute: its definition and its values (deleted users keep none
+/// either). Refused with 409 while it is in use: the problem's `errors` name the users holding a
+/// value (`users`, with their count), and the app `parameters` and `rules`, directory `sources`
+/// and `saml` settings that use it; remove those uses first.
+#[utoipa::path(delete, path = "/attributes/{name}", tag = "attributes", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "In use: `errors` names each use", body = Problem, content_type = "application/problem+json")))]
+async fn delete_attribute(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(name): Path<String>,
+) -> Result<StatusCode> {
+    s.service.delete_attribute(&actor, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 // ---- audit ----

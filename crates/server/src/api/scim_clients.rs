@@ -59,10 +59,19 @@ pub struct Scope {
     /// Reads only: every write answers 403.
     #[serde(default)]
     pub read_only: bool,
+    /// May set the `password` of the users it may change (stored only as an argon2id hash; the
+    /// person's sign-in password for `/login` and SAML apps). `false`: a request carrying a
+    /// password answers 403. Default `true`.
+    #[serde(default = "yes")]
+    pub passwords: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A scope as given: every field optional (missing ones keep their value, or the default of a
-/// new client: `own`, `own`, not read-only).
+/// new client: `own`, `own`, not read-only, passwords allowed).
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScopeInput {
@@ -70,6 +79,7 @@ pub struct ScopeInput {
     pub source_id: Option<Uuid>,
     pub roles: Option<RolesScope>,
     pub read_only: Option<bool>,
+    pub passwords: Option<bool>,
 }
 
 /// The body of `POST /api/v1/scim-clients`.
@@ -125,7 +135,7 @@ pub fn scope_view(s: &ScimScope) -> Scope {
         RoleScope::Pushable => RolesScope::Pushable,
         RoleScope::All => RolesScope::All,
     };
-    Scope { users, source_id, roles, read_only: s.read_only }
+    Scope { users, source_id, roles, read_only: s.read_only, passwords: s.passwords }
 }
 
 /// `input` over `base`, checked (a `source` scope names a source that exists).
@@ -150,7 +160,12 @@ pub async fn apply_scope(s: &AppState, base: &ScimScope, input: &ScopeInput) -> 
         RolesScope::Pushable => RoleScope::Pushable,
         RolesScope::All => RoleScope::All,
     };
-    Ok(ScimScope { users, roles, read_only: input.read_only.unwrap_or(current.read_only) })
+    Ok(ScimScope {
+        users,
+        roles,
+        read_only: input.read_only.unwrap_or(current.read_only),
+        passwords: input.passwords.unwrap_or(current.passwords),
+    })
 }
 
 pub fn view(r: ScimClientRecord) -> ScimClient {

@@ -31,6 +31,7 @@ pub struct ClientRow {
     pub sources: Vec<Choice>,
     pub roles: Vec<Choice>,
     pub read_only: bool,
+    pub passwords: bool,
 }
 
 #[derive(Template)]
@@ -62,8 +63,11 @@ async fn list(State(state): State<AppState>, session: Session, headers: HeaderMa
             RolesScope::Pushable => ("pushable", "pushable roles and those it created"),
             RolesScope::All => ("all", "all roles"),
         };
-        let summary =
-            format!("Users: {users_label}. Roles: {roles_label}.{}", if scope.read_only { " Read only." } else { "" });
+        let summary = format!(
+            "Users: {users_label}. Roles: {roles_label}.{}{}",
+            if scope.read_only { " Read only." } else { "" },
+            if scope.passwords { "" } else { " No passwords." }
+        );
         rows.push(ClientRow {
             id: c.id,
             name: c.name,
@@ -82,6 +86,7 @@ async fn list(State(state): State<AppState>, session: Session, headers: HeaderMa
                 Choice::new("all", "All roles", roles),
             ],
             read_only: scope.read_only,
+            passwords: scope.passwords,
         });
     }
     view::page(&ListPage { layout, clients: rows }, StatusCode::OK)
@@ -105,8 +110,13 @@ async fn set_scope(
         _ => RolesScope::Own,
     };
     let source_id = form.opt("source_id").and_then(|s| s.parse().ok());
-    let input =
-        ScopeInput { users: Some(users), source_id, roles: Some(roles), read_only: Some(form.checked("read_only")) };
+    let input = ScopeInput {
+        users: Some(users),
+        source_id,
+        roles: Some(roles),
+        read_only: Some(form.checked("read_only")),
+        passwords: Some(form.checked("passwords")),
+    };
     Ok(match clients::set_scope(&state, id, &input, &session.actor()).await {
         Ok(c) => view::see_other_with("/console/scim-clients", "ok", &format!("Set the scope of {}.", c.name)),
         Err(e) => view::see_other_with("/console/scim-clients", "error", &e.to_string()),

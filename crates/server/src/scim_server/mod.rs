@@ -147,6 +147,11 @@ impl From<crate::error::Error> for Fail {
         use crate::error::Error;
         match e {
             Error::Invalid(v) => users::validation(v).into(),
+            Error::SourceOwned { field, directory_source } if field == "password" => ScimError::mutability(format!(
+                "password: this user signs in with their password in the directory source {directory_source:?} (it \
+                 is checked there); a SCIM client cannot set one here; change it in the directory"
+            ))
+            .into(),
             Error::SourceOwned { field, directory_source } => ScimError::mutability(format!(
                 "{} comes from the directory source {directory_source:?}: a SCIM client cannot change it; change it \
                  in the directory",
@@ -168,6 +173,7 @@ impl From<crate::error::Error> for Fail {
             Error::NotFound(_) => ScimError::not_found("no such resource").into(),
             Error::BadRequest { field, reason } => ScimError::invalid_value(format!("{field}: {reason}")).into(),
             Error::InvalidState(m) => ScimError::new(409, None, m).into(),
+            e @ Error::InUse { .. } => ScimError::new(409, None, e.to_string()).into(),
             e @ Error::Unavailable(_) => {
                 tracing::warn!(error = %e, "database unavailable");
                 ScimError::new(503, None, "the database is unavailable").into()

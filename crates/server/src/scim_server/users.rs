@@ -20,6 +20,7 @@ use super::{
     Fail, ScimBody, ScimResult, ScimState, Search, CUSTOM_SCHEMA,
 };
 use super::{filter, scope};
+use crate::service::inbound_scim::NewPassword;
 
 pub(crate) fn directory_field(field: &str) -> String {
     let scim = match field {
@@ -331,6 +332,45 @@ fn custom_value(input: &mut UserInput, def: &AttributeDef, v: &Value) -> Result<
     Ok(())
 }
 
+/// Takes `password` out of a User (a body, or the resource a PATCH was applied to): it is no
+/// field of the directory's, and is written apart, only as a hash (see
+/// `crate::service::inbound_scim`). `target` names the user (or the path of a new one) in the
+/// audit entry of a refusal: a client whose scope does not allow passwords gets 403.
+async fn take_password(
+    state: &ScimState,
+    client: &Client,
+    user: &mut Value,
+    target: (&str, &str),
+) -> ScimResult<Option<NewPassword>> {
+    let Value::Object(o) = user else { return Ok(None) };
+    let qualified = format!("{USER_SCHEMA}:password");
+    let keys: Vec<String> = o
+        .keys()
+        .filter(|k| k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case(&qualified))
+        .cloned()
+        .collect();
+    let mut password = None;
+    for key in keys {
+        match o.remove(&key) {
+            Some(Value::String(p)) if password.is_none() => password = Some(p),
+            Some(Value::String(_)) => return Err(ScimError::invalid_value("password is given twice").into()),
+            Some(Value::Null) | None => {}
+            Some(_) => return Err(ScimError::invalid_value("password must be a string").into()),
+        }
+    }
+    let Some(password) = password else { return Ok(None) };
+    if !client.scope.passwords {
+        scope::refuse(state, client, target.0, target.1, "the client may not set passwords").await?;
+        return Err(ScimError::new(
+            403,
+            None,
+            "this SCIM client may not set passwords (its scope says passwords: false)",
+        )
+        .into());
+    }
+    Ok(Some(NewPassword::new(password)))
+}
+
 /// The manager read for the resource, if any.
 async fn manager_of(state: &ScimState, u: &User) -> ScimResult<Option<User>> {
     match u.manager_id {
@@ -367,7 +407,13 @@ async fn load(state: &ScimState, client: &Client, id: &str) -> ScimResult<ScimUs
 /// admin API) and the client's scope. `current` is the
 /// stored user a PUT or PATCH changes. A manager the client cannot see may stay where an admin
 /// put it, but a client cannot name one: to the client it does not exist.
-async fn validate(state: &ScimState, client: &Client, input: &mut UserInput, current: Option<&User>) -> ScimResult<()> {
+async fn validate(
+    state: &ScimState,
+    client: &Client,
+    input: &mut UserInput,
+    current: Option<&User>,
+    password: Option<&NewPassword>,
+) -> ScimResult<()> {
     let mut check_manager = true;
     let mut scope_errors = ValidationErrors::default();
     if let Some(manager) = input.manager_id {
@@ -382,6 +428,9 @@ async fn validate(state: &ScimState, client: &Client, input: &mut UserInput, cur
     }
     let mut errors = state.service().user_problems(input, current.map(|u| u.id), check_manager).await?;
     errors.0.extend(scope_errors.0);
+    if let Some(why) = password.and_then(NewPassword::problem) {
+        errors.push("password", why);
+    }
     errors.into_result().map_err(|e| Fail(validation(e), None))
 }
 
@@ -478,28 +527,36 @@ pub(crate) async fn create(
     client: Client,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
-    ScimBody(body): ScimBody,
+    ScimBody(mut body): ScimBody,
 ) -> ScimResult {
     let defs = state.store().list_attribute_defs().await?;
+    let password = take_password(&state, &client, &mut body, ("scim", "/Users")).await?;
     let (mut input, external_id) = from_json(&body, None, &defs)?;
-    validate(&state, &client, &mut input, None).await?;
+    validate(&state, &client, &mut input, None, password.as_ref()).await?;
     let su =
         ScimUser { user: User::new(input, UserSource::Scim, directory::now()), external_id, owner: Some(client.id) };
-    state.service().save_scim_user(&client.actor, &su, None).await?;
+    state.service().save_scim_user(&client.actor, &su, None, password.as_ref()).await?;
     answer(&state, &client, &headers, &su, StatusCode::CREATED, &q).await
 }
 
-/// Writes a new state of an existing user (PUT, PATCH). A field a directory source fills is
-/// refused (see `crate::service::inbound_scim`), with an audit entry.
+/// Writes a new state of an existing user (PUT, PATCH), and its password when given (`input`
+/// `None`: the user is unchanged, the password alone is written). A field a directory source
+/// fills is refused (see `crate::service::inbound_scim`), with an audit entry.
 async fn save(
     state: &ScimState,
     client: &Client,
     current: &ScimUser,
-    input: UserInput,
+    input: Option<UserInput>,
     external_id: Option<String>,
+    password: Option<&NewPassword>,
 ) -> ScimResult<ScimUser> {
-    let su = ScimUser { user: current.user.updated(input, directory::now()), external_id, owner: current.owner };
-    match state.service().save_scim_user(&client.actor, &su, Some(current)).await {
+    let su = match input {
+        Some(input) => {
+            ScimUser { user: current.user.updated(input, directory::now()), external_id, owner: current.owner }
+        }
+        None => current.clone(),
+    };
+    match state.service().save_scim_user(&client.actor, &su, Some(current), password).await {
         Ok(()) => Ok(su),
         Err(e @ crate::error::Error::SourceOwned { .. }) => {
             scope::refuse(state, client, "user", &current.user.id.to_string(), &e.to_string()).await?;
@@ -515,7 +572,7 @@ pub(crate) async fn replace(
     headers: HeaderMap,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
-    ScimBody(body): ScimBody,
+    ScimBody(mut body): ScimBody,
 ) -> ScimResult {
     let current = load(&state, &client, &id).await?;
     check_if_match(&headers, current.user.version)?;
@@ -525,9 +582,10 @@ pub(crate) async fn replace(
         }
     }
     let defs = state.store().list_attribute_defs().await?;
+    let password = take_password(&state, &client, &mut body, ("user", &id)).await?;
     let (mut input, external_id) = from_json(&body, Some(&current.user), &defs)?;
-    validate(&state, &client, &mut input, Some(&current.user)).await?;
-    let su = save(&state, &client, &current, input, external_id).await?;
+    validate(&state, &client, &mut input, Some(&current.user), password.as_ref()).await?;
+    let su = save(&state, &client, &current, Some(input), external_id, password.as_ref()).await?;
     answer(&state, &client, &headers, &su, StatusCode::OK, &q).await
 }
 
@@ -548,12 +606,15 @@ pub(crate) async fn patch(
         check_if_match(&headers, current.user.version)?;
         let mut doc = resource(&state, &client, &current, &defs, &base, false).await?;
         patch::apply(&mut doc, &ops, &rs)?;
+        let password = take_password(&state, &client, &mut doc, ("user", &id)).await?;
         let (mut input, external_id) = from_json(&doc, Some(&current.user), &defs)?;
-        validate(&state, &client, &mut input, Some(&current.user)).await?;
-        if input == UserInput::from_user(&current.user) && external_id == current.external_id {
-            return Ok(current);
+        validate(&state, &client, &mut input, Some(&current.user), password.as_ref()).await?;
+        let changed = input != UserInput::from_user(&current.user) || external_id != current.external_id;
+        match (changed, &password) {
+            (false, None) => Ok(current),
+            (false, Some(_)) => save(&state, &client, &current, None, external_id, password.as_ref()).await,
+            (true, _) => save(&state, &client, &current, Some(input), external_id, password.as_ref()).await,
         }
-        save(&state, &client, &current, input, external_id).await
     })
     .await?;
     answer(&state, &client, &headers, &su, StatusCode::OK, &q).await

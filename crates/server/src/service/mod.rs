@@ -32,7 +32,7 @@ use crate::extract::from_value;
 use crate::tokens;
 
 pub mod guard;
-mod inbound_scim;
+pub(crate) mod inbound_scim;
 pub mod saml;
 mod source_sync;
 mod sources;
@@ -378,6 +378,85 @@ impl Service {
         let def = input.into_def(directory::now());
         self.store.create_attribute_def(&def, actor).await?;
         Ok(def)
+    }
+
+    /// Removes a custom attribute and its values. Refused while it is in use (409 naming each
+    /// use: the users that hold a value, the parameters and rules of apps that read it, the
+    /// directory sources that fill it, the SAML settings whose NameID it is); nothing changes
+    /// then. Audited `attribute.delete`.
+    pub async fn delete_attribute(&self, actor: &Actor, name: &str) -> Result<()> {
+        if !self.store.list_attribute_defs().await?.iter().any(|d| d.name == name) {
+            return Err(Error::NotFound("attribute"));
+        }
+        let uses = self.attribute_uses(name).await?;
+        let in_use = |uses: Vec<directory::FieldError>| Error::InUse { what: format!("the attribute {name}"), uses };
+        if !uses.is_empty() {
+            return Err(in_use(uses));
+        }
+        match self.store.delete_attribute_def(name, actor).await {
+            Ok(()) => Ok(()),
+            Err(StoreError::NotFound) => Err(Error::NotFound("attribute")),
+            // A value was written meanwhile.
+            Err(StoreError::InvalidState(_)) => Err(in_use(self.attribute_uses(name).await?)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Where the custom attribute `name` is used, one entry each (`users`, `parameters`,
+    /// `rules`, `sources`, `saml`).
+    async fn attribute_uses(&self, name: &str) -> Result<Vec<directory::FieldError>> {
+        use directory::FieldError;
+        let mut uses = Vec::new();
+        let holders = self.store.count_attribute_holders(name).await?;
+        if holders > 0 {
+            uses.push(FieldError::new(
+                "users",
+                format!(
+                    "{holders} user(s) hold a value of {name} (remove it from them: PATCH /api/v1/users/{{id}} \
+                     {{\"attributes\": {{\"{name}\": null}}}})"
+                ),
+            ));
+        }
+        let mut cursor = None;
+        loop {
+            let page = self
+                .store
+                .list_apps(&NameQuery { q: None, page: PageRequest { limit: store::MAX_PAGE, cursor } })
+                .await?;
+            for app in &page.items {
+                let params = app.parameters.as_deref().unwrap_or_default();
+                for found in directory::mapping::attribute_uses(params, &[], name) {
+                    uses.push(FieldError::new("parameters", format!("app {:?} ({}): {found}", app.name, app.id)));
+                }
+                for found in directory::mapping::attribute_uses(&[], &app.rules, name) {
+                    uses.push(FieldError::new("rules", format!("app {:?} ({}): {found}", app.name, app.id)));
+                }
+                if let Some(saml) = self.store.get_saml_settings(app.id).await? {
+                    if saml.settings.name_id_attribute == name {
+                        uses.push(FieldError::new(
+                            "saml",
+                            format!("app {:?} ({}): the SAML NameID attribute", app.name, app.id),
+                        ));
+                    }
+                }
+            }
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        for source in self.store.list_sources().await? {
+            if let Some(ldap) = source.attributes.get(name) {
+                uses.push(FieldError::new(
+                    "sources",
+                    format!(
+                        "directory source {:?} ({}): filled from the LDAP attribute {ldap}",
+                        source.name, source.id
+                    ),
+                ));
+            }
+        }
+        Ok(uses)
     }
 
     // ---- users ----

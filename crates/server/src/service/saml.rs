@@ -123,17 +123,27 @@ pub fn decoy_hash() -> String {
     DECOY.get_or_init(|| tokens::hash("decoy password").unwrap_or_default()).clone()
 }
 
-fn check_password(password: &str) -> Result<()> {
+/// Why the password policy refuses a password, if it does: at least 12 characters, at most
+/// 1024 bytes. The same for every way a password is set (an admin, an invitation, a SCIM
+/// client); the reason never repeats the password.
+pub(crate) fn password_problem(password: &str) -> Option<&'static str> {
     if password.chars().count() < 12 {
-        return Err(ValidationErrors::single("password", "must be at least 12 characters").into());
+        Some("must be at least 12 characters")
+    } else if password.len() > 1024 {
+        Some("must be at most 1024 bytes")
+    } else {
+        None
     }
-    if password.len() > 1024 {
-        return Err(ValidationErrors::single("password", "must be at most 1024 bytes").into());
-    }
-    Ok(())
 }
 
-async fn hash_password(password: &str) -> Result<String> {
+fn check_password(password: &str) -> Result<()> {
+    match password_problem(password) {
+        Some(why) => Err(ValidationErrors::single("password", why).into()),
+        None => Ok(()),
+    }
+}
+
+pub(crate) async fn hash_password(password: &str) -> Result<String> {
     let owned = password.to_owned();
     tokio::task::spawn_blocking(move || tokens::hash(&owned)).await.map_err(Error::internal)?.map_err(Error::internal)
 }

@@ -62,13 +62,16 @@ pub struct ScimScope {
     pub roles: RoleScope,
     /// Reads only: every write is refused.
     pub read_only: bool,
+    /// May set the password of the users it may change (SCIM `password`, stored only as an
+    /// argon2id hash). On unless an admin turns it off.
+    pub passwords: bool,
 }
 
 impl ScimScope {
     /// What a new client gets: what it creates, read and write.
-    pub const NEW: Self = Self { users: UserScope::Own, roles: RoleScope::Own, read_only: false };
+    pub const NEW: Self = Self { users: UserScope::Own, roles: RoleScope::Own, read_only: false, passwords: true };
     /// Everything (the clients that existed before scopes).
-    pub const ALL: Self = Self { users: UserScope::All, roles: RoleScope::All, read_only: false };
+    pub const ALL: Self = Self { users: UserScope::All, roles: RoleScope::All, read_only: false, passwords: true };
 
     /// The stored form: `(users_scope, users_source_id, roles_scope)`.
     pub fn columns(&self) -> (&'static str, Option<Uuid>, &'static str) {
@@ -86,7 +89,13 @@ impl ScimScope {
     }
 
     /// From the stored form; `None` when it is not one [`Self::columns`] makes.
-    pub fn from_columns(users: &str, source: Option<Uuid>, roles: &str, read_only: bool) -> Option<Self> {
+    pub fn from_columns(
+        users: &str,
+        source: Option<Uuid>,
+        roles: &str,
+        read_only: bool,
+        passwords: bool,
+    ) -> Option<Self> {
         let users = match (users, source) {
             ("own", _) => UserScope::Own,
             ("source", Some(s)) => UserScope::Source(s),
@@ -99,7 +108,7 @@ impl ScimScope {
             "all" => RoleScope::All,
             _ => return None,
         };
-        Some(Self { users, roles, read_only })
+        Some(Self { users, roles, read_only, passwords })
     }
 
     /// The users in scope of client `client`, as a filter.
@@ -175,8 +184,17 @@ pub trait ScimStore: Send + Sync + 'static {
     /// The number of users matching, and the requested window of them.
     async fn scim_users(&self, query: &ScimQuery<UserField>) -> Result<(u64, Vec<ScimUser>)>;
     /// Creates (`expected_version` `None`) or replaces a user with its `externalId`, with its
-    /// change and audit entry.
-    async fn scim_save_user(&self, user: &ScimUser, expected_version: Option<i64>, actor: &Actor) -> Result<()>;
+    /// change and audit entry. A user given with the version it has (`expected_version`) is
+    /// not written again: only its password is. `password_hash` (argon2id) becomes the user's
+    /// sign-in password in the same transaction, audited `user.password.set` (never the
+    /// password or its hash).
+    async fn scim_save_user(
+        &self,
+        user: &ScimUser,
+        expected_version: Option<i64>,
+        password_hash: Option<&str>,
+        actor: &Actor,
+    ) -> Result<()>;
 
     // Groups
     async fn scim_group(&self, id: Uuid) -> Result<Option<ScimGroup>>;

@@ -13,9 +13,10 @@ use super::rows::{
     app_from_row, app_in, connector_str, insert_user_row, record_audit, role_from_row, role_in, token_from_row,
     user_from_row, user_in, write_user_row, AuditRecord, APP_COLUMNS, ROLE_COLUMNS, TOKEN_COLUMNS, USER_COLUMNS,
 };
+use super::scim_filter::{FilterDialect, JsonRead};
 use super::{
     check_version, cursor_uuid, like_pattern, limit_of, paginate, q, to_json, to_value, Arg, Backend, Dialect, Exec,
-    Query, RowGet, WriteTx,
+    Json, Query, RowGet, WriteTx,
 };
 use crate::{
     cursor, AdminStore, AuditQuery, EmailConflict, EntitlementStore, HealthStore, NameQuery, ProvisioningStore, Result,
@@ -25,10 +26,30 @@ use crate::{
 /// The most change-feed rows one [`Store::changes_after`] call reads.
 const MAX_CHANGES: u32 = 10_000;
 
+const DEF_COLUMNS: &str = "name, kind, description, created_at";
+
+fn def_from_row(r: &impl RowGet) -> Result<AttributeDef> {
+    Ok(AttributeDef {
+        name: r.text("name")?,
+        kind: r.parsed("kind", directory::AttributeType::parse)?,
+        description: r.opt_text("description")?,
+        created_at: r.time("created_at")?,
+    })
+}
+
+/// Counts (as `n`) the users that are not deleted and hold a value of the custom attribute `name`.
+fn holders<D: FilterDialect>(name: &str) -> Query {
+    let mut count = q("SELECT COUNT(*) AS n FROM users WHERE users.status <> 'deleted' AND ");
+    D::json(&mut count, name, JsonRead::Text);
+    count.push(" IS NOT NULL");
+    count
+}
+
 #[async_trait]
 impl<S> Store for S
 where
     S: Backend + ProvisioningStore + EntitlementStore + AdminStore + SamlStore + ScimStore + SourceStore + HealthStore,
+    S::Db: FilterDialect,
 {
     async fn health(&self) -> Result<()> {
         Backend::health(self).await
@@ -109,17 +130,8 @@ where
 
     async fn list_attribute_defs(&self) -> Result<Vec<AttributeDef>> {
         let mut c = self.read().await?;
-        let rows = c.all(q("SELECT name, kind, description, created_at FROM attribute_defs ORDER BY name")).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AttributeDef {
-                    name: r.text("name")?,
-                    kind: r.parsed("kind", directory::AttributeType::parse)?,
-                    description: r.opt_text("description")?,
-                    created_at: r.time("created_at")?,
-                })
-            })
-            .collect()
+        let rows = c.all(q(format!("SELECT {DEF_COLUMNS} FROM attribute_defs ORDER BY name"))).await?;
+        rows.iter().map(def_from_row).collect()
     }
 
     async fn create_attribute_def(&self, def: &AttributeDef, actor: &Actor) -> Result<()> {
@@ -138,6 +150,49 @@ where
             target_id: def.name.clone(),
             before: None,
             after: to_value(def),
+        };
+        record_audit(&mut tx, actor, rec).await?;
+        tx.commit().await
+    }
+
+    async fn count_attribute_holders(&self, name: &str) -> Result<u64> {
+        let mut c = self.read_fresh().await?;
+        Ok(c.one(holders::<S::Db>(name)).await?.int("n")?.max(0) as u64)
+    }
+
+    async fn delete_attribute_def(&self, name: &str, actor: &Actor) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let row = tx
+            .opt(q(format!("SELECT {DEF_COLUMNS} FROM attribute_defs WHERE name = ?")).bind(name))
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let def = def_from_row(&row)?;
+        // The row is gone for every other writer from here (PostgreSQL: locked until commit).
+        tx.run(q("DELETE FROM attribute_defs WHERE name = ?").bind(name)).await?;
+        let live = tx.one(holders::<S::Db>(name)).await?.int("n")?;
+        if live > 0 {
+            let _ = tx.rollback().await;
+            return Err(StoreError::InvalidState(format!("{live} user(s) hold a value of {name}")));
+        }
+        let mut select = q("SELECT id, attributes FROM users WHERE ");
+        <S::Db as FilterDialect>::json(&mut select, name, JsonRead::Text);
+        select.push(" IS NOT NULL");
+        for r in tx.all(select).await? {
+            let mut attributes: serde_json::Map<String, Value> = r.json("attributes")?;
+            attributes.remove(name);
+            tx.run(
+                q("UPDATE users SET attributes = ? WHERE id = ?")
+                    .bind(Json(Value::Object(attributes)))
+                    .bind(r.id("id")?),
+            )
+            .await?;
+        }
+        let rec = AuditRecord {
+            action: "attribute.delete",
+            target_type: "attribute",
+            target_id: def.name.clone(),
+            before: to_value(&def),
+            after: None,
         };
         record_audit(&mut tx, actor, rec).await?;
         tx.commit().await

@@ -157,6 +157,41 @@ pub async fn record_audit<D: Dialect>(tx: &mut impl WriteTx<D>, actor: &Actor, r
     tx.attribute_changes(row.int("id")?).await
 }
 
+/// What the audit log calls the setting of a user's password (by an admin or a SCIM client).
+/// The entry says `{"password": "set"}`: never the password, nor its hash.
+pub const PASSWORD_SET: &str = "user.password.set";
+
+/// Sets a user's password hash (argon2id), without an audit entry of its own.
+pub async fn write_password<D: Dialect>(tx: &mut impl Exec<D>, user: Uuid, hash: &str) -> Result<()> {
+    tx.run(
+        q("INSERT INTO user_passwords (user_id, hash, updated_at) VALUES (?, ?, ?) \
+           ON CONFLICT (user_id) DO UPDATE SET hash = excluded.hash, updated_at = excluded.updated_at")
+        .bind(user)
+        .bind(hash)
+        .bind(directory::now()),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Sets a user's password hash, audited [`PASSWORD_SET`].
+pub async fn set_user_password_in<D: Dialect>(
+    tx: &mut impl WriteTx<D>,
+    user: Uuid,
+    hash: &str,
+    actor: &Actor,
+) -> Result<()> {
+    write_password(tx, user, hash).await?;
+    let rec = AuditRecord {
+        action: PASSWORD_SET,
+        target_type: "user",
+        target_id: user.to_string(),
+        before: None,
+        after: Some(serde_json::json!({"password": "set"})),
+    };
+    record_audit(tx, actor, rec).await
+}
+
 /// Inserts a user row (with the SCIM `externalId` an inbound SCIM client gave, if any). With
 /// `skip_taken`, a row whose id or username is taken is not inserted (`false`) instead of
 /// failing as a conflict.

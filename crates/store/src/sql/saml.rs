@@ -9,7 +9,9 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::provisioning::{event_from_row, OP_COLUMNS};
-use super::rows::{record_audit, row_in, user_from_row, user_in, AuditRecord, USER_COLUMNS};
+use super::rows::{
+    record_audit, row_in, set_user_password_in, user_from_row, user_in, write_password, AuditRecord, USER_COLUMNS,
+};
 use super::{check_version, q, to_json, to_value, Backend, Exec, Json, RowGet, WriteTx};
 use crate::saml::{InvitationRecord, KeyState, SamlKeyRecord, SamlSettingsRecord, SamlStore, UserSessionRecord};
 use crate::{Result, StoreError};
@@ -65,19 +67,6 @@ fn session_from_row(row: &impl RowGet) -> Result<UserSessionRecord> {
 /// What the audit log shows of SAML settings (the SP certificate is public).
 fn settings_doc(s: &SamlSettings) -> Option<Value> {
     to_value(s)
-}
-
-/// Sets a user's password hash.
-async fn set_password<S: Backend>(tx: &mut S::Tx, user: Uuid, hash: &str) -> Result<()> {
-    tx.run(
-        q("INSERT INTO user_passwords (user_id, hash, updated_at) VALUES (?, ?, ?) \
-           ON CONFLICT (user_id) DO UPDATE SET hash = excluded.hash, updated_at = excluded.updated_at")
-        .bind(user)
-        .bind(hash)
-        .bind(directory::now()),
-    )
-    .await?;
-    Ok(())
 }
 
 #[async_trait]
@@ -221,19 +210,7 @@ impl<S: Backend> SamlStore for S {
     async fn set_user_password(&self, user: Uuid, hash: &str, actor: &Actor) -> Result<()> {
         let mut tx = self.begin().await?;
         user_in(&mut tx, user).await?;
-        set_password::<S>(&mut tx, user, hash).await?;
-        record_audit(
-            &mut tx,
-            actor,
-            AuditRecord {
-                action: "user.password.set",
-                target_type: "user",
-                target_id: user.to_string(),
-                before: None,
-                after: None,
-            },
-        )
-        .await?;
+        set_user_password_in(&mut tx, user, hash, actor).await?;
         tx.commit().await
     }
 
@@ -282,7 +259,7 @@ impl<S: Backend> SamlStore for S {
         }
         let user = user_in(&mut tx, inv.user_id).await?;
         tx.run(q("UPDATE user_invitations SET used_at = ? WHERE id = ?").bind(now).bind(inv.id)).await?;
-        set_password::<S>(&mut tx, inv.user_id, password_hash).await?;
+        write_password(&mut tx, inv.user_id, password_hash).await?;
         record_audit(
             &mut tx,
             &Actor { kind: "user".into(), name: user.username },

@@ -10,8 +10,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::rows::{
-    check_email, insert_user_row, record_audit, role_from_row, role_in, update_user_set, user_from_row, user_in,
-    AuditRecord, ROLE_COLUMNS, USER_COLUMNS,
+    check_email, insert_user_row, record_audit, role_from_row, role_in, set_user_password_in, update_user_set,
+    user_from_row, user_in, AuditRecord, ROLE_COLUMNS, USER_COLUMNS,
 };
 use super::scim_filter::{order_sql, to_sql, FilterDialect, FilterSqlError, SqlField};
 use super::{check_version, q, to_value, Backend, Exec, RowGet, WriteTx};
@@ -22,12 +22,19 @@ use crate::{Result, StoreError};
 
 /// The columns of a client.
 const CLIENT_COLUMNS: &str =
-    "id, name, lookup, hash, created_at, revoked_at, users_scope, users_source_id, roles_scope, read_only, legacy_scope";
+    "id, name, lookup, hash, created_at, revoked_at, users_scope, users_source_id, roles_scope, \
+                              read_only, passwords, legacy_scope";
 
 fn client_from_row(r: &impl RowGet) -> Result<ScimClientRecord> {
     let (users, roles) = (r.text("users_scope")?, r.text("roles_scope")?);
-    let scope = ScimScope::from_columns(&users, r.opt_id("users_source_id")?, &roles, r.flag("read_only")?)
-        .ok_or_else(|| StoreError::Backend(format!("bad SCIM client scope {users}/{roles}")))?;
+    let scope = ScimScope::from_columns(
+        &users,
+        r.opt_id("users_source_id")?,
+        &roles,
+        r.flag("read_only")?,
+        r.flag("passwords")?,
+    )
+    .ok_or_else(|| StoreError::Backend(format!("bad SCIM client scope {users}/{roles}")))?;
     Ok(ScimClientRecord {
         id: r.id("id")?,
         name: r.text("name")?,
@@ -85,7 +92,8 @@ async fn search<D: FilterDialect, F: SqlField>(
 /// A client's scope as its audit entries show it.
 fn scope_json(scope: &ScimScope) -> Value {
     let (users, source, roles) = scope.columns();
-    serde_json::json!({"users": users, "source_id": source, "roles": roles, "read_only": scope.read_only})
+    serde_json::json!({"users": users, "source_id": source, "roles": roles, "read_only": scope.read_only,
+        "passwords": scope.passwords})
 }
 
 #[async_trait]
@@ -98,7 +106,7 @@ where
         let (users, source, roles) = client.scope.columns();
         tx.run(
             q("INSERT INTO scim_clients (id, name, lookup, hash, created_at, users_scope, users_source_id, roles_scope, \
-               read_only, legacy_scope) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+               read_only, passwords, legacy_scope) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
             .bind(client.id)
             .bind(&client.name)
             .bind(&client.lookup)
@@ -108,6 +116,7 @@ where
             .bind(source)
             .bind(roles)
             .bind(client.scope.read_only)
+            .bind(client.scope.passwords)
             .bind(client.legacy_scope),
         )
         .await?;
@@ -178,11 +187,12 @@ where
         let done = tx
             .run(
                 q("UPDATE scim_clients SET users_scope = ?, users_source_id = ?, roles_scope = ?, read_only = ?, \
-                   legacy_scope = FALSE WHERE id = ? AND revoked_at IS NULL")
+                   passwords = ?, legacy_scope = FALSE WHERE id = ? AND revoked_at IS NULL")
                 .bind(users)
                 .bind(source)
                 .bind(roles)
                 .bind(scope.read_only)
+                .bind(scope.passwords)
                 .bind(id),
             )
             .await?;
@@ -231,7 +241,13 @@ where
         Ok((n, rows.iter().map(scim_user_from_row).collect::<Result<_>>()?))
     }
 
-    async fn scim_save_user(&self, su: &ScimUser, expected_version: Option<i64>, actor: &Actor) -> Result<()> {
+    async fn scim_save_user(
+        &self,
+        su: &ScimUser,
+        expected_version: Option<i64>,
+        password_hash: Option<&str>,
+        actor: &Actor,
+    ) -> Result<()> {
         let user = &su.user;
         let mut tx = self.begin().await?;
         let before = match expected_version {
@@ -252,6 +268,13 @@ where
                     return Err(StoreError::NotFound);
                 }
                 check_version(before.version, Some(expected))?;
+                if user.version == before.version {
+                    // Unchanged: the password alone is written.
+                    if let Some(hash) = password_hash {
+                        set_user_password_in(&mut tx, user.id, hash, actor).await?;
+                    }
+                    return tx.commit().await;
+                }
                 let mut update = update_user_set(user)?;
                 update.push(", scim_external_id = ? WHERE id = ?").add(su.external_id.as_ref()).add(user.id);
                 let updated = async {
@@ -275,6 +298,9 @@ where
         }
         record_audit(&mut tx, actor, AuditRecord::of(action, user.id, before.as_ref().and_then(to_value), after))
             .await?;
+        if let Some(hash) = password_hash {
+            set_user_password_in(&mut tx, user.id, hash, actor).await?;
+        }
         tx.commit().await
     }
 

@@ -216,7 +216,7 @@ pub async fn app_credentials_are_kept_apart(s: Arc<dyn Store>) {
 
 pub async fn attribute_definitions(s: Arc<dyn Store>) {
     let mut input = AttributeDefInput {
-        name: "cost_center".into(),
+        name: "cost_code".into(),
         kind: AttributeType::String,
         description: Some("Finance code".into()),
     };

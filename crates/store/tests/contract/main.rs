@@ -21,6 +21,7 @@ mod admins;
 mod directory;
 mod entitlements;
 mod health;
+mod passwords;
 mod postgres_only;
 mod provisioning;
 mod release_fixture;

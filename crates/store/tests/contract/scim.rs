@@ -93,7 +93,7 @@ pub async fn filters_run_as_sql(s: Arc<dyn Store>) {
     let mut eve = scim_user("eve", Some("O'Hacker'); DROP TABLE users; --"), None);
     eve.user.status = UserStatus::Suspended;
     for u in [&ada, &bob, &eve] {
-        s.scim_save_user(u, None, &actor()).await.unwrap();
+        s.scim_save_user(u, None, None, &actor()).await.unwrap();
     }
     use CompareOp::*;
     use UserField::*;
@@ -161,7 +161,7 @@ pub async fn groups_save_members_in_one_transaction(s: Arc<dyn Store>) {
     let a = scim_user("ann", None, None);
     let b = scim_user("ben", None, None);
     for u in [&a, &b] {
-        s.scim_save_user(u, None, &actor()).await.unwrap();
+        s.scim_save_user(u, None, None, &actor()).await.unwrap();
     }
     let g = ScimGroup {
         role: Role::new(RoleInput { name: "Staff".into(), description: None, pushable: false }, directory::now()),
@@ -243,7 +243,8 @@ pub async fn client_scopes_are_stored_and_select_owned_sourced_and_pushable_obje
     s.create_scim_client(&legacy, &admin).await.unwrap();
     assert_eq!(s.find_scim_client_by_lookup("old").await.unwrap(), Some(legacy.clone()));
     let src = Uuid::now_v7();
-    let narrowed = ScimScope { users: UserScope::Source(src), roles: RoleScope::Pushable, read_only: true };
+    let narrowed =
+        ScimScope { users: UserScope::Source(src), roles: RoleScope::Pushable, read_only: true, passwords: false };
     let got = s.set_scim_client_scope(legacy.id, &narrowed, &admin).await.unwrap();
     assert_eq!((got.scope, got.legacy_scope), (narrowed, false));
     assert_eq!(s.list_scim_clients().await.unwrap()[0].scope, narrowed);
@@ -258,13 +259,13 @@ pub async fn client_scopes_are_stored_and_select_owned_sourced_and_pushable_obje
     mine.owner = Some(client);
     let theirs = scim_user("theirs", None, None);
     for u in [&mine, &theirs] {
-        s.scim_save_user(u, None, &actor()).await.unwrap();
+        s.scim_save_user(u, None, None, &actor()).await.unwrap();
     }
     assert_eq!(s.scim_user(mine.user.id).await.unwrap().unwrap().owner, Some(client));
     let mut updated = mine.clone();
     updated.owner = None;
     updated.user.version += 1;
-    s.scim_save_user(&updated, Some(mine.user.version), &actor()).await.unwrap();
+    s.scim_save_user(&updated, Some(mine.user.version), None, &actor()).await.unwrap();
     assert_eq!(s.scim_user(mine.user.id).await.unwrap().unwrap().owner, Some(client), "the creator never changes");
     let own = ScimScope::NEW;
     assert_eq!(names(&*s, own.user_filter(client)).await, ["mine"]);
