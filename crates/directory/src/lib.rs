@@ -1,7 +1,8 @@
 //! Domain types of the Provisioner directory: people, roles, apps (their mapping and SAML
 //! settings), custom attribute definitions, directory sources, provisioning records, the
-//! audit log and the change feed, and the planner's vocabulary ([`plan`]). Pure data and
-//! validation, no I/O; [`now`] is the one place the wall clock is read.
+//! audit log and the change feed, and the planners' vocabulary (provisioning: [`plan`];
+//! directory-source syncs: [`source_plan`]). Pure data and validation, no I/O; [`now`] is the
+//! one place the wall clock is read.
 
 pub mod app;
 pub mod attribute;
@@ -14,6 +15,7 @@ pub mod provisioning;
 pub mod role;
 pub mod saml;
 pub mod source;
+pub mod source_plan;
 pub mod user;
 pub mod validation;
 
@@ -37,6 +39,7 @@ pub use source::{
     DirectorySource, DisabledCondition, GroupMapping, SourceConfig, SourceFlavor, SourceInput, SourceKind, SourceLink,
     SourceSync, SyncCounts, SyncMode, SyncState,
 };
+pub use source_plan::{dn_key, LinkedUser, SkippedWrite, SourceBatch, SourceUpdate};
 pub use user::{User, UserInput, UserSource, UserStatus};
 pub use validation::{FieldError, ValidationErrors};
 

@@ -1,7 +1,10 @@
 //! The provisioning engine.
 //!
 //! - [`mapping`] and [`plan`] are pure: directory data and account records in, operations
-//!   out. They decide everything and are tested exhaustively without I/O.
+//!   out. They decide everything and are tested exhaustively without I/O. So is
+//!   [`source_sync`], a directory-source sync's planning. The pure modules name no storage:
+//!   what they read and decide are the directory crate's types ([`directory::plan`],
+//!   [`directory::source_plan`]).
 //! - [`worker`] carries out one operation against an app through a [`connectors::Connector`].
 //! - [`runner`] is the running engine: the planner loop that follows the change feed, the
 //!   dispatcher that claims operations with a lease and runs them within each app's
@@ -56,6 +59,24 @@ mod clock {
         for (file, text) in planning {
             let production = text.split("#[cfg(test)]").next().unwrap_or(text);
             assert!(!production.contains("now()"), "{file} reads the clock; take the time as a parameter");
+        }
+    }
+}
+
+#[cfg(test)]
+mod storage {
+    /// The pure planning modules depend on no storage: what they read and decide are the
+    /// directory crate's types; loading and writing them belong to the runners.
+    #[test]
+    fn pure_planning_code_names_no_store() {
+        let pure = [
+            ("plan.rs", include_str!("plan.rs")),
+            ("mapping.rs", include_str!("mapping.rs")),
+            ("source_sync.rs", include_str!("source_sync.rs")),
+        ];
+        for (file, text) in pure {
+            let production = text.split("#[cfg(test)]").next().unwrap_or(text);
+            assert!(!production.contains("store::"), "{file} names the store; take the directory crate's types");
         }
     }
 }

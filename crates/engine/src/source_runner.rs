@@ -15,10 +15,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use connectors::{Source, SourceError, SourceRegistry};
-use directory::{Actor, DirectorySource, SourceSync, SyncCounts, SyncMode, SyncState, UserInput};
+use directory::{
+    dn_key, Actor, DirectorySource, SourceBatch, SourceSync, SourceUpdate, SyncCounts, SyncMode, SyncState, UserInput,
+};
 use serde::Serialize;
-use store::sources::{decrypt_password, dn_key};
-use store::{SourceBatch, SourceCursor, SourceUpdate, Store, StoreError};
+use store::sources::decrypt_password;
+use store::{SourceCursor, Store, StoreError};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 

@@ -7,10 +7,11 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use connectors::DirectoryEntry;
-use directory::{AttributeDef, AttributeType, DirectorySource, SourceLink, User, UserInput, UserSource, UserStatus};
+use directory::{
+    dn_key, AttributeDef, AttributeType, DirectorySource, LinkedUser, SourceBatch, SourceLink, SourceUpdate, User,
+    UserInput, UserSource, UserStatus,
+};
 use serde_json::{Map, Value};
-use store::sources::dn_key;
-use store::{LinkedUser, SourceBatch, SourceUpdate};
 use uuid::Uuid;
 
 /// A person as the directory says they should be here.

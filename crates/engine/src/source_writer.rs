@@ -9,8 +9,7 @@
 //! the same wake-up of the engine. Every writer of users goes through the service layer.
 
 use async_trait::async_trait;
-use directory::{Actor, DirectorySource};
-use store::{SkippedWrite, SourceBatch};
+use directory::{Actor, DirectorySource, SkippedWrite, SourceBatch};
 use uuid::Uuid;
 
 use crate::runner::EngineError;

@@ -34,7 +34,7 @@ pub use postgres::{PostgresOptions, PostgresStore};
 pub use provisioning::{AccountQuery, EventQuery, ProvisioningStore};
 pub use saml::{InvitationRecord, KeyState, SamlKeyRecord, SamlSettingsRecord, SamlStore, UserSessionRecord};
 pub use scim::ScimStore;
-pub use sources::{LinkedUser, SkippedWrite, SourceBatch, SourceCursor, SourceStore, SourceUpdate};
+pub use sources::{SourceCursor, SourceStore};
 pub use sqlite::SqliteStore;
 
 /// What can go wrong in a store. Callers map these to responses in one place.

@@ -1,54 +1,16 @@
 //! The directory-source half of the storage seam: sources (their bind password only as
 //! ciphertext), their syncs, the link of each imported user to their directory entry, and
-//! the batched writes a sync makes (one transaction per page of entries).
+//! the batched writes a sync makes (one transaction per page of entries; the batch and the
+//! linked users are the sync planner's types, [`directory::source_plan`]).
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use directory::{Actor, DirectorySource, SourceLink, SourceSync, User};
+use directory::{Actor, DirectorySource, LinkedUser, SkippedWrite, SourceBatch, SourceLink, SourceSync};
 use uuid::Uuid;
 
 use crate::Result;
-
-/// What a sync writes for one page of directory entries, in one transaction. Every user
-/// write comes with its audit entry and change-feed row.
-#[derive(Debug, Clone, Default)]
-pub struct SourceBatch {
-    /// New users (source `ldap`) and their links.
-    pub creates: Vec<(User, SourceLink)>,
-    /// Users to replace (`user.version` already moved on from `expected_version`), with
-    /// their link (new DN, suspended-by-source flag). Suspensions and reactivations are
-    /// updates of the status.
-    pub updates: Vec<SourceUpdate>,
-    /// Role memberships to add: (role, user).
-    pub role_adds: Vec<(Uuid, Uuid)>,
-    /// Role memberships to remove: (role, user).
-    pub role_removes: Vec<(Uuid, Uuid)>,
-}
-
-#[derive(Debug, Clone)]
-pub struct SourceUpdate {
-    pub user: User,
-    pub expected_version: i64,
-    pub link: SourceLink,
-}
-
-/// A user write of a batch that was not made, and why (e.g. the username is taken by a user
-/// of another source). The rest of the batch is written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SkippedWrite {
-    pub user_id: Uuid,
-    pub stable_id: String,
-    pub reason: String,
-}
-
-/// A link with the linked user's current state.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LinkedUser {
-    pub link: SourceLink,
-    pub user: User,
-}
 
 /// Where incremental syncs of a source start from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -108,26 +70,6 @@ pub trait SourceStore: Send + Sync + 'static {
     async fn source_link_of_user(&self, user: Uuid) -> Result<Option<SourceLink>>;
 }
 
-/// The lower-cased DN without spaces around separators: how DNs are compared.
-pub fn dn_key(dn: &str) -> String {
-    let mut out = String::with_capacity(dn.len());
-    for part in dn.split(',') {
-        if !out.is_empty() {
-            out.push(',');
-        }
-        let part = part.trim();
-        match part.split_once('=') {
-            Some((k, v)) => {
-                out.push_str(&k.trim().to_lowercase());
-                out.push('=');
-                out.push_str(&v.trim().to_lowercase());
-            }
-            None => out.push_str(&part.to_lowercase()),
-        }
-    }
-    out
-}
-
 /// The associated data binding a source's bind password to that source.
 fn password_aad(source: Uuid) -> Vec<u8> {
     format!("source:{source}:bind_password").into_bytes()
@@ -150,12 +92,4 @@ pub fn decrypt_password(
 ) -> Result<String, crate::secrets::SecretError> {
     let plain = keyring.decrypt(ciphertext, &password_aad(source))?;
     String::from_utf8(plain).map_err(|_| crate::secrets::SecretError::Corrupt)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn dns_compare_without_case_or_spaces() {
-        assert_eq!(super::dn_key("CN=Ada Lovelace, OU=People ,DC=Example"), "cn=ada lovelace,ou=people,dc=example");
-    }
 }

@@ -114,7 +114,7 @@ async fn a_source_scoped_client_sees_that_sources_users_only() {
         dn: "uid=imported,dc=example,dc=com".into(),
         suspended_by_source: false,
     };
-    let batch = store::SourceBatch { creates: vec![(imported.clone(), link)], ..Default::default() };
+    let batch = directory::SourceBatch { creates: vec![(imported.clone(), link)], ..Default::default() };
     let source = s.state.service.get_source(src_id).await.unwrap();
     s.state.service.source_writer().apply_source_batch(&source, batch, &directory::Actor::cli()).await.unwrap();
     s.user("local").await;

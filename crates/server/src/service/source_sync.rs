@@ -20,10 +20,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use directory::{Actor, AttributeDef, DirectorySource, SourceLink, User, UserInput, ValidationErrors};
+use directory::{
+    Actor, AttributeDef, DirectorySource, LinkedUser, SkippedWrite, SourceBatch, SourceLink, SourceUpdate, User,
+    UserInput, ValidationErrors,
+};
 use engine::{BatchOutcome, DirectoryWriter, Engine, EngineError};
 use serde_json::{Map, Value};
-use store::{LinkedUser, SkippedWrite, SourceBatch, SourceUpdate, Store, StoreError};
+use store::{Store, StoreError};
 use uuid::Uuid;
 
 use super::sources::merge_patch_between;

@@ -5,13 +5,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use directory::{
-    Actor, AuditAction, DirectorySource, NewChange, SourceLink, SourceSync, SyncMode, SyncState, User, UserStatus,
+    dn_key, Actor, AuditAction, DirectorySource, LinkedUser, NewChange, SkippedWrite, SourceBatch, SourceLink,
+    SourceSync, SyncMode, SyncState, User, UserStatus,
 };
 use uuid::Uuid;
 
 use super::rows::{insert_user_row, record_audit, user_from_row, user_in, write_user_row, AuditRecord, USER_COLUMNS};
 use super::{check_version, q, to_json, to_value, Backend, Dialect, Exec, RowGet, WriteTx};
-use crate::sources::{dn_key, LinkedUser, SkippedWrite, SourceBatch, SourceCursor, SourceStore};
+use crate::sources::{SourceCursor, SourceStore};
 use crate::{Result, StoreError};
 
 /// Entries read by one statement of [`SourceStore::linked_users`] and [`SourceStore::links_by_dn`].

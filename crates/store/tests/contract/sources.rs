@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use directory::{
-    Actor, ChangeKind, DirectorySource, Role, RoleInput, SourceFlavor, SourceInput, SourceKind, SourceLink, SourceSync,
-    SyncCounts, SyncMode, SyncState, User, UserInput, UserSource, UserStatus,
+    Actor, ChangeKind, DirectorySource, Role, RoleInput, SourceBatch, SourceFlavor, SourceInput, SourceKind,
+    SourceLink, SourceSync, SourceUpdate, SyncCounts, SyncMode, SyncState, User, UserInput, UserSource, UserStatus,
 };
-use store::{AuditQuery, SourceBatch, SourceCursor, SourceUpdate, Store, StoreError};
+use store::{AuditQuery, SourceCursor, Store, StoreError};
 use uuid::Uuid;
 
 fn source(name: &str) -> DirectorySource {
