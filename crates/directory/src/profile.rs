@@ -705,7 +705,7 @@ mod tests {
         assert_eq!(p.get(&path("nick_name")), Some(json!("Babs")));
         assert_eq!(
             p.get(&path("addresses")),
-            Some(json!([{"locality": "Redmond", "postalCode": "98052", "type": "work"}]))
+            Some(json!([{"locality": "Redmond", "postalCode": "98052", "type": "work", "primary": false}]))
         );
         assert_eq!(p.get(&path("phone_numbers[primary eq true].type")), Some(json!("work")));
     }
