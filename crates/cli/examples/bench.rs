@@ -827,11 +827,7 @@ async fn scim_inbound_bench() {
     println!(
         "== scim-inbound: backend {backend}, {n} users POSTed by {clients} SCIM clients (1 request in flight each), \
          body {}, app max_concurrency {concurrency}",
-        if full {
-            "full (Entra, fully populated)"
-        } else {
-            "basic (Entra's first fields)"
-        }
+        if full { "full (Entra, fully populated)" } else { "basic (Entra's first fields)" }
     );
 
     // The target records when each userName arrives.

@@ -590,6 +590,18 @@ async fn rfc_patch_examples(backend: Backend) {
     let a = c.patch(&gp, json!([{"op": "remove", "path": "members"}, {"op": "add", "path": "members", "value": [{"value": "not-a-user"}]}])).await;
     scim_error(&a, 400, Some("invalidValue"));
     assert_eq!(c.get(&gp).await.body, before);
+    // A member id that names no user is named, every one of them.
+    let (ghost, ghost2) = (uuid::Uuid::now_v7().to_string(), uuid::Uuid::now_v7().to_string());
+    let a = c
+        .patch(
+            &gp,
+            json!([{"op": "add", "path": "members", "value": [{"value": ghost}, {"value": b}, {"value": ghost2}]}]),
+        )
+        .await;
+    scim_error(&a, 400, Some("invalidValue"));
+    let detail = a.body["detail"].as_str().unwrap();
+    assert!(detail.contains(&ghost) && detail.contains(&ghost2) && !detail.contains(b), "{detail}");
+    assert_eq!(c.get(&gp).await.body, before);
 }
 
 async fn entra_and_okta_dialects(backend: Backend) {
