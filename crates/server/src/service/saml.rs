@@ -127,22 +127,21 @@ pub fn decoy_hash() -> String {
 /// characters, at most 1024 bytes (an admin, an invitation). The reason never repeats the
 /// password.
 pub(crate) fn password_problem(password: &str) -> Option<&'static str> {
-    if password.chars().count() < 12 {
-        Some("must be at least 12 characters")
-    } else if password.len() > 1024 {
-        Some("must be at most 1024 bytes")
-    } else {
-        None
-    }
+    length_problem(password, 12, "must be at least 12 characters")
 }
 
 /// Why a password an identity provider syncs (SCIM `password`) is refused, if it is: at least
 /// 8 characters (NIST SP 800-63B's floor), at most 1024 bytes. The identity provider enforces
 /// the organisation's own policy where the person chose the password, and Okta documents 8
-/// characters in its SCIM requests; a shorter one is refused as here.
+/// characters in its SCIM requests.
 pub(crate) fn synced_password_problem(password: &str) -> Option<&'static str> {
-    if password.chars().count() < 8 {
-        Some("must be at least 8 characters")
+    length_problem(password, 8, "must be at least 8 characters")
+}
+
+/// `too_short` when `password` has fewer than `min` characters; more than 1024 bytes is too long.
+fn length_problem(password: &str, min: usize, too_short: &'static str) -> Option<&'static str> {
+    if password.chars().count() < min {
+        Some(too_short)
     } else if password.len() > 1024 {
         Some("must be at most 1024 bytes")
     } else {
