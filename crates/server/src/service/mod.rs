@@ -61,6 +61,21 @@ fn merge(mut doc: Value, patch: &Map<String, Value>, read_only: &[&str]) -> Resu
     Ok(doc)
 }
 
+/// The writable fields of `user` with a JSON merge patch applied, not yet validated.
+/// `"email": null` removes the address standing for `emails` (an absent `email` would take it
+/// from the list); the same for `phone`.
+fn patched_input(user: &User, patch: &Map<String, Value>) -> Result<UserInput> {
+    let doc = merge(to_doc(&UserInput::from_user(user))?, patch, directory::user::READ_ONLY_USER_FIELDS)?;
+    let mut input: UserInput = from_value(doc)?;
+    if patch.get("email").is_some_and(Value::is_null) && !patch.contains_key("emails") {
+        input.set_email(None);
+    }
+    if patch.get("phone").is_some_and(Value::is_null) && !patch.contains_key("phone_numbers") {
+        input.set_phone(None);
+    }
+    Ok(input)
+}
+
 fn to_doc<T: serde::Serialize>(v: &T) -> Result<Value> {
     serde_json::to_value(v).map_err(Error::internal)
 }
@@ -545,16 +560,7 @@ impl Service {
         let current = self.get_user(id).await?;
         check_if_match(current.version, if_match)?;
         self.check_sourced_patch(&current, patch).await?;
-        let doc = merge(to_doc(&UserInput::from_user(&current))?, patch, directory::user::READ_ONLY_USER_FIELDS)?;
-        let mut input: UserInput = from_value(doc)?;
-        // `"email": null` removes the address standing for `emails` (an absent `email` would
-        // take it from the list); the same for `phone`.
-        if patch.get("email").is_some_and(Value::is_null) && !patch.contains_key("emails") {
-            input.set_email(None);
-        }
-        if patch.get("phone").is_some_and(Value::is_null) && !patch.contains_key("phone_numbers") {
-            input.set_phone(None);
-        }
+        let mut input = patched_input(&current, patch)?;
         self.validate_user(&mut input, Some(id)).await?;
         let updated = current.updated(input, directory::now());
         Ok((current, updated))

@@ -234,21 +234,9 @@ impl Service {
             })
             .collect();
         if !paths.is_empty() {
-            let mut next = current.clone();
-            if let (Value::Object(doc), patch) = (&mut next, patch) {
-                for (k, v) in patch {
-                    doc.insert(k.clone(), v.clone());
-                }
-            }
-            if let Ok(mut next) = serde_json::from_value::<directory::UserInput>(next) {
-                // `email` and `phone` set the values standing for their lists (see
-                // directory::UserInput); what the write would store is compared.
-                if patch.get("email").is_some_and(Value::is_null) {
-                    next.set_email(None);
-                }
-                if patch.get("phone").is_some_and(Value::is_null) {
-                    next.set_phone(None);
-                }
+            // What the write would store is compared (`email` and `phone` set the values
+            // standing for their lists).
+            if let Ok(mut next) = super::patched_input(user, patch) {
                 // Only the normalised values matter here; problems are the validation's to say.
                 let _ = next.normalize_and_validate(&[]);
                 for (field, path) in paths {
