@@ -15,10 +15,17 @@
 //! users per second, POST and PATCH latency, and the time until the last of them has an
 //! account in `scim-target`.
 //!
+//! `bench scim-bulk`: the same set-up; a first load of `BENCH_SCIM_POSTS` (10000) users over SCIM
+//! `/Bulk`, in requests of `BENCH_SCIM_BULK` (1000) user POSTs from `BENCH_SCIM_CLIENTS` (1)
+//! identity providers, each bulk followed by one group PATCH adding its users (see
+//! `scim_bulk_bench`); users per second, bulk and PATCH latency, and the time until the last of
+//! them has an account in `scim-target`.
+//!
 //! Settings (environment): `BENCH_BACKEND` (`sqlite` | `postgres`), `BENCH_PROCESSES` (1),
 //! `BENCH_USERS` (100000), `BENCH_CONCURRENCY` (16), `BENCH_RATE` (1000 changes/s),
 //! `BENCH_SECONDS` (60), `BENCH_PLAN_USERS` (1000000), `BENCH_PLAN_APPS` (10),
-//! `BENCH_SCIM_POSTS` (1000), `BENCH_SCIM_CLIENTS` (8), `BENCH_SCIM_BODY` (`full`, the default:
+//! `BENCH_SCIM_POSTS` (1000; 10000 for `scim-bulk`), `BENCH_SCIM_CLIENTS` (8; 1 for
+//! `scim-bulk`), `BENCH_SCIM_BULK` (1000), `BENCH_SCIM_BODY` (`full`, the default:
 //! every attribute of a fully populated Entra user; `basic`: Entra's first fields only; see
 //! `entra_user_body`).
 //! Prints figures (and `RESULT key=value` lines for the script); asserts nothing about time.
@@ -784,8 +791,8 @@ fn entra_user_body(i: usize, full: bool) -> Value {
     body
 }
 
-/// What one pushed user took: the userName, when its POST was sent (unix micros), and the
-/// POST's and the membership PATCH's latencies (micros).
+/// What one pushed user took: the userName, when its POST (or its bulk) was sent (unix micros),
+/// and the POST's and the membership PATCH's latencies (micros; 0 for a bulk's users).
 struct Pushed {
     user_name: String,
     sent_at: u64,
@@ -816,31 +823,39 @@ async fn admin(req: reqwest::RequestBuilder, body: Option<Value>, what: &str) ->
     serde_json::from_str(&text).unwrap_or(Value::Null)
 }
 
-/// `bench scim`: identity providers pushing people into the directory over inbound SCIM, and the
-/// engine provisioning them onward into `scim-target`.
-async fn scim_inbound_bench() {
-    let backend = std::env::var("BENCH_BACKEND").unwrap_or_else(|_| "sqlite".into());
-    let n: usize = env_or("BENCH_SCIM_POSTS", 1000);
-    let clients: usize = env_or("BENCH_SCIM_CLIENTS", 8).max(1);
-    let concurrency: usize = env_or("BENCH_CONCURRENCY", 16);
-    let full = std::env::var("BENCH_SCIM_BODY").map_or(true, |v| v != "basic");
-    println!(
-        "== scim-inbound: backend {backend}, {n} users POSTed by {clients} SCIM clients (1 request in flight each), \
-         body {}, app max_concurrency {concurrency}",
-        if full { "full (Entra, fully populated)" } else { "basic (Entra's first fields)" }
-    );
+/// What the `bench scim` runs share: `scim-target` recording when each `userName` arrives, one
+/// `provisioner serve` (per-client rate limit raised) with an app pointing at the target, and
+/// for each identity provider a pushable role granting the app and a SCIM client.
+struct ScimRun {
+    // Field order is drop order: the process goes before its database.
+    proc: Serve,
+    _db: Db,
+    target: Target,
+    api: String,
+    http: reqwest::Client,
+    app_id: String,
+}
 
-    // The target records when each userName arrives.
+/// One identity provider: its own connections, its token and its group (a role granting the app).
+struct Idp {
+    client: reqwest::Client,
+    token: String,
+    role_id: String,
+}
+
+/// Set-up (not timed), through the admin API.
+async fn scim_setup(backend: &str, clients: usize, concurrency: usize) -> (ScimRun, Vec<Idp>) {
     let target = Target::spawn_recording("userName").await;
-    let db = Db::create(&backend).await;
+    let db = Db::create(backend).await;
     let key = store::secrets::Keyring::generate_key();
-    // The per-client limit (1200 a minute) raised for the run: each client sends 2 requests a user.
+    // The per-client limit (1200 a minute) raised for the run: it would pace the clients, not
+    // the server (a bulk counts as its number of operations).
     let proc = serve_with(&db, &key, "all", &[("PROVISIONER_SCIM_RATE_LIMIT", "100000000".into())]).await;
     let api = format!("{}/api/v1", proc.url);
     let http = reqwest::Client::new();
 
-    // Set-up (not timed), through the admin API: the app, then for each client a pushable role
-    // granting it and a SCIM client (users: all, roles: pushable) with its own token.
+    // The app, then for each client a pushable role granting it and a SCIM client (users: all,
+    // roles: pushable) with its own token.
     let app = admin(
         http.post(format!("{api}/apps")),
         Some(json!({"name": "Bench", "connection": {"base_url": target.base_url,
@@ -884,19 +899,124 @@ async fn scim_inbound_bench() {
             .await
             .expect("service provider config");
         assert!(r.status().is_success(), "ServiceProviderConfig: {}", r.status());
-        idps.push((client, token, role_id));
+        idps.push(Idp { client, token, role_id });
     }
+    (ScimRun { proc, _db: db, target, api, http, app_id }, idps)
+}
+
+/// When the run's clock started: wall clock (unix micros, to compare with the target's) and
+/// monotonic, and the CPU seconds used so far by the server and by the benchmark.
+struct Clock {
+    start_at: u64,
+    start: Instant,
+    server_cpu: f64,
+    own_cpu: f64,
+}
+
+impl Clock {
+    fn start(run: &ScimRun) -> Self {
+        Self {
+            server_cpu: cpu_seconds(run.proc.child.id()),
+            own_cpu: own_cpu_seconds(),
+            start_at: micros_now(),
+            start: Instant::now(),
+        }
+    }
+}
+
+/// Waits until the target holds every pushed user's account, then prints (and `RESULT`s, keys
+/// prefixed with `prefix`) when the last one arrived and each user's time from being sent to
+/// its account, the CPU per user, and when the engine had recorded every outcome.
+async fn scim_until_provisioned(run: ScimRun, pushed: &[Pushed], clock: &Clock, pushed_in: Duration, prefix: &str) {
+    let n = pushed.len();
+    let own_cpu = own_cpu_seconds() - clock.own_cpu;
+    let ms = |us: u64| us as f64 / 1000.0;
+    let target = &run.target;
+    let mut last_report = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(env_or("BENCH_SCIM_WAIT_SECONDS", 600));
+    loop {
+        let have = target.stats().await["users"].as_u64().unwrap_or(0) as usize;
+        if have >= n {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {have} of {n} accounts in the target after the wait");
+        if last_report.elapsed() > Duration::from_secs(10) {
+            println!("  ... {have} accounts after {:.0} s", clock.start.elapsed().as_secs_f64());
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let server_cpu = cpu_seconds(run.proc.child.id()) - clock.server_cpu;
+    let arrived: HashMap<String, u64> =
+        target.received().await.into_iter().map(|(u, at)| (u.to_lowercase(), at)).collect();
+    let mut lat: Vec<u64> =
+        pushed.iter().filter_map(|p| arrived.get(&p.user_name).map(|at| at.saturating_sub(p.sent_at))).collect();
+    lat.sort_unstable();
+    let last = arrived.values().max().copied().unwrap_or(clock.start_at).saturating_sub(clock.start_at);
+    println!(
+        "provisioned: the last of the {n} accounts reached the target {:.2} s after the first request \
+         ({:.2} s after the last answer); request sent to account in the app: p50 {:.0} ms, p99 {:.0} ms, \
+         max {:.0} ms ({} matched)",
+        last as f64 / 1e6,
+        (last as f64 / 1e6 - pushed_in.as_secs_f64()).max(0.0),
+        ms(percentile(&lat, 0.5)),
+        ms(percentile(&lat, 0.99)),
+        ms(lat.last().copied().unwrap_or(0)),
+        lat.len()
+    );
+    println!(
+        "  CPU per user: provisioner {:.0} us (inbound SCIM, store and engine), load generator {:.0} us; {} cores",
+        server_cpu * 1e6 / n as f64,
+        own_cpu * 1e6 / n as f64,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("  requests the target received: {}", target.stats().await);
+    result(&format!("{prefix}_last_provisioned_s"), format!("{:.2}", last as f64 / 1e6));
+    result(&format!("{prefix}_to_app_p50_ms"), format!("{:.0}", ms(percentile(&lat, 0.5))));
+    result(&format!("{prefix}_to_app_p99_ms"), format!("{:.0}", ms(percentile(&lat, 0.99))));
+
+    // Until the engine has recorded every outcome (nothing left `provisioning`).
+    let (api, app_id) = (&run.api, &run.app_id);
+    loop {
+        let page = admin(
+            run.http.get(format!("{api}/events?app={app_id}&status=provisioning&limit=1")),
+            None,
+            "events",
+        )
+        .await;
+        if page["items"].as_array().is_none_or(Vec::is_empty) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("  every outcome recorded after {:.2} s", clock.start.elapsed().as_secs_f64());
+    let mut proc = run.proc;
+    let _ = proc.child.kill().await;
+}
+
+/// `bench scim`: identity providers pushing people into the directory over inbound SCIM one
+/// request at a time, and the engine provisioning them onward into `scim-target`.
+async fn scim_inbound_bench() {
+    let backend = std::env::var("BENCH_BACKEND").unwrap_or_else(|_| "sqlite".into());
+    let n: usize = env_or("BENCH_SCIM_POSTS", 1000);
+    let clients: usize = env_or("BENCH_SCIM_CLIENTS", 8).max(1);
+    let concurrency: usize = env_or("BENCH_CONCURRENCY", 16);
+    let full = std::env::var("BENCH_SCIM_BODY").map_or(true, |v| v != "basic");
+    println!(
+        "== scim-inbound: backend {backend}, {n} users POSTed by {clients} SCIM clients (1 request in flight each), \
+         body {}, app max_concurrency {concurrency}",
+        if full { "full (Entra, fully populated)" } else { "basic (Entra's first fields)" }
+    );
+    let (run, idps) = scim_setup(&backend, clients, concurrency).await;
 
     // The run: each client POSTs its share of the users one after the other; an identity
     // provider assigns the app through a group, so after each user's POST it adds the user to
     // its group (Entra's PATCH shape). The group grants the app, and the engine provisions the
     // account into the target.
-    let scim = format!("{}/scim/v2", proc.url);
-    let (server0, own0) = (cpu_seconds(proc.child.id()), own_cpu_seconds());
-    let start_at = micros_now();
-    let start = Instant::now();
+    let scim = format!("{}/scim/v2", run.proc.url);
+    let clock = Clock::start(&run);
     let mut tasks = tokio::task::JoinSet::new();
-    for (k, (client, token, role_id)) in idps.into_iter().enumerate() {
+    for (k, Idp { client, token, role_id }) in idps.into_iter().enumerate() {
         let scim = scim.clone();
         tasks.spawn(async move {
             let mut pushed = Vec::new();
@@ -928,8 +1048,7 @@ async fn scim_inbound_bench() {
     while let Some(p) = tasks.join_next().await {
         pushed.extend(p.expect("client task"));
     }
-    let pushed_in = start.elapsed();
-    let own_cpu = own_cpu_seconds() - own0;
+    let pushed_in = clock.start.elapsed();
     let users_per_s = n as f64 / pushed_in.as_secs_f64();
     let mut post: Vec<u64> = pushed.iter().map(|p| p.post_us).collect();
     let mut patch: Vec<u64> = pushed.iter().map(|p| p.patch_us).collect();
@@ -952,63 +1071,123 @@ async fn scim_inbound_bench() {
     result("scim_post_p99_ms", format!("{:.1}", ms(percentile(&post, 0.99))));
     result("scim_patch_p50_ms", format!("{:.1}", ms(percentile(&patch, 0.5))));
     result("scim_patch_p99_ms", format!("{:.1}", ms(percentile(&patch, 0.99))));
+    scim_until_provisioned(run, &pushed, &clock, pushed_in, "scim").await;
+}
 
-    // Until the target holds every pushed user's account.
-    let mut last_report = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(env_or("BENCH_SCIM_WAIT_SECONDS", 600));
-    loop {
-        let have = target.stats().await["users"].as_u64().unwrap_or(0) as usize;
-        if have >= n {
-            break;
-        }
-        assert!(Instant::now() < deadline, "only {have} of {n} accounts in the target after the wait");
-        if last_report.elapsed() > Duration::from_secs(10) {
-            println!("  ... {have} accounts after {:.0} s", start.elapsed().as_secs_f64());
-            last_report = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let server_cpu = cpu_seconds(proc.child.id()) - server0;
-    let arrived: HashMap<String, u64> =
-        target.received().await.into_iter().map(|(u, at)| (u.to_lowercase(), at)).collect();
-    let mut lat: Vec<u64> =
-        pushed.iter().filter_map(|p| arrived.get(&p.user_name).map(|at| at.saturating_sub(p.sent_at))).collect();
-    lat.sort_unstable();
-    let last = arrived.values().max().copied().unwrap_or(start_at).saturating_sub(start_at);
+/// `bench scim-bulk`: a first load over SCIM `/Bulk` (RFC 7644 section 3.7). `BENCH_SCIM_POSTS`
+/// users (10,000) in Bulk requests of `BENCH_SCIM_BULK` (1,000, the server's `maxOperations`)
+/// user POSTs each, sent by `BENCH_SCIM_CLIENTS` identity providers (1) one bulk at a time.
+///
+/// The membership: a bulk's 1,000 users and an operation adding them to the group would be
+/// 1,001 operations, over `maxOperations`. So, as an identity provider that pushes users first
+/// and then the memberships of the groups assigned to the app (Entra ID and Okta do), each
+/// client, once a bulk is answered, adds its users to its group in one `PATCH /Groups/{id}`
+/// (an `add` of `members` with 1,000 values: the ids read from the bulk's `location`s).
+async fn scim_bulk_bench() {
+    let backend = std::env::var("BENCH_BACKEND").unwrap_or_else(|_| "sqlite".into());
+    let n: usize = env_or("BENCH_SCIM_POSTS", 10_000);
+    let per_bulk: usize = env_or("BENCH_SCIM_BULK", 1000).max(1);
+    let clients: usize = env_or("BENCH_SCIM_CLIENTS", 1).max(1);
+    let concurrency: usize = env_or("BENCH_CONCURRENCY", 16);
+    let full = std::env::var("BENCH_SCIM_BODY").map_or(true, |v| v != "basic");
+    let bulks = n.div_ceil(per_bulk);
     println!(
-        "provisioned: the last of the {n} accounts reached the target {:.2} s after the first request \
-         ({:.2} s after the last answer); POST sent to account in the app: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms \
-         ({} matched)",
-        last as f64 / 1e6,
-        (last as f64 / 1e6 - pushed_in.as_secs_f64()).max(0.0),
-        ms(percentile(&lat, 0.5)),
-        ms(percentile(&lat, 0.99)),
-        ms(lat.last().copied().unwrap_or(0)),
-        lat.len()
+        "== scim-bulk: backend {backend}, {n} users in {bulks} Bulk requests of {per_bulk} POSTs, each followed by \
+         one group PATCH adding its users; {clients} SCIM client(s), 1 request in flight each; body {}, \
+         app max_concurrency {concurrency}",
+        if full { "full (Entra, fully populated)" } else { "basic (Entra's first fields)" }
     );
-    println!(
-        "  CPU per user: provisioner {:.0} us (inbound SCIM, store and engine), load generator {:.0} us; {} cores",
-        server_cpu * 1e6 / n as f64,
-        own_cpu * 1e6 / n as f64,
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
-    println!("  requests the target received: {}", target.stats().await);
-    result("scim_last_provisioned_s", format!("{:.2}", last as f64 / 1e6));
-    result("scim_to_app_p50_ms", format!("{:.0}", ms(percentile(&lat, 0.5))));
-    result("scim_to_app_p99_ms", format!("{:.0}", ms(percentile(&lat, 0.99))));
+    let (run, idps) = scim_setup(&backend, clients, concurrency).await;
+    // The bodies are made before the clock starts.
+    let requests: Vec<(Vec<String>, Value)> = (0..bulks)
+        .map(|b| {
+            let users: Vec<Value> = (b * per_bulk..((b + 1) * per_bulk).min(n)).map(|i| entra_user_body(i, full)).collect();
+            let names = users.iter().map(|u| u["userName"].as_str().unwrap_or_default().to_lowercase()).collect();
+            let operations: Vec<Value> = users
+                .into_iter()
+                .enumerate()
+                .map(|(j, data)| json!({"method": "POST", "path": "/Users", "bulkId": format!("u{j}"), "data": data}))
+                .collect();
+            let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"],
+                "failOnErrors": 1, "Operations": operations});
+            (names, body)
+        })
+        .collect();
+    let size = requests.iter().map(|(_, b)| b.to_string().len()).max().unwrap_or(0);
+    println!("  largest Bulk request: {:.2} MiB", size as f64 / (1024.0 * 1024.0));
 
-    // Until the engine has recorded every outcome (nothing left `provisioning`).
-    loop {
-        let page =
-            admin(http.get(format!("{api}/events?app={app_id}&status=provisioning&limit=1")), None, "events").await;
-        if page["items"].as_array().is_none_or(Vec::is_empty) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let scim = format!("{}/scim/v2", run.proc.url);
+    let clock = Clock::start(&run);
+    let mut tasks = tokio::task::JoinSet::new();
+    // Bulk b goes to client b % clients.
+    let mut shares: Vec<Vec<(Vec<String>, Value)>> = (0..clients).map(|_| Vec::new()).collect();
+    for (b, r) in requests.into_iter().enumerate() {
+        shares[b % clients].push(r);
     }
-    println!("  every outcome recorded after {:.2} s", start.elapsed().as_secs_f64());
-    let mut proc = proc;
-    let _ = proc.child.kill().await;
+    for (Idp { client, token, role_id }, mine) in idps.into_iter().zip(shares) {
+        let scim = scim.clone();
+        tasks.spawn(async move {
+            let mut pushed = Vec::new();
+            let mut timings = Vec::new();
+            for (names, body) in mine {
+                let sent_at = micros_now();
+                let t = Instant::now();
+                let answer =
+                    scim_send(client.post(format!("{scim}/Bulk")).bearer_auth(&token), &body, "POST /Bulk").await;
+                let bulk_us = t.elapsed().as_micros() as u64;
+                let results = answer["Operations"].as_array().expect("Operations in the bulk's answer");
+                assert_eq!(results.len(), names.len(), "one answer per operation");
+                let members: Vec<Value> = results
+                    .iter()
+                    .map(|r| {
+                        assert_eq!(r["status"].as_str(), Some("201"), "bulk operation: {r}");
+                        let location = r["location"].as_str().expect("location");
+                        json!({"value": location.rsplit('/').next().unwrap_or_default()})
+                    })
+                    .collect();
+                let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                    "Operations": [{"op": "Add", "path": "members", "value": members}]});
+                let t = Instant::now();
+                scim_send(
+                    client.patch(format!("{scim}/Groups/{role_id}")).bearer_auth(&token),
+                    &patch,
+                    "PATCH /Groups",
+                )
+                .await;
+                let patch_us = t.elapsed().as_micros() as u64;
+                timings.push((bulk_us, patch_us));
+                pushed.extend(names.into_iter().map(|user_name| Pushed { user_name, sent_at, post_us: 0, patch_us: 0 }));
+            }
+            (pushed, timings)
+        });
+    }
+    let mut pushed = Vec::with_capacity(n);
+    let (mut bulk, mut patch) = (Vec::new(), Vec::new());
+    while let Some(p) = tasks.join_next().await {
+        let (p, t) = p.expect("client task");
+        pushed.extend(p);
+        bulk.extend(t.iter().map(|(b, _)| *b));
+        patch.extend(t.iter().map(|(_, p)| *p));
+    }
+    let pushed_in = clock.start.elapsed();
+    let users_per_s = n as f64 / pushed_in.as_secs_f64();
+    bulk.sort_unstable();
+    patch.sort_unstable();
+    let ms = |us: u64| us as f64 / 1000.0;
+    println!(
+        "pushed: {n} users ({bulks} bulks + {bulks} group PATCHes) in {:.2} s = {users_per_s:.0} users/s; \
+         Bulk request p50 {:.0} ms, max {:.0} ms; group PATCH ({per_bulk} members) p50 {:.0} ms, max {:.0} ms",
+        pushed_in.as_secs_f64(),
+        ms(percentile(&bulk, 0.5)),
+        ms(bulk.last().copied().unwrap_or(0)),
+        ms(percentile(&patch, 0.5)),
+        ms(patch.last().copied().unwrap_or(0)),
+    );
+    result("scim_bulk_users_per_s", format!("{users_per_s:.0}"));
+    result("scim_bulk_request_p50_ms", format!("{:.0}", ms(percentile(&bulk, 0.5))));
+    result("scim_bulk_request_max_ms", format!("{:.0}", ms(bulk.last().copied().unwrap_or(0))));
+    result("scim_bulk_patch_p50_ms", format!("{:.0}", ms(percentile(&patch, 0.5))));
+    scim_until_provisioned(run, &pushed, &clock, pushed_in, "scim_bulk").await;
 }
 
 #[tokio::main]
@@ -1018,8 +1197,9 @@ async fn main() {
         "provision" => provision_bench().await,
         "plan" => plan_bench().await,
         "scim" => scim_inbound_bench().await,
+        "scim-bulk" => scim_bulk_bench().await,
         other => {
-            eprintln!("unknown benchmark {other:?}: use provision, plan or scim");
+            eprintln!("unknown benchmark {other:?}: use provision, plan, scim or scim-bulk");
             std::process::exit(2);
         }
     }
