@@ -978,12 +978,8 @@ async fn scim_until_provisioned(run: ScimRun, pushed: &[Pushed], clock: &Clock, 
     // Until the engine has recorded every outcome (nothing left `provisioning`).
     let (api, app_id) = (&run.api, &run.app_id);
     loop {
-        let page = admin(
-            run.http.get(format!("{api}/events?app={app_id}&status=provisioning&limit=1")),
-            None,
-            "events",
-        )
-        .await;
+        let page =
+            admin(run.http.get(format!("{api}/events?app={app_id}&status=provisioning&limit=1")), None, "events").await;
         if page["items"].as_array().is_none_or(Vec::is_empty) {
             break;
         }
@@ -1101,7 +1097,8 @@ async fn scim_bulk_bench() {
     // The bodies are made before the clock starts.
     let requests: Vec<(Vec<String>, Value)> = (0..bulks)
         .map(|b| {
-            let users: Vec<Value> = (b * per_bulk..((b + 1) * per_bulk).min(n)).map(|i| entra_user_body(i, full)).collect();
+            let users: Vec<Value> =
+                (b * per_bulk..((b + 1) * per_bulk).min(n)).map(|i| entra_user_body(i, full)).collect();
             let names = users.iter().map(|u| u["userName"].as_str().unwrap_or_default().to_lowercase()).collect();
             let operations: Vec<Value> = users
                 .into_iter()
@@ -1156,7 +1153,12 @@ async fn scim_bulk_bench() {
                 .await;
                 let patch_us = t.elapsed().as_micros() as u64;
                 timings.push((bulk_us, patch_us));
-                pushed.extend(names.into_iter().map(|user_name| Pushed { user_name, sent_at, post_us: 0, patch_us: 0 }));
+                pushed.extend(names.into_iter().map(|user_name| Pushed {
+                    user_name,
+                    sent_at,
+                    post_us: 0,
+                    patch_us: 0,
+                }));
             }
             (pushed, timings)
         });

@@ -71,16 +71,15 @@ async fn a_group_pushed_by_bulk_with_its_new_members_grants_its_app() {
                 "name": {"givenName": "Night", "familyName": format!("Nurse {i}")}, "title": "Nurse",
                 "emails": [{"value": user_name(i), "type": "work", "primary": true}], "active": true}})
     }));
-    let r = w
-        .s
-        .client
-        .post(w.s.url("/scim/v2/Bulk"))
-        .bearer_auth(&token)
-        .header("content-type", "application/scim+json")
-        .body(json!({"schemas": [BULK_REQUEST], "Operations": operations}).to_string())
-        .send()
-        .await
-        .unwrap();
+    let r =
+        w.s.client
+            .post(w.s.url("/scim/v2/Bulk"))
+            .bearer_auth(&token)
+            .header("content-type", "application/scim+json")
+            .body(json!({"schemas": [BULK_REQUEST], "Operations": operations}).to_string())
+            .send()
+            .await
+            .unwrap();
     let bulk = answer(r).await;
     assert_eq!(bulk.status, StatusCode::OK, "{bulk:#?}");
     assert_eq!(bulk.body["schemas"], json!([BULK_RESPONSE]));
