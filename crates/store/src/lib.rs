@@ -300,6 +300,17 @@ pub trait Store:
     async fn list_audit(&self, query: &AuditQuery) -> Result<Page<AuditEntry>>;
     /// Changes with `seq > after`, oldest first, at most `limit`.
     async fn changes_after(&self, after: i64, limit: u32) -> Result<Vec<Change>>;
+    /// The next changes for the planner to plan after `after`: as [`Store::changes_after`], but
+    /// never past the start of an open hold ([`Store::hold_changes`]), and, when they reach into
+    /// the changes of a released hold, through its last change even beyond `limit` (so that the
+    /// changes of one hold are planned in one pass).
+    async fn changes_to_plan(&self, after: i64, limit: u32) -> Result<Vec<Change>>;
+    /// Holds the planner back at the current end of the change feed, until
+    /// [`Store::release_changes`] or until `ttl` passes (a writer that crashed): what is written
+    /// meanwhile is planned together, in one pass, once the hold is released. Answers the hold's id.
+    async fn hold_changes(&self, ttl: std::time::Duration) -> Result<Uuid>;
+    /// Releases a hold: the changes recorded since it began are planned in one pass.
+    async fn release_changes(&self, hold: Uuid) -> Result<()>;
 }
 
 #[cfg(test)]

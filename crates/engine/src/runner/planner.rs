@@ -60,7 +60,9 @@ impl Engine {
     /// Plans the pairs touched by the next batch of changes; returns how many changes it read.
     pub async fn plan_once(&self) -> Result<usize, EngineError> {
         let cursor = self.store.engine_cursor().await?;
-        let changes = self.store.changes_after(cursor, CHANGE_BATCH).await?;
+        // Never into an open hold's changes, and a released hold's changes all at once (see
+        // `Store::hold_changes`): a SCIM Bulk request is planned in one pass, through one guard.
+        let changes = self.store.changes_to_plan(cursor, CHANGE_BATCH).await?;
         let Some(last) = changes.last().map(|c| c.seq) else {
             return Ok(0);
         };
