@@ -779,6 +779,15 @@ async fn slow_and_half_sent_connections_are_closed_and_healthz_keeps_answering()
     assert!(got.starts_with("HTTP/1.1 413"), "{got}");
     assert!(got.contains("application/problem+json"), "{got}");
     assert!(start.elapsed() < Duration::from_secs(1));
+    // So does one sent to SCIM's /Bulk (its limit is 4 MiB, the general one 1 MiB), in SCIM's words.
+    for (path, length) in [("/scim/v2/Bulk", 104857600), ("/scim/v2/Users", 2097152)] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/scim+json\r\nContent-Length: {length}\r\n\r\n"
+        );
+        let got = raw_exchange(&addr, head.as_bytes(), Duration::from_secs(1)).await;
+        assert!(got.starts_with("HTTP/1.1 413"), "{path}: {got}");
+        assert!(got.contains("application/scim+json"), "{path}: {got}");
+    }
 
     // An idle keep-alive connection is closed after its 2 s.
     let start = tokio::time::Instant::now();

@@ -49,6 +49,7 @@ mod openapi;
 mod profile;
 mod quarantine;
 mod saml;
+mod scim_bulk;
 mod scim_passwords;
 mod scim_server;
 mod scopes;

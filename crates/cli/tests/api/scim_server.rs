@@ -165,7 +165,7 @@ async fn discovery_documents(backend: Backend) {
         (&spc.body["patch"]["supported"], &spc.body["filter"]["supported"], &spc.body["etag"]["supported"]),
         (&json!(true), &json!(true), &json!(true))
     );
-    assert_eq!(spc.body["bulk"]["supported"], false);
+    assert_eq!(spc.body["bulk"]["supported"], true);
     let rt = c.get("/ResourceTypes").await;
     assert_eq!(rt.body["totalResults"], 2);
     let user_rt = c.get("/ResourceTypes/User").await;
@@ -186,7 +186,8 @@ async fn discovery_documents(backend: Backend) {
     scim_error(&c.get("/NoSuchThing").await, 404, None);
     scim_error(&c.call(Method::DELETE, "/ServiceProviderConfig", None).await, 405, None);
     scim_error(&c.call(Method::PUT, "/Users", Some(json!({}))).await, 405, None);
-    scim_error(&c.call(Method::POST, "/Bulk", Some(json!({}))).await, 501, None);
+    // A body that is no bulk request (see scim_bulk.rs for bulks).
+    scim_error(&c.call(Method::POST, "/Bulk", Some(json!({}))).await, 400, Some("invalidValue"));
 }
 
 async fn users_crud_with_etags(backend: Backend) {
