@@ -50,6 +50,7 @@ mod profile;
 mod quarantine;
 mod saml;
 mod scim_passwords;
+mod scim_root_search;
 mod scim_server;
 mod scopes;
 mod secrets;
