@@ -54,7 +54,7 @@ pub(crate) const MAX_MERGE_READ: u64 = 20_000;
 
 /// A resource found: a user or a group.
 enum Found {
-    User(ScimUser),
+    User(Box<ScimUser>),
     Group(ScimGroup),
 }
 
@@ -269,7 +269,7 @@ impl Plan {
                 let Some(filter) = self.users.clone() else { return Ok((0, vec![])) };
                 let sort = self.user_sort.clone().map(|f| (f, self.descending));
                 let (n, found) = state.store().scim_users(&ScimQuery { filter, sort, offset, count }).await?;
-                Ok((n, found.into_iter().map(Found::User).collect()))
+                Ok((n, found.into_iter().map(|u| Found::User(Box::new(u))).collect()))
             }
             Kind::Groups => {
                 let Some(filter) = self.groups.clone() else { return Ok((0, vec![])) };
