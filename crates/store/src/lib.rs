@@ -311,6 +311,11 @@ pub trait Store:
     async fn hold_changes(&self, ttl: std::time::Duration) -> Result<Uuid>;
     /// Releases a hold: the changes recorded since it began are planned in one pass.
     async fn release_changes(&self, hold: Uuid) -> Result<()>;
+    /// The changes after `after` that a hold (open, or released but not yet planned) keeps
+    /// for its own pass: the planner does not plan the pairs they touch before that pass, even
+    /// when an earlier change touches them too (a pair's state is read as it is now, and would
+    /// show a held change's effect early).
+    async fn changes_past_holds(&self, after: i64) -> Result<Vec<Change>>;
 }
 
 #[cfg(test)]

@@ -363,6 +363,7 @@ pub async fn racing_writers_cannot_both_take_one_email(s: Arc<dyn Store>) {
 /// come in one read, beyond the read's limit (a SCIM Bulk request is planned in one pass).
 pub async fn a_hold_keeps_the_planner_back_until_released(s: Arc<dyn Store>) {
     s.create_user(&user("before"), &actor()).await.unwrap();
+    assert!(s.changes_past_holds(0).await.unwrap().is_empty(), "no hold, nothing held");
     let start = last_seq(&*s).await;
     let hold = s.hold_changes(std::time::Duration::from_secs(300)).await.unwrap();
     for i in 0..5 {
@@ -373,7 +374,14 @@ pub async fn a_hold_keeps_the_planner_back_until_released(s: Arc<dyn Store>) {
     let planned = s.changes_to_plan(0, 100).await.unwrap();
     assert_eq!(planned.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![start]);
     assert!(s.changes_to_plan(start, 100).await.unwrap().is_empty(), "nothing held is planned");
+    // The held changes are named, so that a pass planning the pairs of earlier changes leaves
+    // theirs alone; before the hold there are none.
+    assert_eq!(s.changes_past_holds(start).await.unwrap().len(), 5);
+    assert_eq!(s.changes_past_holds(start + 2).await.unwrap().len(), 3);
     s.release_changes(hold).await.unwrap();
+    assert_eq!(s.changes_past_holds(start).await.unwrap().len(), 5, "until the hold's own pass");
+    let end = last_seq(&*s).await;
+    assert!(s.changes_past_holds(end).await.unwrap().is_empty());
     // Once released, a read that reaches into the hold's changes takes all of them.
     let all = s.changes_to_plan(start, 2).await.unwrap();
     assert_eq!(all.len(), 5, "the held changes come in one read: {all:?}");
