@@ -51,6 +51,7 @@ mod quarantine;
 mod rate_budgets;
 mod saml;
 mod scim_passwords;
+mod scim_root_search;
 mod scim_server;
 mod scopes;
 mod secrets;

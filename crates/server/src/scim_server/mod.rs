@@ -7,6 +7,7 @@ mod discovery;
 mod filter;
 mod groups;
 mod scope;
+mod search;
 mod users;
 
 use std::collections::HashMap;
@@ -520,7 +521,7 @@ pub fn router_with_limit(app: AppState, per_minute: u32) -> Router {
         .route("/Groups/.search", post(groups::search))
         .route("/Groups/{id}", get(groups::get).put(groups::replace).patch(groups::patch).delete(groups::delete))
         .route("/Bulk", post(not_implemented))
-        .route("/.search", post(not_implemented))
+        .route("/.search", post(search::search))
         .route("/Me", get(not_implemented).post(not_implemented).put(not_implemented).patch(not_implemented))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
