@@ -14,6 +14,7 @@ pub mod entitlements;
 pub mod health;
 pub mod postgres;
 pub mod provisioning;
+pub mod rates;
 pub mod saml;
 pub mod scim;
 pub mod secrets;
@@ -32,6 +33,7 @@ pub use entitlements::{AppRead, EntitlementStore};
 pub use health::{AppHealthRecord, HealthStore, OutcomeWindow, QueueCounts};
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use provisioning::{AccountQuery, EventQuery, ProvisioningStore};
+pub use rates::RateStore;
 pub use saml::{InvitationRecord, KeyState, SamlKeyRecord, SamlSettingsRecord, SamlStore, UserSessionRecord};
 pub use scim::ScimStore;
 pub use sources::{SourceCursor, SourceStore};
@@ -193,7 +195,8 @@ pub enum Wakeup {
 
 /// The storage seam. Implementations must make every write atomic with its audit entry
 /// and change-feed row, and must never store a plaintext secret. The provisioning half
-/// (accounts, operations, events) is [`ProvisioningStore`].
+/// (accounts, operations, events) is [`ProvisioningStore`]; each app's shared rate state is
+/// [`RateStore`].
 #[async_trait]
 pub trait Store:
     ProvisioningStore
@@ -203,6 +206,7 @@ pub trait Store:
     + ScimStore
     + SourceStore
     + HealthStore
+    + RateStore
     + Send
     + Sync
     + 'static

@@ -46,7 +46,8 @@ fn command_of(bin: &str, data_dir: &Path) -> Command {
     c
 }
 
-struct Running {
+/// A `provisioner serve` process (also started by other test files: `rate_budgets`).
+pub(crate) struct Running {
     child: Child,
     addr: String,
     stdout: Arc<Mutex<String>>,
@@ -58,7 +59,7 @@ impl Running {
     }
 
     /// Starts `provisioner serve` with extra environment variables.
-    async fn start_with(data_dir: &Path, admin_token: Option<&str>, env: &[(&str, String)]) -> Self {
+    pub(crate) async fn start_with(data_dir: &Path, admin_token: Option<&str>, env: &[(&str, String)]) -> Self {
         Self::start_bin(BIN, data_dir, admin_token, env).await
     }
 
@@ -101,12 +102,12 @@ impl Running {
         panic!("provisioner did not become healthy");
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 
     /// Ends the process abruptly (SIGKILL): whatever was acknowledged must survive.
-    async fn kill(mut self) {
+    pub(crate) async fn kill(mut self) {
         self.child.kill().await.unwrap();
     }
 }

@@ -48,6 +48,7 @@ mod mapping;
 mod openapi;
 mod profile;
 mod quarantine;
+mod rate_budgets;
 mod saml;
 mod scim_bulk;
 mod scim_passwords;

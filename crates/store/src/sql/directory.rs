@@ -19,8 +19,8 @@ use super::{
     Json, Query, RowGet, WriteTx,
 };
 use crate::{
-    cursor, AdminStore, AuditQuery, EmailConflict, EntitlementStore, HealthStore, NameQuery, ProvisioningStore, Result,
-    SamlStore, ScimStore, SourceStore, Store, StoreError, TokenRecord, UserQuery, Wakeup,
+    cursor, AdminStore, AuditQuery, EmailConflict, EntitlementStore, HealthStore, NameQuery, ProvisioningStore,
+    RateStore, Result, SamlStore, ScimStore, SourceStore, Store, StoreError, TokenRecord, UserQuery, Wakeup,
 };
 
 /// The most change-feed rows one [`Store::changes_after`] call reads.
@@ -51,7 +51,15 @@ fn holders<D: FilterDialect>(name: &str) -> Query {
 #[async_trait]
 impl<S> Store for S
 where
-    S: Backend + ProvisioningStore + EntitlementStore + AdminStore + SamlStore + ScimStore + SourceStore + HealthStore,
+    S: Backend
+        + ProvisioningStore
+        + EntitlementStore
+        + AdminStore
+        + SamlStore
+        + ScimStore
+        + SourceStore
+        + HealthStore
+        + RateStore,
     S::Db: FilterDialect,
 {
     async fn health(&self) -> Result<()> {
