@@ -96,7 +96,7 @@ impl From<scim::ScimError> for ConnectorError {
             S::NotFound { .. } => ErrorKind::NotFound,
             S::BadRequest { .. } | S::InvalidInput(_) => ErrorKind::InvalidRequest,
             S::PreconditionFailed { .. } => ErrorKind::PreconditionFailed,
-            S::RateLimited { .. } => ErrorKind::RateLimited,
+            S::RateLimited { .. } | S::Held { .. } => ErrorKind::RateLimited,
             S::Server { status: 501, .. } => ErrorKind::Unsupported,
             S::Server { .. } | S::Network(_) | S::Timeout => ErrorKind::Unavailable,
             S::UnexpectedStatus { .. } | S::InvalidResponse(_) => ErrorKind::InvalidResponse,
@@ -104,6 +104,7 @@ impl From<scim::ScimError> for ConnectorError {
         };
         let retry_after = match &e {
             S::RateLimited { retry_after } => *retry_after,
+            S::Held { retry_after, .. } => Some(*retry_after),
             _ => None,
         };
         Self {
@@ -135,6 +136,10 @@ mod tests {
         assert!(e.retryable);
         assert_eq!(e.kind, ErrorKind::RateLimited);
         assert_eq!(e.retry_after, Some(Duration::from_secs(3)));
+
+        let e: ConnectorError =
+            scim::ScimError::Held { reason: "the rate budget".into(), retry_after: Duration::from_secs(4) }.into();
+        assert_eq!((e.kind, e.retryable, e.retry_after), (ErrorKind::RateLimited, true, Some(Duration::from_secs(4))));
 
         let e: ConnectorError = scim::ScimError::Timeout.into();
         assert_eq!(e.kind, ErrorKind::Unavailable);

@@ -27,6 +27,9 @@ pub use outbound::{Cidr, TargetPolicy};
 pub use registry::{BuildError, ConnectorFactory, ConnectorRegistry, ConnectorSettings};
 pub use scan::{ReadReport, Scan};
 pub use scim::Capabilities;
+/// What paces an app's requests (the engine's rate budgets), and the error of a request it
+/// holds back ([`scim::ScimError::Held`]).
+pub use scim::{PaceFuture, Pacer, ScimError};
 pub use scim_connector::{member_values, ScimConnector, ScimFactory, DEFAULT_MEMBER_CHUNK_SIZE};
 pub use source::{DirectoryEntry, PeopleReader, Source, SourceError, SourceFactory, SourceRegistry};
 

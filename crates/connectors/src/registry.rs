@@ -25,6 +25,9 @@ pub struct ConnectorSettings {
     pub backoff_base: Duration,
     /// Which addresses the connector may reach.
     pub targets: TargetPolicy,
+    /// Asked before every request to the app and told every answer (the engine gives each
+    /// app's connector the app's rate gate); `None`: no pacing.
+    pub pacer: Option<Arc<dyn crate::Pacer>>,
 }
 
 /// Why a connector could not be built for an app.

@@ -62,6 +62,7 @@ impl ConnectorFactory for ScimFactory {
         cfg.backoff_max = Duration::from_secs(5);
         cfg.retry_after_max = Duration::from_secs(30);
         cfg.targets = settings.targets.clone();
+        cfg.pacer = settings.pacer.clone();
         let client = Client::new(cfg).map_err(ConnectorError::from)?;
         Ok(Arc::new(
             ScimConnector::new(client, capabilities).with_member_chunk_size(app.provisioning.group_chunk_size as usize),

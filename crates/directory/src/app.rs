@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::rate::RateLimit;
 use crate::validation::{check_opt_text, check_text, ValidationErrors};
 
 /// The kind of API an app is reached through.
@@ -69,6 +70,11 @@ pub struct ProvisioningSettings {
     /// allow or reject. On by default; `null` turns it off.
     #[serde(default = "default_guard")]
     pub deprovision_guard: Option<DeprovisionGuard>,
+    /// The app's rate budget, shared by every engine process (see [`crate::rate`]): at most
+    /// `per_minute` requests a minute, with bursts of `burst`. `null` (the default): no budget;
+    /// the app's `max_concurrency`, its `Retry-After` answers and the concurrency lowered after
+    /// a `429` or `5xx` still hold.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// Limits of the deprovisioning guard.
@@ -113,6 +119,7 @@ impl Default for ProvisioningSettings {
             group_chunk_size: 100,
             lookup_before_create: true,
             deprovision_guard: default_guard(),
+            rate_limit: None,
         }
     }
 }
@@ -369,6 +376,10 @@ impl AppInput {
                 errors.push("provisioning.deprovision_guard.window_minutes", "must be between 1 and 10080");
             }
         }
+        if let Some(r) = &self.provisioning.rate_limit {
+            r.check("provisioning.rate_limit", &mut errors);
+        }
+        self.provisioning.rate_limit = self.provisioning.rate_limit.map(RateLimit::normalized);
         let split = self.connection.auth.split(existing, &mut errors);
         match split {
             Some((auth, secret)) if errors.0.is_empty() => Ok((

@@ -12,6 +12,7 @@ pub mod mapping;
 pub mod plan;
 pub mod profile;
 pub mod provisioning;
+pub mod rate;
 pub mod role;
 pub mod saml;
 pub mod source;
@@ -33,6 +34,7 @@ pub use provisioning::{
     Account, Action, AppHealth, Cause, ConnectionTest, Entitlement, EntitlementRefresh, Event, EventStatus,
     HealthState, OpState, Operation, Ownership, CAUSE_KINDS,
 };
+pub use rate::{RateBasis, RateLimit, RateState, Take};
 pub use role::{Role, RoleInput, RoleRef};
 pub use saml::SamlSettings;
 pub use source::{

@@ -359,9 +359,21 @@ pub struct AppHealth {
     pub held: i64,
     /// Operations waiting to run or running.
     pub queued: i64,
-    /// Operations finished per minute, over the last five minutes (`null`: none).
+    /// Operations finished per minute recently: over the last five minutes, counted by whole
+    /// minutes from the first in which one finished (`null`: none).
     pub rate_per_minute: Option<f64>,
-    /// At that rate, seconds until the queue is empty (`null`: unknown or paused).
+    /// Seconds until the queue is empty (`null`: nothing queued, no rate known, or
+    /// quarantined), at the rate `rate_basis` names, after the pause the app asked for.
     pub eta_seconds: Option<i64>,
+    /// The rate `eta_seconds` is from: `budget` when the app's rate budget binds (or nothing
+    /// finished yet), `observed` otherwise (`null` when `eta_seconds` is).
+    pub rate_basis: Option<crate::rate::RateBasis>,
+    /// The app's rate budget (`provisioning.rate_limit`; `null`: none).
+    pub rate_limit: Option<crate::rate::RateLimit>,
+    /// The app asked (`Retry-After`) that nothing be sent before this (`null`: no pause now).
+    pub paused_until: Option<DateTime<Utc>>,
+    /// How many of its operations may run at once now: `max_concurrency`, or less for a while
+    /// after the app answered `429` or `5xx`.
+    pub concurrency: u32,
     pub last_test: Option<ConnectionTest>,
 }

@@ -9,7 +9,9 @@
 //! - [`runner`] is the running engine: the planner loop that follows the change feed, the
 //!   dispatcher that claims operations with a lease and runs them within each app's
 //!   concurrency limit, the outcome recorder, and the connector cache. The engine builds
-//!   connectors only through the [`ConnectorRegistry`] it is given.
+//!   connectors only through the [`ConnectorRegistry`] it is given. [`rate`] paces every
+//!   request to an app (rate budgets, `Retry-After`, concurrency lowered after `429`/`5xx`)
+//!   across every process sharing the store, and estimates when an app's queue is empty.
 //! - [`source_runner`] runs directory-source syncs through the [`connectors::Source`] trait,
 //!   each source opened by the [`SourceRegistry`] it is given; [`source_sync`] plans them, and
 //!   each page is written through the [`DirectoryWriter`] it is given ([`source_writer`]: the
@@ -25,6 +27,7 @@ pub mod guard;
 pub mod mapping;
 pub mod plan;
 pub mod quarantine;
+pub mod rate;
 pub mod reconcile;
 pub mod runner;
 pub mod source_runner;

@@ -194,16 +194,34 @@ impl Engine {
         Ok(resumed)
     }
 
-    /// The app's health: quarantine, queue, rate and last connection test.
+    /// The app's health: quarantine, queue, rate (and the ETA of its queue: see
+    /// [`crate::rate::estimate`]), rate state and last connection test.
     pub async fn health(&self, app: Uuid) -> Result<AppHealth, EngineError> {
         let rec = self.store().get_app_health(app).await?.unwrap_or_default();
-        // The rate over the last five whole minutes and the current one.
-        let counts = self.store().app_queue_counts(app, directory::now() - chrono::Duration::minutes(5)).await?;
-        let rate = (counts.finished > 0).then(|| counts.finished as f64 / 5.0);
-        let eta = match rate {
-            Some(r) if !rec.quarantined && r > 0.0 => Some((counts.queued as f64 / r * 60.0).ceil() as i64),
-            _ => None,
+        let now = directory::now();
+        let counts = self.store().app_queue_counts(app, now - chrono::Duration::minutes(5)).await?;
+        let settings = self.store().get_app(app).await?.map(|a| a.provisioning).unwrap_or_default();
+        let state = self.store().get_rate_state(app).await?;
+        let budget = settings.rate_limit;
+        // The counts are by whole minutes: the rate is over the time since the first of them.
+        let seconds = counts
+            .first_minute
+            .and_then(|m| chrono::DateTime::from_timestamp(m.saturating_mul(60), 0))
+            .map_or(0.0, |start| (now - start).num_milliseconds() as f64 / 1000.0);
+        let recent = crate::rate::Recent {
+            queued: counts.queued,
+            finished: counts.finished,
+            seconds,
+            requests: counts.requests,
         };
+        let paused_until = state.as_ref().and_then(|s| s.paused(now));
+        let bucket_empty = match (&budget, &state) {
+            (Some(b), Some(s)) => s.available(now, b) < 1.0,
+            _ => false,
+        };
+        let paused_for = paused_until.and_then(|u| (u - now).to_std().ok()).unwrap_or_default();
+        let estimate = crate::rate::estimate(recent, budget.as_ref(), bucket_empty, paused_for, rec.quarantined);
+        let max = settings.max_concurrency.max(1);
         Ok(AppHealth {
             state: if rec.quarantined { HealthState::Quarantined } else { HealthState::Active },
             reason: rec.reason.filter(|_| rec.quarantined),
@@ -211,8 +229,12 @@ impl Engine {
             next_probe: rec.next_probe.filter(|_| rec.quarantined),
             held: counts.held,
             queued: counts.queued,
-            rate_per_minute: rate,
-            eta_seconds: eta,
+            rate_per_minute: estimate.observed_per_minute.map(|r| (r * 10.0).round() / 10.0),
+            eta_seconds: estimate.eta_seconds,
+            rate_basis: estimate.basis,
+            rate_limit: budget,
+            paused_until,
+            concurrency: state.map_or(max, |s| s.concurrency(max, now)),
             last_test: rec.last_test,
         })
     }

@@ -11,19 +11,21 @@
 //! `/ServiceProviderConfig` announces PATCH, filtering and the largest page.
 //!
 //! It counts the requests it received by method and resource ([`App::counts`]; for the
-//! benchmarks also `GET /_bench/stats`, `POST /_bench/reset`) and records, for every user write
+//! benchmarks also `GET /_bench/stats`, `POST /_bench/reset`), keeps each request's arrival,
+//! method, path and status when asked ([`Options::log_requests`], [`App::requests`]), and records, for every user write
 //! carrying the attribute named by `record` (default `title`), the value and the time it
 //! arrived (`GET /_bench/received`: `[[value, unix_micros], ...]`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -124,6 +126,10 @@ pub struct Switches {
     /// in `/ServiceProviderConfig` as `"pagination": {"cursor": true}`: `?cursor=&count=`
     /// then each answer's `nextCursor`. Index paging is unaffected (and keeps its switches).
     pub cursor_pagination: bool,
+    /// `(n, window)`: beyond `n` requests served in any `window` (a minute, say), every request
+    /// answers `429 Too Many Requests` with `Retry-After`, the whole seconds (at least 1)
+    /// until the window has room again, and changes nothing. Refused requests do not count.
+    pub rate_limit: Option<(u32, Duration)>,
 }
 
 /// How the app starts.
@@ -136,12 +142,32 @@ pub struct Options {
     /// The user attribute whose written values `/_bench/received` records.
     pub record: String,
     pub switches: Switches,
+    /// Keep every request received (when it arrived, its method, path and status):
+    /// [`App::requests`]. Off by default (the benchmarks send many).
+    pub log_requests: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { token: None, max_results: 1000, record: "title".into(), switches: Switches::default() }
+        Self {
+            token: None,
+            max_results: 1000,
+            record: "title".into(),
+            switches: Switches::default(),
+            log_requests: false,
+        }
     }
+}
+
+/// A request the app received ([`App::requests`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged {
+    /// When it arrived.
+    pub at: Instant,
+    pub method: String,
+    pub path: String,
+    /// The status it was answered with.
+    pub status: u16,
 }
 
 /// Requests received for one resource type, by kind.
@@ -204,6 +230,10 @@ pub struct App {
     received: Mutex<Vec<(String, u64)>>,
     /// Writes seen by [`Switches::fail_writes_percent`] and [`Switches::throttle_writes_percent`].
     faulted: [AtomicU64; 2],
+    /// When the requests of the current [`Switches::rate_limit`] window were served.
+    served: Mutex<VecDeque<Instant>>,
+    log_requests: bool,
+    log: Mutex<Vec<Logged>>,
 }
 
 type Target = App;
@@ -268,10 +298,48 @@ fn write_fault(t: &Target) -> Option<Response> {
         && in_share(t.faulted[1].fetch_add(1, Ordering::Relaxed), sw.throttle_writes_percent)
     {
         let mut r = error(StatusCode::TOO_MANY_REQUESTS, None, "switched failure: throttle_writes_percent");
-        r.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("0"));
+        r.headers_mut().insert("retry-after", HeaderValue::from_static("0"));
         return Some(r);
     }
     None
+}
+
+/// The answer of a request beyond [`Switches::rate_limit`], if it is one (counting it when served).
+fn over_rate_limit(t: &Target, at: Instant) -> Option<Response> {
+    let (n, window) = lock(&t.switches).rate_limit?;
+    let mut served = lock(&t.served);
+    while served.front().is_some_and(|f| at.saturating_duration_since(*f) >= window) {
+        served.pop_front();
+    }
+    if served.len() < n as usize {
+        served.push_back(at);
+        return None;
+    }
+    // Room again when the oldest served request of the window leaves it.
+    let wait = served.front().map_or(window, |f| window.saturating_sub(at.saturating_duration_since(*f)));
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut r = error(StatusCode::TOO_MANY_REQUESTS, None, "switched failure: rate_limit");
+    if let Ok(v) = HeaderValue::from_str(&seconds.max(1).to_string()) {
+        r.headers_mut().insert("retry-after", v);
+    }
+    Some(r)
+}
+
+/// In front of every SCIM route: [`Switches::rate_limit`], and the request log.
+async fn gatekeeper(State(t): State<Shared>, req: Request, next: Next) -> Response {
+    let at = Instant::now();
+    if req.uri().path().starts_with("/_bench/") {
+        return next.run(req).await;
+    }
+    let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
+    let response = match over_rate_limit(&t, at) {
+        Some(refused) => refused,
+        None => next.run(req).await,
+    };
+    if t.log_requests {
+        lock(&t.log).push(Logged { at, method, path, status: response.status().as_u16() });
+    }
+    response
 }
 
 fn count(t: &Target, kind: Kind, what: usize) {
@@ -880,7 +948,16 @@ impl App {
             counts: Default::default(),
             received: Mutex::new(Vec::new()),
             faulted: Default::default(),
+            served: Mutex::new(VecDeque::new()),
+            log_requests: options.log_requests,
+            log: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Every request received so far, in the order they arrived (empty unless
+    /// [`Options::log_requests`]): those refused by [`Switches::rate_limit`] too.
+    pub fn requests(&self) -> Vec<Logged> {
+        lock(&self.log).clone()
     }
 
     pub fn switches(&self) -> Switches {
@@ -1020,6 +1097,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/{kind}", get(list).post(create))
         .route("/{kind}/.search", post(search))
         .route("/{kind}/{id}", get(one).put(one).patch(one).delete(one))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), gatekeeper))
         .with_state(app)
 }
 
@@ -1095,6 +1173,19 @@ mod tests {
         assert_eq!(&hits[..5], &[false, true, false, true, true]);
         assert!((0..100).all(|n| !in_share(n, 0)));
         assert!((0..100).all(|n| in_share(n, 100)));
+    }
+
+    #[test]
+    fn the_rate_limit_refuses_beyond_n_a_window_saying_when_to_come_back() {
+        let switches = Switches { rate_limit: Some((2, Duration::from_secs(10))), ..Default::default() };
+        let app = App::new(Options { switches, ..Default::default() });
+        let t0 = Instant::now();
+        assert!(over_rate_limit(&app, t0).is_none());
+        assert!(over_rate_limit(&app, t0 + Duration::from_secs(1)).is_none());
+        let refused = over_rate_limit(&app, t0 + Duration::from_millis(2500)).unwrap();
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.headers()["retry-after"], "8", "7.5 s until the first leaves the window");
+        assert!(over_rate_limit(&app, t0 + Duration::from_secs(10)).is_none(), "the first left the window");
     }
 
     #[test]

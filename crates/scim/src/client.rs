@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::error::{is_retryable_status, ScimError};
 use crate::filter;
+use crate::pacer::Pacer;
 use crate::types::{Capabilities, ListResponse, PatchOp, ScimErrorBody};
 
 /// Media type of SCIM requests and responses (RFC 7644 section 3.1).
@@ -107,6 +108,10 @@ pub struct ClientConfig {
     /// Which addresses the client may connect to (checked after DNS, on the address
     /// connected to; redirects are never followed and no proxy is used).
     pub targets: outbound::TargetPolicy,
+    /// Asked before every request and told every answer (`None`: requests go as soon as a
+    /// concurrency permit allows). With one, a `429` is not waited out here: the pacer holds
+    /// the retry until the app's `Retry-After`.
+    pub pacer: Option<Arc<dyn Pacer>>,
 }
 
 impl ClientConfig {
@@ -124,6 +129,7 @@ impl ClientConfig {
             retry_after_max: Duration::from_secs(120),
             token_expiry_margin: Duration::from_secs(60),
             targets: outbound::TargetPolicy::default(),
+            pacer: None,
         }
     }
 }
@@ -377,15 +383,24 @@ impl Client {
                 return Attempt::Failed { error: ScimError::Config("client is shut down".into()), retry_after: None }
             }
         };
+        let pacer = self.inner.config.pacer.as_deref();
+        if let Some(p) = pacer {
+            if let Err(error) = p.before_send().await {
+                return Attempt::Failed { error, retry_after: None };
+            }
+        }
         let resp = match req.send().await {
             Ok(r) => r,
             Err(e) => return Attempt::Failed { error: map_reqwest_error(e), retry_after: None },
         };
         let status = resp.status();
+        let retry_after = parse_retry_after(resp.headers(), directory::now());
+        if let Some(p) = pacer {
+            p.answered(status.as_u16(), retry_after).await;
+        }
         if status.is_redirection() {
             return Attempt::Failed { error: redirected(status, resp.headers(), "app"), retry_after: None };
         }
-        let retry_after = parse_retry_after(resp.headers(), directory::now());
         let body = match resp.bytes().await {
             Ok(b) => b.to_vec(),
             Err(e) => return Attempt::Failed { error: map_reqwest_error(e), retry_after: None },
@@ -441,8 +456,15 @@ impl Client {
                     continue;
                 }
             }
+            // Held back by the pacer: the caller tries again later.
+            if matches!(error, ScimError::Held { .. }) {
+                return Err(error);
+            }
             if error.is_retryable() && retries < cfg.max_retries {
-                self.backoff(retries, retry_after, &error).await;
+                // A pacer holds the retry of a 429 until the app's Retry-After, itself.
+                if !(cfg.pacer.is_some() && matches!(error, ScimError::RateLimited { retry_after: Some(_) })) {
+                    self.backoff(retries, retry_after, &error).await;
+                }
                 retries += 1;
                 continue;
             }

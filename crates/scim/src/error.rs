@@ -25,6 +25,10 @@ pub enum ScimError {
     /// 429 after the retries were exhausted.
     #[error("Rate limited by the target{}", match .retry_after { Some(d) => format!(" (retry after {}s)", d.as_secs()), None => String::new() })]
     RateLimited { retry_after: Option<Duration> },
+    /// The request was not sent: the app's rate budget or a pause it asked for holds it back
+    /// longer than a request waits (see [`crate::Pacer`]); try again after `retry_after`.
+    #[error("Held back: {reason} (retry after {}s)", .retry_after.as_secs())]
+    Held { reason: String, retry_after: Duration },
     /// 5xx (after the retries were exhausted, for the retryable ones).
     #[error("Server error (HTTP {status}){}", fmt_detail(.detail))]
     Server { status: u16, detail: Option<String> },
@@ -73,7 +77,7 @@ impl ScimError {
     /// Whether retrying the same request later may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ScimError::RateLimited { .. } | ScimError::Network(_) | ScimError::Timeout => true,
+            ScimError::RateLimited { .. } | ScimError::Held { .. } | ScimError::Network(_) | ScimError::Timeout => true,
             ScimError::Server { status, .. } => is_retryable_status(*status),
             ScimError::InvalidAuthentication { .. }
             | ScimError::Conflict { .. }
@@ -125,6 +129,9 @@ impl ScimError {
             }
             ScimError::RateLimited { .. } => {
                 "The app is rate limiting requests: lower the app's concurrency or wait; provisioning will retry."
+            }
+            ScimError::Held { .. } => {
+                "Nothing to do: the request waits for the app's rate budget or the pause the app asked for; provisioning will retry."
             }
             ScimError::Server { status: 501, .. } => {
                 "The app does not implement this SCIM operation: adjust the app's settings or contact its vendor."
@@ -179,6 +186,9 @@ mod tests {
         assert!(ScimError::Timeout.is_retryable());
         assert!(ScimError::Network("reset".into()).is_retryable());
         assert!(ScimError::RateLimited { retry_after: None }.is_retryable());
+        let held = ScimError::Held { reason: "the rate budget".into(), retry_after: Duration::from_secs(3) };
+        assert!(held.is_retryable() && held.status().is_none());
+        assert_eq!(held.to_string(), "Held back: the rate budget (retry after 3s)");
         assert!(ScimError::Server { status: 503, detail: None }.is_retryable());
         assert!(!ScimError::Server { status: 501, detail: None }.is_retryable());
         assert!(!ScimError::BadRequest { scim_type: None, detail: None }.is_retryable());

@@ -470,3 +470,56 @@ async fn oauth2_token_endpoint_refusal_is_invalid_authentication() {
     assert_eq!(idp.scim_calls.load(Ordering::SeqCst), 0);
     assert_eq!(idp.token_requests.lock().expect("lock").len(), 1, "no retry");
 }
+
+/// A pacer that lets `allow` requests go, then holds every other one back, and keeps what it
+/// was told.
+#[derive(Debug, Default)]
+struct Recording {
+    allow: usize,
+    asked: AtomicUsize,
+    answers: Mutex<Vec<(u16, Option<Duration>)>>,
+}
+
+impl scim::Pacer for Recording {
+    fn before_send(&self) -> scim::PaceFuture<'_, Result<(), ScimError>> {
+        Box::pin(async move {
+            if self.asked.fetch_add(1, Ordering::SeqCst) < self.allow {
+                Ok(())
+            } else {
+                Err(ScimError::Held { reason: "the budget is used up".into(), retry_after: Duration::from_secs(7) })
+            }
+        })
+    }
+
+    fn answered(&self, status: u16, retry_after: Option<Duration>) -> scim::PaceFuture<'_, ()> {
+        Box::pin(async move { self.answers.lock().unwrap().push((status, retry_after)) })
+    }
+}
+
+#[tokio::test]
+async fn a_pacer_is_asked_before_every_attempt_and_told_every_answer() {
+    // A 429 asking for 2 s, then success: the pacer (not the client) holds the retry, so the
+    // client does not sleep; it asks the pacer again and tells it both answers.
+    let mut limited = reply(429, r#"{"status":"429"}"#);
+    limited.headers.push(("retry-after", "2".into()));
+    let (paced, url) = fake(vec![limited, reply(200, USER)]).await;
+    let pacer = Arc::new(Recording { allow: 10, ..Default::default() });
+    let mut cfg = config(&url);
+    cfg.pacer = Some(pacer.clone());
+    let start = Instant::now();
+    let user = Client::new(cfg).unwrap().get_user("u1").await.unwrap();
+    assert_eq!(user.unwrap()["id"], json!("u1"));
+    assert!(start.elapsed() < Duration::from_millis(1500), "the client did not wait itself: {:?}", start.elapsed());
+    assert_eq!(pacer.asked.load(Ordering::SeqCst), 2);
+    assert_eq!(*pacer.answers.lock().unwrap(), [(429, Some(Duration::from_secs(2))), (200, None)]);
+    assert_eq!(paced.calls.load(Ordering::SeqCst), 2);
+
+    // Held back: nothing is sent, no retry; the error says when to try again.
+    let (held, url) = fake(vec![reply(200, USER)]).await;
+    let mut cfg = config(&url);
+    cfg.pacer = Some(Arc::new(Recording { allow: 0, ..Default::default() }));
+    let e = Client::new(cfg).unwrap().get_user("u1").await.unwrap_err();
+    assert_eq!(e, ScimError::Held { reason: "the budget is used up".into(), retry_after: Duration::from_secs(7) });
+    assert!(e.is_retryable());
+    assert_eq!(held.calls.load(Ordering::SeqCst), 0);
+}

@@ -12,7 +12,7 @@
 //! - At most [`ConnectionLimits::max_connections`] connections are open at once; one more is
 //!   answered `503` and closed at once (so the kernel's backlog never holds clients waiting).
 //! - A declared `Content-Length` above [`ConnectionLimits::max_body`] is answered `413` before
-//!   any of the body is read.
+//!   any of the body is read (SCIM's `/Bulk` alone is allowed its larger `bulk.maxPayloadSize`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -140,8 +140,14 @@ async fn handle(router: Router, req: Request<Incoming>, peer: SocketAddr, limits
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limits.max_body as u64) {
-        let mut resp = crate::Error::PayloadTooLarge { limit: limits.max_body }.into_response();
+    // SCIM's `/Bulk` takes more (`bulk.maxPayloadSize`), and SCIM clients are answered in SCIM.
+    let scim = req.uri().path().strip_prefix("/scim/v2");
+    let max_body = scim.map_or(limits.max_body, |path| limits.max_body.max(crate::scim_server::body_limit(path)));
+    if declared.is_some_and(|n| n > max_body as u64) {
+        let mut resp = match scim {
+            Some(_) => crate::scim_server::Fail(crate::scim_server::too_large(max_body), None).into_response(),
+            None => crate::Error::PayloadTooLarge { limit: max_body }.into_response(),
+        };
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         return resp;
     }

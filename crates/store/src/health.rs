@@ -34,6 +34,10 @@ pub struct QueueCounts {
     pub queued: i64,
     /// Operations finished since the time asked about (by whole minutes).
     pub finished: i64,
+    /// The first of those minutes (Unix time / 60) in which an operation finished.
+    pub first_minute: Option<i64>,
+    /// Requests sent to the app in those minutes (counted for apps with a rate budget).
+    pub requests: i64,
 }
 
 /// The operations of an app finished in a window, and how many of them failed.
@@ -48,7 +52,8 @@ pub struct OutcomeWindow {
 pub trait HealthStore: Send + Sync + 'static {
     /// The app's health record (`None`: never quarantined nor tested).
     async fn get_app_health(&self, app: Uuid) -> Result<Option<AppHealthRecord>>;
-    /// The app's held and queued operations, and those finished since `since`.
+    /// The app's held and queued operations, and those finished (and the requests sent) since
+    /// `since`.
     async fn app_queue_counts(&self, app: Uuid, since: DateTime<Utc>) -> Result<QueueCounts>;
     /// The app's operations finished since `since` (or since its last resume, if later; the
     /// finished ones counted by whole minutes), and how many of them failed.

@@ -14,6 +14,7 @@ pub mod entitlements;
 pub mod health;
 pub mod postgres;
 pub mod provisioning;
+pub mod rates;
 pub mod saml;
 pub mod scim;
 pub mod secrets;
@@ -32,6 +33,7 @@ pub use entitlements::{AppRead, EntitlementStore};
 pub use health::{AppHealthRecord, HealthStore, OutcomeWindow, QueueCounts};
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use provisioning::{AccountQuery, EventQuery, ProvisioningStore};
+pub use rates::RateStore;
 pub use saml::{InvitationRecord, KeyState, SamlKeyRecord, SamlSettingsRecord, SamlStore, UserSessionRecord};
 pub use scim::ScimStore;
 pub use sources::{SourceCursor, SourceStore};
@@ -193,7 +195,8 @@ pub enum Wakeup {
 
 /// The storage seam. Implementations must make every write atomic with its audit entry
 /// and change-feed row, and must never store a plaintext secret. The provisioning half
-/// (accounts, operations, events) is [`ProvisioningStore`].
+/// (accounts, operations, events) is [`ProvisioningStore`]; each app's shared rate state is
+/// [`RateStore`].
 #[async_trait]
 pub trait Store:
     ProvisioningStore
@@ -203,6 +206,7 @@ pub trait Store:
     + ScimStore
     + SourceStore
     + HealthStore
+    + RateStore
     + Send
     + Sync
     + 'static
@@ -300,6 +304,22 @@ pub trait Store:
     async fn list_audit(&self, query: &AuditQuery) -> Result<Page<AuditEntry>>;
     /// Changes with `seq > after`, oldest first, at most `limit`.
     async fn changes_after(&self, after: i64, limit: u32) -> Result<Vec<Change>>;
+    /// The next changes for the planner to plan after `after`: as [`Store::changes_after`], but
+    /// never past the start of an open hold ([`Store::hold_changes`]), and, when they reach into
+    /// the changes of a released hold, through its last change even beyond `limit` (so that the
+    /// changes of one hold are planned in one pass).
+    async fn changes_to_plan(&self, after: i64, limit: u32) -> Result<Vec<Change>>;
+    /// Holds the planner back at the current end of the change feed, until
+    /// [`Store::release_changes`] or until `ttl` passes (a writer that crashed): what is written
+    /// meanwhile is planned together, in one pass, once the hold is released. Answers the hold's id.
+    async fn hold_changes(&self, ttl: std::time::Duration) -> Result<Uuid>;
+    /// Releases a hold: the changes recorded since it began are planned in one pass.
+    async fn release_changes(&self, hold: Uuid) -> Result<()>;
+    /// The changes after `after` that a hold (open, or released but not yet planned) keeps
+    /// for its own pass: the planner does not plan the pairs they touch before that pass, even
+    /// when an earlier change touches them too (a pair's state is read as it is now, and would
+    /// show a held change's effect early).
+    async fn changes_past_holds(&self, after: i64) -> Result<Vec<Change>>;
 }
 
 #[cfg(test)]

@@ -151,7 +151,20 @@ pub trait ProvisioningStore: Send + Sync + 'static {
     /// Claims up to `limit` runnable operations of one app for `owner` with a lease:
     /// queued ones due now, or running ones whose lease expired. Only the oldest open
     /// operation of a pair is runnable, and never while another of the pair runs.
-    async fn claim_operations(&self, app: Uuid, owner: &str, limit: u32, lease: Duration) -> Result<Vec<Operation>>;
+    async fn claim_operations(&self, app: Uuid, owner: &str, limit: u32, lease: Duration) -> Result<Vec<Operation>> {
+        self.claim_operations_within(app, owner, limit, lease, None).await
+    }
+    /// [`Self::claim_operations`], with the app's running operations (of every process sharing
+    /// the store) held to `max_running` too, when given, not only to its `max_concurrency`: the
+    /// concurrency limit lowered after the app answered `429` or `5xx`.
+    async fn claim_operations_within(
+        &self,
+        app: Uuid,
+        owner: &str,
+        limit: u32,
+        lease: Duration,
+        max_running: Option<u32>,
+    ) -> Result<Vec<Operation>>;
     /// Apps that have runnable operations now.
     async fn apps_with_due_operations(&self) -> Result<Vec<Uuid>>;
     /// Records a finished operation, its event and the account record in one transaction,

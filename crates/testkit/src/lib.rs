@@ -16,5 +16,7 @@ pub mod slapd;
 
 pub use samba::Samba;
 pub use scim2_server::{unique, Scim2Server};
-pub use scim_target::{Counts as ScimAppCounts, Options as ScimAppOptions, ScimApp, Switches, Tally};
+pub use scim_target::{
+    Counts as ScimAppCounts, Logged as ScimAppRequest, Options as ScimAppOptions, ScimApp, Switches, Tally,
+};
 pub use slapd::Slapd;

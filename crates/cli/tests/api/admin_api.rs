@@ -313,7 +313,7 @@ async fn app_credentials_are_write_only() {
         json!({"enabled": true, "approval": {"create": true, "update": false, "delete": false},
         "on_suspend": "suspend", "on_delete": "none", "max_concurrency": 4, "create_missing_groups": false,
         "group_chunk_size": 100, "lookup_before_create": true,
-        "deprovision_guard": {"max_count": 50, "max_percent": 10, "window_minutes": 60}})
+        "deprovision_guard": {"max_count": 50, "max_percent": 10, "window_minutes": 60}, "rate_limit": null})
     );
     let id = a.body["id"].as_str().unwrap().to_owned();
     let path = format!("/api/v1/apps/{id}");

@@ -46,7 +46,8 @@ fn command_of(bin: &str, data_dir: &Path) -> Command {
     c
 }
 
-struct Running {
+/// A `provisioner serve` process (also started by other test files: `rate_budgets`).
+pub(crate) struct Running {
     child: Child,
     addr: String,
     stdout: Arc<Mutex<String>>,
@@ -58,7 +59,7 @@ impl Running {
     }
 
     /// Starts `provisioner serve` with extra environment variables.
-    async fn start_with(data_dir: &Path, admin_token: Option<&str>, env: &[(&str, String)]) -> Self {
+    pub(crate) async fn start_with(data_dir: &Path, admin_token: Option<&str>, env: &[(&str, String)]) -> Self {
         Self::start_bin(BIN, data_dir, admin_token, env).await
     }
 
@@ -101,12 +102,12 @@ impl Running {
         panic!("provisioner did not become healthy");
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 
     /// Ends the process abruptly (SIGKILL): whatever was acknowledged must survive.
-    async fn kill(mut self) {
+    pub(crate) async fn kill(mut self) {
         self.child.kill().await.unwrap();
     }
 }
@@ -779,6 +780,15 @@ async fn slow_and_half_sent_connections_are_closed_and_healthz_keeps_answering()
     assert!(got.starts_with("HTTP/1.1 413"), "{got}");
     assert!(got.contains("application/problem+json"), "{got}");
     assert!(start.elapsed() < Duration::from_secs(1));
+    // So does one sent to SCIM's /Bulk (its limit is 4 MiB, the general one 1 MiB), in SCIM's words.
+    for (path, length) in [("/scim/v2/Bulk", 104857600), ("/scim/v2/Users", 2097152)] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/scim+json\r\nContent-Length: {length}\r\n\r\n"
+        );
+        let got = raw_exchange(&addr, head.as_bytes(), Duration::from_secs(1)).await;
+        assert!(got.starts_with("HTTP/1.1 413"), "{path}: {got}");
+        assert!(got.contains("application/scim+json"), "{path}: {got}");
+    }
 
     // An idle keep-alive connection is closed after its 2 s.
     let start = tokio::time::Instant::now();

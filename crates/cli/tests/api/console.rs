@@ -1224,6 +1224,73 @@ async fn console_app_page_names_the_read_strategy_and_contradiction() {
     assert_eq!(scim.counts().writes(), 0);
 }
 
+/// The rate budget from the app's Provisioning tab (a bad value refused next to its field),
+/// and each app's queue, rate and ETA on the Apps page and on the app's pages.
+#[tokio::test]
+async fn console_sets_a_rate_budget_and_shows_each_apps_queue() {
+    let c = Console::start(Default::default()).await;
+    let (session, csrf) = c.login().await;
+    let scim = testkit::ScimApp::start(Default::default()).unwrap();
+    let input: directory::AppInput = serde_json::from_value(json!({
+        "name": "Paced", "connection": {"base_url": scim.base_url(), "auth": {"type": "bearer", "token": "t"}},
+        "provisioning": {"enabled": false, "lookup_before_create": false}
+    }))
+    .unwrap();
+    let actor = directory::Actor::admin(ADMIN);
+    let service = &c.state.service;
+    let app = service.create_app(&actor, input).await.unwrap();
+    let tab = format!("/console/apps/{}/provisioning", app.id);
+    let save = |per_minute: &'static str, burst: &'static str| {
+        let (c, tab, session, csrf) = (&c, tab.clone(), session.clone(), csrf.clone());
+        async move {
+            let form = [
+                ("csrf", csrf.as_str()),
+                ("enabled", "1"),
+                ("on_suspend", "suspend"),
+                ("on_delete", "delete"),
+                ("max_concurrency", "4"),
+                ("rate_per_minute", per_minute),
+                ("rate_burst", burst),
+            ];
+            c.post(&tab, &session, &form).await
+        }
+    };
+    let r = save("lots", "").await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let html = r.text().await.unwrap();
+    assert!(html.contains(r#"id="e-rate-per-minute""#), "{html}");
+    assert!(service.get_app(app.id).await.unwrap().provisioning.rate_limit.is_none(), "nothing saved");
+    let r = save("1", "").await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let stored = service.get_app(app.id).await.unwrap().provisioning.rate_limit.unwrap();
+    assert_eq!((stored.per_minute, stored.burst), (1, Some(1)), "the default burst");
+
+    // One request a minute: the first account goes, the others wait in the queue.
+    let role = service
+        .create_role(&actor, directory::RoleInput { name: "Staff".into(), description: None, pushable: false })
+        .await
+        .unwrap();
+    service.add_role_app(&actor, role.id, app.id).await.unwrap();
+    for i in 0..3 {
+        let input = directory::UserInput { username: format!("paced{i}"), ..Default::default() };
+        let u = service.create_user(&actor, input, directory::UserSource::Local).await.unwrap();
+        service.add_role_user(&actor, role.id, u.id).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scim.users().is_empty() {
+        assert!(Instant::now() < deadline, "the first account never came");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let apps = c.get("/console/apps", &session).await.text().await.unwrap();
+    assert!(apps.contains(" queued · "), "{apps}");
+    assert!(apps.contains("at the rate budget"), "{apps}");
+    let html = c.get(&tab, &session).await.text().await.unwrap();
+    assert!(html.contains(r#"id="app-queue">Queue: "#), "{html}");
+    assert!(html.contains("Rate budget: 1 request a minute, bursts of 1"), "{html}");
+    assert!(html.contains(r#"name="rate_per_minute" type="number" min="1" max="100000" value="1""#), "{html}");
+    assert_eq!(scim.users().len(), 1, "the budget holds the others back");
+}
+
 /// The blast-radius guard in headless Chromium against the real scim2-server: a save that
 /// would delete accounts asks first with the count in the button; what the guard held is
 /// reviewed on the app's page (some allowed, the others rejected); the Apps page and the

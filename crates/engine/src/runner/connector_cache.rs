@@ -3,6 +3,8 @@
 //! connection test found, and reused while the app's version is unchanged.
 //!
 //! The one place the engine turns an app into a connector; it names no concrete connector.
+//! Each connector is built with the app's rate gate ([`crate::rate::RateGate`]), through which
+//! every request to the app goes.
 //! An app whose kind has no factory gets the registry's error, reported like any other
 //! failure to build a connector.
 
@@ -31,6 +33,7 @@ impl ConnectorCache {
             request_timeout: config.request_timeout,
             backoff_base: config.http_backoff_base,
             targets: config.outbound.clone(),
+            pacer: None,
         };
         Self { registry, settings, built: Mutex::new(HashMap::new()) }
     }
@@ -73,7 +76,10 @@ impl Engine {
         let secret = store::secrets::decrypt_credential(&self.keyring, app.id, &ct)
             .map_err(|e| EngineError::Credential(e.to_string()))?;
         let cache = &self.connectors;
-        cache.registry.build(app, secret, capabilities, &cache.settings).map_err(|e| match e {
+        // Every request to the app goes through its rate gate (see `crate::rate`).
+        let gate = crate::rate::RateGate::new(self.store.clone(), app, crate::rate::longest_wait(self.config.lease));
+        let settings = ConnectorSettings { pacer: Some(Arc::new(gate)), ..cache.settings.clone() };
+        cache.registry.build(app, secret, capabilities, &settings).map_err(|e| match e {
             BuildError::Credential(m) => EngineError::Credential(m),
             BuildError::Connector(e) => EngineError::app(app, e),
         })

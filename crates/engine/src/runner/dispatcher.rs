@@ -1,4 +1,5 @@
-//! The dispatcher: claims due operations with a lease, within each app's concurrency limit,
+//! The dispatcher: claims due operations with a lease, within each app's concurrency limit
+//! and rate state (its pause, its budget's tokens, its lowered concurrency: see [`crate::rate`]),
 //! reads what the operations claimed together share (the app's connector, their account
 //! records, one lookup of the accounts to create), runs each in its own task through
 //! [`worker::execute`], and hands finished ones to the outcome recorder (a retry is written
@@ -89,12 +90,33 @@ impl Engine {
         let mut started = 0;
         for app_id in self.store.apps_with_due_operations().await? {
             let app = self.store.get_app(app_id).await?;
-            let limit = app.as_ref().map_or(4, |a| a.provisioning.max_concurrency.max(1));
+            // An enabled app's operations go within its rate state: not while it is paused, no
+            // more than its budget has tokens for, within its (maybe lowered) concurrency. The
+            // dispatcher never waits for one app: it claims what can go and moves on.
+            let room = match app.as_ref().filter(|a| a.provisioning.enabled) {
+                Some(a) => {
+                    let state = self.store.get_rate_state(app_id).await?;
+                    Some(crate::rate::room(a, state.as_ref(), directory::now()))
+                }
+                None => None,
+            };
+            let limit = match (&room, &app) {
+                (Some(r), _) => r.concurrency,
+                (None, a) => a.as_ref().map_or(4, |a| a.provisioning.max_concurrency.max(1)),
+            };
             let busy = lock(&self.inflight).get(&app_id).copied().unwrap_or(0);
             if busy >= limit {
                 continue;
             }
-            let ops = self.store.claim_operations(app_id, &self.config.owner, limit - busy, self.config.lease).await?;
+            let wanted = (limit - busy).min(room.map_or(u32::MAX, |r| r.budget));
+            if wanted == 0 {
+                continue;
+            }
+            let max_running = room.map(|r| r.concurrency);
+            let ops = self
+                .store
+                .claim_operations_within(app_id, &self.config.owner, wanted, self.config.lease, max_running)
+                .await?;
             if ops.is_empty() {
                 continue;
             }

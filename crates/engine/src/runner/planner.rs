@@ -60,7 +60,9 @@ impl Engine {
     /// Plans the pairs touched by the next batch of changes; returns how many changes it read.
     pub async fn plan_once(&self) -> Result<usize, EngineError> {
         let cursor = self.store.engine_cursor().await?;
-        let changes = self.store.changes_after(cursor, CHANGE_BATCH).await?;
+        // Never into an open hold's changes, and a released hold's changes all at once (see
+        // `Store::hold_changes`): a SCIM Bulk request is planned in one pass, through one guard.
+        let changes = self.store.changes_to_plan(cursor, CHANGE_BATCH).await?;
         let Some(last) = changes.last().map(|c| c.seq) else {
             return Ok(0);
         };
@@ -88,7 +90,14 @@ impl Engine {
         let mut guard = Guard::new(self.store.clone(), directory::now());
         for chunk in pairs.chunks(PAIR_BATCH) {
             let t = std::time::Instant::now();
-            let states = self.store.load_pairs(chunk).await?;
+            let mut states = self.store.load_pairs(chunk).await?;
+            // Read after the states: whatever effect of a held change they show, its change is
+            // visible here, and its pair waits for the hold's own pass.
+            let held = self.store.changes_past_holds(last).await?;
+            if !held.is_empty() {
+                let waiting = Waiting::of(&held);
+                states.retain(|s| !waiting.touches(s.user_id, s.app_id));
+            }
             loading += t.elapsed();
             let t = std::time::Instant::now();
             let items = plan_guarded(&states, &causes, &mut guard).await?;
@@ -154,6 +163,39 @@ pub(crate) async fn plan_guarded(
         }
     }
     Ok(out)
+}
+
+/// The pairs held changes touch (see [`Store::changes_past_holds`](store::Store::changes_past_holds)).
+#[derive(Default)]
+struct Waiting {
+    users: HashSet<uuid::Uuid>,
+    apps: HashSet<uuid::Uuid>,
+    pairs: HashSet<(uuid::Uuid, uuid::Uuid)>,
+}
+
+impl Waiting {
+    fn of(changes: &[directory::Change]) -> Self {
+        let mut w = Self::default();
+        for c in changes {
+            match (affects(c.kind), c.user_id, c.app_id) {
+                (Affects::User, Some(u), _) => {
+                    w.users.insert(u);
+                }
+                (Affects::App, _, Some(a)) => {
+                    w.apps.insert(a);
+                }
+                (Affects::Pair, Some(u), Some(a)) => {
+                    w.pairs.insert((u, a));
+                }
+                _ => {}
+            }
+        }
+        w
+    }
+
+    fn touches(&self, user: uuid::Uuid, app: uuid::Uuid) -> bool {
+        self.apps.contains(&app) || self.users.contains(&user) || self.pairs.contains(&(user, app))
+    }
 }
 
 /// Which pairs a change touches.

@@ -21,7 +21,7 @@ async fn main() -> std::io::Result<()> {
         token: arg(&args, "--token"),
         max_results: arg(&args, "--max-results").and_then(|n| n.parse().ok()).unwrap_or(defaults.max_results),
         record: arg(&args, "--record").unwrap_or(defaults.record),
-        switches: defaults.switches,
+        ..defaults
     });
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     println!("listening on http://{}", listener.local_addr()?);

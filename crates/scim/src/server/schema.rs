@@ -544,7 +544,7 @@ pub fn service_provider_config(base_url: &str, max_results: u32, max_operations:
         "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
         "documentationUri": "https://github.com/provisioner/provisioner#inbound-scim-server",
         "patch": {"supported": true},
-        "bulk": {"supported": false, "maxOperations": max_operations, "maxPayloadSize": max_payload},
+        "bulk": {"supported": max_operations > 0, "maxOperations": max_operations, "maxPayloadSize": max_payload},
         "filter": {"supported": true, "maxResults": max_results},
         "changePassword": {"supported": false},
         "sort": {"supported": true},

@@ -1,4 +1,4 @@
-//! Apps: the list with health; an app's tabs Configuration (API connection, write-only
+//! Apps: the list with health and each queue (how many, the rate, when empty); an app's tabs Configuration (API connection, write-only
 //! credentials, Enable / Test connection), Provisioning (enable, approvals, what happens on
 //! suspend and delete) and Users (its accounts); "Rematch login".
 
@@ -66,6 +66,8 @@ struct AppRow {
     failure_rate: String,
     pending: usize,
     held: usize,
+    /// The queue, its rate and when it will be empty, in words.
+    queue: String,
 }
 
 #[derive(Template)]
@@ -87,10 +89,72 @@ pub(super) struct AppStatus {
     pub next_probe_iso: String,
     /// The last connection test failed: what the app said.
     pub last_test_failure: Option<String>,
+    /// The queue, its rate and when it will be empty, in words.
+    pub queue: String,
+    /// What slows the app down now (its rate budget, a pause it asked for, a lowered
+    /// concurrency), in words.
+    pub pace: Vec<String>,
+}
+
+/// About how long `seconds` is, in words.
+fn duration_words(seconds: i64) -> String {
+    match seconds {
+        s if s < 60 => "under a minute".to_owned(),
+        s if s < 3600 => format!("about {} min", (s + 30) / 60),
+        s => {
+            let minutes = (s + 30) / 60;
+            format!("about {} h {} min", minutes / 60, minutes % 60)
+        }
+    }
+}
+
+/// The app's queue in words: how many operations, at what rate, empty when.
+pub(super) fn queue_words(h: &directory::AppHealth) -> String {
+    if h.queued == 0 {
+        return "Nothing queued".to_owned();
+    }
+    let mut out = format!("{} queued", h.queued);
+    if let Some(r) = h.rate_per_minute {
+        out.push_str(&format!(" · {r:.1} a minute"));
+    }
+    match (h.eta_seconds, h.rate_basis) {
+        (Some(eta), Some(directory::RateBasis::Budget)) => {
+            out.push_str(&format!(" · empty in {} at the rate budget", duration_words(eta)))
+        }
+        (Some(eta), _) => out.push_str(&format!(" · empty in {}", duration_words(eta))),
+        (None, _) if h.state == directory::HealthState::Quarantined => out.push_str(" · paused"),
+        (None, _) => out.push_str(" · no rate known yet"),
+    }
+    out
+}
+
+/// What slows the app down now, in words (see [`AppStatus::pace`]).
+fn pace_words(h: &directory::AppHealth, max_concurrency: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(r) = &h.rate_limit {
+        let requests = if r.per_minute == 1 { "request" } else { "requests" };
+        out.push(format!(
+            "Rate budget: {} {requests} a minute, bursts of {}, shared by every engine process.",
+            r.per_minute,
+            r.burst()
+        ));
+    }
+    if let Some(until) = &h.paused_until {
+        out.push(format!("Paused until {}: the app asked to wait (Retry-After).", view::when(until)));
+    }
+    if h.concurrency < max_concurrency {
+        out.push(format!(
+            "Concurrency lowered to {} of {max_concurrency} after the app answered 429 or 5xx; it grows back by one every 10 s.",
+            h.concurrency
+        ));
+    }
+    out
 }
 
 pub(super) async fn app_status(state: &AppState, app: Uuid, tested: bool) -> Result<AppStatus> {
     let h = state.service.app_health(app).await?;
+    let max_concurrency = state.service.get_app(app).await?.provisioning.max_concurrency;
+    let (queue, pace) = (queue_words(&h), pace_words(&h, max_concurrency));
     let quarantined = h.state == directory::HealthState::Quarantined;
     let last_test_failure = h.last_test.as_ref().filter(|t| !t.ok).map(|t| t.message.clone().unwrap_or_default());
     let (badge_slug, badge_label) = if quarantined {
@@ -111,6 +175,8 @@ pub(super) async fn app_status(state: &AppState, app: Uuid, tested: bool) -> Res
         next_probe: h.next_probe.as_ref().map(view::when).unwrap_or_default(),
         next_probe_iso: h.next_probe.as_ref().map(view::iso).unwrap_or_default(),
         last_test_failure,
+        queue,
+        pace,
     })
 }
 
@@ -127,7 +193,8 @@ async fn health(state: &AppState, app: &App) -> Result<AppRow> {
     let pending = events.iter().filter(|e| e.status == EventStatus::Pending).count();
     let last_failure = events.iter().find(|e| e.status == EventStatus::Failed);
     let tested = state.service.store().get_app_capabilities(app.id).await?.is_some();
-    let quarantined = state.service.app_health(app.id).await?.state == directory::HealthState::Quarantined;
+    let h = state.service.app_health(app.id).await?;
+    let quarantined = h.state == directory::HealthState::Quarantined;
     let (health, health_label) = if quarantined {
         ("failing", "Quarantined")
     } else if finished.first().is_some_and(|e| e.status == EventStatus::Failed && e.resolved_by.is_none()) {
@@ -156,6 +223,7 @@ async fn health(state: &AppState, app: &App) -> Result<AppRow> {
         failure_rate,
         pending,
         held: state.service.held_events(app.id).await?.len(),
+        queue: queue_words(&h),
     })
 }
 
@@ -580,6 +648,19 @@ async fn save_provisioning(
         Ok(n) => Value::from(n),
         Err(_) => Value::String(form.text("max_concurrency")),
     };
+    // A number, or the text as typed (refused naming the field); empty: no budget, or the
+    // default burst.
+    let number = |name: &str| {
+        let text = form.text(name);
+        match text.trim() {
+            "" => Value::Null,
+            t => t.parse::<u32>().map_or_else(|_| Value::String(text.clone()), Value::from),
+        }
+    };
+    let rate_limit = match number("rate_per_minute") {
+        Value::Null => Value::Null,
+        per_minute => json!({"per_minute": per_minute, "burst": number("rate_burst")}),
+    };
     let mut patch = Map::new();
     patch.insert(
         "provisioning".into(),
@@ -590,6 +671,7 @@ async fn save_provisioning(
             "on_suspend": form.text("on_suspend"),
             "on_delete": form.text("on_delete"),
             "max_concurrency": concurrency,
+            "rate_limit": rate_limit,
         }),
     );
     let apply_to_existing = form.checked("apply_to_existing");

@@ -7,11 +7,14 @@ use scim::server::ScimError;
 
 use super::{
     base_url, custom_schema, group_resource_schema, list_response, scim_json, user_resource_schema, ScimResult,
-    ScimState, MAX_BODY, MAX_RESULTS,
+    ScimState, MAX_RESULTS,
 };
 
 pub(crate) async fn service_provider_config(headers: HeaderMap) -> ScimResult {
-    Ok(scim_json(StatusCode::OK, &spc_document(&base_url(&headers), MAX_RESULTS, 0, MAX_BODY)))
+    Ok(scim_json(
+        StatusCode::OK,
+        &spc_document(&base_url(&headers), MAX_RESULTS, super::bulk::MAX_OPERATIONS as u32, super::bulk::MAX_PAYLOAD),
+    ))
 }
 
 async fn resource_type_docs(state: &ScimState, headers: &HeaderMap) -> ScimResult<Vec<serde_json::Value>> {

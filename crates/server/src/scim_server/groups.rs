@@ -143,7 +143,13 @@ async fn load(state: &ScimState, client: &Client, id: &str) -> ScimResult<ScimGr
 }
 
 /// The group as the client sees it (its members in scope).
-async fn full(state: &ScimState, client: &Client, g: &ScimGroup, base: &str, members: bool) -> ScimResult<Value> {
+pub(crate) async fn full(
+    state: &ScimState,
+    client: &Client,
+    g: &ScimGroup,
+    base: &str,
+    members: bool,
+) -> ScimResult<Value> {
     let m = if members { Some(scope::visible_members(state, client, g.role.id).await?) } else { None };
     Ok(to_json(g, m.as_deref(), base))
 }

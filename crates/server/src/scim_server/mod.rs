@@ -3,10 +3,12 @@
 //! `POST /api/v1/scim-clients`), which works here only; admin tokens do not work here.
 //! Every answer is `application/scim+json`; errors use the SCIM error schema.
 
+mod bulk;
 mod discovery;
 mod filter;
 mod groups;
 mod scope;
+mod search;
 mod users;
 
 use std::collections::HashMap;
@@ -33,7 +35,7 @@ use crate::AppState;
 
 /// The URN of the schema extension holding the directory's custom attributes.
 pub const CUSTOM_SCHEMA: &str = "urn:ietf:params:scim:schemas:extension:provisioner:2.0:User";
-/// The largest request body accepted (also published as `bulk.maxPayloadSize`).
+/// The largest request body accepted, but on `/Bulk` ([`bulk::MAX_PAYLOAD`]).
 pub const MAX_BODY: usize = 1024 * 1024;
 /// The most resources one list answer holds.
 pub const MAX_RESULTS: u32 = 500;
@@ -61,6 +63,12 @@ impl RateLimiter {
 
     /// `Ok` when the client may make a request now, else how long to wait.
     fn take(&self, client: &str) -> Result<(), Duration> {
+        self.take_n(client, 1)
+    }
+
+    /// `Ok` when the client may make `n` requests now (all taken), else how long to wait (none
+    /// taken).
+    fn take_n(&self, client: &str, n: u32) -> Result<(), Duration> {
         let Ok(mut map) = self.buckets.lock() else { return Ok(()) };
         let cap = f64::from(self.per_minute);
         let rate = cap / 60.0;
@@ -68,11 +76,12 @@ impl RateLimiter {
         let (tokens, at) = map.entry(client.to_owned()).or_insert((cap, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(cap);
         *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
+        let n = f64::from(n);
+        if *tokens >= n {
+            *tokens -= n;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64(((1.0 - *tokens) / rate).max(1.0)))
+            Err(Duration::from_secs_f64(((n.min(cap) - *tokens) / rate).max(1.0)))
         }
     }
 }
@@ -249,9 +258,10 @@ impl<S: Send + Sync> FromRequest<S> for ScimBody {
         if !(mime == SCIM_JSON || mime == "application/json" || mime.is_empty()) {
             return Err(ScimError::new(415, None, "Content-Type must be application/scim+json").into());
         }
+        let limit = body_limit(req.uri().path());
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                Fail(ScimError::new(413, None, format!("the request body is larger than {MAX_BODY} bytes")), None)
+                Fail(too_large(limit), None)
             } else if let Some(slow) = crate::extract::too_slow(&e) {
                 Fail(ScimError::new(408, None, slow.to_string()), None)
             } else {
@@ -274,6 +284,20 @@ impl<S: Send + Sync> FromRequest<S> for ScimBody {
             return Err(ScimError::invalid_syntax("the body must be a JSON object").into());
         }
         Ok(ScimBody(v))
+    }
+}
+
+/// 413 for a body over `limit` bytes (on `/Bulk`, `bulk.maxPayloadSize`).
+pub(crate) fn too_large(limit: usize) -> ScimError {
+    ScimError::new(413, None, format!("the request body is larger than {limit} bytes, the most accepted here"))
+}
+
+/// The largest body the SCIM server accepts at `path` (under `/scim/v2`): more on `/Bulk` only.
+pub fn body_limit(path: &str) -> usize {
+    if path.trim_end_matches('/').ends_with("/Bulk") {
+        bulk::MAX_PAYLOAD
+    } else {
+        MAX_BODY
     }
 }
 
@@ -519,8 +543,8 @@ pub fn router_with_limit(app: AppState, per_minute: u32) -> Router {
         .route("/Groups", get(groups::list).post(groups::create))
         .route("/Groups/.search", post(groups::search))
         .route("/Groups/{id}", get(groups::get).put(groups::replace).patch(groups::patch).delete(groups::delete))
-        .route("/Bulk", post(not_implemented))
-        .route("/.search", post(not_implemented))
+        .route("/Bulk", post(bulk::bulk).layer(DefaultBodyLimit::max(bulk::MAX_PAYLOAD)))
+        .route("/.search", post(search::search))
         .route("/Me", get(not_implemented).post(not_implemented).put(not_implemented).patch(not_implemented))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

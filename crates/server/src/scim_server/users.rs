@@ -559,7 +559,7 @@ async fn manager_of(state: &ScimState, u: &User) -> ScimResult<Option<User>> {
 
 /// The full resource of a user, as the client sees it (its groups in scope, the manager's
 /// name only when the manager is in scope).
-async fn resource(
+pub(crate) async fn resource(
     state: &ScimState,
     client: &Client,
     su: &ScimUser,

@@ -99,7 +99,13 @@ impl ProvisioningHooks for PostgresStore {
     /// never leave more than the app's `max_concurrency` (default 4) operations running under a
     /// live lease, whatever `limit` asks. Rows are taken with `FOR UPDATE SKIP LOCKED`: an
     /// operation a planner is collapsing right now is left for next time.
-    async fn claimable(tx: &mut Tx, app: Uuid, now: DateTime<Utc>, limit: i64) -> Result<Vec<i64>> {
+    async fn claimable(
+        tx: &mut Tx,
+        app: Uuid,
+        now: DateTime<Utc>,
+        limit: i64,
+        max_running: Option<i64>,
+    ) -> Result<Vec<i64>> {
         sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2::text))")
             .bind(CLAIM_LOCK)
             .bind(app)
@@ -123,7 +129,8 @@ impl ProvisioningHooks for PostgresStore {
         if row.flag("paused")? {
             return Ok(Vec::new());
         }
-        let room = (row.int("max_running")? - row.int("running")?).max(0).min(limit);
+        let most = row.int("max_running")?.min(max_running.map_or(i64::MAX, |m| m.max(1)));
+        let room = (most - row.int("running")?).max(0).min(limit);
         if room == 0 {
             return Ok(Vec::new());
         }

@@ -19,12 +19,15 @@ use super::{
     Json, Query, RowGet, WriteTx,
 };
 use crate::{
-    cursor, AdminStore, AuditQuery, EmailConflict, EntitlementStore, HealthStore, NameQuery, ProvisioningStore, Result,
-    SamlStore, ScimStore, SourceStore, Store, StoreError, TokenRecord, UserQuery, Wakeup,
+    cursor, AdminStore, AuditQuery, EmailConflict, EntitlementStore, HealthStore, NameQuery, ProvisioningStore,
+    RateStore, Result, SamlStore, ScimStore, SourceStore, Store, StoreError, TokenRecord, UserQuery, Wakeup,
 };
 
 /// The most change-feed rows one [`Store::changes_after`] call reads.
 const MAX_CHANGES: u32 = 10_000;
+/// The most held changes one [`Store::changes_past_holds`] call reads (a bulk request of 4 MiB
+/// makes far fewer).
+const MAX_HELD: u32 = 200_000;
 
 const DEF_COLUMNS: &str = "name, kind, description, created_at";
 
@@ -48,7 +51,15 @@ fn holders<D: FilterDialect>(name: &str) -> Query {
 #[async_trait]
 impl<S> Store for S
 where
-    S: Backend + ProvisioningStore + EntitlementStore + AdminStore + SamlStore + ScimStore + SourceStore + HealthStore,
+    S: Backend
+        + ProvisioningStore
+        + EntitlementStore
+        + AdminStore
+        + SamlStore
+        + ScimStore
+        + SourceStore
+        + HealthStore
+        + RateStore,
     S::Db: FilterDialect,
 {
     async fn health(&self) -> Result<()> {
@@ -614,20 +625,140 @@ where
                 .bind(i64::from(limit.clamp(1, MAX_CHANGES))),
             )
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Change {
-                    seq: r.int("seq")?,
-                    at: r.time("at")?,
-                    kind: r.parsed("kind", directory::ChangeKind::parse)?,
-                    user_id: r.opt_id("user_id")?,
-                    role_id: r.opt_id("role_id")?,
-                    app_id: r.opt_id("app_id")?,
-                    // 0: a change no audit entry explains (an account change, a bulk import).
-                    audit_id: r.opt_int("audit_id")?.filter(|id| *id > 0),
-                })
+        change_rows(&rows)
+    }
+
+    async fn changes_to_plan(&self, after: i64, limit: u32) -> Result<Vec<Change>> {
+        let mut c = self.read().await?;
+        let now = directory::now();
+        // The holds that matter: open ones, and released ones the planner has not passed.
+        let holds = c
+            .all(
+                q("SELECT after_seq, end_seq FROM change_holds \
+                   WHERE (closed_at IS NULL AND expires_at > ?) OR (closed_at IS NOT NULL AND end_seq > ?)")
+                .bind(now)
+                .bind(after),
+            )
+            .await?
+            .iter()
+            .map(|r| Ok((r.int("after_seq")?, r.opt_int("end_seq")?)))
+            .collect::<Result<Vec<_>>>()?;
+        let stop = hold_stop(&holds);
+        // The open holds again, in the statement that reads the feed: a hold begun since the
+        // read above stops it too (it sees the hold whenever it sees the hold's changes).
+        let open = "SELECT MIN(after_seq) FROM change_holds WHERE closed_at IS NULL AND expires_at > ?";
+        let read = |from: i64, to: i64, limit: Option<i64>| {
+            let mut query = q("SELECT seq, at, kind, user_id, role_id, app_id, audit_id FROM changes \
+                               WHERE seq > ? AND seq <= ? AND seq <= COALESCE((")
+            .bind(from)
+            .bind(to);
+            query.push(open).add(now).push("), ?) ORDER BY seq").add(i64::MAX);
+            if let Some(n) = limit {
+                query.push(" LIMIT ?").add(n);
+            }
+            query
+        };
+        let mut changes = change_rows(&c.all(read(after, stop, Some(i64::from(limit.clamp(1, MAX_CHANGES))))).await?)?;
+        // Reaching into a released hold's changes: through its last one.
+        if let Some(last) = changes.last().map(|c| c.seq) {
+            let end = holds
+                .iter()
+                .filter_map(|(start, end)| end.filter(|e| *start < last && last < *e))
+                .max()
+                .map(|e| e.min(stop));
+            if let Some(end) = end {
+                changes.extend(change_rows(&c.all(read(last, end, None)).await?)?);
+            }
+        }
+        Ok(changes)
+    }
+
+    async fn hold_changes(&self, ttl: std::time::Duration) -> Result<Uuid> {
+        let now = directory::now();
+        let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+        let expires = now.checked_add_signed(ttl).unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let id = Uuid::new_v4();
+        let mut tx = self.begin().await?;
+        // Holds released or lapsed an hour ago are of no use to anyone.
+        let stale = now - chrono::Duration::hours(1);
+        tx.run(q("DELETE FROM change_holds WHERE closed_at < ? OR expires_at < ?").bind(stale).bind(stale)).await?;
+        tx.run(
+            q("INSERT INTO change_holds (id, after_seq, opened_at, expires_at) \
+               SELECT ?, COALESCE(MAX(seq), 0), ?, ? FROM changes")
+            .bind(id)
+            .bind(now)
+            .bind(expires),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn changes_past_holds(&self, after: i64) -> Result<Vec<Change>> {
+        // Nothing when no hold matters (the subquery is NULL): one read of a tiny table.
+        let rows = self
+            .read()
+            .await?
+            .all(
+                q("SELECT seq, at, kind, user_id, role_id, app_id, audit_id FROM changes WHERE seq > ? AND seq > \
+                   (SELECT MIN(after_seq) FROM change_holds \
+                    WHERE (closed_at IS NULL AND expires_at > ?) OR (closed_at IS NOT NULL AND end_seq > ?)) \
+                   ORDER BY seq LIMIT ?")
+                .bind(after)
+                .bind(directory::now())
+                .bind(after)
+                .bind(i64::from(MAX_HELD)),
+            )
+            .await?;
+        change_rows(&rows)
+    }
+
+    async fn release_changes(&self, hold: Uuid) -> Result<()> {
+        let mut tx = self.begin().await?;
+        tx.run(
+            q("UPDATE change_holds SET closed_at = ?, end_seq = (SELECT COALESCE(MAX(seq), 0) FROM changes) \
+               WHERE id = ? AND closed_at IS NULL")
+            .bind(directory::now())
+            .bind(hold),
+        )
+        .await?;
+        tx.commit().await
+    }
+}
+
+/// Change-feed rows as changes.
+fn change_rows(rows: &[impl RowGet]) -> Result<Vec<Change>> {
+    rows.iter()
+        .map(|r| {
+            Ok(Change {
+                seq: r.int("seq")?,
+                at: r.time("at")?,
+                kind: r.parsed("kind", directory::ChangeKind::parse)?,
+                user_id: r.opt_id("user_id")?,
+                role_id: r.opt_id("role_id")?,
+                app_id: r.opt_id("app_id")?,
+                // 0: a change no audit entry explains (an account change, a bulk import).
+                audit_id: r.opt_int("audit_id")?.filter(|id| *id > 0),
             })
-            .collect()
+        })
+        .collect()
+}
+
+/// Where the planner stops, given the holds `(after_seq, end_seq)` (`end_seq` `None`: open):
+/// at the start of the first open hold, and never inside a released hold that reaches past
+/// that point (its changes are planned together once the open hold is released too).
+fn hold_stop(holds: &[(i64, Option<i64>)]) -> i64 {
+    let mut stop = holds.iter().filter(|(_, end)| end.is_none()).map(|(start, _)| *start).min().unwrap_or(i64::MAX);
+    loop {
+        let earlier = holds
+            .iter()
+            .filter(|(start, end)| end.is_some_and(|e| *start < stop && stop < e))
+            .map(|(start, _)| *start)
+            .min();
+        match earlier {
+            Some(start) => stop = start,
+            None => return stop,
+        }
     }
 }
 

@@ -62,12 +62,22 @@ impl<S: Backend> HealthStore for S {
                 q("SELECT (SELECT COUNT(*) FROM operations WHERE status = 'held' AND app_id = ?1) AS held, \
                    (SELECT COUNT(*) FROM operations WHERE app_id = ?1 AND state IN ('queued', 'running')) AS queued, \
                    (SELECT CAST(COALESCE(SUM(finished), 0) AS BIGINT) FROM app_outcomes \
-                     WHERE app_id = ?1 AND minute >= ?2) AS finished")
+                     WHERE app_id = ?1 AND minute >= ?2) AS finished, \
+                   (SELECT MIN(minute) FROM app_outcomes WHERE app_id = ?1 AND minute >= ?2 AND finished > 0) \
+                     AS first_minute, \
+                   (SELECT CAST(COALESCE(SUM(requests), 0) AS BIGINT) FROM app_outcomes \
+                     WHERE app_id = ?1 AND minute >= ?2) AS requests")
                 .bind(app)
                 .bind(minute_of(&since)),
             )
             .await?;
-        Ok(QueueCounts { held: row.int("held")?, queued: row.int("queued")?, finished: row.int("finished")? })
+        Ok(QueueCounts {
+            held: row.int("held")?,
+            queued: row.int("queued")?,
+            finished: row.int("finished")?,
+            first_minute: row.opt_int("first_minute")?,
+            requests: row.int("requests")?,
+        })
     }
 
     async fn app_outcome_window(&self, app: Uuid, since: DateTime<Utc>) -> Result<OutcomeWindow> {

@@ -40,6 +40,7 @@ pub mod directory;
 mod entitlements;
 pub mod health;
 pub mod provisioning;
+mod rates;
 pub mod rows;
 mod saml;
 mod scim;

@@ -180,8 +180,16 @@ pub trait ProvisioningHooks: Backend {
 
     /// The `seq`s of up to `limit` operations of `app` to claim now (`now`): queued and due,
     /// or running with an expired lease, only the oldest open operation of a pair and never
-    /// while another of the pair runs. Nothing while the app is quarantined.
-    async fn claimable(tx: &mut Self::Tx, app: Uuid, now: DateTime<Utc>, limit: i64) -> Result<Vec<i64>>;
+    /// while another of the pair runs. Nothing while the app is quarantined. Where several
+    /// processes share the store, the app's running operations stay within its
+    /// `max_concurrency` and `max_running` (the one process of SQLite counts its own).
+    async fn claimable(
+        tx: &mut Self::Tx,
+        app: Uuid,
+        now: DateTime<Utc>,
+        limit: i64,
+        max_running: Option<i64>,
+    ) -> Result<Vec<i64>>;
 
     /// Marks operations done with their outcomes, each only if `owner` still holds its lease.
     async fn finish_rows(
@@ -693,14 +701,21 @@ impl<S: Backend + ProvisioningHooks> ProvisioningStore for S {
         self.analyze().await
     }
 
-    async fn claim_operations(&self, app: Uuid, owner: &str, limit: u32, lease: Duration) -> Result<Vec<Operation>> {
+    async fn claim_operations_within(
+        &self,
+        app: Uuid,
+        owner: &str,
+        limit: u32,
+        lease: Duration,
+        max_running: Option<u32>,
+    ) -> Result<Vec<Operation>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
         let now = directory::now();
         let expires = lease_end(now, lease)?;
         let mut tx = self.begin_engine().await?;
-        let seqs = S::claimable(&mut tx, app, now, i64::from(limit.min(MAX_CLAIM))).await?;
+        let seqs = S::claimable(&mut tx, app, now, i64::from(limit.min(MAX_CLAIM)), max_running.map(i64::from)).await?;
         if seqs.is_empty() {
             tx.rollback().await?;
             return Ok(Vec::new());

@@ -96,8 +96,15 @@ impl ProvisioningHooks for SqliteStore {
 
     /// Queued and due, and running with an expired lease, each walked in queue order on the
     /// (app_id, state, seq) index (named: left to itself SQLite walks every queued operation
-    /// and sorts), stopping at the limit, then merged.
-    async fn claimable(tx: &mut Tx, app: Uuid, now: DateTime<Utc>, limit: i64) -> Result<Vec<i64>> {
+    /// and sorts), stopping at the limit, then merged. The app's concurrency (`max_running`
+    /// included) is the dispatcher's to keep: SQLite has one process.
+    async fn claimable(
+        tx: &mut Tx,
+        app: Uuid,
+        now: DateTime<Utc>,
+        limit: i64,
+        _max_running: Option<i64>,
+    ) -> Result<Vec<i64>> {
         // A quarantined app's queue is paused.
         let paused =
             tx.opt(q("SELECT 1 AS one FROM app_health WHERE app_id = ? AND quarantined = 1").bind(app)).await?;

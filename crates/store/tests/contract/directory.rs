@@ -359,6 +359,42 @@ pub async fn racing_writers_cannot_both_take_one_email(s: Arc<dyn Store>) {
     assert_eq!(s.users_by_email("race@example.com").await.unwrap().len(), 1);
 }
 
+/// A hold keeps the planner from the changes written while it is open, and once released they
+/// come in one read, beyond the read's limit (a SCIM Bulk request is planned in one pass).
+pub async fn a_hold_keeps_the_planner_back_until_released(s: Arc<dyn Store>) {
+    s.create_user(&user("before"), &actor()).await.unwrap();
+    assert!(s.changes_past_holds(0).await.unwrap().is_empty(), "no hold, nothing held");
+    let start = last_seq(&*s).await;
+    let hold = s.hold_changes(std::time::Duration::from_secs(300)).await.unwrap();
+    for i in 0..5 {
+        s.create_user(&user(&format!("held{i}")), &actor()).await.unwrap();
+    }
+    // The raw feed shows everything; the planner sees nothing past the hold's start.
+    assert_eq!(s.changes_after(0, 100).await.unwrap().len(), 6);
+    let planned = s.changes_to_plan(0, 100).await.unwrap();
+    assert_eq!(planned.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![start]);
+    assert!(s.changes_to_plan(start, 100).await.unwrap().is_empty(), "nothing held is planned");
+    // The held changes are named, so that a pass planning the pairs of earlier changes leaves
+    // theirs alone; before the hold there are none.
+    assert_eq!(s.changes_past_holds(start).await.unwrap().len(), 5);
+    assert_eq!(s.changes_past_holds(start + 2).await.unwrap().len(), 3);
+    s.release_changes(hold).await.unwrap();
+    assert_eq!(s.changes_past_holds(start).await.unwrap().len(), 5, "until the hold's own pass");
+    let end = last_seq(&*s).await;
+    assert!(s.changes_past_holds(end).await.unwrap().is_empty());
+    // Once released, a read that reaches into the hold's changes takes all of them.
+    let all = s.changes_to_plan(start, 2).await.unwrap();
+    assert_eq!(all.len(), 5, "the held changes come in one read: {all:?}");
+    // A read that ends before the hold began stays as it was.
+    assert_eq!(s.changes_to_plan(0, 1).await.unwrap().len(), 1);
+    // Releasing twice is harmless; a lapsed hold (a writer that crashed) holds nothing back.
+    s.release_changes(hold).await.unwrap();
+    let lapsed = s.hold_changes(std::time::Duration::ZERO).await.unwrap();
+    s.create_user(&user("after"), &actor()).await.unwrap();
+    assert_eq!(s.changes_to_plan(last_seq(&*s).await - 1, 100).await.unwrap().len(), 1);
+    s.release_changes(lapsed).await.unwrap();
+}
+
 crate::contract!(
     two_users_cannot_share_an_email_in_any_case,
     racing_writers_cannot_both_take_one_email,
@@ -375,6 +411,7 @@ crate::contract!(
     tokens_are_listed_revoked_and_rekeyed,
     audit_pages_newest_first,
     change_feed_is_ordered_and_resumable,
+    a_hold_keeps_the_planner_back_until_released,
 );
 
 #[tokio::test]

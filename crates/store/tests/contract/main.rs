@@ -24,6 +24,7 @@ mod health;
 mod passwords;
 mod postgres_only;
 mod provisioning;
+mod rates;
 mod release_fixture;
 mod saml;
 mod scim;

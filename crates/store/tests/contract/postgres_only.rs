@@ -13,7 +13,7 @@ use directory::{
 };
 use serde_json::json;
 use sqlx::postgres::PgConnectOptions;
-use store::{PostgresOptions, PostgresStore, ProvisioningStore, Store, StoreError, Wakeup};
+use store::{PostgresOptions, PostgresStore, ProvisioningStore, RateStore, Store, StoreError, Wakeup};
 use testkit::postgres::TestDatabase;
 use uuid::Uuid;
 
@@ -445,4 +445,63 @@ async fn health_turns_unavailable_when_the_server_cannot_be_reached() {
     }
     assert!(elapsed >= Duration::from_millis(300), "it retried ({elapsed:?})");
     assert!(elapsed < Duration::from_secs(5), "within its timeout ({elapsed:?})");
+}
+
+/// Three processes asking for tokens at once, at the same moments: together they get exactly
+/// what the budget allows, never more; and claims keep within a lowered concurrency limit,
+/// whoever claims.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rate_budget_holds_across_processes() {
+    use directory::{RateLimit, Take};
+    let db = TestDatabase::create().await;
+    let stores = [store(&db, 4, false).await, store(&db, 4, false).await, store(&db, 4, false).await];
+    let mut a = app("Budgeted", 8);
+    let budget = RateLimit { per_minute: 120, burst: Some(5) };
+    a.provisioning.rate_limit = Some(budget);
+    stores[0].create_app(&a, "ciphertext", &actor()).await.unwrap();
+    let t0 = directory::now();
+    // Each of 3 processes sends 8 requesters at each of 3 moments: the burst, then 2 a second.
+    let mut granted = 0;
+    for (moment, ms) in [0, 1000, 1500].into_iter().enumerate() {
+        let now = t0 + chrono::Duration::milliseconds(ms);
+        let mut askers = tokio::task::JoinSet::new();
+        for i in 0..24 {
+            let (s, id) = (stores[i % 3].clone(), a.id);
+            askers.spawn(async move { s.take_rate_token(id, &budget, now).await.unwrap() });
+        }
+        let mut got = 0;
+        while let Some(t) = askers.join_next().await {
+            match t.unwrap() {
+                Take::Granted => got += 1,
+                Take::Empty(next) => assert!(next > now, "{next} after {now}"),
+                Take::Paused(_) => panic!("not paused"),
+            }
+        }
+        let allowed = [5, 2, 1][moment];
+        assert_eq!(got, allowed, "at {ms} ms: {got} granted");
+        granted += got;
+    }
+    assert_eq!(granted, 8);
+
+    // A lowered concurrency (2 of 8) holds for every process's claims.
+    let mut items = Vec::new();
+    for i in 0..6 {
+        let u = user(&format!("r{i}"));
+        stores[0].create_user(&u, &actor()).await.unwrap();
+        items.push(PlanItem::Enqueue {
+            user_id: u.id,
+            app_id: a.id,
+            action: Action::Create,
+            desired: None,
+            needs_approval: false,
+            held: false,
+            cause: None,
+        });
+    }
+    stores[0].apply_plan(&PlanWrite { cursor: None, items }).await.unwrap();
+    let first = stores[0].claim_operations_within(a.id, "p1", 10, LEASE, Some(2)).await.unwrap();
+    assert_eq!(first.len(), 2);
+    assert!(stores[1].claim_operations_within(a.id, "p2", 10, LEASE, Some(2)).await.unwrap().is_empty());
+    assert_eq!(stores[2].claim_operations_within(a.id, "p3", 10, LEASE, Some(3)).await.unwrap().len(), 1);
+    assert_eq!(stores[1].claim_operations(a.id, "p2", 10, LEASE).await.unwrap().len(), 3, "up to max_concurrency");
 }
