@@ -49,7 +49,7 @@ async fn user_names_in_app(w: &crate::engine::World) -> BTreeSet<String> {
 /// section 3.7.2's example), so the server has to create them first.
 ///
 /// SQLite only: the slowest scenario of the suite (a thousand accounts into a Python app); the
-/// Bulk endpoint itself is tested on both stores in `scim_server`.
+/// Bulk endpoint itself is tested on both stores in `scim_bulk`.
 #[tokio::test]
 async fn a_group_pushed_by_bulk_with_its_new_members_grants_its_app() {
     let w = crate::engine::World::new_on(
