@@ -360,15 +360,25 @@ async fn run(
     // Once nothing can run: what is left, answered 409 in the request's order.
     let mut circular: Vec<usize> = Vec::new();
     let mut stuck = false;
-    // Settled: the named operation is done (or there is none, which the operation is told).
-    let settled = |r: &String, done: &[bool]| by_bulk_id.get(r.as_str()).is_none_or(|i| done[*i]);
+    // The operations each one waits for, once each (a group may name thousands of members, but
+    // the request holds at most MAX_OPERATIONS operations to wait for): a reference to no
+    // operation waits for nothing, and is answered when its operation runs.
+    let waits: Vec<Vec<usize>> = ops
+        .iter()
+        .map(|op| {
+            let mut w: Vec<usize> = op.refs.iter().filter_map(|r| by_bulk_id.get(r.as_str()).copied()).collect();
+            w.sort_unstable();
+            w.dedup();
+            w
+        })
+        .collect();
     loop {
         while first_open < ops.len() && done[first_open] {
             first_open += 1;
         }
         let mut next = None;
         if !stuck {
-            next = (first_open..ops.len()).find(|i| !done[*i] && ops[*i].refs.iter().all(|r| settled(r, &done)));
+            next = (first_open..ops.len()).find(|i| !done[*i] && waits[*i].iter().all(|j| done[*j]));
             if next.is_none() {
                 // Nothing else can run: what is left is in a circle of references or waits on one.
                 stuck = true;
